@@ -1,0 +1,419 @@
+"""``MessageBroker``: the asyncio client of the bus, with the guide's API.
+
+::
+
+    broker = MessageBroker()                      # endpoints from $ZMQBUS_PUB/SUB or defaults
+    broker.subscribe("manager", "order.start.request.#", handle)   # plain call, as in the guide
+    async with broker:
+        await broker.ready()                      # subscriptions are live at the forwarder
+        await broker.publish(ProcessingMessage(MessageType.ORDER_START, {...}, MessageMetadata(...)))
+
+Contracts:
+
+* Handlers run one at a time, in arrival order, on the broker's event loop. A
+  handler that raises is logged (rate-limited) and counted; dispatch goes on.
+  Long work should be handed to a task or (later) a Processor's executor.
+* Delivery is at-most-once, like all PUB/SUB, but no loss is silent: each
+  publisher numbers its messages per topic and subscribers count the gaps.
+* ``publish`` never drops at the publisher: at the high-water mark it waits up
+  to ``publish_timeout`` seconds for room, then raises :class:`BusTimeout`.
+* Malformed input (wrong frame count, bad msgpack, unknown version, oversized)
+  is counted by reason in :meth:`statistics`, logged rate-limited, and dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Union
+
+from . import config
+from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
+from .errors import BusTimeout, ClosedError, DecodeError
+from .ids import new_id
+from .message import MessageMetadata, ProcessingMessage
+from .ratelog import RateLimitedLog
+from .topics import RESERVED_PREFIX, Pattern, compile_pattern
+from .transport import BAD, BusLink, SocketConfig
+
+__all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "Handler"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[ProcessingMessage], Union[Awaitable[Any], None]]
+
+_RESERVED = RESERVED_PREFIX.encode()
+_PROBE_TYPE = "_zmqbus.probe"
+_BATCH = 256
+_CACHE_LIMIT = 10_000
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One ``subscribe`` call: who, which pattern, which handler."""
+
+    component_name: str
+    pattern: Pattern
+    handler: Handler
+    is_async: bool = field(repr=False)
+    internal: bool = field(default=False, repr=False)
+
+
+@dataclass(frozen=True)
+class BrokerStatistics:
+    """A snapshot of one client's counters (see :meth:`MessageBroker.statistics`)."""
+
+    published: int
+    published_bytes: int
+    publish_waits: int
+    received: int
+    received_bytes: int
+    dispatched: int
+    unmatched: int
+    handler_errors: int
+    gaps: int
+    decode_errors: dict[str, int]
+    subscriptions: int
+    receives_all: int
+
+
+class _Counters:
+    __slots__ = ("published", "published_bytes", "publish_waits", "received", "received_bytes",
+                 "dispatched", "unmatched", "handler_errors", "gaps")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+
+class MessageBroker:
+    """An asyncio client of a zmqbus forwarder (see the module docstring).
+
+    :param pub_endpoint: where to publish (the forwarder's XSUB side).
+    :param sub_endpoint: where to subscribe (the forwarder's XPUB side).
+    :param name: default ``source_component`` for messages that leave it empty.
+    :param max_message_size: largest encoded message, in bytes, either way.
+    :param hwm: high-water mark per socket, in messages.
+    :param publish_timeout: seconds ``publish`` may wait at the high-water mark.
+    :param linger: seconds ``close`` may spend flushing queued messages.
+    """
+
+    def __init__(
+        self,
+        pub_endpoint: str | None = None,
+        sub_endpoint: str | None = None,
+        *,
+        name: str = "",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        hwm: int = 100_000,
+        publish_timeout: float = 10.0,
+        linger: float = 1.0,
+    ) -> None:
+        self.pub_endpoint = config.pub_endpoint(pub_endpoint)
+        self.sub_endpoint = config.sub_endpoint(sub_endpoint)
+        self.name = name
+        self.publish_timeout = publish_timeout
+        self.client_id = new_id()
+        self._socket_config = SocketConfig(hwm=hwm, linger=linger, max_message_size=max_message_size)
+        self._codec = Codec(max_message_size)
+        self._subs: list[Subscription] = []
+        self._prefix_refs: dict[bytes, int] = {}
+        self._dispatch_cache: dict[bytes, tuple[Subscription, ...]] = {}
+        self._next_seq: dict[bytes, int] = {}
+        self._last_seq: dict[str, dict[bytes, int]] = {}
+        self._decode_errors: dict[str, int] = {}
+        self._n = _Counters()
+        self._link: BusLink | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._closed = False
+        self._probe_count = 0
+        self._faults = RateLimitedLog(log)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to the forwarder and start receiving. Idempotent.
+
+        Called for you by ``async with``, ``publish`` and ``ready``.
+        """
+        if self._closed:
+            raise ClosedError("MessageBroker is closed")
+        if self._link is not None:
+            return
+        link = BusLink(self._socket_config)
+        try:
+            link.connect(self.pub_endpoint, self.sub_endpoint)
+        except BaseException:
+            link.close(0)
+            raise
+        self._link = link
+        for prefix in self._prefix_refs:
+            link.subscribe(prefix)
+        self._reader = asyncio.get_running_loop().create_task(self._read_loop(), name="zmqbus-reader")
+        log.debug("client %s connected to %s / %s", self.client_id, self.pub_endpoint, self.sub_endpoint)
+
+    async def close(self, linger: float | None = None) -> None:
+        """Stop receiving and close the sockets. Idempotent.
+
+        Messages already published get up to ``linger`` seconds (default: the
+        constructor's) to leave.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+            self._reader = None
+        if self._link is not None:
+            self._link.close(linger)
+            self._link = None
+
+    async def __aenter__(self) -> "MessageBroker":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- subscriptions -----------------------------------------------------
+
+    def subscribe(self, component_name: str, pattern: str, handler: Handler) -> Subscription:
+        """Call ``handler(message)`` for every message whose topic matches ``pattern``.
+
+        A plain call, usable before the broker is started (as the guide does
+        from a component's ``__init__``). Raises :class:`TopicError` for an
+        invalid pattern. Topics under ``_zmqbus.`` are control traffic and reach
+        only patterns that name that first word literally.
+        """
+        if self._closed:
+            raise ClosedError("MessageBroker is closed")
+        compiled = compile_pattern(pattern)
+        if compiled.receives_all:
+            log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
+                     "and filters it in Python (see statistics().unmatched)", pattern)
+        sub = Subscription(component_name, compiled, handler, _is_async(handler),
+                           internal=pattern.startswith(RESERVED_PREFIX))
+        self._subs.append(sub)
+        self._add_prefix(compiled.prefix)
+        self._dispatch_cache.clear()
+        return sub
+
+    def unsubscribe(self, component_name: str | Subscription, pattern: str | None = None,
+                    handler: Handler | None = None) -> int:
+        """Remove subscriptions; return how many were removed.
+
+        Pass the :class:`Subscription` that ``subscribe`` returned, or a
+        component name with an optional pattern and handler to narrow it.
+        """
+        if isinstance(component_name, Subscription):
+            gone = [s for s in self._subs if s is component_name]
+        else:
+            gone = [s for s in self._subs if s.component_name == component_name
+                    and (pattern is None or s.pattern.text == pattern)
+                    and (handler is None or s.handler == handler)]
+        for sub in gone:
+            self._subs.remove(sub)
+            self._remove_prefix(sub.pattern.prefix)
+        if gone:
+            self._dispatch_cache.clear()
+            self._last_seq.clear()  # a gap while unsubscribed is not a loss
+        return len(gone)
+
+    def _add_prefix(self, prefix: bytes) -> None:
+        count = self._prefix_refs.get(prefix, 0)
+        self._prefix_refs[prefix] = count + 1
+        if count == 0 and self._link is not None:
+            self._link.subscribe(prefix)
+
+    def _remove_prefix(self, prefix: bytes) -> None:
+        count = self._prefix_refs.pop(prefix) - 1
+        if count:
+            self._prefix_refs[prefix] = count
+        elif self._link is not None:
+            self._link.unsubscribe(prefix)
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        """Return once every subscription made so far is live at the forwarder.
+
+        Sends probe messages on a private topic through the forwarder back to
+        this client; ZeroMQ keeps subscriptions in order, so when a probe comes
+        back every earlier subscription has reached the forwarder. Raises
+        :class:`BusTimeout` if the forwarder cannot be reached in time.
+        """
+        await self.start()
+        self._probe_count += 1
+        topic = f"{RESERVED_PREFIX}probe.{self.client_id.replace('-', '')}.{self._probe_count}"
+        arrived = asyncio.Event()
+        sub = self.subscribe(self.name or "zmqbus", topic, lambda m: arrived.set())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = 0.005
+        try:
+            while not arrived.is_set():
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise BusTimeout(f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
+                                     f"{self.sub_endpoint} within {timeout:g} s")
+                await self.publish(ProcessingMessage(_PROBE_TYPE, None, MessageMetadata()), topic=topic)
+                try:
+                    await asyncio.wait_for(arrived.wait(), min(interval, left))
+                except asyncio.TimeoutError:
+                    interval = min(interval * 2, 0.25)
+        finally:
+            self.unsubscribe(sub)
+
+    # -- publishing --------------------------------------------------------
+
+    async def publish(self, message: ProcessingMessage, *, topic: str | None = None) -> None:
+        """Publish ``message`` on ``topic`` (default: its message type's name).
+
+        Raises :class:`TopicError`, :class:`EncodeError` or
+        :class:`MessageTooLarge` before anything is sent, and
+        :class:`BusTimeout` if the high-water mark stays reached for
+        ``publish_timeout`` seconds.
+        """
+        link = self._link
+        if link is None:
+            await self.start()
+            link = self._link
+            assert link is not None
+        codec = self._codec
+        tframe = codec.topic_frame(message, topic)
+        # The sequence is per (publisher, topic): a subscriber sees only the
+        # topics it subscribed to, so a per-publisher counter would show gaps
+        # that are not losses.
+        seq = self._next_seq.get(tframe, 0) + 1
+        env, body = codec.encode(message, tframe, self.client_id, seq, self.name)
+        self._next_seq[tframe] = seq
+        if not link.send(tframe, env, body):
+            await self._publish_slow(link, tframe, env, body)
+        n = self._n
+        n.published += 1
+        n.published_bytes += len(tframe) + len(env) + len(body)
+
+    async def _publish_slow(self, link: BusLink, tframe: bytes, env: bytes, body: bytes) -> None:
+        self._n.publish_waits += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.publish_timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise BusTimeout(f"publish: high-water mark reached for {self.publish_timeout:g} s "
+                                 f"(is the forwarder at {self.pub_endpoint} up and draining?)")
+            await link.pub.wait(2, left)  # zmq.POLLOUT
+            if self._closed:
+                raise ClosedError("MessageBroker closed while publishing")
+            if link.send(tframe, env, body):
+                return
+
+    # -- receiving ---------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        link = self._link
+        assert link is not None
+        idle_checks = 0
+        while True:
+            batch = link.recv_batch(_BATCH)
+            if batch:
+                await self._dispatch_batch(batch)
+                if len(batch) == _BATCH:
+                    await asyncio.sleep(0)  # let publishers on this loop run
+                continue
+            idle_checks += 1
+            if idle_checks % 8 == 0:
+                link.drain_control()
+            # Bounded wait: a lost FD edge can delay us by at most one second.
+            await link.sub.wait(1, 1.0)  # zmq.POLLIN
+
+    async def _dispatch_batch(self, batch: list[tuple[bytes | None, Any, Any]]) -> None:
+        n = self._n
+        decode = self._codec.decode
+        cache = self._dispatch_cache
+        for topic, env, body in batch:
+            if topic is BAD:
+                self._decode_error(DecodeError("frames", f"expected 3 frames, got {env}"))
+                continue
+            n.received += 1
+            n.received_bytes += len(topic) + len(env) + len(body)
+            try:
+                msg = decode(topic, env, body)
+            except DecodeError as exc:
+                self._decode_error(exc)
+                continue
+            self._track_sequence(msg.metadata, topic)
+            subs = cache.get(topic)
+            if subs is None:
+                subs = self._match(topic, msg.topic or "")
+            if not subs:
+                n.unmatched += 1
+                continue
+            for sub in subs:
+                n.dispatched += 1
+                try:
+                    if sub.is_async:
+                        await sub.handler(msg)  # type: ignore[misc]
+                    else:
+                        result = sub.handler(msg)
+                        if inspect.isawaitable(result):
+                            await result
+                except Exception as exc:  # a handler's fault must not stop dispatch
+                    n.handler_errors += 1
+                    self._faults.log(logging.ERROR, f"handler:{sub.component_name}:{sub.pattern.text}",
+                                     "handler %s for %r (component %s) raised %s: %s",
+                                     getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
+                                     sub.component_name, type(exc).__name__, exc, exc_info=False)
+
+    def _match(self, topic: bytes, text: str) -> tuple[Subscription, ...]:
+        reserved = topic.startswith(_RESERVED)
+        subs = tuple(s for s in self._subs if (s.internal or not reserved) and s.pattern.match(text))
+        if len(self._dispatch_cache) >= _CACHE_LIMIT:
+            self._dispatch_cache.clear()
+        self._dispatch_cache[topic] = subs
+        return subs
+
+    def _track_sequence(self, md: MessageMetadata, topic: bytes) -> None:
+        per_pub = self._last_seq.get(md.publisher_id)
+        if per_pub is None:
+            if len(self._last_seq) >= _CACHE_LIMIT:
+                self._last_seq.clear()
+            per_pub = self._last_seq[md.publisher_id] = {}
+        last = per_pub.get(topic)
+        per_pub[topic] = md.sequence
+        if last is not None and md.sequence > last + 1:
+            missing = md.sequence - last - 1
+            self._n.gaps += missing
+            self._faults.log(logging.WARNING, f"gap:{topic!r}",
+                             "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
+                             missing, topic.decode(errors="replace"), md.publisher_id, md.sequence, last)
+
+    def _decode_error(self, exc: DecodeError) -> None:
+        self._decode_errors[exc.reason] = self._decode_errors.get(exc.reason, 0) + 1
+        self._faults.log(logging.WARNING, f"decode:{exc.reason}", "dropped a malformed message: %s", exc)
+
+    # -- observability -----------------------------------------------------
+
+    def statistics(self) -> BrokerStatistics:
+        """A consistent snapshot of this client's counters."""
+        n = self._n
+        return BrokerStatistics(
+            published=n.published, published_bytes=n.published_bytes, publish_waits=n.publish_waits,
+            received=n.received, received_bytes=n.received_bytes, dispatched=n.dispatched,
+            unmatched=n.unmatched, handler_errors=n.handler_errors, gaps=n.gaps,
+            decode_errors=dict(self._decode_errors),
+            subscriptions=len(self._subs),
+            receives_all=sum(1 for s in self._subs if s.pattern.receives_all),
+        )
+
+
+def _is_async(handler: Handler) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None))

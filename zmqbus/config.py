@@ -1,0 +1,30 @@
+"""Defaults and environment variables shared by the CLI, the client and the forwarder.
+
+``ZMQBUS_PUB`` is where publishers connect (the forwarder's XSUB side) and
+``ZMQBUS_SUB`` where subscribers connect (its XPUB side). Component processes
+started by the CLI inherit them, so one setting wires a whole deployment.
+"""
+from __future__ import annotations
+
+import os
+
+__all__ = ["DEFAULT_PUB", "DEFAULT_SUB", "pub_endpoint", "sub_endpoint", "ipc_endpoints"]
+
+DEFAULT_PUB = "tcp://127.0.0.1:5570"
+DEFAULT_SUB = "tcp://127.0.0.1:5571"
+
+
+def pub_endpoint(value: str | None = None) -> str:
+    """``value``, else ``$ZMQBUS_PUB``, else :data:`DEFAULT_PUB`."""
+    return value or os.environ.get("ZMQBUS_PUB") or DEFAULT_PUB
+
+
+def sub_endpoint(value: str | None = None) -> str:
+    """``value``, else ``$ZMQBUS_SUB``, else :data:`DEFAULT_SUB`."""
+    return value or os.environ.get("ZMQBUS_SUB") or DEFAULT_SUB
+
+
+def ipc_endpoints(directory: str, name: str = "bus") -> tuple[str, str]:
+    """A pair of ipc endpoints in ``directory`` (for one-host deployments and tests)."""
+    base = os.path.join(os.path.abspath(directory), name)
+    return f"ipc://{base}.pub", f"ipc://{base}.sub"

@@ -1,0 +1,293 @@
+"""The forwarder: an XSUB/XPUB proxy that runs at C speed, with counters.
+
+Publishers connect to ``pub_endpoint`` (XSUB), subscribers to
+``sub_endpoint`` (XPUB). Messages are moved by libzmq's ``zmq_proxy_steerable``
+in a thread that holds no GIL; Python only runs to read statistics, watch the
+sockets' monitor events (connections, disconnections, failed handshakes such as
+garbage bytes on the port) and, optionally, publish its statistics on the bus
+as ``_zmqbus.forwarder.stats``. The forwarder never decodes a message.
+
+``MAXMSGSIZE`` is set on both sockets: a publisher that sends a larger frame is
+disconnected by ZeroMQ (and reconnects), which is counted as a disconnect; it
+never reaches a subscriber.
+
+Use :func:`run_forwarder` for a process that stops on SIGINT/SIGTERM, or
+:class:`Forwarder` to embed one in a thread (``inproc://`` works when the
+clients live in the same process).
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import struct
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import zmq
+
+from . import config
+from .codec import Codec
+from .errors import ClosedError, TransportError
+from .ids import new_id
+from .message import MessageMetadata, ProcessingMessage
+from .transport import SocketConfig, get_context, mapped_errors
+
+__all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC"]
+
+log = logging.getLogger(__name__)
+
+STATS_TOPIC = "_zmqbus.forwarder.stats"
+
+_MONITORED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+@dataclass(frozen=True)
+class ForwarderStatistics:
+    """Counters of a running forwarder.
+
+    ``frames_in``/``bytes_in`` count what publishers sent (a zmqbus message is
+    three frames); ``frames_out``/``bytes_out`` what was handed to the XPUB
+    side once (ZeroMQ then copies it to each matching subscriber).
+    ``subscription_frames`` counts (un)subscriptions from subscribers.
+    """
+
+    frames_in: int
+    bytes_in: int
+    frames_out: int
+    bytes_out: int
+    subscription_frames: int
+    publisher_connects: int
+    publisher_disconnects: int
+    subscriber_connects: int
+    subscriber_disconnects: int
+    handshake_failures: int
+    uptime: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class Forwarder:
+    """An XSUB/XPUB forwarder running in background threads of this process.
+
+    :param pub_endpoint: bind address for publishers (tcp or ipc; inproc too).
+    :param sub_endpoint: bind address for subscribers.
+    :param socket_config: high-water marks, linger and ``MAXMSGSIZE``.
+    :param stats_interval: seconds between statistics messages on the bus
+        (``None``: do not publish them).
+
+    ``start()`` binds (raising :class:`TransportError` at once for a busy
+    port or a bad endpoint) and returns; ``stop()`` ends the proxy and closes
+    every socket within the configured linger.
+    """
+
+    def __init__(
+        self,
+        pub_endpoint: str | None = None,
+        sub_endpoint: str | None = None,
+        *,
+        socket_config: SocketConfig | None = None,
+        stats_interval: float | None = 5.0,
+    ) -> None:
+        self.pub_endpoint = config.pub_endpoint(pub_endpoint)
+        self.sub_endpoint = config.sub_endpoint(sub_endpoint)
+        self.socket_config = socket_config or SocketConfig()
+        self.stats_interval = stats_interval
+        self._ctx = get_context()
+        self._id = "forwarder-" + new_id()
+        self._control_addr = f"inproc://zmqbus-{self._id}-control"
+        self._internal_addr = f"inproc://zmqbus-{self._id}-in"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._events = {"pc": 0, "pd": 0, "sc": 0, "sd": 0, "hf": 0}
+        self._started_at = 0.0
+        self._control: zmq.Socket | None = None
+        self._proxy_error: BaseException | None = None
+
+    def start(self) -> "Forwarder":
+        """Bind both endpoints and start forwarding. Returns ``self``."""
+        if self._control is not None:
+            raise RuntimeError("forwarder already started")
+        if self._stop.is_set():
+            raise ClosedError("forwarder was stopped")
+        ctx = self._ctx
+        xsub = ctx.socket(zmq.XSUB)
+        xpub = ctx.socket(zmq.XPUB)
+        try:
+            for sock in (xsub, xpub):
+                self.socket_config.apply(sock)
+            with mapped_errors(f"bind {self.pub_endpoint}"):
+                xsub.bind(self.pub_endpoint)
+            with mapped_errors(f"bind {self.sub_endpoint}"):
+                xpub.bind(self.sub_endpoint)
+            xsub.bind(self._internal_addr)
+            monitors = (xsub.get_monitor_socket(_MONITORED), xpub.get_monitor_socket(_MONITORED))
+        except BaseException:
+            xsub.close(0)
+            xpub.close(0)
+            raise
+        self._control = ctx.socket(zmq.PAIR)
+        self._control.bind(self._control_addr)
+        self._started_at = time.monotonic()
+        self._threads = [
+            threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="zmqbus-proxy", daemon=True),
+            threading.Thread(target=self._run_watch, args=monitors, name="zmqbus-forwarder-watch", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+        log.info("forwarder up: publishers -> %s, subscribers -> %s", self.pub_endpoint, self.sub_endpoint)
+        return self
+
+    def _run_proxy(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+        control = self._ctx.socket(zmq.PAIR)
+        control.connect(self._control_addr)
+        try:
+            zmq.proxy_steerable(xsub, xpub, None, control)
+        except zmq.ContextTerminated:
+            pass
+        except BaseException as exc:  # reported by stop() and statistics()
+            self._proxy_error = exc
+            log.error("forwarder proxy stopped: %s", exc)
+        finally:
+            # Unmonitor before close so the watch thread sees its PAIR end quietly.
+            for sock in (xsub, xpub):
+                try:
+                    sock.disable_monitor()
+                except zmq.ZMQError:
+                    pass
+                sock.close(int(self.socket_config.linger * 1000))
+            control.close(0)
+
+    def _run_watch(self, pub_monitor: zmq.Socket, sub_monitor: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(pub_monitor, zmq.POLLIN)
+        poller.register(sub_monitor, zmq.POLLIN)
+        stats_pub = codec = None
+        seq = 0
+        if self.stats_interval:
+            stats_pub = self._ctx.socket(zmq.PUB)
+            stats_pub.setsockopt(zmq.LINGER, 0)
+            stats_pub.connect(self._internal_addr)
+            codec = Codec()
+        next_stats = time.monotonic() + (self.stats_interval or 0)
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(100):
+                    self._on_monitor_event(sock.recv_multipart(), sock is pub_monitor)
+                if stats_pub is not None and codec is not None and time.monotonic() >= next_stats:
+                    next_stats += self.stats_interval or 0
+                    seq += 1
+                    self._publish_stats(stats_pub, codec, seq)
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.ETERM:
+                log.warning("forwarder watch thread stopped: %s", exc)
+        finally:
+            for sock in (pub_monitor, sub_monitor, stats_pub):
+                if sock is not None:
+                    sock.close(0)
+
+    def _on_monitor_event(self, frames: list[bytes], publisher_side: bool) -> None:
+        event = struct.unpack("=hi", frames[0][:6])[0]
+        side = "p" if publisher_side else "s"
+        if event & zmq.EVENT_ACCEPTED:
+            self._events[side + "c"] += 1
+        elif event & zmq.EVENT_DISCONNECTED:
+            self._events[side + "d"] += 1
+            log.debug("a %s disconnected", "publisher" if publisher_side else "subscriber")
+        elif event & _HANDSHAKE_FAILED:
+            self._events["hf"] += 1
+            log.warning("handshake failed on the %s side (garbage bytes or a non-ZMTP peer?): %d so far",
+                        "publisher" if publisher_side else "subscriber", self._events["hf"])
+
+    def _publish_stats(self, sock: zmq.Socket, codec: Codec, seq: int) -> None:
+        try:
+            stats = self.statistics()
+        except (TransportError, ClosedError):
+            return
+        msg = ProcessingMessage(STATS_TOPIC, stats.as_dict(), MessageMetadata(source_component="forwarder"))
+        tframe = codec.topic_frame(msg)
+        env, body = codec.encode(msg, tframe, self._id, seq)
+        sock.send_multipart([tframe, env, body], zmq.NOBLOCK)
+
+    def statistics(self, timeout: float = 2.0) -> ForwarderStatistics:
+        """Read the proxy's counters (thread-safe). Raises :class:`ClosedError` once stopped."""
+        with self._lock:
+            control = self._control
+            if control is None or self._stop.is_set() or self._proxy_error is not None:
+                raise ClosedError("forwarder is not running")
+            with mapped_errors("forwarder statistics"):
+                control.send(b"STATISTICS")
+                if not control.poll(int(timeout * 1000)):
+                    raise TransportError("forwarder did not answer STATISTICS in time")
+                values = [struct.unpack("=Q", f)[0] for f in control.recv_multipart()]
+        ev = self._events
+        return ForwarderStatistics(
+            frames_in=values[0], bytes_in=values[1], frames_out=values[6], bytes_out=values[7],
+            subscription_frames=values[4],
+            publisher_connects=ev["pc"], publisher_disconnects=ev["pd"],
+            subscriber_connects=ev["sc"], subscriber_disconnects=ev["sd"],
+            handshake_failures=ev["hf"], uptime=time.monotonic() - self._started_at,
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop forwarding and close the sockets. Idempotent; bounded by ``timeout``."""
+        with self._lock:
+            if self._stop.is_set():
+                return
+            self._stop.set()
+            control = self._control
+            if control is not None:
+                try:
+                    control.send(b"TERMINATE", zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+        for thread in self._threads:
+            thread.join(timeout)
+        if control is not None:
+            control.close(0)
+        log.info("forwarder stopped")
+
+    def __enter__(self) -> "Forwarder":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_forwarder(
+    pub_endpoint: str | None = None,
+    sub_endpoint: str | None = None,
+    *,
+    socket_config: SocketConfig | None = None,
+    stats_interval: float | None = 5.0,
+    log_interval: float | None = None,
+    ready: threading.Event | None = None,
+) -> ForwarderStatistics | None:
+    """Run a forwarder in this process until SIGINT or SIGTERM; return its last counters.
+
+    Must be called from the main thread (it installs signal handlers).
+    ``log_interval`` logs the counters at INFO every so many seconds.
+    """
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval)
+    last: ForwarderStatistics | None = None
+    try:
+        fwd.start()
+        if ready is not None:
+            ready.set()
+        while not stop.wait(log_interval or 0.5):
+            if log_interval:
+                last = fwd.statistics()
+                log.info("forwarder: %s", last)
+        last = fwd.statistics()
+    finally:
+        fwd.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return last

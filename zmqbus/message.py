@@ -1,0 +1,114 @@
+"""The guide's message types: :class:`ProcessingMessage` and :class:`MessageMetadata`.
+
+Pure code. The objects are slotted dataclasses and deliberately *not* frozen:
+a frozen dataclass costs about 1.2 us to build against 0.2 us for a slotted
+one (measured on the 2-core reference machine), more than decoding the whole
+envelope, and one is built for every message received. Treat received
+messages as read-only; zmqbus never looks at them again after dispatch.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Union
+
+from .ids import new_id
+
+__all__ = [
+    "MessageMetadata",
+    "ProcessingMessage",
+    "MessageTypeLike",
+    "register_message_types",
+    "resolve_message_type",
+    "type_name",
+]
+
+#: A message type: a plain ``str`` or any ``Enum`` whose values are ``str``.
+MessageTypeLike = Union[str, Enum]
+
+_registry: dict[str, Enum] = {}
+
+
+def register_message_types(*enums: type[Enum]) -> None:
+    """Make received messages carry these Enum members as ``message_type``.
+
+    Without registration a received ``message_type`` is the plain ``str``
+    value. Registration is per process and idempotent; a later registration of
+    the same value wins.
+    """
+    for enum in enums:
+        for member in enum:
+            if not isinstance(member.value, str):
+                raise TypeError(f"{enum.__name__}.{member.name}: message type values must be str")
+            _registry[member.value] = member
+
+
+def resolve_message_type(name: str) -> MessageTypeLike:
+    """The registered Enum member for ``name``, else ``name`` itself."""
+    return _registry.get(name, name)
+
+
+def type_name(message_type: MessageTypeLike) -> str:
+    """The wire name (topic) of a message type: the str, or the Enum's value."""
+    if type(message_type) is str:
+        return message_type
+    if isinstance(message_type, Enum):
+        value = message_type.value
+        if isinstance(value, str):
+            return value
+        raise TypeError(f"message type {message_type!r} has a non-str value {value!r}")
+    if isinstance(message_type, str):
+        return str.__str__(message_type)
+    raise TypeError(f"message type must be a str or a str-valued Enum, not {type(message_type).__name__}")
+
+
+@dataclass(slots=True)
+class MessageMetadata:
+    """Who sent a message, in which conversation, and when.
+
+    The guide's three fields come first and are all it needs to pass::
+
+        MessageMetadata(correlation_id=cid, source_component="manager", target_component="handler")
+
+    ``correlation_id`` defaults to the message's own id (a new conversation).
+    ``publisher_id`` and ``sequence`` are filled in by the publishing client
+    and are meaningful on received messages only. ``deadline`` is absolute
+    (seconds since the Unix epoch) and travels with the message.
+    """
+
+    correlation_id: str = ""
+    source_component: str = ""
+    target_component: str | None = None
+    message_id: str = field(default_factory=new_id)
+    causation_id: str | None = None
+    timestamp: float = field(default_factory=time.time)
+    publisher_id: str = ""
+    sequence: int = 0
+    attempt: int = 1
+    deadline: float | None = None
+    headers: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.correlation_id:
+            self.correlation_id = self.message_id
+
+
+@dataclass(slots=True)
+class ProcessingMessage:
+    """A message on the bus: a type, msgpack-able content and metadata.
+
+    ``topic`` is ``None`` when publishing (the topic is the type's name unless
+    ``publish(..., topic=...)`` says otherwise) and is the topic it arrived on
+    for received messages.
+    """
+
+    message_type: MessageTypeLike
+    content: Any = field(default_factory=dict)
+    metadata: MessageMetadata = field(default_factory=MessageMetadata)
+    topic: str | None = None
+
+    @property
+    def type_name(self) -> str:
+        """The message type as its wire string."""
+        return type_name(self.message_type)
