@@ -121,6 +121,7 @@ class MessageBroker:
         self._prefix_refs: dict[bytes, int] = {}
         self._dispatch_cache: dict[bytes, tuple[Subscription, ...]] = {}
         self._next_seq: dict[bytes, int] = {}
+        self._type_frames: dict[Any, bytes] = {}
         self._last_seq: dict[str, dict[bytes, int]] = {}
         self._decode_errors: dict[str, int] = {}
         self._n = _Counters()
@@ -128,6 +129,7 @@ class MessageBroker:
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self._probe_count = 0
+        self._is_ready = False
         self._faults = RateLimitedLog(log)
 
     # -- lifecycle ---------------------------------------------------------
@@ -246,7 +248,9 @@ class MessageBroker:
 
         Sends probe messages on a private topic through the forwarder back to
         this client; ZeroMQ keeps subscriptions in order, so when a probe comes
-        back every earlier subscription has reached the forwarder. Raises
+        back every earlier subscription has reached the forwarder, and the
+        forwarder's subscriptions have reached this client's publishing
+        socket. The first ``publish`` calls it for you. Raises
         :class:`BusTimeout` if the forwarder cannot be reached in time.
         """
         await self.start()
@@ -263,13 +267,22 @@ class MessageBroker:
                 if left <= 0:
                     raise BusTimeout(f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
                                      f"{self.sub_endpoint} within {timeout:g} s")
-                await self.publish(ProcessingMessage(_PROBE_TYPE, None, MessageMetadata()), topic=topic)
+                await self._send_probe(topic)
                 try:
                     await asyncio.wait_for(arrived.wait(), min(interval, left))
                 except asyncio.TimeoutError:
                     interval = min(interval * 2, 0.25)
+            self._is_ready = True
         finally:
             self.unsubscribe(sub)
+
+    async def _send_probe(self, topic: str) -> None:
+        link = self._link
+        if link is None:
+            raise ClosedError("MessageBroker is closed")
+        msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=self.name))
+        tframe = self._codec.topic_frame(msg, topic)
+        link.send(tframe, self._codec.encode(msg, tframe, self.client_id, 0, self.name))  # a probe lost at the HWM is simply sent again
 
     # -- publishing --------------------------------------------------------
 
@@ -281,26 +294,41 @@ class MessageBroker:
         :class:`BusTimeout` if the high-water mark stays reached for
         ``publish_timeout`` seconds.
         """
+        if not self._is_ready:
+            # A new publishing socket drops everything until the forwarder's
+            # subscriptions reach it: wait for that once, instead of losing
+            # the first messages silently.
+            await self.ready(self.publish_timeout)
         link = self._link
         if link is None:
-            await self.start()
-            link = self._link
-            assert link is not None
-        codec = self._codec
-        tframe = codec.topic_frame(message, topic)
+            raise ClosedError("MessageBroker is closed")
+        if topic is None and message.topic is None:
+            # The common case: the topic is the message type's name.
+            tframe = self._type_frames.get(message.message_type)
+            if tframe is None:
+                tframe = self._type_frame(message)
+        else:
+            tframe = self._codec.topic_frame(message, topic)
         # The sequence is per (publisher, topic): a subscriber sees only the
         # topics it subscribed to, so a per-publisher counter would show gaps
         # that are not losses.
         seq = self._next_seq.get(tframe, 0) + 1
-        env, body = codec.encode(message, tframe, self.client_id, seq, self.name)
+        payload = self._codec.encode(message, tframe, self.client_id, seq, self.name)
         self._next_seq[tframe] = seq
-        if not link.send(tframe, env, body):
-            await self._publish_slow(link, tframe, env, body)
+        if not link.send(tframe, payload):
+            await self._publish_slow(link, tframe, payload)
         n = self._n
         n.published += 1
-        n.published_bytes += len(tframe) + len(env) + len(body)
+        n.published_bytes += len(tframe) + len(payload)
 
-    async def _publish_slow(self, link: BusLink, tframe: bytes, env: bytes, body: bytes) -> None:
+    def _type_frame(self, message: ProcessingMessage) -> bytes:
+        tframe = self._codec.topic_frame(message)
+        if len(self._type_frames) >= _CACHE_LIMIT:
+            self._type_frames.clear()
+        self._type_frames[message.message_type] = tframe
+        return tframe
+
+    async def _publish_slow(self, link: BusLink, tframe: bytes, payload: bytes) -> None:
         self._n.publish_waits += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
@@ -312,7 +340,7 @@ class MessageBroker:
             await link.pub.wait(2, left)  # zmq.POLLOUT
             if self._closed:
                 raise ClosedError("MessageBroker closed while publishing")
-            if link.send(tframe, env, body):
+            if link.send(tframe, payload):
                 return
 
     # -- receiving ---------------------------------------------------------
@@ -334,22 +362,33 @@ class MessageBroker:
             # Bounded wait: a lost FD edge can delay us by at most one second.
             await link.sub.wait(1, 1.0)  # zmq.POLLIN
 
-    async def _dispatch_batch(self, batch: list[tuple[bytes | None, Any, Any]]) -> None:
+    async def _dispatch_batch(self, batch: list[tuple[bytes | None, Any]]) -> None:
         n = self._n
         decode = self._codec.decode
         cache = self._dispatch_cache
-        for topic, env, body in batch:
+        last_seq = self._last_seq
+        for topic, payload in batch:
             if topic is BAD:
-                self._decode_error(DecodeError("frames", f"expected 3 frames, got {env}"))
+                self._decode_error(DecodeError("frames", f"expected 2 frames, got {payload}"))
                 continue
+            size = len(topic) + len(payload)
             n.received += 1
-            n.received_bytes += len(topic) + len(env) + len(body)
+            n.received_bytes += size
             try:
-                msg = decode(topic, env, body)
+                msg = decode(topic, payload, size)
             except DecodeError as exc:
                 self._decode_error(exc)
                 continue
-            self._track_sequence(msg.metadata, topic)
+            md = msg.metadata
+            # Gap detection, per (publisher, topic): inlined, it runs per message.
+            per_pub = last_seq.get(md.publisher_id)
+            if per_pub is not None:
+                last = per_pub.get(topic)
+                per_pub[topic] = md.sequence
+                if last is not None and md.sequence != last + 1 and md.sequence > last:
+                    self._gap(md, topic, last)
+            else:
+                self._first_from(md, topic)
             subs = cache.get(topic)
             if subs is None:
                 subs = self._match(topic, msg.topic or "")
@@ -363,14 +402,17 @@ class MessageBroker:
                         await sub.handler(msg)  # type: ignore[misc]
                     else:
                         result = sub.handler(msg)
-                        if inspect.isawaitable(result):
+                        if result is not None and inspect.isawaitable(result):
                             await result
                 except Exception as exc:  # a handler's fault must not stop dispatch
-                    n.handler_errors += 1
-                    self._faults.log(logging.ERROR, f"handler:{sub.component_name}:{sub.pattern.text}",
-                                     "handler %s for %r (component %s) raised %s: %s",
-                                     getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
-                                     sub.component_name, type(exc).__name__, exc, exc_info=False)
+                    self._handler_error(sub, exc)
+
+    def _handler_error(self, sub: Subscription, exc: Exception) -> None:
+        self._n.handler_errors += 1
+        self._faults.log(logging.ERROR, f"handler:{sub.component_name}:{sub.pattern.text}",
+                         "handler %s for %r (component %s) raised %s: %s",
+                         getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
+                         sub.component_name, type(exc).__name__, exc)
 
     def _match(self, topic: bytes, text: str) -> tuple[Subscription, ...]:
         reserved = topic.startswith(_RESERVED)
@@ -380,20 +422,17 @@ class MessageBroker:
         self._dispatch_cache[topic] = subs
         return subs
 
-    def _track_sequence(self, md: MessageMetadata, topic: bytes) -> None:
-        per_pub = self._last_seq.get(md.publisher_id)
-        if per_pub is None:
-            if len(self._last_seq) >= _CACHE_LIMIT:
-                self._last_seq.clear()
-            per_pub = self._last_seq[md.publisher_id] = {}
-        last = per_pub.get(topic)
-        per_pub[topic] = md.sequence
-        if last is not None and md.sequence > last + 1:
-            missing = md.sequence - last - 1
-            self._n.gaps += missing
-            self._faults.log(logging.WARNING, f"gap:{topic!r}",
-                             "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
-                             missing, topic.decode(errors="replace"), md.publisher_id, md.sequence, last)
+    def _first_from(self, md: MessageMetadata, topic: bytes) -> None:
+        if len(self._last_seq) >= _CACHE_LIMIT:
+            self._last_seq.clear()
+        self._last_seq[md.publisher_id] = {topic: md.sequence}
+
+    def _gap(self, md: MessageMetadata, topic: bytes, last: int) -> None:
+        missing = md.sequence - last - 1
+        self._n.gaps += missing
+        self._faults.log(logging.WARNING, f"gap:{topic!r}",
+                         "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
+                         missing, topic.decode(errors="replace"), md.publisher_id, md.sequence, last)
 
     def _decode_error(self, exc: DecodeError) -> None:
         self._decode_errors[exc.reason] = self._decode_errors.get(exc.reason, 0) + 1

@@ -50,7 +50,7 @@ class ForwarderStatistics:
     """Counters of a running forwarder.
 
     ``frames_in``/``bytes_in`` count what publishers sent (a zmqbus message is
-    three frames); ``frames_out``/``bytes_out`` what was handed to the XPUB
+    two frames); ``frames_out``/``bytes_out`` what was handed to the XPUB
     side once (ZeroMQ then copies it to each matching subscriber).
     ``subscription_frames`` counts (un)subscriptions from subscribers.
     """
@@ -211,8 +211,7 @@ class Forwarder:
             return
         msg = ProcessingMessage(STATS_TOPIC, stats.as_dict(), MessageMetadata(source_component="forwarder"))
         tframe = codec.topic_frame(msg)
-        env, body = codec.encode(msg, tframe, self._id, seq)
-        sock.send_multipart([tframe, env, body], zmq.NOBLOCK)
+        sock.send_multipart([tframe, codec.encode(msg, tframe, self._id, seq)], zmq.NOBLOCK)
 
     def statistics(self, timeout: float = 2.0) -> ForwarderStatistics:
         """Read the proxy's counters (thread-safe). Raises :class:`ClosedError` once stopped."""

@@ -3,7 +3,8 @@
 Rules of this module:
 
 * A *topic* is 1-255 UTF-8 bytes of non-empty words joined by ``.``; a word
-  holds no ``*``, ``#``, whitespace or control character.
+  holds no ``*``, ``#``, whitespace or control character, and the first byte
+  is not 0xDC or 0xDD (those start a msgpack array; see transport.py).
 * A *pattern* is a topic whose words may also be exactly ``*`` (one word) or
   ``#`` (zero or more words), so ``a.b.#`` matches ``a.b`` and ``a.b.c.d``.
 * ZeroMQ filters only by byte prefix, so every pattern compiles to the longest
@@ -38,6 +39,10 @@ def _check_words(text: str, what: str, wildcards: bool) -> list[str]:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size == 0 or size > MAX_TOPIC_BYTES:
         raise TopicError(f"{what} {text!r} must be 1 to {MAX_TOPIC_BYTES} bytes long")
+    if text.encode("utf-8", "surrogatepass")[0] in (0xDC, 0xDD):
+        # These lead bytes also start a msgpack array; a topic never does
+        # (PROTOCOL.md), which lets receivers recover framing exactly.
+        raise TopicError(f"{what} {text!r} may not start with U+0700-U+077F")
     words = text.split(".")
     for word in words:
         if wildcards and word in ("*", "#"):

@@ -1,0 +1,53 @@
+"""Helpers to run bus processes (spawned, never forked) and end them by pid.
+
+The ZeroMQ context is created inside each child (``spawn`` start method), so
+no socket or context ever crosses a process boundary.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+from typing import Any, Callable
+
+from .transport import SocketConfig
+
+__all__ = ["spawn", "stop_process", "forwarder_process"]
+
+log = logging.getLogger(__name__)
+
+_mp = multiprocessing.get_context("spawn")
+
+
+def spawn(target: Callable[..., Any], *args: Any, name: str | None = None) -> multiprocessing.process.BaseProcess:
+    """Start ``target(*args)`` in a new spawned process and return it."""
+    proc = _mp.Process(target=target, args=args, name=name, daemon=True)
+    proc.start()
+    return proc
+
+
+def stop_process(proc: multiprocessing.process.BaseProcess, timeout: float = 5.0) -> int | None:
+    """SIGTERM ``proc`` by pid, then SIGKILL if it is still alive after ``timeout``."""
+    if proc.pid is not None and proc.is_alive():
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.join(timeout)
+        if proc.is_alive():
+            log.warning("process %s (pid %d) ignored SIGTERM; killing it", proc.name, proc.pid)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join(timeout)
+    return proc.exitcode
+
+
+def _forwarder_main(pub: str, sub: str, hwm: int, stats_interval: float | None, log_level: int) -> None:
+    from .forwarder import run_forwarder
+
+    logging.basicConfig(level=log_level, format="%(asctime)s forwarder %(levelname)s %(message)s")
+    run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm), stats_interval=stats_interval)
+
+
+def forwarder_process(pub: str, sub: str, *, hwm: int = 100_000, stats_interval: float | None = 5.0,
+                      log_level: int = logging.WARNING) -> multiprocessing.process.BaseProcess:
+    """Start a forwarder in its own process; stop it with :func:`stop_process`."""
+    return spawn(_forwarder_main, pub, sub, hwm, stats_interval, log_level, name="zmqbus-forwarder")
