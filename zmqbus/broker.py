@@ -227,7 +227,6 @@ class MessageBroker:
             self._remove_prefix(sub.pattern.prefix)
         if gone:
             self._dispatch_cache.clear()
-            self._last_seq.clear()  # a gap while unsubscribed is not a loss
         return len(gone)
 
     def _add_prefix(self, prefix: bytes) -> None:
@@ -240,8 +239,14 @@ class MessageBroker:
         count = self._prefix_refs.pop(prefix) - 1
         if count:
             self._prefix_refs[prefix] = count
-        elif self._link is not None:
+            return
+        if self._link is not None:
             self._link.unsubscribe(prefix)
+        # Messages on these topics published while unsubscribed are not
+        # losses: forget their sequence numbers (and only theirs).
+        for per_pub in self._last_seq.values():
+            for topic in [t for t in per_pub if t.startswith(prefix)]:
+                del per_pub[topic]
 
     async def ready(self, timeout: float = 10.0) -> None:
         """Return once every subscription made so far is live at the forwarder.
@@ -295,6 +300,8 @@ class MessageBroker:
         ``publish_timeout`` seconds.
         """
         if not self._is_ready:
+            # Bad input fails at once, not after waiting for the bus.
+            self._codec.encode(message, self._codec.topic_frame(message, topic), self.client_id, 0, self.name)
             # A new publishing socket drops everything until the forwarder's
             # subscriptions reach it: wait for that once, instead of losing
             # the first messages silently.

@@ -1,0 +1,130 @@
+"""Shared fixtures: endpoints, forwarders (in a thread or a process), async tests.
+
+``async def`` tests run in a fresh event loop via :func:`pytest_pyfunc_call`
+(no pytest-asyncio needed). Every process a fixture starts is ended by its pid
+in teardown; nothing is ever killed by name.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import socket
+import time
+from typing import Any, Awaitable, Callable, Iterator
+
+import pytest
+
+from zmqbus import Forwarder
+from zmqbus.config import ipc_endpoints
+from zmqbus.procs import forwarder_process, stop_process
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if inspect.iscoroutinefunction(pyfuncitem.obj):
+        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        asyncio.run(pyfuncitem.obj(**args))
+        return True
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_endpoints() -> tuple[str, str]:
+    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def ipc_pair(tmp_path: Any) -> tuple[str, str]:
+    """A fresh pair of ipc endpoints inside the test's temp dir."""
+    return ipc_endpoints(str(tmp_path))
+
+
+@pytest.fixture
+def tcp_pair() -> tuple[str, str]:
+    return tcp_endpoints()
+
+
+@pytest.fixture
+def forwarder(tcp_pair: tuple[str, str]) -> Iterator[Forwarder]:
+    """A real forwarder in a thread of the test process, on tcp loopback."""
+    fwd = Forwarder(*tcp_pair, stats_interval=None).start()
+    yield fwd
+    fwd.stop()
+
+
+@pytest.fixture
+def spawn_forwarder() -> Iterator[Callable[..., Any]]:
+    """Start forwarder processes; all are ended by pid at teardown."""
+    procs: list[Any] = []
+
+    def start(pub: str, sub: str, **kwargs: Any) -> Any:
+        proc = forwarder_process(pub, sub, **kwargs)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        stop_process(proc, timeout=3.0)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` on the event loop until true; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+def wait_sync(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+class Collector:
+    """An async handler that records messages and lets a test await a count."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self._event = asyncio.Event()
+        self._want = 0
+
+    async def __call__(self, msg: Any) -> None:
+        self.messages.append(msg)
+        if len(self.messages) >= self._want:
+            self._event.set()
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> list[Any]:
+        self._want = n
+        if len(self.messages) < n:
+            self._event.clear()
+            try:
+                await asyncio.wait_for(self._event.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"got {len(self.messages)} of {n} messages in {timeout} s") from None
+        return self.messages
+
+
+@pytest.fixture
+def collector() -> Callable[[], Collector]:
+    return Collector
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+Awaitable_ = Awaitable  # re-exported for type hints in tests

@@ -1,0 +1,248 @@
+"""MessageBroker against a real forwarder (a thread of this process, tcp loopback)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from zmqbus import (BusTimeout, ClosedError, Forwarder, MessageBroker, MessageMetadata, MessageTooLarge,
+                    ProcessingMessage, TopicError)
+from conftest import Collector, wait_until
+
+
+def broker_for(fwd: Forwarder, **kw: object) -> MessageBroker:
+    return MessageBroker(fwd.pub_endpoint, fwd.sub_endpoint, **kw)  # type: ignore[arg-type]
+
+
+def msg(topic: str, content: object = None, **md: object) -> ProcessingMessage:
+    return ProcessingMessage(topic, content if content is not None else {}, MessageMetadata(**md))  # type: ignore[arg-type]
+
+
+async def test_publish_subscribe_wildcards(forwarder: Forwarder) -> None:
+    async with broker_for(forwarder, name="sub") as sub, broker_for(forwarder, name="pub") as pub:
+        exact, hashes, star = Collector(), Collector(), Collector()
+        sub.subscribe("c", "order.start.request", exact)
+        sub.subscribe("c", "order.#", hashes)
+        sub.subscribe("c", "*.error", star)
+        await sub.ready()
+        for topic in ("order.start.request", "order.start.request.eu", "order", "payment.error",
+                      "a.payment.error", "orders.x"):
+            await pub.publish(msg(topic, {"t": topic}))
+        await hashes.wait_for(3)
+        await star.wait_for(1)
+        await exact.wait_for(1)
+        # a marker published last proves nothing else is still on its way
+        await pub.publish(msg("order.end"))
+        await hashes.wait_for(4)
+        assert [m.topic for m in exact.messages] == ["order.start.request"]
+        assert [m.topic for m in hashes.messages] == ["order.start.request", "order.start.request.eu", "order",
+                                                       "order.end"]
+        assert [m.topic for m in star.messages] == ["payment.error"]
+        stats = sub.statistics()
+        assert stats.receives_all == 1  # '*.error' sees all traffic ...
+        # ... and filters in Python: 'a.payment.error', 'orders.x' and the
+        # publishing client's ready() probe (control traffic is all traffic too)
+        assert stats.unmatched == 3
+        assert stats.gaps == 0 and stats.handler_errors == 0
+
+
+async def test_sync_and_async_handlers_and_order(forwarder: Forwarder) -> None:
+    seen: list[int] = []
+    async with broker_for(forwarder) as b:
+        b.subscribe("c", "n.#", lambda m: seen.append(m.content["i"]))
+        coll = Collector()
+        b.subscribe("c", "n.#", coll)
+        await b.ready()
+        for i in range(500):
+            await b.publish(msg("n.x", {"i": i}))
+        await coll.wait_for(500)
+        assert seen == list(range(500))
+        assert [m.metadata.sequence for m in coll.messages] == list(range(1, 501))
+
+
+async def test_subscribe_before_start_as_in_the_guide(forwarder: Forwarder) -> None:
+    b = broker_for(forwarder)
+    coll = Collector()
+    b.subscribe("manager", "x.start.request.#", coll)  # plain call, no loop needed yet
+    await b.ready()  # starts the broker
+    await b.publish(msg("x.start.request", {"k": 1}))
+    assert (await coll.wait_for(1))[0].content == {"k": 1}
+    await b.close()
+    await b.close()  # idempotent
+    assert b.closed
+    with pytest.raises(ClosedError):
+        await b.publish(msg("x.y"))
+    with pytest.raises(ClosedError):
+        b.subscribe("m", "a", coll)
+
+
+async def test_unsubscribe(forwarder: Forwarder) -> None:
+    async with broker_for(forwarder) as b:
+        a, c = Collector(), Collector()
+        sub_a = b.subscribe("one", "u.#", a)
+        b.subscribe("two", "u.#", c)
+        await b.ready()
+        await b.publish(msg("u.1"))
+        await a.wait_for(1)
+        await c.wait_for(1)
+        assert b.unsubscribe(sub_a) == 1
+        assert b.unsubscribe("nobody") == 0
+        await b.publish(msg("u.2"))
+        await c.wait_for(2)
+        assert len(a.messages) == 1
+        assert b.unsubscribe("two", "u.#") == 1
+        assert b.statistics().subscriptions == 0
+
+
+async def test_handler_errors_are_counted_and_dispatch_goes_on(forwarder: Forwarder,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    async def boom(m: ProcessingMessage) -> None:
+        raise RuntimeError(f"boom {m.content['i']}")
+
+    async with broker_for(forwarder) as b:
+        coll = Collector()
+        b.subscribe("bad", "h.#", boom)
+        b.subscribe("good", "h.#", coll)
+        await b.ready()
+        with caplog.at_level(logging.ERROR, logger="zmqbus.broker"):
+            for i in range(50):
+                await b.publish(msg("h.x", {"i": i}))
+            await coll.wait_for(50)
+        assert b.statistics().handler_errors == 50
+        # logged once, not 50 times
+        assert len([r for r in caplog.records if "boom" in r.getMessage()]) == 1
+
+
+async def test_invalid_input_is_refused_locally(forwarder: Forwarder) -> None:
+    async with broker_for(forwarder, max_message_size=2000) as b:
+        with pytest.raises(TopicError):
+            b.subscribe("c", "a..b", Collector())
+        with pytest.raises(TopicError):
+            await b.publish(msg("a.*"))
+        with pytest.raises(MessageTooLarge):
+            await b.publish(msg("a.b", {"blob": b"x" * 5000}))
+        assert b.statistics().published == 0
+
+
+async def test_ready_times_out_without_forwarder(tcp_pair: tuple[str, str]) -> None:
+    async with MessageBroker(*tcp_pair) as b:
+        with pytest.raises(BusTimeout, match="no answer from the forwarder"):
+            await b.ready(timeout=0.3)
+    # publish waits for the bus once, bounded by publish_timeout
+    async with MessageBroker(*tcp_pair, publish_timeout=0.2) as b:
+        with pytest.raises(BusTimeout):
+            await b.publish(msg("a.b"))
+
+
+async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair: tuple[str, str]) -> None:
+    """With the forwarder's proxy unable to keep up, publish blocks, then times out; nothing is dropped."""
+    fwd = Forwarder(*tcp_pair, stats_interval=None).start()
+    try:
+        async with MessageBroker(*tcp_pair, hwm=10, publish_timeout=0.5) as pub, \
+                MessageBroker(*tcp_pair, hwm=10) as sub:
+            gate = asyncio.Event()
+            got: list[int] = []
+
+            async def slow(m: ProcessingMessage) -> None:
+                await gate.wait()
+                got.append(m.content["i"])
+
+            sub.subscribe("s", "w.#", slow)
+            await sub.ready()
+            await pub.ready()
+            fwd.stop()  # nothing drains the publisher any more
+            sent = 0
+            with pytest.raises(BusTimeout, match="high-water mark"):
+                for i in range(100_000):
+                    await pub.publish(msg("w.x", {"i": i}))
+                    sent += 1
+            assert pub.statistics().publish_waits >= 1
+            assert sent < 100_000
+    finally:
+        fwd.stop()
+
+
+async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
+    """A blocked subscriber behind a tiny HWM loses messages; every loss shows up as a gap."""
+    from zmqbus import SocketConfig
+    fwd = Forwarder(*tcp_pair, socket_config=SocketConfig(hwm=20), stats_interval=None).start()
+    try:
+        async with MessageBroker(*tcp_pair) as pub, MessageBroker(*tcp_pair, hwm=20) as sub:
+            gate = asyncio.Event()
+            got: list[int] = []
+
+            async def blocked(m: ProcessingMessage) -> None:
+                await gate.wait()
+                got.append(m.metadata.sequence)
+
+            sub.subscribe("s", "g.#", blocked)
+            await sub.ready()
+            n = 5000
+            for i in range(n):
+                await pub.publish(msg("g.x", {"i": i, "pad": "x" * 200}))
+            gate.set()
+            # Markers until one arrives: the path is FIFO, so once a marker is
+            # in, every surviving message is in, and a lost tail shows as a gap.
+            marker = n
+            while not got or got[-1] <= n:
+                await pub.publish(msg("g.x", {"i": marker}))
+                marker += 1
+                try:
+                    await wait_until(lambda: bool(got) and got[-1] > n, timeout=0.05)
+                except AssertionError:
+                    pass
+            stats = sub.statistics()
+            assert len(got) < n, "the test needs real drops"
+            assert stats.gaps > 0
+            assert len(got) + stats.gaps == got[-1], "every sequence number is either delivered or counted lost"
+    finally:
+        fwd.stop()
+
+
+async def test_inproc_forwarder_in_the_same_process() -> None:
+    fwd = Forwarder("inproc://t-pub", "inproc://t-sub", stats_interval=None).start()
+    try:
+        async with MessageBroker("inproc://t-pub", "inproc://t-sub") as b:
+            coll = Collector()
+            b.subscribe("c", "i.#", coll)
+            await b.ready()
+            await b.publish(msg("i.x", [1, 2, 3]))
+            assert (await coll.wait_for(1))[0].content == [1, 2, 3]
+    finally:
+        fwd.stop()
+
+
+async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]) -> None:
+    from zmqbus.forwarder import STATS_TOPIC
+    fwd = Forwarder(*tcp_pair, stats_interval=0.1).start()
+    try:
+        async with MessageBroker(*tcp_pair) as b:
+            coll = Collector()
+            b.subscribe("c", STATS_TOPIC, coll)
+            b.subscribe("c", "s.#", Collector())
+            await b.ready()
+            for _ in range(10):
+                await b.publish(msg("s.x"))
+            await wait_until(lambda: fwd.statistics().frames_in >= 20, what="frames counted")
+            stats = fwd.statistics()
+            assert stats.bytes_in >= stats.frames_in and stats.frames_out >= 20
+            assert stats.publisher_connects >= 1 and stats.subscriber_connects >= 1
+            report = (await coll.wait_for(1))[0]
+            assert report.content["frames_in"] >= 0 and report.metadata.source_component == "forwarder"
+    finally:
+        fwd.stop()
+    with pytest.raises(ClosedError):
+        fwd.statistics()
+
+
+def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
+    from zmqbus import TransportError
+    fwd = Forwarder(*tcp_pair, stats_interval=None).start()
+    try:
+        with pytest.raises(TransportError, match="bind"):
+            Forwarder(*tcp_pair, stats_interval=None).start()
+        with pytest.raises(TransportError):
+            Forwarder("bogus://x", "tcp://127.0.0.1:1", stats_interval=None).start()
+    finally:
+        fwd.stop()

@@ -1,0 +1,107 @@
+"""The zmqbus command line, run as real processes (and through CliRunner for argument errors)."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+from zmqbus.cli import main
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def run_cli() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "zmqbus.cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def test_forwarder_watch_send_stats(tcp_pair: tuple[str, str], run_cli: Any) -> None:
+    ep = ["--pub", tcp_pair[0], "--sub", tcp_pair[1]]
+    fwd = run_cli("forwarder", *ep, "--stats-interval", "0.2")
+    watch = run_cli("watch", "cli.#", *ep, "--count", "2", "--timeout", "60", "--json")
+    assert watch.stderr is not None
+    line = watch.stderr.readline()  # "watching ..." is printed once its subscription is live
+    assert "watching cli.#" in line, line
+    code, _, err = finish(run_cli("send", "cli.hello", *ep, "--content", '{"n": 1}', "--repeat", "2",
+                                  "--target", "watcher", "--correlation-id", "conv-9"))
+    assert code == 0, err
+    code, out, err = finish(watch)
+    assert code == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [x["content"] for x in lines] == [{"n": 1}, {"n": 1}]
+    assert [x["sequence"] for x in lines] == [1, 2]
+    assert lines[0]["correlation_id"] == "conv-9" and lines[0]["target"] == "watcher"
+    code, out, err = finish(run_cli("stats", *ep, "--timeout", "20"))
+    assert code == 0, err
+    assert "frames_in" in out and "handshake_failures" in out
+    fwd.send_signal(signal.SIGTERM)
+    code, _, err = finish(fwd)
+    assert code == 0, err
+    assert "forwarded" in err
+
+
+def test_forwarder_reports_a_busy_port(tcp_pair: tuple[str, str], run_cli: Any) -> None:
+    ep = ["--pub", tcp_pair[0], "--sub", tcp_pair[1], "--stats-interval", "0"]
+    first = run_cli("forwarder", *ep)
+    deadline = time.monotonic() + 20
+    while True:  # wait until the first one has bound
+        code, _, err = finish(run_cli("forwarder", *ep))
+        if code == 1 and "Address already in use" in err:
+            break
+        assert time.monotonic() < deadline, err
+    first.send_signal(signal.SIGINT)
+    assert finish(first)[0] == 0
+
+
+def test_send_errors_are_one_line() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["send", "bad..topic"])
+    assert result.exit_code == 1 and "TopicError" in result.output
+    result = runner.invoke(main, ["send", "a.b", "--content", "{not json"])
+    assert result.exit_code == 2 and "not JSON" in result.output
+
+
+def test_send_without_a_forwarder_times_out_cleanly(tcp_pair: tuple[str, str], run_cli: Any) -> None:
+    code, _, err = finish(run_cli("send", "a.b", "--pub", tcp_pair[0], "--sub", tcp_pair[1]), timeout=60)
+    assert code == 1 and "BusTimeout" in err
+
+
+def test_demo(run_cli: Any) -> None:
+    code, out, err = finish(run_cli("demo", "--count", "6", "--interval", "0.01"), timeout=90)
+    assert code == 0, err
+    assert "6/6 messages delivered, 0 lost" in out
+    assert out.count("subscriber <-") == 6
+
+
+def test_bench_pubsub_json(run_cli: Any) -> None:
+    """Checks that the benchmark runs and reports; it asserts no speed."""
+    code, out, err = finish(run_cli("bench", "pubsub", "--quick", "--json", "--count", "3000"), timeout=110)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["count"] == 3000
+    assert report["zmqbus_msgs_per_s"] > 0 and report["raw_msgs_per_s"] > 0
+    assert report["ratio"] == round(report["zmqbus_msgs_per_s"] / report["raw_msgs_per_s"], 3)
+    assert report["zmqbus"]["received"] + report["zmqbus"]["lost"] == 3000

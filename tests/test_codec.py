@@ -1,0 +1,189 @@
+"""Codec: round trips, every malformed input as one DecodeError with a reason."""
+from __future__ import annotations
+
+import datetime
+import enum
+import uuid
+from dataclasses import dataclass
+
+import msgpack
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from zmqbus import (Codec, DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage,
+                    TopicError)
+from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, decode_frames, pack, unpack
+
+
+class Kind(enum.Enum):
+    START = "component.start.request"
+
+
+def frames(msg: ProcessingMessage, codec: Codec | None = None, seq: int = 1) -> tuple[bytes, bytes]:
+    codec = codec or Codec()
+    tframe = codec.topic_frame(msg)
+    return tframe, codec.encode(msg, tframe, "pub-1", seq, "default-source")
+
+
+def test_round_trip_keeps_every_field() -> None:
+    md = MessageMetadata(correlation_id="c-1", source_component="manager", target_component="handler",
+                         causation_id="m-0", attempt=2, deadline=1e9 + 0.5, headers={"k": [1, 2]})
+    msg = ProcessingMessage(Kind.START, {"doc": "d-1", "n": 3, "raw": b"\x00\xff"}, md)
+    topic, payload = frames(msg, seq=7)
+    assert topic == b"component.start.request"
+    out = Codec().decode(topic, payload)
+    assert out.message_type == "component.start.request"  # unregistered: the plain str
+    assert out.content == {"doc": "d-1", "n": 3, "raw": b"\x00\xff"}
+    assert out.topic == "component.start.request"
+    got = out.metadata
+    assert (got.correlation_id, got.source_component, got.target_component) == ("c-1", "manager", "handler")
+    assert (got.message_id, got.causation_id, got.attempt, got.deadline) == (md.message_id, "m-0", 2, 1e9 + 0.5)
+    assert (got.publisher_id, got.sequence, got.headers, got.timestamp) == ("pub-1", 7, {"k": [1, 2]}, md.timestamp)
+
+
+def test_defaults_fill_in_source_and_correlation() -> None:
+    msg = ProcessingMessage("a.b", {})
+    out = Codec().decode(*frames(msg))
+    assert out.metadata.source_component == "default-source"
+    assert out.metadata.correlation_id == msg.metadata.message_id
+
+
+def test_registered_enum_comes_back() -> None:
+    from zmqbus import register_message_types
+    register_message_types(Kind)
+    out = Codec().decode(*frames(ProcessingMessage(Kind.START, {})))
+    assert out.message_type is Kind.START
+
+
+def test_payload_layout_is_the_documented_array() -> None:
+    topic, payload = frames(ProcessingMessage("a.b", {"x": 1}, MessageMetadata("c", "s", "t")))
+    arr = msgpack.unpackb(payload)
+    assert len(arr) == len(ENVELOPE_FIELDS) == 14
+    assert arr[0] == PROTOCOL_VERSION and arr[1] == "a.b" and arr[13] == {"x": 1}
+    assert payload[0] == 0x9E  # fixarray of 14: never the first byte of a topic
+
+
+def test_common_python_types_are_encoded() -> None:
+    @dataclass
+    class Point:
+        x: int
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    uid = uuid.UUID(int=1)
+    content = {"kind": Kind.START, "when": when, "id": uid, "tags": {"a"}, "p": Point(1), "t": (1, 2)}
+    out = Codec().decode(*frames(ProcessingMessage("a.b", content)))
+    assert out.content == {"kind": "component.start.request", "when": when.isoformat(), "id": str(uid),
+                           "tags": ["a"], "p": {"x": 1}, "t": [1, 2]}
+
+
+def test_unencodable_content_is_an_encode_error() -> None:
+    with pytest.raises(EncodeError, match="cannot encode"):
+        frames(ProcessingMessage("a.b", {"f": object()}))
+    with pytest.raises(EncodeError):
+        pack(object())
+
+
+@pytest.mark.parametrize("md", [
+    MessageMetadata(correlation_id=5),  # type: ignore[arg-type]
+    MessageMetadata(target_component=1),  # type: ignore[arg-type]
+    MessageMetadata(attempt=0),
+    MessageMetadata(timestamp="now"),  # type: ignore[arg-type]
+])
+def test_bad_metadata_is_an_encode_error(md: MessageMetadata) -> None:
+    with pytest.raises(EncodeError):
+        frames(ProcessingMessage("a.b", {}, md))
+
+
+def test_bad_message_type_and_topic() -> None:
+    with pytest.raises(EncodeError):
+        frames(ProcessingMessage(42, {}))  # type: ignore[arg-type]
+    with pytest.raises(TopicError):
+        frames(ProcessingMessage("a..b", {}))
+
+
+def test_too_large_is_refused_before_sending() -> None:
+    codec = Codec(max_message_size=1000)
+    with pytest.raises(MessageTooLarge) as info:
+        frames(ProcessingMessage("a.b", {"blob": b"x" * 2000}), codec)
+    assert info.value.size > 2000 and info.value.limit == 1000
+
+
+def envelope(**changes: object) -> list[object]:
+    base = dict(zip(ENVELOPE_FIELDS, [1, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}]))
+    base.update(changes)
+    return list(base.values())
+
+
+@pytest.mark.parametrize("payload,reason", [
+    (b"\xc1", "msgpack"),                                # never-used byte
+    (b"\x9e\x01", "msgpack"),                            # truncated array
+    (b"\xdb\xff\xff\xff\xff", "msgpack"),                # str32 declaring 4 GiB: a "bomb"
+    (b"\xdd\x7f\xff\xff\xff", "msgpack"),                # array32 declaring 2^31 items
+    (msgpack.packb(envelope()) + b"\x00", "msgpack"),   # trailing bytes
+    (msgpack.packb({"v": 1}), "field"),                  # a map, not an array
+    (msgpack.packb([1, "a.b"]), "field"),               # too short
+    (msgpack.packb(envelope(version=2)), "version"),
+    (msgpack.packb([99]), "version"),
+    (msgpack.packb(envelope(version="1")), "version"),
+    (msgpack.packb(envelope(message_id=5)), "field"),
+    (msgpack.packb(envelope(sequence=-1)), "field"),
+    (msgpack.packb(envelope(attempt=0)), "field"),
+    (msgpack.packb(envelope(timestamp="x")), "field"),
+    (msgpack.packb(envelope(headers=[1])), "field"),
+    (msgpack.packb(envelope(target=3)), "field"),
+    (msgpack.packb(envelope(content=msgpack.ExtType(5, b"x"))), "msgpack"),   # ext types refused
+    (msgpack.packb(envelope(content={1: "int key"})), "msgpack"),           # strict_map_key
+])
+def test_malformed_payloads(payload: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        Codec().decode(b"a.b", payload)
+    assert info.value.reason == reason
+
+
+def test_bad_topic_frame_and_size() -> None:
+    payload = msgpack.packb(envelope())
+    with pytest.raises(DecodeError) as info:
+        Codec().decode(b"\xff\xfe", payload)
+    assert info.value.reason == "topic"
+    with pytest.raises(DecodeError) as info:
+        Codec(max_message_size=10).decode(b"a.b", payload)
+    assert info.value.reason == "size"
+
+
+def test_later_minor_revision_fields_are_ignored() -> None:
+    out = Codec().decode(b"a.b", msgpack.packb(envelope() + ["future", 42]))
+    assert out.content == {} and out.metadata.message_id == "m-1"
+
+
+def test_decode_frames_checks_the_count() -> None:
+    with pytest.raises(DecodeError) as info:
+        decode_frames(Codec(), [b"a.b"])
+    assert info.value.reason == "frames"
+
+
+def test_unpack_never_leaks_msgpack_errors() -> None:
+    for data in (b"", b"\x92\x01", b"\xd9\x05ab"):
+        with pytest.raises(DecodeError):
+            unpack(data)
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
+    | st.text(max_size=20) | st.binary(max_size=20),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_like)
+def test_content_round_trips(content: object) -> None:
+    assert Codec().decode(*frames(ProcessingMessage("a.b", content))).content == content
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
+    try:
+        Codec().decode(b"a.b", data)
+    except DecodeError:
+        pass

@@ -1,0 +1,55 @@
+"""Interop: tests/raw_peer.py, written from docs/PROTOCOL.md alone, talks to zmqbus."""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from typing import Any, Iterator
+
+import pytest
+
+from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
+from conftest import Collector
+
+RAW_PEER = os.path.join(os.path.dirname(__file__), "raw_peer.py")
+
+
+@pytest.fixture
+def raw_peer(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> Iterator[subprocess.Popen[str]]:
+    spawn_forwarder(*ipc_pair, stats_interval=None)
+    proc = subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair], stdout=subprocess.PIPE, text=True)
+    yield proc
+    if proc.poll() is None:
+        proc.kill()  # by pid (Popen.kill signals this child only)
+    proc.wait(5)
+    assert proc.stdout is not None
+    proc.stdout.close()
+
+
+async def readline(proc: subprocess.Popen[str]) -> str:
+    assert proc.stdout is not None
+    return (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
+
+
+async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], raw_peer: Any) -> None:
+    async with MessageBroker(*ipc_pair, name="pytest") as b:
+        coll = Collector()
+        b.subscribe("pytest", "interop.from_raw.#", coll)
+        await b.ready(timeout=20)
+        assert await readline(raw_peer) == "ready"
+        sent = ProcessingMessage("interop.to_raw", {"n": [1, 2.5, "three", None, b"\x04"]},
+                                 MessageMetadata(correlation_id="conv-1", source_component="pytest"))
+        await b.publish(sent)
+        got = await coll.wait_for(4, timeout=20)
+        assert await readline(raw_peer) == "sent"
+        first = got[0]
+        assert first.content == {"echo": {"n": [1, 2.5, "three", None, b"\x04"]},
+                                 "type_seen": "interop.to_raw", "source_seen": "pytest"}
+        md = first.metadata
+        assert (md.correlation_id, md.causation_id, md.source_component, md.target_component) == (
+            "conv-1", sent.metadata.message_id, "raw", "pytest")
+        assert md.headers == {"lang": "raw"} and md.publisher_id == "raw-pub"
+        assert [m.metadata.sequence for m in got] == [1, 2, 3, 9]
+        assert got[3].content == "last"
+        assert b.statistics().gaps == 5  # 4..8 were never sent: counted as lost

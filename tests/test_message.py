@@ -1,0 +1,66 @@
+"""Message objects, ids and the rate-limited log: pure code."""
+from __future__ import annotations
+
+import enum
+import logging
+
+import pytest
+
+from zmqbus import MessageMetadata, ProcessingMessage, register_message_types
+from zmqbus.ids import new_id, process_prefix
+from zmqbus.message import resolve_message_type, type_name
+from zmqbus.ratelog import RateLimitedLog
+
+
+class StrKind(str, enum.Enum):
+    A = "x.a"
+
+
+class Numbered(enum.Enum):
+    ONE = 1
+
+
+def test_guide_construction_and_defaults() -> None:
+    md = MessageMetadata(correlation_id="c", source_component="m", target_component="h")
+    assert md.message_id.startswith(process_prefix())
+    assert md.attempt == 1 and md.headers == {} and md.deadline is None and md.timestamp > 0
+    fresh = MessageMetadata(message_id="id-1")
+    assert fresh.correlation_id == "id-1"
+
+
+def test_ids_are_unique_and_ordered() -> None:
+    ids = [new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert [int(i.split("-")[1], 16) for i in ids] == sorted(int(i.split("-")[1], 16) for i in ids)
+
+
+def test_type_names() -> None:
+    assert type_name("a.b") == "a.b"
+    assert type_name(StrKind.A) == "x.a"
+    assert ProcessingMessage(StrKind.A).type_name == "x.a"
+    with pytest.raises(TypeError):
+        type_name(Numbered.ONE)
+    with pytest.raises(TypeError):
+        type_name(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        register_message_types(Numbered)
+
+
+def test_registry() -> None:
+    assert resolve_message_type("x.a") == "x.a"
+    register_message_types(StrKind)
+    assert resolve_message_type("x.a") is StrKind.A
+
+
+def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
+    now = [0.0]
+    rl = RateLimitedLog(logging.getLogger("t"), interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, logger="t"):
+        assert rl.log(logging.WARNING, "k", "bad %s", 1)
+        for _ in range(5):
+            assert not rl.log(logging.WARNING, "k", "bad %s", 2)
+        assert rl.log(logging.WARNING, "other", "other key")
+        now[0] = 10.5
+        assert rl.log(logging.WARNING, "k", "bad %s", 3)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["bad 1", "other key", "bad 3 (5 more like this suppressed)"]

@@ -1,0 +1,4 @@
+"""``python -m zmqbus`` is the ``zmqbus`` command."""
+from .cli import main
+
+main(prog_name="zmqbus")

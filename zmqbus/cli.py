@@ -1,0 +1,221 @@
+"""The ``zmqbus`` command line.
+
+Every command takes its endpoints from ``--pub``/``--sub``, else from
+``$ZMQBUS_PUB``/``$ZMQBUS_SUB``, else the defaults in :mod:`zmqbus.config`.
+zmqbus errors are turned into a one-line message and exit status 1 here, at
+the edge, and nowhere else.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from . import __version__, config
+from .errors import ZmqbusError
+
+__all__ = ["main"]
+
+_pub_option = click.option("--pub", "pub", envvar="ZMQBUS_PUB", default=config.DEFAULT_PUB, show_default=True,
+                           help="Publishers' endpoint (the forwarder's XSUB side).")
+_sub_option = click.option("--sub", "sub", envvar="ZMQBUS_SUB", default=config.DEFAULT_SUB, show_default=True,
+                           help="Subscribers' endpoint (the forwarder's XPUB side).")
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except ZmqbusError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="zmqbus")
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def main(log_level: str) -> None:
+    """zmqbus: a brokerless ZeroMQ message bus for components that talk only through messages."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+@main.command()
+@_pub_option
+@_sub_option
+@click.option("--hwm", default=100_000, show_default=True, help="High-water mark per peer, in messages.")
+@click.option("--max-message-size", default=1024 * 1024, show_default=True,
+              help="Largest frame accepted, in bytes; a peer sending more is disconnected.")
+@click.option("--stats-interval", default=5.0, show_default=True,
+              help="Seconds between statistics messages on _zmqbus.forwarder.stats (0: off).")
+@click.option("--log-interval", default=0.0, help="Log the counters every so many seconds (0: off).")
+def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
+              log_interval: float) -> None:
+    """Run a forwarder until Ctrl-C or SIGTERM."""
+    from .forwarder import run_forwarder
+    from .transport import SocketConfig
+
+    logging.getLogger("zmqbus").setLevel(min(logging.getLogger().level, logging.INFO))
+    click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
+    try:
+        last = run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
+                             stats_interval=stats_interval or None, log_interval=log_interval or None)
+    except ZmqbusError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    if last is not None:
+        click.echo(f"forwarded {last.frames_in} frames ({last.bytes_in} bytes) in {last.uptime:.1f} s", err=True)
+
+
+@main.command()
+@click.argument("patterns", nargs=-1)
+@_pub_option
+@_sub_option
+@click.option("--count", "-n", default=0, help="Exit after this many messages (0: run until Ctrl-C).")
+@click.option("--timeout", default=0.0, help="Exit after this many seconds (0: no limit).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
+    """Print messages whose topics match PATTERNS (default: everything, '#')."""
+    _run(_watch(patterns or ("#",), pub, sub, count, timeout, as_json))
+
+
+async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
+    from .broker import MessageBroker
+    from .message import ProcessingMessage
+
+    seen = 0
+    done = asyncio.Event()
+
+    def show(msg: ProcessingMessage) -> None:
+        nonlocal seen
+        seen += 1
+        md = msg.metadata
+        if as_json:
+            click.echo(json.dumps({"topic": msg.topic, "type": msg.type_name, "content": msg.content,
+                                   "message_id": md.message_id, "correlation_id": md.correlation_id,
+                                   "source": md.source_component, "target": md.target_component,
+                                   "timestamp": md.timestamp, "sequence": md.sequence}, default=repr))
+        else:
+            click.echo(f"{msg.topic}  {md.source_component or '-'} -> {md.target_component or '-'}  "
+                       f"cid={md.correlation_id}  {msg.content!r}")
+        if count and seen >= count:
+            done.set()
+
+    async with MessageBroker(pub, sub, name="zmqbus-watch") as broker:
+        for pattern in patterns:
+            broker.subscribe("zmqbus-watch", pattern, show)
+        await broker.ready()
+        click.echo(f"watching {', '.join(patterns)} on {sub}", err=True)
+        try:
+            await asyncio.wait_for(done.wait(), timeout or None)
+        except asyncio.TimeoutError:
+            pass
+        stats = broker.statistics()
+    if stats.gaps or stats.decode_errors:
+        click.echo(f"lost {stats.gaps} message(s); malformed: {stats.decode_errors}", err=True)
+
+
+@main.command()
+@click.argument("message_type")
+@_pub_option
+@_sub_option
+@click.option("--content", default="{}", help="Message content as JSON.")
+@click.option("--source", default="zmqbus-cli", show_default=True, help="source_component.")
+@click.option("--target", default=None, help="target_component.")
+@click.option("--correlation-id", default="", help="Correlation id (default: the message id).")
+@click.option("--topic", default=None, help="Topic, if not the message type.")
+@click.option("--repeat", default=1, show_default=True, help="Send the message this many times.")
+def send(message_type: str, pub: str, sub: str, content: str, source: str, target: str | None,
+         correlation_id: str, topic: str | None, repeat: int) -> None:
+    """Publish a MESSAGE_TYPE message with JSON content."""
+    try:
+        body = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--content") from None
+    _run(_send(message_type, pub, sub, body, source, target, correlation_id, topic, repeat))
+
+
+async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, target: str | None,
+                correlation_id: str, topic: str | None, repeat: int) -> None:
+    from .broker import MessageBroker
+    from .message import MessageMetadata, ProcessingMessage
+
+    async with MessageBroker(pub, sub, name=source) as broker:
+        for _ in range(repeat):
+            msg = ProcessingMessage(message_type, body, MessageMetadata(
+                correlation_id=correlation_id, source_component=source, target_component=target))
+            await broker.publish(msg, topic=topic)
+        click.echo(f"sent {repeat} x {topic or message_type} (last id {msg.metadata.message_id})", err=True)
+
+
+@main.command()
+@_pub_option
+@_sub_option
+@click.option("--timeout", default=12.0, show_default=True, help="Seconds to wait for the next report.")
+def stats(pub: str, sub: str, timeout: float) -> None:
+    """Print the forwarder's next statistics report (it publishes one every --stats-interval)."""
+    _run(_stats(pub, sub, timeout))
+
+
+async def _stats(pub: str, sub: str, timeout: float) -> None:
+    from .broker import MessageBroker
+    from .errors import BusTimeout
+    from .forwarder import STATS_TOPIC
+
+    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    async with MessageBroker(pub, sub, name="zmqbus-stats") as broker:
+        broker.subscribe("zmqbus-stats", STATS_TOPIC, lambda m: got.done() or got.set_result(m.content))
+        await broker.ready()
+        try:
+            report = await asyncio.wait_for(got, timeout)
+        except asyncio.TimeoutError:
+            raise BusTimeout(f"no statistics from a forwarder at {sub} within {timeout:g} s") from None
+    for key, value in report.items():
+        click.echo(f"{key:>24}: {value:,.2f}" if isinstance(value, float) else f"{key:>24}: {value:,}")
+
+
+@main.command()
+@click.option("--count", default=10, show_default=True, help="Messages to publish.")
+@click.option("--interval", default=0.05, show_default=True, help="Seconds between messages.")
+def demo(count: int, interval: float) -> None:
+    """Start a forwarder, a publisher and a subscriber (three processes) and show messages flowing."""
+    from .demo import run_demo
+
+    summary = run_demo(count, interval, echo=click.echo)
+    if summary["received"] != count:
+        raise click.ClickException(f"only {summary['received']} of {count} messages arrived")
+
+
+@main.group()
+def bench() -> None:
+    """Throughput benchmarks of the hot path, each next to raw pyzmq in the same run."""
+
+
+@bench.command("pubsub")
+@click.option("--quick", is_flag=True, help="Small run (checks that the benchmark works; figures are rough).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--count", default=0, help="Messages per round (default 200,000; 20,000 with --quick).")
+@click.option("--size", default=180, show_default=True, help="Approximate content size in bytes.")
+@click.option("--rounds", default=0, help="Rounds per side, best kept (default 3; 1 with --quick).")
+def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int) -> None:
+    """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
+    from .bench.pubsub import run_pubsub
+
+    progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
+    result = run_pubsub(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"pub/sub through a forwarder, {result['count']:,} messages of ~{size} B content, "
+               f"{result['transport']}, best of {result['rounds']}:")
+    click.echo(f"  raw pyzmq + msgpack : {result['raw_msgs_per_s']:>10,} msg/s")
+    click.echo(f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
+               f"  (lost {result['zmqbus']['lost']}, gaps counted {result['zmqbus']['gaps_counted']})")
+    click.echo(f"  ratio zmqbus/raw    : {result['ratio']:.2f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
