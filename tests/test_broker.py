@@ -178,9 +178,12 @@ async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, st
 
             sub.subscribe("s", "g.#", blocked)
             await sub.ready()
-            n = 5000
+            # 40 MB: far more than the high-water marks and the kernel's
+            # loopback buffers can hold, so drops are certain.
+            n = 20_000
+            pad = "x" * 2000
             for i in range(n):
-                await pub.publish(msg("g.x", {"i": i, "pad": "x" * 200}))
+                await pub.publish(msg("g.x", {"i": i, "pad": pad}))
             gate.set()
             # Markers until one arrives: the path is FIFO, so once a marker is
             # in, every surviving message is in, and a lost tail shows as a gap.

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -66,12 +67,17 @@ def test_forwarder_watch_send_stats(tcp_pair: tuple[str, str], run_cli: Any) -> 
 def test_forwarder_reports_a_busy_port(tcp_pair: tuple[str, str], run_cli: Any) -> None:
     ep = ["--pub", tcp_pair[0], "--sub", tcp_pair[1], "--stats-interval", "0"]
     first = run_cli("forwarder", *ep)
+    host, port = tcp_pair[1][len("tcp://"):].rsplit(":", 1)
     deadline = time.monotonic() + 20
-    while True:  # wait until the first one has bound
-        code, _, err = finish(run_cli("forwarder", *ep))
-        if code == 1 and "Address already in use" in err:
+    while True:  # wait until the first one has bound both ports
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
             break
-        assert time.monotonic() < deadline, err
+        except OSError:
+            assert time.monotonic() < deadline, "the first forwarder never bound"
+            time.sleep(0.05)
+    code, _, err = finish(run_cli("forwarder", *ep))
+    assert code == 1 and "Address already in use" in err, err
     first.send_signal(signal.SIGINT)
     assert finish(first)[0] == 0
 
@@ -85,7 +91,8 @@ def test_send_errors_are_one_line() -> None:
 
 
 def test_send_without_a_forwarder_times_out_cleanly(tcp_pair: tuple[str, str], run_cli: Any) -> None:
-    code, _, err = finish(run_cli("send", "a.b", "--pub", tcp_pair[0], "--sub", tcp_pair[1]), timeout=60)
+    code, _, err = finish(run_cli("send", "a.b", "--pub", tcp_pair[0], "--sub", tcp_pair[1], "--timeout", "1"),
+                          timeout=60)
     assert code == 1 and "BusTimeout" in err
 
 

@@ -128,22 +128,23 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
 @click.option("--correlation-id", default="", help="Correlation id (default: the message id).")
 @click.option("--topic", default=None, help="Topic, if not the message type.")
 @click.option("--repeat", default=1, show_default=True, help="Send the message this many times.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the forwarder.")
 def send(message_type: str, pub: str, sub: str, content: str, source: str, target: str | None,
-         correlation_id: str, topic: str | None, repeat: int) -> None:
+         correlation_id: str, topic: str | None, repeat: int, timeout: float) -> None:
     """Publish a MESSAGE_TYPE message with JSON content."""
     try:
         body = json.loads(content)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="--content") from None
-    _run(_send(message_type, pub, sub, body, source, target, correlation_id, topic, repeat))
+    _run(_send(message_type, pub, sub, body, source, target, correlation_id, topic, repeat, timeout))
 
 
 async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, target: str | None,
-                correlation_id: str, topic: str | None, repeat: int) -> None:
+                correlation_id: str, topic: str | None, repeat: int, timeout: float) -> None:
     from .broker import MessageBroker
     from .message import MessageMetadata, ProcessingMessage
 
-    async with MessageBroker(pub, sub, name=source) as broker:
+    async with MessageBroker(pub, sub, name=source, publish_timeout=timeout) as broker:
         for _ in range(repeat):
             msg = ProcessingMessage(message_type, body, MessageMetadata(
                 correlation_id=correlation_id, source_component=source, target_component=target))
