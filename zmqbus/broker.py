@@ -83,8 +83,9 @@ class _Counters:
                  "dispatched", "unmatched", "handler_errors", "gaps")
 
     def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+        self.published = self.published_bytes = self.publish_waits = 0
+        self.received = self.received_bytes = self.dispatched = self.unmatched = 0
+        self.handler_errors = self.gaps = 0
 
 
 class MessageBroker:

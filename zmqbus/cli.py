@@ -165,10 +165,15 @@ async def _stats(pub: str, sub: str, timeout: float) -> None:
     from .broker import MessageBroker
     from .errors import BusTimeout
     from .forwarder import STATS_TOPIC
+    from .message import ProcessingMessage
 
     got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     async with MessageBroker(pub, sub, name="zmqbus-stats") as broker:
-        broker.subscribe("zmqbus-stats", STATS_TOPIC, lambda m: got.done() or got.set_result(m.content))
+        def on_stats(msg: ProcessingMessage) -> None:
+            if not got.done():
+                got.set_result(msg.content)
+
+        broker.subscribe("zmqbus-stats", STATS_TOPIC, on_stats)
         await broker.ready()
         try:
             report = await asyncio.wait_for(got, timeout)

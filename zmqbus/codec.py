@@ -83,7 +83,8 @@ _packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
 def pack(obj: Any) -> bytes:
     """Encode one object as msgpack; raise :class:`EncodeError`."""
     try:
-        return _packer.pack(obj)
+        data: bytes = _packer.pack(obj)
+        return data
     except (TypeError, ValueError, OverflowError) as exc:
         raise EncodeError(str(exc)) from None
 

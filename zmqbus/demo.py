@@ -36,7 +36,7 @@ async def _subscriber(pub: str, sub: str, results: Any, ready: Any) -> None:
 
     async def on_order(msg: ProcessingMessage) -> None:
         seen.append(msg.metadata.correlation_id)
-        print(f"  subscriber <- {msg.message_type.value:<20} order={msg.content['order_id']:<4} "
+        print(f"  subscriber <- {msg.type_name:<20} order={msg.content['order_id']:<4} "
               f"amount={msg.content['amount']:>7.2f}  from {msg.metadata.source_component} "
               f"seq={msg.metadata.sequence}", flush=True)
 

@@ -106,7 +106,7 @@ class Forwarder:
         self._threads: list[threading.Thread] = []
         self._events = {"pc": 0, "pd": 0, "sc": 0, "sd": 0, "hf": 0}
         self._started_at = 0.0
-        self._control: zmq.Socket | None = None
+        self._control: zmq.Socket[bytes] | None = None
         self._proxy_error: BaseException | None = None
 
     def start(self) -> "Forwarder":
@@ -143,7 +143,7 @@ class Forwarder:
         log.info("forwarder up: publishers -> %s, subscribers -> %s", self.pub_endpoint, self.sub_endpoint)
         return self
 
-    def _run_proxy(self, xsub: zmq.Socket, xpub: zmq.Socket) -> None:
+    def _run_proxy(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
         control = self._ctx.socket(zmq.PAIR)
         control.connect(self._control_addr)
         try:
@@ -163,7 +163,7 @@ class Forwarder:
                 sock.close(int(self.socket_config.linger * 1000))
             control.close(0)
 
-    def _run_watch(self, pub_monitor: zmq.Socket, sub_monitor: zmq.Socket) -> None:
+    def _run_watch(self, pub_monitor: zmq.Socket[bytes], sub_monitor: zmq.Socket[bytes]) -> None:
         poller = zmq.Poller()
         poller.register(pub_monitor, zmq.POLLIN)
         poller.register(sub_monitor, zmq.POLLIN)
@@ -204,7 +204,7 @@ class Forwarder:
             log.warning("handshake failed on the %s side (garbage bytes or a non-ZMTP peer?): %d so far",
                         "publisher" if publisher_side else "subscriber", self._events["hf"])
 
-    def _publish_stats(self, sock: zmq.Socket, codec: Codec, seq: int) -> None:
+    def _publish_stats(self, sock: zmq.Socket[bytes], codec: Codec, seq: int) -> None:
         try:
             stats = self.statistics()
         except (TransportError, ClosedError):

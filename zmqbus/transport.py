@@ -34,12 +34,12 @@ __all__ = ["SocketConfig", "Channel", "BusLink", "get_context", "mapped_errors",
 #: message with the wrong number of frames; the second item is the count.
 BAD = None
 
-_ctx: zmq.Context | None = None
+_ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 _ctx_pid = 0
 _ctx_lock = threading.Lock()
 
 
-def get_context() -> zmq.Context:
+def get_context() -> zmq.Context[zmq.Socket[bytes]]:
     """This process's ZeroMQ context, created on first use.
 
     A context must never cross ``fork``: a child process gets a fresh one.
@@ -81,7 +81,7 @@ class SocketConfig:
     reconnect_ivl: float = 0.1
     reconnect_ivl_max: float = 2.0
 
-    def apply(self, sock: zmq.Socket) -> None:
+    def apply(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.SNDHWM, self.hwm)
         sock.setsockopt(zmq.RCVHWM, self.hwm)
         sock.setsockopt(zmq.LINGER, int(self.linger * 1000))
@@ -93,9 +93,9 @@ class SocketConfig:
 class Channel:
     """Awaitable readiness for one non-blocking zmq socket."""
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
         self.sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = int(sock.getsockopt(zmq.FD))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
 
@@ -106,7 +106,7 @@ class Channel:
         readiness is a hint, re-checked by the next non-blocking call.
         """
         with mapped_errors("wait"):
-            if self.sock.getsockopt(zmq.EVENTS) & event:
+            if int(self.sock.getsockopt(zmq.EVENTS)) & event:
                 return True
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bool] = loop.create_future()
@@ -132,7 +132,7 @@ class Channel:
 
     def _on_fd(self) -> None:
         try:
-            events = self.sock.getsockopt(zmq.EVENTS)  # also clears the FD signal
+            events = int(self.sock.getsockopt(zmq.EVENTS))  # also clears the FD signal
         except zmq.ZMQError:
             events = zmq.POLLIN | zmq.POLLOUT  # let the waiter find out why
         for event, fut in self._waiters:

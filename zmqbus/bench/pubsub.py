@@ -88,7 +88,7 @@ async def _raw_subscribe(sub: str, count: int, go: Any, idle: float) -> tuple[in
     sock.subscribe(b"bench")
     loop = asyncio.get_running_loop()
     woke = asyncio.Event()
-    loop.add_reader(sock.getsockopt(zmq.FD), woke.set)
+    loop.add_reader(int(sock.getsockopt(zmq.FD)), woke.set)
     recv, unpack = sock.recv, msgpack.unpackb
     n, first, last = 0, 0.0, 0.0
     while n < count:
@@ -97,7 +97,7 @@ async def _raw_subscribe(sub: str, count: int, go: Any, idle: float) -> tuple[in
             body = recv(zmq.NOBLOCK)
         except zmq.Again:
             woke.clear()
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 continue
             try:
                 await asyncio.wait_for(woke.wait(), idle)
@@ -142,12 +142,12 @@ async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, idle: float) ->
     from ..broker import MessageBroker
     from ..message import ProcessingMessage
 
-    state = {"n": 0, "first": 0.0, "last": 0.0}
+    state: dict[str, float] = {"n": 0, "first": 0.0, "last": 0.0}
     done = asyncio.Event()
     clock = time.perf_counter
 
     async def handle(msg: ProcessingMessage) -> None:
-        n = state["n"]
+        n = int(state["n"])
         now = clock()
         if n == 0:
             state["first"] = now
@@ -160,7 +160,7 @@ async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, idle: float) ->
         broker.subscribe("processor", "bench.component.process.request.#", handle)
         await broker.ready()
         go.set()
-        seen = -1
+        seen = -1.0
         while not done.is_set() and seen != state["n"]:  # stop when idle for `idle` seconds
             seen = state["n"]
             try:
