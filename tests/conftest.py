@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import socket
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -17,7 +16,7 @@ import pytest
 
 from zmqbus import Forwarder
 from zmqbus.config import ipc_endpoints
-from zmqbus.procs import forwarder_process, stop_process
+from zmqbus.procs import forwarder_process, stop_process, tcp_endpoints
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -27,16 +26,6 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         asyncio.run(pyfuncitem.obj(**args))
         return True
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tcp_endpoints() -> tuple[str, str]:
-    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

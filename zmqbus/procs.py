@@ -10,11 +10,12 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import socket
 from typing import Any, Callable
 
 from .transport import SocketConfig
 
-__all__ = ["spawn", "stop_process", "forwarder_process"]
+__all__ = ["spawn", "stop_process", "forwarder_process", "free_port", "tcp_endpoints"]
 
 log = logging.getLogger(__name__)
 
@@ -51,3 +52,15 @@ def forwarder_process(pub: str, sub: str, *, hwm: int = 100_000, stats_interval:
                       log_level: int = logging.WARNING) -> multiprocessing.process.BaseProcess:
     """Start a forwarder in its own process; stop it with :func:`stop_process`."""
     return spawn(_forwarder_main, pub, sub, hwm, stats_interval, log_level, name="zmqbus-forwarder")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (for tests and benchmarks on loopback)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def tcp_endpoints(host: str = "127.0.0.1") -> tuple[str, str]:
+    """A pair of free tcp endpoints for a forwarder: (publishers', subscribers')."""
+    return f"tcp://{host}:{free_port(host)}", f"tcp://{host}:{free_port(host)}"

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import socket
 import time
 from typing import Any, Callable
 
-from ..procs import forwarder_process, spawn, stop_process
+from ..procs import forwarder_process, spawn, stop_process, tcp_endpoints
 
 __all__ = ["run_pubsub", "guide_content"]
 
@@ -30,16 +29,6 @@ def guide_content(size: int = 180) -> dict[str, Any]:
     filler = max(0, size - 90)
     return {"document_id": "doc-000123", "chunk_index": 7, "text": "x" * filler,
             "options": {"lang": "en", "normalize": True}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tcp_pair() -> tuple[str, str]:
-    return f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
 
 
 # -- raw pyzmq ----------------------------------------------------------------
@@ -179,7 +168,7 @@ def _zb_subscriber(pub: str, sub: str, count: int, go: Any, results: Any, idle: 
 
 def _one_run(kind: str, count: int, size: int, timeout: float) -> dict[str, Any]:
     mp = multiprocessing.get_context("spawn")
-    pub, sub = _tcp_pair()
+    pub, sub = tcp_endpoints()
     go, results = mp.Event(), mp.Queue()
     idle = 2.0
     if kind == "raw":
