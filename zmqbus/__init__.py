@@ -12,13 +12,18 @@ from .errors import (
     DecodeError,
     EncodeError,
     MessageTooLarge,
+    NoResponder,
     ProtocolError,
+    RemoteError,
+    RequestError,
+    RequestTimeout,
     TopicError,
     TransportError,
     ZmqbusError,
 )
 from .forwarder import Forwarder, ForwarderStatistics, run_forwarder
 from .message import MessageMetadata, ProcessingMessage, register_message_types
+from .retry import NO_RETRY, RetryPolicy
 from .topics import Pattern, compile_pattern, validate_topic
 from .transport import SocketConfig
 
@@ -27,7 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerStatistics", "BusTimeout", "ClosedError", "Codec", "DEFAULT_MAX_MESSAGE_SIZE", "DecodeError",
     "EncodeError", "Forwarder", "ForwarderStatistics", "MessageBroker", "MessageMetadata",
-    "MessageTooLarge", "PROTOCOL_VERSION", "Pattern", "ProcessingMessage", "ProtocolError",
+    "MessageTooLarge", "NO_RETRY", "NoResponder", "PROTOCOL_VERSION", "RemoteError", "RequestError",
+    "RequestTimeout", "RetryPolicy", "Pattern", "ProcessingMessage", "ProtocolError",
     "SocketConfig", "Subscription", "TopicError", "TransportError", "ZmqbusError", "compile_pattern",
     "register_message_types", "run_forwarder", "validate_topic", "__version__",
 ]

@@ -34,7 +34,9 @@ from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage
 from .ratelog import RateLimitedLog
-from .topics import RESERVED_PREFIX, Pattern, compile_pattern
+from .retry import RetryPolicy
+from .rpc import Caller, Responder, RpcOptions, ServiceHandler
+from .topics import RESERVED_PREFIX, Pattern, compile_pattern, validate_topic
 from .transport import BAD, BusLink, SocketConfig
 
 __all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "Handler"]
@@ -47,6 +49,7 @@ _RESERVED = RESERVED_PREFIX.encode()
 _PROBE_TYPE = "_zmqbus.probe"
 _BATCH = 256
 _CACHE_LIMIT = 10_000
+_DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(eq=False)
@@ -76,6 +79,7 @@ class BrokerStatistics:
     decode_errors: dict[str, int]
     subscriptions: int
     receives_all: int
+    rpc: dict[str, int]
 
 
 class _Counters:
@@ -98,6 +102,17 @@ class MessageBroker:
     :param hwm: high-water mark per socket, in messages.
     :param publish_timeout: seconds ``publish`` may wait at the high-water mark.
     :param linger: seconds ``close`` may spend flushing queued messages.
+    :param rpc_bind: where this client's responder binds its ROUTER when it
+        serves requests (``*`` picks a free port; ``ipc://`` works on one host).
+    :param rpc_advertise: the host (or whole endpoint) callers should use, when
+        it differs from the bound one (binding ``tcp://0.0.0.0:*`` on a
+        multi-host bus requires it).
+    :param heartbeat: seconds between presence announcements of the responder.
+    :param liveness: announcements a caller may miss before it declares the
+        responder dead and fails its requests over.
+    :param reply_cache_size: replies kept to answer retried requests without
+        executing them again.
+    :param max_concurrency: requests the responder executes at once.
     """
 
     def __init__(
@@ -110,6 +125,12 @@ class MessageBroker:
         hwm: int = 100_000,
         publish_timeout: float = 10.0,
         linger: float = 1.0,
+        rpc_bind: str = "tcp://127.0.0.1:*",
+        rpc_advertise: str | None = None,
+        heartbeat: float = 1.0,
+        liveness: int = 3,
+        reply_cache_size: int = 10_000,
+        max_concurrency: int = 100,
     ) -> None:
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
@@ -132,6 +153,12 @@ class MessageBroker:
         self._probe_count = 0
         self._is_ready = False
         self._faults = RateLimitedLog(log)
+        self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
+                                       max_concurrency)
+        self._services: dict[str, ServiceHandler] = {}
+        self._responder: Responder | None = None
+        self._caller: Caller | None = None
+        self._caller_lock: asyncio.Lock | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -154,6 +181,8 @@ class MessageBroker:
         for prefix in self._prefix_refs:
             link.subscribe(prefix)
         self._reader = asyncio.get_running_loop().create_task(self._read_loop(), name="zmqbus-reader")
+        if self._services:
+            await self._start_responder()
         log.debug("client %s connected to %s / %s", self.client_id, self.pub_endpoint, self.sub_endpoint)
 
     async def close(self, linger: float | None = None) -> None:
@@ -164,7 +193,13 @@ class MessageBroker:
         """
         if self._closed:
             return
+        if self._responder is not None:
+            await self._responder.close()  # finishes running requests, says goodbye on the bus
+            self._responder = None
         self._closed = True
+        if self._caller is not None:
+            await self._caller.close()
+            self._caller = None
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -289,6 +324,72 @@ class MessageBroker:
         msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=self.name))
         tframe = self._codec.topic_frame(msg, topic)
         link.send(tframe, self._codec.encode(msg, tframe, self.client_id, 0, self.name))  # a probe lost at the HWM is simply sent again
+
+    # -- request/reply -----------------------------------------------------
+
+    def serve(self, service: str, handler: ServiceHandler) -> None:
+        """Answer requests for ``service`` with ``handler(message) -> reply content``.
+
+        A plain call, usable before the broker starts. The first ``serve``
+        makes this client a responder: it binds a ROUTER (``rpc_bind``) and
+        announces itself on the bus every ``heartbeat`` seconds. A handler
+        that raises is answered with an error the caller raises as
+        :class:`RemoteError`. Async handlers run on the event loop (they must
+        not block it); sync handlers run in a thread.
+        """
+        if self._closed:
+            raise ClosedError("MessageBroker is closed")
+        validate_topic(service)
+        self._services[service] = handler
+        if self._responder is not None:
+            self._responder.add(service, handler)
+            asyncio.get_running_loop().create_task(self._responder.announce())
+        elif self._link is not None:
+            asyncio.get_running_loop().create_task(self._start_responder())
+
+    async def _start_responder(self) -> None:
+        if self._responder is not None:
+            return
+        responder = Responder(self, self._rpc_options)
+        for service, handler in self._services.items():
+            responder.add(service, handler)
+        self._responder = responder
+        await responder.start()
+
+    async def request(self, service: str, message: ProcessingMessage, *, timeout: float = 10.0,
+                      retry: RetryPolicy | None = None) -> ProcessingMessage:
+        """Send ``message`` to one instance of ``service`` and return its reply.
+
+        The reply's ``content`` is what the handler returned; its
+        ``correlation_id`` is the request's and its ``causation_id`` the
+        request's message id. Tries are retried (same message id, another
+        instance where one exists) as ``retry`` says, never past ``timeout``.
+
+        Raises :class:`NoResponder` promptly when no instance is alive,
+        :class:`RemoteError` when the handler raised, :class:`RequestTimeout`
+        when the deadline or the tries ran out. Use a new message for each
+        request: the message id is what makes retries safe.
+        """
+        caller = await self._get_caller()
+        return await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
+
+    async def send(self, service: str, message: ProcessingMessage, *, timeout: float = 10.0,
+                   retry: RetryPolicy | None = None) -> None:
+        """A one-way command: like :meth:`request`, but returns nothing once the work is acknowledged done."""
+        await self.request(service, message, timeout=timeout, retry=retry)
+
+    async def _get_caller(self) -> Caller:
+        if self._caller is not None:
+            return self._caller
+        await self.start()
+        if self._caller_lock is None:
+            self._caller_lock = asyncio.Lock()
+        async with self._caller_lock:
+            if self._caller is None:
+                caller = Caller(self)
+                await caller.start()
+                self._caller = caller
+        return self._caller
 
     # -- publishing --------------------------------------------------------
 
@@ -458,7 +559,18 @@ class MessageBroker:
             decode_errors=dict(self._decode_errors),
             subscriptions=len(self._subs),
             receives_all=sum(1 for s in self._subs if s.pattern.receives_all),
+            rpc=self._rpc_counters(),
         )
+
+    def _rpc_counters(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        if self._caller is not None:
+            out.update(in_flight=len(self._caller.tracker), retries=self._caller.retries,
+                       failovers=self._caller.failovers, late_replies=self._caller.tracker.late_replies,
+                       instances_known=len(self._caller.directory))
+        if self._responder is not None:
+            out.update({f"served_{k}": v for k, v in vars(self._responder.stats).items()})
+        return out
 
 
 def _is_async(handler: Handler) -> bool:

@@ -12,7 +12,11 @@ never reach a user::
     │   └── DecodeError       a peer sent something we cannot read (their side's fault)
     ├── TransportError        a socket-level failure (bind, connect, closed context)
     ├── BusTimeout            a wait ran out of time (also TimeoutError)
-    └── ClosedError           the client or forwarder is already closed
+    ├── ClosedError           the client or forwarder is already closed
+    └── RequestError          a request produced no reply
+        ├── RemoteError       the responder's handler raised (type, message, correlation id)
+        ├── NoResponder       no live instance of the service
+        └── RequestTimeout    deadline or tries ran out (also TimeoutError)
 
 The split between :class:`EncodeError` and :class:`DecodeError` mirrors h11's
 Local/RemoteProtocolError: the first means "fix your code", the second
@@ -70,3 +74,45 @@ class BusTimeout(ZmqbusError, TimeoutError):
 
 class ClosedError(ZmqbusError):
     """The object was used after ``close()``."""
+
+
+class RequestError(ZmqbusError):
+    """A request did not produce a reply."""
+
+
+class RemoteError(RequestError):
+    """The responder answered with an error (its handler raised, or it refused the request).
+
+    ``error_type`` is the remote exception's class name, ``code`` one of
+    ``handler_error``, ``malformed``, ``unknown_service``, ``expired``,
+    ``shutting_down``.
+    """
+
+    def __init__(self, error_type: str, message: str, correlation_id: str, code: str = "handler_error",
+                 service: str = "") -> None:
+        super().__init__(f"{service or 'service'} raised {error_type}: {message} (correlation id {correlation_id})")
+        self.error_type = error_type
+        self.remote_message = message
+        self.correlation_id = correlation_id
+        self.code = code
+        self.service = service
+
+
+class NoResponder(RequestError):
+    """No live instance of the service is known."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(f"no live instance of service {service!r}")
+        self.service = service
+
+
+class RequestTimeout(RequestError, TimeoutError):
+    """The request's deadline passed or its tries ran out without a reply."""
+
+    def __init__(self, service: str, attempts: int, elapsed: float, reason: str) -> None:
+        super().__init__(f"request to {service!r} got no reply after {attempts} attempt(s) in {elapsed:.3f} s "
+                         f"({reason})")
+        self.service = service
+        self.attempts = attempts
+        self.elapsed = elapsed
+        self.reason = reason

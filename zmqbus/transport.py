@@ -28,7 +28,7 @@ import zmq
 
 from .errors import ClosedError, TransportError
 
-__all__ = ["SocketConfig", "Channel", "BusLink", "get_context", "mapped_errors", "BAD"]
+__all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "BAD"]
 
 #: Marker in the topic position of :meth:`BusLink.recv_batch` results for a
 #: message with the wrong number of frames; the second item is the count.
@@ -294,3 +294,76 @@ class BusLink:
         """Close both sockets; queued outgoing messages get ``linger`` seconds."""
         self.sub.close(0)
         self.pub.close(self.config.linger if linger is None else linger)
+
+
+class RouterLink:
+    """A ROUTER socket for peer-to-peer requests (both the caller's and the responder's).
+
+    The caller's ROUTER has ``ROUTER_MANDATORY`` set: a send to a peer that is
+    not (yet, or any more) connected fails at once (:meth:`send` returns
+    False) instead of vanishing. Peers are addressed by routing id; the caller
+    names each responder with ``CONNECT_ROUTING_ID`` when it connects.
+    """
+
+    def __init__(self, config: SocketConfig, routing_id: bytes | None = None, *, mandatory: bool = False) -> None:
+        with mapped_errors("create ROUTER socket"):
+            sock = get_context().socket(zmq.ROUTER)
+            config.apply(sock)
+            if routing_id is not None:
+                sock.setsockopt(zmq.ROUTING_ID, routing_id)
+            sock.setsockopt(zmq.ROUTER_MANDATORY, 1 if mandatory else 0)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes over its routing id
+        self.config = config
+        self.channel = Channel(sock)
+        self._send = sock.send
+
+    def bind(self, endpoint: str) -> str:
+        """Bind (``tcp://host:*`` picks a free port) and return the endpoint actually bound."""
+        with mapped_errors(f"bind {endpoint}"):
+            self.channel.sock.bind(endpoint)
+            last = self.channel.sock.getsockopt(zmq.LAST_ENDPOINT)
+        return last.decode() if isinstance(last, bytes) else str(last)
+
+    def connect(self, endpoint: str, peer_id: bytes) -> None:
+        with mapped_errors(f"connect to {endpoint}"):
+            self.channel.sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer_id)
+            self.channel.sock.connect(endpoint)
+
+    def disconnect(self, endpoint: str) -> None:
+        with contextlib.suppress(zmq.ZMQError):
+            self.channel.sock.disconnect(endpoint)
+
+    def send(self, peer: bytes, *frames: bytes) -> bool:
+        """Send ``frames`` to ``peer``; False if the peer is unreachable or its queue is full."""
+        send = self._send
+        try:
+            send(peer, 3)  # SNDMORE | NOBLOCK: EHOSTUNREACH / Again can only happen here
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                return False
+            with mapped_errors("send"):
+                raise exc
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            send(frame, 0 if i == last else 2)
+        return True
+
+    def recv_batch(self, limit: int) -> list[list[bytes]]:
+        """Up to ``limit`` whole messages (routing id first), without blocking."""
+        out: list[list[bytes]] = []
+        recv = self.channel.sock.recv_multipart
+        try:
+            for _ in range(limit):
+                try:
+                    out.append(recv(zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+        except zmq.ZMQError as exc:
+            with mapped_errors("receive"):
+                raise exc
+        return out
+
+    def close(self, linger: float | None = None) -> None:
+        self.channel.close(self.config.linger if linger is None else linger)

@@ -1,0 +1,266 @@
+"""Request/reply with real responders: in this process and as separate processes (kill -9 included)."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from zmqbus import (Forwarder, MessageBroker, MessageMetadata, NoResponder, ProcessingMessage, RemoteError,
+                    RequestTimeout, RetryPolicy)
+from zmqbus.procs import spawn, stop_process
+from conftest import pid_alive, wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def req(content: Any, **md: Any) -> ProcessingMessage:
+    return ProcessingMessage("work.request", content, MessageMetadata(**md))
+
+
+def ep(fwd: Forwarder) -> tuple[str, str]:
+    return fwd.pub_endpoint, fwd.sub_endpoint
+
+
+async def test_request_reply_and_errors(forwarder: Forwarder) -> None:
+    srv = MessageBroker(*ep(forwarder), name="calc", heartbeat=0.2)
+
+    async def add(m: ProcessingMessage) -> dict[str, int]:
+        return {"sum": m.content["a"] + m.content["b"]}
+
+    def fail(m: ProcessingMessage) -> None:
+        raise KeyError("missing thing")
+
+    srv.serve("calc.add", add)
+    srv.serve("calc.fail", fail)
+    async with srv, MessageBroker(*ep(forwarder), name="client") as client:
+        sent = req({"a": 2, "b": 3}, correlation_id="wf-7", source_component="client")
+        reply = await client.request("calc.add", sent)
+        assert reply.content == {"sum": 5}
+        md = reply.metadata
+        assert (md.correlation_id, md.causation_id, md.source_component, md.target_component) == (
+            "wf-7", sent.metadata.message_id, "calc", "client")
+        with pytest.raises(RemoteError) as info:
+            await client.request("calc.fail", req({}, correlation_id="wf-8"))
+        assert info.value.error_type == "KeyError" and info.value.correlation_id == "wf-8"
+        assert info.value.code == "handler_error" and "missing thing" in str(info.value)
+        started = time.monotonic()
+        with pytest.raises(NoResponder):
+            await client.request("calc.nobody", req({}), timeout=30)
+        assert time.monotonic() - started < 2.0  # promptly, not after the 30 s timeout
+        await client.send("calc.add", req({"a": 1, "b": 1}))  # one-way, acknowledged
+        many = await asyncio.gather(*(client.request("calc.add", req({"a": i, "b": 0})) for i in range(200)))
+        assert sorted(r.content["sum"] for r in many) == list(range(200))
+        assert srv.statistics().rpc["served_executed"] == 1 + 1 + 1 + 200
+
+
+async def test_slow_but_alive_responder_is_not_abandoned(forwarder: Forwarder) -> None:
+    """A handler longer than the try timeout: BUSY keeps the try alive; executed once, no failover."""
+    calls: list[str] = []
+
+    def slow(m: ProcessingMessage) -> str:  # sync: runs in a thread, heartbeats keep flowing
+        calls.append(m.metadata.message_id)
+        time.sleep(1.5)
+        return "done"
+
+    srv = MessageBroker(*ep(forwarder), heartbeat=0.2)
+    srv.serve("slow", slow)
+    async with srv, MessageBroker(*ep(forwarder)) as client:
+        policy = RetryPolicy(attempts=3, attempt_timeout=0.5)
+        reply = await client.request("slow", req({}), timeout=10, retry=policy)
+        assert reply.content == "done" and len(calls) == 1
+        stats = client.statistics().rpc
+        assert stats["retries"] == 0 and stats["failovers"] == 0
+
+
+async def test_timeout_reports_attempts_and_time(forwarder: Forwarder) -> None:
+    async def never(m: ProcessingMessage) -> None:
+        await asyncio.sleep(30)
+
+    srv = MessageBroker(*ep(forwarder), heartbeat=0.2)
+    srv.serve("never", never)
+    async with srv, MessageBroker(*ep(forwarder)) as client:
+        started = time.monotonic()
+        with pytest.raises(RequestTimeout) as info:
+            await client.request("never", req({}), timeout=0.8, retry=RetryPolicy(attempts=5, attempt_timeout=None))
+        assert 0.7 < time.monotonic() - started < 3.0
+        assert info.value.attempts == 1 and info.value.elapsed >= 0.7 and info.value.reason.startswith("deadline")
+
+
+async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwarder: Forwarder) -> None:
+    executed: list[int] = []
+
+    async def count(m: ProcessingMessage) -> int:
+        executed.append(m.content)
+        return len(executed)
+
+    srv = MessageBroker(*ep(forwarder), heartbeat=0.2)
+    srv.serve("count", count)
+    async with srv:
+        await srv.ready()
+        await wait_until(lambda: srv._responder is not None, what="responder")
+        endpoint = srv._responder.endpoint  # type: ignore[union-attr]
+        dealer = zmq.Context.instance().socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+
+        async def recv() -> list[bytes]:
+            # in a thread: the responder runs on this test's event loop
+            got = await asyncio.to_thread(lambda: dealer.recv_multipart() if dealer.poll(5000) else None)
+            assert got is not None, "no answer"
+            return got
+
+        try:
+            payload = msgpack.packb([1, "count", "dup-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
+                                     None, None, 41])
+            for _ in range(3):  # the same message id three times: executed once
+                dealer.send_multipart([b"REQ", b"count", payload])
+            first = await recv()
+            assert first[0] == b"REP" and msgpack.unpackb(first[1])[13] == 1
+            await wait_until(lambda: (lambda st: st["served_duplicates_cached"] + st["served_duplicates_in_flight"])(
+                srv.statistics().rpc) == 2, what="both duplicates seen")
+            assert executed == [41]
+            # malformed requests get an error back; the responder stays up
+            for frames in ([b"REQ"], [b"HELLO", b"x", b"y"], [b"REQ", b"count", b"\xc1garbage"]):
+                dealer.send_multipart(frames)
+                while True:
+                    kind, body = await recv()
+                    if kind == b"ERR":  # skip replies to cached duplicates
+                        break
+                assert msgpack.unpackb(body)[13]["code"] == "malformed"
+            expired = msgpack.packb([1, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
+                                     time.time() - 5, None, 0])
+            dealer.send_multipart([b"REQ", b"count", expired])
+            kind, body = await recv()
+            assert kind == b"ERR" and msgpack.unpackb(body)[13]["code"] == "expired"
+            assert executed == [41]
+            assert srv.statistics().rpc["served_malformed"] == 3
+        finally:
+            dealer.close(0)
+
+
+# -- separate processes ---------------------------------------------------------
+
+def _responder_main(pub: str, sub: str, record: str, delay: float) -> None:
+    """A responder process: records every execution (message id) in ``record``, one line each."""
+    import asyncio as aio
+
+    from zmqbus import MessageBroker as Broker
+
+    async def main() -> None:
+        stop = aio.Event()
+        loop = aio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        out = open(record, "a", buffering=1)
+        broker = Broker(pub, sub, name=f"worker-{os.getpid()}", heartbeat=0.2, liveness=3)
+
+        async def work(m: Any) -> dict[str, Any]:
+            out.write(f"{m.metadata.message_id} {m.metadata.attempt}\n")
+            await aio.sleep(delay)
+            return {"i": m.content["i"], "pid": os.getpid()}
+
+        broker.serve("work", work)
+        async with broker:
+            await stop.wait()
+        out.close()
+
+    aio.run(main())
+
+
+async def _run_load(client: MessageBroker, n: int, in_flight: int, on_done: Any = None) -> list[Any]:
+    sem = asyncio.Semaphore(in_flight)
+    results: list[Any] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            r = await client.request("work", req({"i": i}), timeout=30,
+                                     retry=RetryPolicy(attempts=5, attempt_timeout=2.0))
+            results.append(r.content)
+            if on_done:
+                on_done(len(results))
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return results
+
+
+def read_records(path: Path) -> list[str]:
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+async def test_three_responders_kill_one_mid_stream(ipc_pair: tuple[str, str], spawn_forwarder: Any,
+                                                    tmp_path: Path) -> None:
+    spawn_forwarder(*ipc_pair, stats_interval=None)
+    records = [tmp_path / f"r{i}.txt" for i in range(3)]
+    procs = [spawn(_responder_main, *ipc_pair, str(r), 0.01) for r in records]
+    try:
+        async with MessageBroker(*ipc_pair, name="caller") as client:
+            await client.ready(timeout=20)
+            # wait until all three instances are known
+            await client.request("work", req({"i": -1}), timeout=20)
+            await wait_until(lambda: client.statistics().rpc.get("instances_known") == 3, timeout=20,
+                             what="three instances")
+            victim = procs[1]
+            killed_at = {}
+
+            def maybe_kill(done: int) -> None:
+                if done == 300 and not killed_at:
+                    os.kill(victim.pid, signal.SIGKILL)
+                    killed_at["t"] = time.monotonic()
+
+            started = time.monotonic()
+            results = await _run_load(client, 1000, in_flight=30, on_done=maybe_kill)
+            elapsed = time.monotonic() - started
+            stats = client.statistics().rpc
+        assert killed_at, "the victim was killed mid-stream"
+        victim.join(5)
+        assert not pid_alive(victim.pid)
+        ids = [r["i"] for r in results]
+        assert sorted(ids) == list(range(1000)), "every request completed exactly once at the caller"
+        by_pid = collections.Counter(r["pid"] for r in results)
+        executions = [read_records(r) for r in records]
+        for i, ex in enumerate(executions):
+            dup = [m for m, c in collections.Counter(ex).items() if c > 1]
+            assert dup == [], f"responder {i} executed {len(dup)} message id(s) twice"
+        across = set(executions[0]) & set(executions[1]) | set(executions[1]) & set(executions[2]) | \
+            set(executions[0]) & set(executions[2])
+        print(f"\n1000 requests in {elapsed:.2f} s; replies by pid {dict(by_pid)}; executions per responder "
+              f"{[len(e) for e in executions]}; executed on two instances (failed over after the kill): "
+              f"{len(across)}; caller: {stats}")
+        assert stats["failovers"] >= 1 and stats["retries"] >= 1
+        assert len(across) <= 30  # at most what was in flight on the victim
+        assert victim.pid not in by_pid or by_pid[victim.pid] < 1000
+    finally:
+        for p in procs:
+            stop_process(p)
+
+
+async def test_responder_restart_and_none_left(ipc_pair: tuple[str, str], spawn_forwarder: Any,
+                                               tmp_path: Path) -> None:
+    spawn_forwarder(*ipc_pair, stats_interval=None)
+    first = spawn(_responder_main, *ipc_pair, str(tmp_path / "a.txt"), 0.0)
+    second = None
+    try:
+        async with MessageBroker(*ipc_pair) as client:
+            r = await client.request("work", req({"i": 1}), timeout=20)
+            assert r.content["pid"] == first.pid
+            os.kill(first.pid, signal.SIGKILL)
+            first.join(5)
+            second = spawn(_responder_main, *ipc_pair, str(tmp_path / "b.txt"), 0.0)
+            r = await client.request("work", req({"i": 2}), timeout=20)
+            assert r.content == {"i": 2, "pid": second.pid}
+            stop_process(second)  # graceful: it says goodbye on the bus
+            started = time.monotonic()
+            with pytest.raises(NoResponder):
+                await client.request("work", req({"i": 3}), timeout=20)
+            assert time.monotonic() - started < 2.0
+    finally:
+        stop_process(first)
+        if second is not None:
+            stop_process(second)

@@ -1,0 +1,259 @@
+"""Request bookkeeping, sans IO: the directory of service instances, calls in
+flight with their retries, and the responder's reply cache.
+
+Rules of this module:
+
+* No sockets, no event loop, no sleeping: time is a number passed in (or read
+  from the injected ``clock``), and every method returns what the IO shell
+  must do next. That is what lets tests run retries and failovers exactly.
+* An *instance* is one responder (one ROUTER endpoint) serving one or more
+  services; it is alive while its announcements keep coming within
+  ``interval * liveness`` seconds.
+* A *call* is one request from this client; every try of it carries the same
+  message id, so the responder can answer a duplicate from its cache.
+"""
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterable, TypeVar
+
+from .retry import RetryPolicy
+
+__all__ = ["Instance", "Directory", "Call", "CallTracker", "ReplyCache", "Retry", "GiveUp"]
+
+
+@dataclass(eq=False)
+class Instance:
+    """One responder as seen by callers."""
+
+    instance_id: str
+    endpoint: str
+    services: set[str]
+    interval: float
+    liveness: int
+    last_seen: float
+    outstanding: int = 0
+    picked: int = 0  # tie-breaker: least recently picked first
+
+    @property
+    def expires_at(self) -> float:
+        return self.last_seen + self.interval * self.liveness
+
+
+class Directory:
+    """Live instances per service, from presence announcements."""
+
+    def __init__(self) -> None:
+        self._instances: dict[str, Instance] = {}
+        self._ticket = itertools.count(1)
+
+    def announce(self, instance_id: str, endpoint: str, services: Iterable[str], interval: float,
+                 liveness: int, now: float) -> tuple[Instance, Instance | None]:
+        """Record an announcement; return ``(instance, replaced)``.
+
+        ``replaced`` is an older instance at the same endpoint (a restarted
+        responder that reused the address): it is gone and its calls must
+        fail over.
+        """
+        inst = self._instances.get(instance_id)
+        replaced = None
+        if inst is None:
+            for other in self._instances.values():
+                if other.endpoint == endpoint:
+                    replaced = other
+                    break
+            if replaced is not None:
+                del self._instances[replaced.instance_id]
+            inst = Instance(instance_id, endpoint, set(services), interval, liveness, now)
+            self._instances[instance_id] = inst
+        else:
+            inst.services.update(services)
+            inst.interval, inst.liveness, inst.last_seen = interval, liveness, now
+        return inst, replaced
+
+    def leave(self, instance_id: str) -> Instance | None:
+        """An instance said goodbye; return it if it was known."""
+        return self._instances.pop(instance_id, None)
+
+    def expire(self, now: float) -> list[Instance]:
+        """Remove and return the instances whose announcements stopped."""
+        dead = [i for i in self._instances.values() if now > i.expires_at]
+        for inst in dead:
+            del self._instances[inst.instance_id]
+        return dead
+
+    def get(self, instance_id: str) -> Instance | None:
+        return self._instances.get(instance_id)
+
+    def live(self, service: str) -> list[Instance]:
+        return [i for i in self._instances.values() if service in i.services]
+
+    def pick(self, service: str, avoid: Iterable[str] = ()) -> Instance | None:
+        """The live instance with the fewest outstanding calls, preferring ones not in ``avoid``."""
+        candidates = self.live(service)
+        if not candidates:
+            return None
+        avoided = set(avoid)
+        fresh = [i for i in candidates if i.instance_id not in avoided]
+        best = min(fresh or candidates, key=lambda i: (i.outstanding, i.picked))
+        best.picked = next(self._ticket)
+        return best
+
+    def __len__(self) -> int:
+        return len(self._instances)
+
+
+class Retry:
+    """Try again after ``delay`` seconds."""
+
+    __slots__ = ("delay",)
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __repr__(self) -> str:
+        return f"Retry({self.delay:.3f})"
+
+
+class GiveUp:
+    """Stop: ``reason`` is ``"deadline"`` or ``"attempts"``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"GiveUp({self.reason!r})"
+
+
+@dataclass(eq=False)
+class Call:
+    """One request in flight from this client."""
+
+    request_id: str
+    service: str
+    started: float
+    deadline: float
+    policy: RetryPolicy
+    attempt: int = 0
+    instance_id: str | None = None
+    attempt_deadline: float = 0.0
+    tried: list[str] = field(default_factory=list)
+    waiter: Any = None  # the IO shell's future; opaque here
+
+
+class CallTracker:
+    """Calls in flight: which instance has each, when each try times out, what to do next."""
+
+    def __init__(self, directory: Directory, rand: Callable[[], float]) -> None:
+        self.directory = directory
+        self.rand = rand
+        self._calls: dict[str, Call] = {}
+        self.late_replies = 0
+
+    def begin(self, request_id: str, service: str, now: float, timeout: float, policy: RetryPolicy) -> Call:
+        call = Call(request_id, service, now, now + timeout, policy)
+        self._calls[request_id] = call
+        return call
+
+    def assign(self, call: Call, now: float) -> Instance | None:
+        """Start the next try on the best instance (another one than before if possible)."""
+        self._release(call)
+        inst = self.directory.pick(call.service, call.tried)
+        if inst is None:
+            return None
+        call.attempt += 1
+        call.instance_id = inst.instance_id
+        call.tried.append(inst.instance_id)
+        inst.outstanding += 1
+        timeout = call.policy.attempt_timeout
+        call.attempt_deadline = min(call.deadline, now + timeout) if timeout else call.deadline
+        return inst
+
+    def get(self, request_id: str) -> Call | None:
+        return self._calls.get(request_id)
+
+    def busy(self, request_id: str, now: float) -> Call | None:
+        """The responder says it is still working: extend the try, never past the deadline."""
+        call = self._calls.get(request_id)
+        if call is not None and call.policy.attempt_timeout:
+            call.attempt_deadline = min(call.deadline, max(call.attempt_deadline, now + call.policy.attempt_timeout))
+        return call
+
+    def reply(self, request_id: str) -> Call | None:
+        """A reply arrived: the call is done. ``None`` for a late duplicate (counted)."""
+        call = self._calls.pop(request_id, None)
+        if call is None:
+            self.late_replies += 1
+            return None
+        self._release(call)
+        return call
+
+    def finish(self, call: Call) -> None:
+        """The call ended without a reply (given up, cancelled)."""
+        self._calls.pop(call.request_id, None)
+        self._release(call)
+
+    def on_instance(self, instance_id: str) -> list[Call]:
+        """The calls whose current try is on ``instance_id`` (for failover when it is gone)."""
+        return [c for c in self._calls.values() if c.instance_id == instance_id]
+
+    def next_step(self, call: Call, now: float) -> Retry | GiveUp:
+        """After a failed try: wait and retry, or give up (deadline or attempts spent)."""
+        self._release(call)
+        if now >= call.deadline:
+            return GiveUp("deadline")
+        if call.attempt >= call.policy.attempts:
+            return GiveUp("attempts")
+        delay = call.policy.delay(call.attempt, self.rand)
+        if now + delay >= call.deadline:
+            return GiveUp("deadline")
+        return Retry(delay)
+
+    def _release(self, call: Call) -> None:
+        if call.instance_id is not None:
+            inst = self.directory.get(call.instance_id)
+            if inst is not None and inst.outstanding > 0:
+                inst.outstanding -= 1
+            call.instance_id = None
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+
+V = TypeVar("V")
+
+
+class ReplyCache(Generic[V]):
+    """A bounded map from request message id to its reply, oldest evicted first.
+
+    A responder answers a duplicate request (a retry) from here instead of
+    executing it again, for as long as the entry is held.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._items: OrderedDict[str, V] = OrderedDict()
+
+    def get(self, key: str) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: str, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,473 @@
+"""Request/reply, peer to peer over ROUTER sockets: the IO shell around reqrep.py.
+
+A :class:`Responder` binds a ROUTER, serves named services and announces
+itself on the bus (``_zmqbus.presence``) every ``heartbeat`` seconds. A
+:class:`Caller` keeps a directory of live instances from those announcements
+and sends each request straight to the least-loaded instance; no request ever
+goes through the forwarder. Frames (after ZeroMQ's routing id)::
+
+    caller -> responder   [b"REQ", service, payload]
+    responder -> caller   [b"REP", payload] | [b"ERR", payload] | [b"BUSY", msgpack([request_id])]
+
+The payload is the pub/sub payload of docs/PROTOCOL.md. A reply's
+``causation_id`` is the request's ``message_id``: that is how replies are
+matched, and why a retry (same message id) can be answered from the
+responder's reply cache instead of being executed again.
+
+Both classes belong to one :class:`~zmqbus.broker.MessageBroker` and use its
+event loop, codec and bus connection.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Union
+
+from .codec import pack, unpack
+from .errors import DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError
+from .message import MessageMetadata, ProcessingMessage
+from .ratelog import RateLimitedLog
+from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
+from .retry import RetryPolicy
+from .transport import RouterLink
+
+if TYPE_CHECKING:
+    from .broker import MessageBroker
+
+__all__ = ["Responder", "Caller", "RpcOptions", "ServiceHandler", "PRESENCE_TOPIC", "DISCOVER_TOPIC"]
+
+log = logging.getLogger(__name__)
+
+PRESENCE_TOPIC = "_zmqbus.presence"
+DISCOVER_TOPIC = "_zmqbus.discover"
+REQ, REP, ERR, BUSY = b"REQ", b"REP", b"ERR", b"BUSY"
+
+ServiceHandler = Callable[[ProcessingMessage], Union[Awaitable[Any], Any]]
+
+
+def _error_content(code: str, error_type: str, message: str, retryable: bool) -> dict[str, Any]:
+    return {"code": code, "type": error_type, "message": message, "retryable": retryable}
+
+
+@dataclass(frozen=True)
+class RpcOptions:
+    """How a broker's responder binds, announces itself and executes (see MessageBroker)."""
+
+    bind: str = "tcp://127.0.0.1:*"
+    advertise: str | None = None
+    heartbeat: float = 1.0
+    liveness: int = 3
+    cache_size: int = 10_000
+    max_concurrency: int = 100
+
+
+@dataclass
+class ResponderStatistics:
+    requests: int = 0
+    executed: int = 0
+    failed: int = 0
+    duplicates_cached: int = 0
+    duplicates_in_flight: int = 0
+    expired: int = 0
+    malformed: int = 0
+    undeliverable: int = 0
+
+
+class Responder:
+    """Serves requests for one broker: one ROUTER socket, any number of services."""
+
+    def __init__(self, broker: "MessageBroker", options: RpcOptions) -> None:
+        self.broker = broker
+        self.heartbeat = options.heartbeat
+        self.liveness = options.liveness
+        self.instance_id = broker.client_id
+        self.services: dict[str, tuple[ServiceHandler, bool]] = {}
+        self.stats = ResponderStatistics()
+        self._cache: ReplyCache[tuple[bytes, bytes]] = ReplyCache(options.cache_size)
+        self._in_flight: dict[str, tuple[bytes, float]] = {}  # request id -> (caller, started)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(options.max_concurrency)
+        self._closing = False
+        self._faults = RateLimitedLog(log)
+        self._router = RouterLink(broker._socket_config)
+        try:
+            bound = self._router.bind(options.bind)
+            self.endpoint = _advertised(bound, options.advertise)
+        except BaseException:
+            self._router.close(0)
+            raise
+        self._loops: list[asyncio.Task[None]] = []
+        self._last_announce = 0.0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.broker.subscribe(self.broker.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
+        self._loops = [loop.create_task(self._read_loop(), name="zmqbus-responder"),
+                       loop.create_task(self._heartbeat_loop(), name="zmqbus-heartbeat")]
+        log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
+
+    def add(self, service: str, handler: ServiceHandler) -> None:
+        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None))
+        self.services[service] = (handler, is_async)
+
+    # -- presence ----------------------------------------------------------
+
+    async def announce(self, leaving: bool = False) -> None:
+        self._last_announce = time.monotonic()
+        content = {"instance": self.instance_id, "endpoint": self.endpoint, "services": sorted(self.services),
+                   "interval": self.heartbeat, "liveness": self.liveness, "load": len(self._in_flight),
+                   "leaving": leaving}
+        await self.broker.publish(ProcessingMessage(PRESENCE_TOPIC, content, MessageMetadata(
+            source_component=self.broker.name or "zmqbus")))
+
+    async def _on_discover(self, msg: ProcessingMessage) -> None:
+        wanted = msg.content.get("service") if isinstance(msg.content, dict) else None
+        if (wanted is None or wanted in self.services) and time.monotonic() - self._last_announce > 0.02:
+            await self.announce()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.announce()
+            except ZmqbusError as exc:
+                self._faults.log(logging.WARNING, "announce", "presence announcement failed: %s", exc)
+            # A handler that runs long keeps its caller informed, so the caller
+            # does not give up on a slow but alive responder.
+            now = time.monotonic()
+            for request_id, (caller, started) in list(self._in_flight.items()):
+                if now - started >= self.heartbeat:
+                    self._router.send(caller, BUSY, pack([request_id]))
+            await asyncio.sleep(self.heartbeat)
+
+    # -- requests ----------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        router = self._router
+        while True:
+            batch = router.recv_batch(256)
+            if not batch:
+                await router.channel.wait(1, 1.0)  # zmq.POLLIN
+                continue
+            for frames in batch:
+                self._on_frames(frames)
+            if len(batch) == 256:
+                await asyncio.sleep(0)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        caller = frames[0]
+        if len(frames) != 4 or frames[1] != REQ:
+            self.stats.malformed += 1
+            self._faults.log(logging.WARNING, "frames", "malformed request (%d frames)", len(frames))
+            self._reply_error(caller, None, "", "malformed", "ProtocolError",
+                              f"expected [REQ, service, payload], got {len(frames) - 1} frames", False)
+            return
+        self.stats.requests += 1
+        try:
+            service = frames[2].decode()
+            msg = self.broker._codec.decode(frames[2], frames[3])
+        except (UnicodeDecodeError, DecodeError) as exc:
+            self.stats.malformed += 1
+            self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
+            self._reply_error(caller, None, "", "malformed", "DecodeError", str(exc), False)
+            return
+        md = msg.metadata
+        cached = self._cache.get(md.message_id)
+        if cached is not None:  # a retry: answer from the cache, never execute twice
+            self.stats.duplicates_cached += 1
+            self._router.send(caller, *cached)
+            return
+        if md.message_id in self._in_flight:
+            self.stats.duplicates_in_flight += 1  # its reply is on the way
+            return
+        if self._closing:
+            self._reply_error(caller, msg, service, "shutting_down", "ShuttingDown",
+                              f"instance {self.instance_id} is shutting down", True)
+            return
+        entry = self.services.get(service)
+        if entry is None:
+            self._reply_error(caller, msg, service, "unknown_service", "UnknownService",
+                              f"instance {self.instance_id} does not serve {service!r}", True)
+            return
+        if md.deadline is not None and time.time() > md.deadline:
+            self.stats.expired += 1
+            self._reply_error(caller, msg, service, "expired", "DeadlineExpired",
+                              "the request's deadline passed before it could start", False)
+            return
+        self._in_flight[md.message_id] = (caller, time.monotonic())
+        task = asyncio.get_running_loop().create_task(self._execute(caller, service, entry, msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _execute(self, caller: bytes, service: str, entry: tuple[ServiceHandler, bool],
+                       msg: ProcessingMessage) -> None:
+        handler, is_async = entry
+        md = msg.metadata
+        async with self._slots:
+            try:
+                self.stats.executed += 1
+                if is_async:
+                    result = await handler(msg)
+                else:  # a sync handler runs in a thread: the loop keeps heartbeating
+                    result = await asyncio.get_running_loop().run_in_executor(None, handler, msg)
+                frames = (REP, self._encode(msg, service, f"{service}.reply", result))
+            except asyncio.CancelledError:
+                self._in_flight.pop(md.message_id, None)
+                raise
+            except Exception as exc:  # the handler's fault goes back to the caller
+                self.stats.failed += 1
+                self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
+                                 service, type(exc).__name__, exc)
+                frames = (ERR, self._encode(msg, service, f"{service}.error", _error_content(
+                    "handler_error", type(exc).__name__, str(exc), False)))
+        self._cache.put(md.message_id, frames)
+        self._in_flight.pop(md.message_id, None)
+        if not self._router.send(caller, *frames):
+            self.stats.undeliverable += 1
+
+    def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
+        md = request.metadata
+        reply = ProcessingMessage(mtype, content, MessageMetadata(
+            correlation_id=md.correlation_id, source_component=self.broker.name or service,
+            target_component=md.source_component or None, causation_id=md.message_id))
+        codec = self.broker._codec
+        try:
+            return codec.encode(reply, service.encode(), self.instance_id, 0)
+        except EncodeError as exc:
+            reply.message_type, reply.content = f"{service}.error", _error_content(
+                "handler_error", "EncodeError", f"the reply could not be encoded: {exc}", False)
+            return codec.encode(reply, service.encode(), self.instance_id, 0)
+
+    def _reply_error(self, caller: bytes, msg: ProcessingMessage | None, service: str, code: str,
+                     error_type: str, text: str, retryable: bool) -> None:
+        request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(message_id=""))
+        payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
+                               _error_content(code, error_type, text, retryable))
+        if not self._router.send(caller, ERR, payload):
+            self.stats.undeliverable += 1
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Refuse new requests (retryably), let running ones finish for ``grace`` seconds, say goodbye."""
+        self._closing = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        for task in self._loops:
+            task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
+        try:
+            await self.announce(leaving=True)
+        except ZmqbusError:
+            pass
+        self._router.close()
+
+
+class Caller:
+    """Sends requests for one broker; keeps the directory of live instances."""
+
+    def __init__(self, broker: "MessageBroker", discover_timeout: float = 0.5) -> None:
+        self.broker = broker
+        self.discover_timeout = discover_timeout
+        self.directory = Directory()
+        self.tracker = CallTracker(self.directory, random.random)
+        self._router = RouterLink(broker._socket_config, broker.client_id.encode(), mandatory=True)
+        self._announced = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+        self._faults = RateLimitedLog(log)
+        self.retries = 0
+        self.failovers = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.broker.subscribe(self.broker.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
+        self._loops = [loop.create_task(self._read_loop(), name="zmqbus-caller"),
+                       loop.create_task(self._expiry_loop(), name="zmqbus-directory")]
+        await self.broker.ready()
+
+    # -- directory ---------------------------------------------------------
+
+    def _on_presence(self, msg: ProcessingMessage) -> None:
+        c = msg.content
+        try:
+            instance, endpoint, services = str(c["instance"]), str(c["endpoint"]), [str(s) for s in c["services"]]
+            interval, liveness, leaving = float(c["interval"]), int(c["liveness"]), bool(c.get("leaving"))
+        except (TypeError, KeyError, ValueError):
+            self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message: %r", c)
+            return
+        if leaving:
+            gone = self.directory.leave(instance)
+            if gone is not None:
+                self._lost(gone.instance_id, gone.endpoint, "left")
+            return
+        known = self.directory.get(instance) is not None
+        inst, replaced = self.directory.announce(instance, endpoint, services, interval, liveness, time.monotonic())
+        if replaced is not None:
+            self._lost(replaced.instance_id, replaced.endpoint, "replaced")
+        if not known:
+            self._router.connect(endpoint, instance.encode())
+            log.debug("instance %s of %s at %s", instance, services, endpoint)
+            self._announced.set()
+
+    def _lost(self, instance_id: str, endpoint: str, why: str) -> None:
+        self._router.disconnect(endpoint)
+        for call in self.tracker.on_instance(instance_id):
+            self.failovers += 1
+            _wake(call, ("retry", f"instance {why}"))
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for inst in self.directory.expire(time.monotonic()):
+                log.info("instance %s at %s stopped announcing; failing over its calls", inst.instance_id,
+                         inst.endpoint)
+                self._lost(inst.instance_id, inst.endpoint, "silent")
+
+    async def _wait_for_instance(self, service: str, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        until = min(deadline, loop.time() + self.discover_timeout)
+        await self.broker.publish(ProcessingMessage(DISCOVER_TOPIC, {"service": service}))
+        while not self.directory.live(service):
+            left = until - loop.time()
+            if left <= 0:
+                raise NoResponder(service)
+            self._announced.clear()
+            try:
+                await asyncio.wait_for(self._announced.wait(), left)
+            except asyncio.TimeoutError:
+                pass
+
+    # -- replies -----------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        router = self._router
+        while True:
+            batch = router.recv_batch(256)
+            if not batch:
+                await router.channel.wait(1, 1.0)  # zmq.POLLIN
+                continue
+            for frames in batch:
+                self._on_frames(frames)
+            if len(batch) == 256:
+                await asyncio.sleep(0)
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        if len(frames) != 3 or frames[1] not in (REP, ERR, BUSY):
+            self._faults.log(logging.WARNING, "frames", "malformed reply (%d frames)", len(frames))
+            return
+        try:
+            if frames[1] == BUSY:
+                (request_id,) = unpack(frames[2])
+                self.tracker.busy(str(request_id), time.monotonic())
+                return
+            msg = self.broker._codec.decode(b"_zmqbus.reply", frames[2])
+        except (DecodeError, ValueError, TypeError) as exc:
+            self._faults.log(logging.WARNING, "decode", "malformed reply: %s", exc)
+            return
+        request_id = msg.metadata.causation_id or ""
+        if frames[1] == ERR and isinstance(msg.content, dict) and msg.content.get("retryable"):
+            call = self.tracker.get(request_id)  # the call goes on, on another instance
+            if call is not None:
+                _wake(call, ("retry", f"retryable error: {msg.content.get('message')}"))
+            return
+        call = self.tracker.reply(request_id)
+        if call is not None:
+            _wake(call, ("reply", frames[1], msg))
+
+    # -- requests ----------------------------------------------------------
+
+    async def request(self, service: str, message: ProcessingMessage, timeout: float,
+                      policy: RetryPolicy) -> ProcessingMessage:
+        loop = asyncio.get_running_loop()
+        md = message.metadata
+        if md.deadline is None:
+            md.deadline = time.time() + timeout
+        sframe = service.encode()
+        call = self.tracker.begin(md.message_id, service, loop.time(), timeout, policy)
+        reason = "no reply"
+        try:
+            while True:
+                inst = self.tracker.assign(call, loop.time())
+                if inst is None:
+                    await self._wait_for_instance(service, call.deadline)
+                    continue
+                md.attempt = call.attempt
+                if call.attempt > 1:
+                    self.retries += 1
+                payload = self.broker._codec.encode(message, sframe, self.broker.client_id, 0,
+                                                    self.broker.name)
+                outcome = await self._try(call, inst.instance_id.encode(), sframe, payload)
+                if outcome[0] == "reply":
+                    return self._result(service, outcome[1], outcome[2])
+                reason = outcome[1]
+                step = self.tracker.next_step(call, loop.time())
+                if isinstance(step, GiveUp):
+                    raise RequestTimeout(service, call.attempt, loop.time() - call.started,
+                                         f"{step.reason}; last try: {reason}")
+                await asyncio.sleep(step.delay)
+        finally:
+            self.tracker.finish(call)
+
+    async def _try(self, call: Call, peer: bytes, sframe: bytes, payload: bytes) -> tuple[Any, ...]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+        call.waiter = fut
+        timer = loop.call_at(call.attempt_deadline, self._on_timer, call, fut)
+        try:
+            pause = 0.001
+            # Unreachable right after discovery means "still connecting": retry briefly.
+            while not self._router.send(peer, REQ, sframe, payload):
+                if fut.done() or loop.time() + pause >= call.attempt_deadline:
+                    return fut.result() if fut.done() else ("retry", "instance unreachable")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            return await fut
+        finally:
+            timer.cancel()
+            call.waiter = None
+
+    def _on_timer(self, call: Call, fut: asyncio.Future[tuple[Any, ...]]) -> None:
+        loop = asyncio.get_running_loop()
+        if fut.done():
+            return
+        if loop.time() < call.attempt_deadline:  # extended by BUSY: wait on
+            timer = loop.call_at(call.attempt_deadline, self._on_timer, call, fut)
+            fut.add_done_callback(lambda _: timer.cancel())
+            return
+        fut.set_result(("retry", "attempt timed out"))
+
+    def _result(self, service: str, kind: bytes, msg: ProcessingMessage) -> ProcessingMessage:
+        if kind == ERR:
+            c = msg.content if isinstance(msg.content, dict) else {}
+            raise RemoteError(str(c.get("type", "Error")), str(c.get("message", "")), msg.metadata.correlation_id,
+                              str(c.get("code", "handler_error")), service)
+        return msg
+
+    async def close(self) -> None:
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self._router.close(0)
+
+
+def _wake(call: Call, outcome: tuple[Any, ...]) -> None:
+    fut = call.waiter
+    if fut is not None and not fut.done():
+        fut.set_result(outcome)
+
+
+def _advertised(bound: str, advertise: str | None) -> str:
+    """The address callers should use: ``advertise`` (a host or a whole endpoint) or the bound one."""
+    if not advertise:
+        if bound.startswith("tcp://0.0.0.0:") or bound.startswith("tcp://[::]:"):
+            raise ValueError(f"bound to a wildcard address ({bound}): pass advertise= with a reachable host")
+        return bound
+    if "://" in advertise:
+        return advertise
+    port = bound.rsplit(":", 1)[1]
+    return f"tcp://{advertise}:{port}"
+
