@@ -112,3 +112,13 @@ def test_bench_pubsub_json(run_cli: Any) -> None:
     assert report["zmqbus_msgs_per_s"] > 0 and report["raw_msgs_per_s"] > 0
     assert report["ratio"] == round(report["zmqbus_msgs_per_s"] / report["raw_msgs_per_s"], 3)
     assert report["zmqbus"]["received"] + report["zmqbus"]["lost"] == 3000
+
+
+def test_bench_reqrep_json(run_cli: Any) -> None:
+    """Checks that the benchmark runs and reports every figure; it asserts no speed."""
+    code, out, err = finish(run_cli("bench", "reqrep", "--quick", "--json"), timeout=110)
+    assert code == 0, err
+    report = json.loads(out)
+    for key in ("p50_us", "raw_p50_us", "sync_p50_us", "throughput_req_s", "raw_throughput_req_s",
+                "sync_throughput_req_s", "p50_ratio", "throughput_ratio"):
+        assert report[key] > 0, key

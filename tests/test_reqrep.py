@@ -38,8 +38,18 @@ async def test_request_reply_and_errors(forwarder: Forwarder) -> None:
     def fail(m: ProcessingMessage) -> None:
         raise KeyError("missing thing")
 
+    async def fail_later(m: ProcessingMessage) -> None:
+        await asyncio.sleep(0.01)  # suspends: finished by a Task, not eagerly
+        raise ZeroDivisionError("after a pause")
+
+    async def add_later(m: ProcessingMessage) -> dict[str, int]:
+        await asyncio.sleep(0.001)
+        return await add(m)
+
     srv.serve("calc.add", add)
+    srv.serve("calc.add_later", add_later)
     srv.serve("calc.fail", fail)
+    srv.serve("calc.fail_later", fail_later)
     async with srv, MessageBroker(*ep(forwarder), name="client") as client:
         sent = req({"a": 2, "b": 3}, correlation_id="wf-7", source_component="client")
         reply = await client.request("calc.add", sent)
@@ -51,6 +61,10 @@ async def test_request_reply_and_errors(forwarder: Forwarder) -> None:
             await client.request("calc.fail", req({}, correlation_id="wf-8"))
         assert info.value.error_type == "KeyError" and info.value.correlation_id == "wf-8"
         assert info.value.code == "handler_error" and "missing thing" in str(info.value)
+        with pytest.raises(RemoteError, match="ZeroDivisionError: after a pause"):
+            await client.request("calc.fail_later", req({}))
+        later = await asyncio.gather(*(client.request("calc.add_later", req({"a": i, "b": 1})) for i in range(50)))
+        assert [r.content["sum"] for r in later] == [i + 1 for i in range(50)]
         started = time.monotonic()
         with pytest.raises(NoResponder):
             await client.request("calc.nobody", req({}), timeout=30)
@@ -58,7 +72,7 @@ async def test_request_reply_and_errors(forwarder: Forwarder) -> None:
         await client.send("calc.add", req({"a": 1, "b": 1}))  # one-way, acknowledged
         many = await asyncio.gather(*(client.request("calc.add", req({"a": i, "b": 0})) for i in range(200)))
         assert sorted(r.content["sum"] for r in many) == list(range(200))
-        assert srv.statistics().rpc["served_executed"] == 1 + 1 + 1 + 200
+        assert srv.statistics().rpc["served_executed"] == 1 + 1 + 1 + 50 + 1 + 200
 
 
 async def test_slow_but_alive_responder_is_not_abandoned(forwarder: Forwarder) -> None:

@@ -223,5 +223,27 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int)
     click.echo(f"  ratio zmqbus/raw    : {result['ratio']:.2f}")
 
 
+@bench.command("reqrep")
+@click.option("--quick", is_flag=True, help="Small run (checks that the benchmark works; figures are rough).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--rounds", default=0, help="Rounds per side, best kept (default 3; 1 with --quick).")
+def bench_reqrep(quick: bool, as_json: bool, rounds: int) -> None:
+    """Request/reply latency (1 in flight) and throughput (100 in flight), zmqbus vs raw DEALER/ROUTER."""
+    from .bench.reqrep import run_reqrep
+
+    progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
+    r = run_reqrep(quick=quick, rounds=rounds or None, progress=progress)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    click.echo(f"request/reply, {r['transport']}, best of {r['rounds']} rounds:")
+    click.echo(f"  {'':28} {'p50 us':>9} {'p99 us':>9} {'req/s (100 in flight)':>22}")
+    for label, key in (("raw sync echo (limit)", "sync_"), ("raw asyncio echo", "raw_"), ("zmqbus", "")):
+        click.echo(f"  {label:28} {r[key + 'p50_us']:>9.0f} {r[key + 'p99_us']:>9.0f} "
+                   f"{r[key + 'throughput_req_s']:>22,}")
+    click.echo(f"  p50 zmqbus/raw asyncio: {r['p50_ratio']:.2f}x   throughput zmqbus/raw asyncio: "
+               f"{r['throughput_ratio']:.2f}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

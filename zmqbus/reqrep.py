@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from .retry import RetryPolicy
@@ -91,14 +91,21 @@ class Directory:
         return [i for i in self._instances.values() if service in i.services]
 
     def pick(self, service: str, avoid: Iterable[str] = ()) -> Instance | None:
-        """The live instance with the fewest outstanding calls, preferring ones not in ``avoid``."""
-        candidates = self.live(service)
-        if not candidates:
-            return None
-        avoided = set(avoid)
-        fresh = [i for i in candidates if i.instance_id not in avoided]
-        best = min(fresh or candidates, key=lambda i: (i.outstanding, i.picked))
-        best.picked = next(self._ticket)
+        """The live instance with the fewest outstanding calls, preferring ones not in ``avoid``.
+
+        Ties go to the instance picked least recently (round robin).
+        """
+        best: Instance | None = None
+        best_avoided = True
+        for inst in self._instances.values():  # a plain loop: this runs once per request
+            if service not in inst.services:
+                continue
+            avoided = inst.instance_id in avoid
+            if best is None or (best_avoided and not avoided) or (
+                    avoided == best_avoided and (inst.outstanding, inst.picked) < (best.outstanding, best.picked)):
+                best, best_avoided = inst, avoided
+        if best is not None:
+            best.picked = next(self._ticket)
         return best
 
     def __len__(self) -> int:
@@ -129,20 +136,27 @@ class GiveUp:
         return f"GiveUp({self.reason!r})"
 
 
-@dataclass(eq=False)
 class Call:
     """One request in flight from this client."""
 
-    request_id: str
-    service: str
-    started: float
-    deadline: float
-    policy: RetryPolicy
-    attempt: int = 0
-    instance_id: str | None = None
-    attempt_deadline: float = 0.0
-    tried: list[str] = field(default_factory=list)
-    waiter: Any = None  # the IO shell's future; opaque here
+    __slots__ = ("request_id", "service", "started", "deadline", "policy", "attempt", "instance_id",
+                 "attempt_deadline", "tried", "waiter")
+
+    def __init__(self, request_id: str, service: str, started: float, deadline: float,
+                 policy: RetryPolicy) -> None:
+        self.request_id = request_id
+        self.service = service
+        self.started = started
+        self.deadline = deadline
+        self.policy = policy
+        self.attempt = 0
+        self.instance_id: str | None = None
+        self.attempt_deadline = 0.0
+        self.tried: list[str] = []
+        self.waiter: Any = None  # the IO shell's future; opaque here
+
+    def __repr__(self) -> str:
+        return f"Call({self.request_id!r}, {self.service!r}, attempt={self.attempt}, on={self.instance_id!r})"
 
 
 class CallTracker:
@@ -196,6 +210,10 @@ class CallTracker:
         """The call ended without a reply (given up, cancelled)."""
         self._calls.pop(call.request_id, None)
         self._release(call)
+
+    def expired_tries(self, now: float) -> list[Call]:
+        """The calls whose current try has run out of time."""
+        return [c for c in self._calls.values() if c.waiter is not None and now >= c.attempt_deadline]
 
     def on_instance(self, instance_id: str) -> list[Call]:
         """The calls whose current try is on ``instance_id`` (for failover when it is gone)."""

@@ -20,12 +20,14 @@ event loop, codec and bus connection.
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
+import types
 import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
 from .codec import pack, unpack
 from .errors import DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError
@@ -90,7 +92,9 @@ class Responder:
         self._cache: ReplyCache[tuple[bytes, bytes]] = ReplyCache(options.cache_size)
         self._in_flight: dict[str, tuple[bytes, float]] = {}  # request id -> (caller, started)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(options.max_concurrency)
+        self._max_concurrency = options.max_concurrency
+        self._queue: collections.deque[tuple[bytes, str, tuple[ServiceHandler, bool], ProcessingMessage]] = \
+            collections.deque()
         self._closing = False
         self._faults = RateLimitedLog(log)
         self._router = RouterLink(broker._socket_config)
@@ -199,35 +203,64 @@ class Responder:
                               "the request's deadline passed before it could start", False)
             return
         self._in_flight[md.message_id] = (caller, time.monotonic())
-        task = asyncio.get_running_loop().create_task(self._execute(caller, service, entry, msg))
+        if len(self._in_flight) > self._max_concurrency:
+            self._queue.append((caller, service, entry, msg))  # started when a slot frees up
+        else:
+            self._start(caller, service, entry, msg)
+
+    def _start(self, caller: bytes, service: str, entry: tuple[ServiceHandler, bool],
+               msg: ProcessingMessage) -> None:
+        handler, is_async = entry
+        self.stats.executed += 1
+        if not is_async:  # a sync handler runs in a thread: the loop keeps heartbeating
+            fut = asyncio.get_running_loop().run_in_executor(None, handler, msg)
+            self._track(self._finish(caller, service, msg, fut))
+            return
+        # Start the coroutine eagerly: a handler that completes without
+        # suspending (most quick ones) is answered at once, with no Task.
+        coro: Any = handler(msg)
+        try:
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            self._done(caller, service, msg, REP, stop.value)
+        except Exception as exc:  # the handler's fault goes back to the caller
+            self._done(caller, service, msg, ERR, exc)
+        else:
+            self._track(self._finish(caller, service, msg, _resume(coro, yielded)))
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _execute(self, caller: bytes, service: str, entry: tuple[ServiceHandler, bool],
-                       msg: ProcessingMessage) -> None:
-        handler, is_async = entry
+    async def _finish(self, caller: bytes, service: str, msg: ProcessingMessage, running: Awaitable[Any]) -> None:
+        try:
+            result = await running
+        except asyncio.CancelledError:
+            self._in_flight.pop(msg.metadata.message_id, None)
+            raise
+        except Exception as exc:
+            self._done(caller, service, msg, ERR, exc)
+        else:
+            self._done(caller, service, msg, REP, result)
+
+    def _done(self, caller: bytes, service: str, msg: ProcessingMessage, kind: bytes, result: Any) -> None:
         md = msg.metadata
-        async with self._slots:
-            try:
-                self.stats.executed += 1
-                if is_async:
-                    result = await handler(msg)
-                else:  # a sync handler runs in a thread: the loop keeps heartbeating
-                    result = await asyncio.get_running_loop().run_in_executor(None, handler, msg)
-                frames = (REP, self._encode(msg, service, f"{service}.reply", result))
-            except asyncio.CancelledError:
-                self._in_flight.pop(md.message_id, None)
-                raise
-            except Exception as exc:  # the handler's fault goes back to the caller
-                self.stats.failed += 1
-                self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
-                                 service, type(exc).__name__, exc)
-                frames = (ERR, self._encode(msg, service, f"{service}.error", _error_content(
-                    "handler_error", type(exc).__name__, str(exc), False)))
+        if kind == ERR:
+            self.stats.failed += 1
+            self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
+                             service, type(result).__name__, result)
+            payload = self._encode(msg, service, f"{service}.error", _error_content(
+                "handler_error", type(result).__name__, str(result), False))
+        else:
+            payload = self._encode(msg, service, f"{service}.reply", result)
+        frames = (kind, payload)
         self._cache.put(md.message_id, frames)
         self._in_flight.pop(md.message_id, None)
         if not self._router.send(caller, *frames):
             self.stats.undeliverable += 1
+        while self._queue and len(self._in_flight) - len(self._queue) < self._max_concurrency:
+            self._start(*self._queue.popleft())
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
         md = request.metadata
@@ -253,6 +286,7 @@ class Responder:
     async def close(self, grace: float = 5.0) -> None:
         """Refuse new requests (retryably), let running ones finish for ``grace`` seconds, say goodbye."""
         self._closing = True
+        self._queue.clear()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in self._loops:
@@ -320,12 +354,17 @@ class Caller:
             _wake(call, ("retry", f"instance {why}"))
 
     async def _expiry_loop(self) -> None:
+        # One sweep every 50 ms instead of a timer per try: tries time out
+        # within 50 ms of their deadline, and a request costs no timer.
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             for inst in self.directory.expire(time.monotonic()):
                 log.info("instance %s at %s stopped announcing; failing over its calls", inst.instance_id,
                          inst.endpoint)
                 self._lost(inst.instance_id, inst.endpoint, "silent")
+            for call in self.tracker.expired_tries(loop.time()):
+                _wake(call, ("retry", "attempt timed out"))
 
     async def _wait_for_instance(self, service: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -415,8 +454,7 @@ class Caller:
     async def _try(self, call: Call, peer: bytes, sframe: bytes, payload: bytes) -> tuple[Any, ...]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-        call.waiter = fut
-        timer = loop.call_at(call.attempt_deadline, self._on_timer, call, fut)
+        call.waiter = fut  # resolved by a reply, the sweep (timeout) or a lost instance
         try:
             pause = 0.001
             # Unreachable right after discovery means "still connecting": retry briefly.
@@ -427,18 +465,7 @@ class Caller:
                 pause = min(pause * 2, 0.05)
             return await fut
         finally:
-            timer.cancel()
             call.waiter = None
-
-    def _on_timer(self, call: Call, fut: asyncio.Future[tuple[Any, ...]]) -> None:
-        loop = asyncio.get_running_loop()
-        if fut.done():
-            return
-        if loop.time() < call.attempt_deadline:  # extended by BUSY: wait on
-            timer = loop.call_at(call.attempt_deadline, self._on_timer, call, fut)
-            fut.add_done_callback(lambda _: timer.cancel())
-            return
-        fut.set_result(("retry", "attempt timed out"))
 
     def _result(self, service: str, kind: bytes, msg: ProcessingMessage) -> ProcessingMessage:
         if kind == ERR:
@@ -452,6 +479,29 @@ class Caller:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._router.close(0)
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """Go on driving a coroutine that was started by hand and suspended at ``yielded``.
+
+    Run inside a Task: it hands the Task what the coroutine waits on and
+    forwards results and exceptions back, exactly like ``yield from`` would
+    have from the start (Python 3.12's eager tasks do this natively).
+    """
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _wake(call: Call, outcome: tuple[Any, ...]) -> None:

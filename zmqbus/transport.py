@@ -130,6 +130,16 @@ class Channel:
         for _, fut in self._waiters:
             _resolve(fut, True)
 
+    def recheck(self) -> None:
+        """After a send on a socket someone waits on: wake them if their event is ready now.
+
+        A send processes ZeroMQ's command mailbox and so can consume the FD
+        signal of a message that arrived meanwhile; without this the waiter
+        would sleep until its timeout.
+        """
+        if self._waiters:
+            self._on_fd()
+
     def _on_fd(self) -> None:
         try:
             events = int(self.sock.getsockopt(zmq.EVENTS))  # also clears the FD signal
@@ -348,18 +358,28 @@ class RouterLink:
         last = len(frames) - 1
         for i, frame in enumerate(frames):
             send(frame, 0 if i == last else 2)
+        self.channel.recheck()
         return True
 
     def recv_batch(self, limit: int) -> list[list[bytes]]:
-        """Up to ``limit`` whole messages (routing id first), without blocking."""
+        """Up to ``limit`` whole messages (routing id first), without blocking.
+
+        Frames are read one by one with their ``more`` flag (``recv_multipart``
+        checks ``RCVMORE`` with a getsockopt per frame, about 0.7 us each).
+        """
         out: list[list[bytes]] = []
-        recv = self.channel.sock.recv_multipart
+        recv = self.channel.sock.recv
         try:
             for _ in range(limit):
                 try:
-                    out.append(recv(zmq.NOBLOCK))
+                    frame = recv(1, copy=False)  # zmq.NOBLOCK
                 except zmq.Again:
                     break
+                frames = [frame.bytes]
+                while frame.more:  # the rest of a multipart message is always there
+                    frame = recv(1, copy=False)
+                    frames.append(frame.bytes)
+                out.append(frames)
         except zmq.ZMQError as exc:
             with mapped_errors("receive"):
                 raise exc

@@ -1,0 +1,251 @@
+"""Request/reply: zmqbus next to raw pyzmq DEALER/ROUTER echoes, in the same run.
+
+Each side has a responder process and a caller process on tcp loopback, and
+moves the same guide-shaped content. Measured per side: round-trip latency
+(p50, p99) with one request in flight, and throughput with 100 in flight.
+
+* raw asyncio: a ROUTER echo that drains its socket, and an asyncio DEALER
+  client with a reader task and a future per request (what a careful user
+  would write by hand).
+* raw sync: the same echo driven by a blocking tight loop (the machine's
+  limit; no event loop at all).
+* zmqbus: ``serve`` / ``request`` through a forwarder (used only for presence),
+  with ids, deadlines, retries armed, the reply cache and structured errors.
+"""
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import statistics
+import time
+from typing import Any, Callable
+
+from ..procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
+from .pubsub import guide_content
+
+__all__ = ["run_reqrep"]
+
+
+def _percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return statistics.median(ordered) * 1e6, p99 * 1e6
+
+
+# -- raw ------------------------------------------------------------------------
+
+def _raw_echo(endpoint: str) -> None:
+    import zmq
+
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(endpoint)
+    while True:  # a sync drain loop: the server's cost should not dominate either side
+        sock.send_multipart(sock.recv_multipart())
+
+
+async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+    import msgpack
+    import zmq
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    loop = asyncio.get_running_loop()
+    pending: dict[int, asyncio.Future[Any]] = {}
+    woke = asyncio.Event()
+    loop.add_reader(int(sock.getsockopt(zmq.FD)), woke.set)
+    content = guide_content()
+
+    async def reader() -> None:
+        while True:
+            try:
+                data = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                woke.clear()
+                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    continue
+                await woke.wait()
+                continue
+            reply = msgpack.unpackb(data)
+            fut = pending.pop(reply["id"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+
+    task = loop.create_task(reader())
+    counter = iter(range(1, 1 << 60))
+
+    async def call() -> Any:
+        i = next(counter)
+        fut = loop.create_future()
+        pending[i] = fut
+        sock.send(msgpack.packb({"id": i, "type": "echo", "content": content, "correlation_id": "c-1"}))
+        woke.set()  # a send may have eaten the FD edge: let the reader re-check
+        return await fut
+
+    for _ in range(200):
+        await call()
+    lat = []
+    for _ in range(latency_n):
+        t = time.perf_counter()
+        await call()
+        lat.append(time.perf_counter() - t)
+    tput = await _throughput(call, throughput_n)
+    task.cancel()
+    p50, p99 = _percentiles(lat)
+    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+
+
+def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+    import msgpack
+    import zmq
+
+    sock = zmq.Context().socket(zmq.DEALER)
+    sock.connect(endpoint)
+    msg = {"id": 0, "type": "echo", "content": guide_content(), "correlation_id": "c-1"}
+    pack, unpack = msgpack.packb, msgpack.unpackb
+    for _ in range(200):
+        sock.send(pack(msg))
+        unpack(sock.recv())
+    lat = []
+    for _ in range(latency_n):
+        t = time.perf_counter()
+        sock.send(pack(msg))
+        unpack(sock.recv())
+        lat.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    for _ in range(100):
+        sock.send(pack(msg))
+    for _ in range(throughput_n - 100):
+        unpack(sock.recv())
+        sock.send(pack(msg))
+    for _ in range(100):
+        unpack(sock.recv())
+    tput = throughput_n / (time.perf_counter() - t)
+    p50, p99 = _percentiles(lat)
+    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+
+
+async def _throughput(call: Callable[[], Any], n: int, in_flight: int = 100) -> float:
+    remaining = [n]
+
+    async def worker() -> None:
+        while remaining[0] > 0:
+            remaining[0] -= 1
+            await call()
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return n / (time.perf_counter() - t)
+
+
+def _raw_client_main(kind: str, endpoint: str, latency_n: int, throughput_n: int, out: Any) -> None:
+    if kind == "sync":
+        out.put(_raw_sync_client(endpoint, latency_n, throughput_n))
+    else:
+        out.put(asyncio.run(_raw_async_client(endpoint, latency_n, throughput_n)))
+
+
+# -- zmqbus ---------------------------------------------------------------------
+
+def _zb_responder(pub: str, sub: str) -> None:
+    from ..broker import MessageBroker
+
+    async def main() -> None:
+        broker = MessageBroker(pub, sub, name="echo")
+
+        async def echo(msg: Any) -> Any:
+            return msg.content
+
+        broker.serve("bench.echo", echo)
+        async with broker:
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+    from ..broker import MessageBroker
+    from ..message import MessageMetadata, ProcessingMessage
+
+    content = guide_content()
+    async with MessageBroker(pub, sub, name="bench") as broker:
+        deadline = time.monotonic() + 30
+        while True:  # wait for the responder to be up
+            try:
+                await broker.request("bench.echo", ProcessingMessage("bench.echo", content), timeout=5)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+
+        async def call() -> Any:
+            return await broker.request("bench.echo", ProcessingMessage("bench.echo", content, MessageMetadata(
+                correlation_id="c-1", source_component="bench", target_component="echo")))
+
+        for _ in range(200):
+            await call()
+        lat = []
+        for _ in range(latency_n):
+            t = time.perf_counter()
+            await call()
+            lat.append(time.perf_counter() - t)
+        tput = await _throughput(call, throughput_n)
+    p50, p99 = _percentiles(lat)
+    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+
+
+def _zb_client_main(pub: str, sub: str, latency_n: int, throughput_n: int, out: Any) -> None:
+    out.put(asyncio.run(_zb_client(pub, sub, latency_n, throughput_n)))
+
+
+# -- driver -----------------------------------------------------------------------
+
+def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+    out = multiprocessing.get_context("spawn").Queue()
+    if kind == "zmqbus":
+        pub, sub = tcp_endpoints()
+        procs = [forwarder_process(pub, sub, stats_interval=None), spawn(_zb_responder, pub, sub),
+                 spawn(_zb_client_main, pub, sub, latency_n, throughput_n, out)]
+    else:
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        procs = [spawn(_raw_echo, endpoint), spawn(_raw_client_main, kind, endpoint, latency_n, throughput_n, out)]
+    try:
+        result: dict[str, float] = out.get(timeout=120)
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc, timeout=3.0)
+    return result
+
+
+def run_reqrep(quick: bool = False, rounds: int | None = None,
+               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+    """Run every side ``rounds`` times, alternating, and keep each side's best figures."""
+    latency_n, throughput_n = (500, 5_000) if quick else (3_000, 30_000)
+    rounds = rounds or (1 if quick else 3)
+    best: dict[str, dict[str, float]] = {}
+    for r in range(rounds):
+        for kind in ("async", "sync", "zmqbus"):
+            progress(f"round {r + 1}/{rounds}: {kind} ...")
+            res = _one(kind, latency_n, throughput_n)
+            progress(f"round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
+                     f"{res['throughput_req_s']:,.0f} req/s")
+            if kind not in best:
+                best[kind] = dict(res)
+            else:
+                b = best[kind]
+                b["p50_us"] = min(b["p50_us"], res["p50_us"])
+                b["p99_us"] = min(b["p99_us"], res["p99_us"])
+                b["throughput_req_s"] = max(b["throughput_req_s"], res["throughput_req_s"])
+    zb, raw, sync = best["zmqbus"], best["async"], best["sync"]
+    return {
+        "benchmark": "reqrep", "rounds": rounds, "latency_requests": latency_n, "throughput_requests": throughput_n,
+        "in_flight": 100, "transport": "tcp loopback",
+        "p50_us": round(zb["p50_us"], 1), "p99_us": round(zb["p99_us"], 1),
+        "throughput_req_s": round(zb["throughput_req_s"]),
+        "raw_p50_us": round(raw["p50_us"], 1), "raw_p99_us": round(raw["p99_us"], 1),
+        "raw_throughput_req_s": round(raw["throughput_req_s"]),
+        "sync_p50_us": round(sync["p50_us"], 1), "sync_p99_us": round(sync["p99_us"], 1),
+        "sync_throughput_req_s": round(sync["throughput_req_s"]),
+        "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
+        "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
+    }
