@@ -4,6 +4,11 @@ Run as ``python raw_peer.py PUB_ENDPOINT SUB_ENDPOINT``. It prints ``ready``
 once its readiness probe has come back through the forwarder, answers the first
 ``interop.to_raw`` message with three ``interop.from_raw`` messages (sequence
 1, 2, 3) and one more with sequence 9, prints ``sent`` and exits.
+
+Run as ``python raw_peer.py PUB_ENDPOINT SUB_ENDPOINT serve`` it is a
+responder for the service ``raw.upper`` (PROTOCOL.md section 8): it binds a
+ROUTER, announces itself on ``_zmqbus.presence`` and answers requests with
+their content upper-cased, until killed.
 """
 import sys
 import time
@@ -53,5 +58,36 @@ def main(pub: str, sub: str) -> None:
     ctx.term()
 
 
+def serve(pub: str, sub: str) -> None:
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
+    p = ctx.socket(zmq.PUB)
+    p.connect(pub)
+    seq = 0
+    next_announce = 0.0
+    print("serving", endpoint, flush=True)
+    while True:
+        if time.time() >= next_announce:
+            seq += 1
+            presence = {"instance": "raw-responder", "endpoint": endpoint, "services": ["raw.upper"],
+                        "interval": 0.2, "liveness": 3, "load": 0, "leaving": False}
+            p.send_multipart([b"_zmqbus.presence", msgpack.packb(
+                [1, "_zmqbus.presence", f"raw-p-{seq}", f"raw-p-{seq}", None, "raw", None, time.time(),
+                 "raw-responder", seq, 1, None, None, presence])])
+            next_announce = time.time() + 0.2
+        if not router.poll(50):
+            continue
+        caller, kind, service, payload = router.recv_multipart()
+        req = msgpack.unpackb(payload)
+        reply = [1, "raw.upper.reply", f"raw-r-{req[2]}", req[3], req[2], "raw", req[5], time.time(),
+                 "raw-responder", 0, 1, None, None, str(req[13]).upper()]
+        router.send_multipart([caller, b"REP", msgpack.packb(reply)])
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[3:] == ["serve"]:
+        serve(sys.argv[1], sys.argv[2])
+    else:
+        main(sys.argv[1], sys.argv[2])

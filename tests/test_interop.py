@@ -53,3 +53,23 @@ async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], ra
         assert [m.metadata.sequence for m in got] == [1, 2, 3, 9]
         assert got[3].content == "last"
         assert b.statistics().gaps == 5  # 4..8 were never sent: counted as lost
+
+
+async def test_zmqbus_calls_a_raw_responder(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> None:
+    """A responder written from PROTOCOL.md section 8 (ROUTER + presence by hand) serves zmqbus callers."""
+    spawn_forwarder(*ipc_pair, stats_interval=None)
+    proc = subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair, "serve"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert (await readline(proc)).startswith("serving tcp://")
+        async with MessageBroker(*ipc_pair, name="pytest") as b:
+            msg = ProcessingMessage("raw.upper", "hello", MessageMetadata(correlation_id="conv-up"))
+            reply = await b.request("raw.upper", msg, timeout=20)
+            assert reply.content == "HELLO"
+            assert reply.metadata.correlation_id == "conv-up"
+            assert reply.metadata.causation_id == msg.metadata.message_id
+            assert reply.metadata.target_component == "pytest"
+    finally:
+        proc.kill()
+        proc.wait(5)
+        assert proc.stdout is not None
+        proc.stdout.close()

@@ -121,13 +121,13 @@ def test_no_instance_and_finish_release() -> None:
     assert inst.outstanding == 0 and len(t) == 0
 
 
-def test_reply_cache_is_bounded_lru() -> None:
+def test_reply_cache_is_bounded_oldest_first() -> None:
     cache: ReplyCache[str] = ReplyCache(capacity=3)
     for k in "abc":
         cache.put(k, k.upper())
-    assert cache.get("a") == "A"  # a is now the most recent
+    assert cache.get("a") == "A"
     cache.put("d", "D")
-    assert "b" not in cache and "a" in cache and len(cache) == 3
+    assert "a" not in cache and "b" in cache and len(cache) == 3
     assert cache.get("zz") is None
     with pytest.raises(ValueError):
         ReplyCache(0)

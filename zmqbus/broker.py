@@ -370,7 +370,7 @@ class MessageBroker:
         when the deadline or the tries ran out. Use a new message for each
         request: the message id is what makes retries safe.
         """
-        caller = await self._get_caller()
+        caller = self._caller or await self._get_caller()
         return await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
 
     async def send(self, service: str, message: ProcessingMessage, *, timeout: float = 10.0,

@@ -14,11 +14,13 @@ import decimal
 import enum
 import uuid
 from functools import lru_cache
+from time import time as _now
 from typing import Any
 
 import msgpack
 
 from .errors import DecodeError, EncodeError, MessageTooLarge
+from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage, _registry, type_name
 from .topics import validate_topic
 
@@ -168,6 +170,23 @@ class Codec:
         if len(tframe) + len(payload) > self.max_message_size:
             raise MessageTooLarge(len(tframe) + len(payload), self.max_message_size)
         return payload
+
+    def encode_reply(self, request: MessageMetadata, message_type: str, content: Any, source: str,
+                     publisher_id: str) -> bytes:
+        """The payload of a reply to ``request``, built straight from its fields.
+
+        ``causation_id`` is the request's message id (how callers match
+        replies), ``correlation_id`` the request's and ``target`` its source.
+        Raises :class:`EncodeError`.
+        """
+        mid = new_id()
+        try:
+            return self._pack([  # type: ignore[no-any-return]
+                PROTOCOL_VERSION, message_type, mid, request.correlation_id, request.message_id, source,
+                request.source_component or None, _now(), publisher_id, 0, 1, None, None, content,
+            ])
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise EncodeError(f"cannot encode the {message_type} reply: {exc}") from None
 
     def decode(self, topic: bytes, payload: Any, size: int = -1) -> ProcessingMessage:
         """Build a :class:`ProcessingMessage` from the two frames; raise :class:`DecodeError`.

@@ -15,7 +15,6 @@ Rules of this module:
 from __future__ import annotations
 
 import itertools
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
@@ -36,6 +35,11 @@ class Instance:
     last_seen: float
     outstanding: int = 0
     picked: int = 0  # tie-breaker: least recently picked first
+
+    @property
+    def peer(self) -> bytes:
+        """The routing id a caller addresses this instance by."""
+        return self.instance_id.encode()
 
     @property
     def expires_at(self) -> float:
@@ -249,26 +253,25 @@ class ReplyCache(Generic[V]):
     """A bounded map from request message id to its reply, oldest evicted first.
 
     A responder answers a duplicate request (a retry) from here instead of
-    executing it again, for as long as the entry is held.
+    executing it again, for as long as the entry is held. Eviction is by
+    insertion order (a plain dict keeps it): retries come soon after the
+    original, so there is nothing to gain from reordering on every hit.
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._items: OrderedDict[str, V] = OrderedDict()
+        self._items: dict[str, V] = {}
 
     def get(self, key: str) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        return self._items.get(key)
 
     def put(self, key: str, value: V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        items = self._items
+        items[key] = value
+        if len(items) > self.capacity:
+            del items[next(iter(items))]
 
     def __contains__(self, key: object) -> bool:
         return key in self._items

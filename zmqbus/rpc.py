@@ -263,17 +263,14 @@ class Responder:
             self._start(*self._queue.popleft())
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
-        md = request.metadata
-        reply = ProcessingMessage(mtype, content, MessageMetadata(
-            correlation_id=md.correlation_id, source_component=self.broker.name or service,
-            target_component=md.source_component or None, causation_id=md.message_id))
         codec = self.broker._codec
+        source = self.broker.name or service
         try:
-            return codec.encode(reply, service.encode(), self.instance_id, 0)
+            return codec.encode_reply(request.metadata, mtype, content, source, self.instance_id)
         except EncodeError as exc:
-            reply.message_type, reply.content = f"{service}.error", _error_content(
-                "handler_error", "EncodeError", f"the reply could not be encoded: {exc}", False)
-            return codec.encode(reply, service.encode(), self.instance_id, 0)
+            return codec.encode_reply(request.metadata, f"{service}.error", _error_content(
+                "handler_error", "EncodeError", f"the reply could not be encoded: {exc}", False),
+                source, self.instance_id)
 
     def _reply_error(self, caller: bytes, msg: ProcessingMessage | None, service: str, code: str,
                      error_type: str, text: str, retryable: bool) -> None:
@@ -439,7 +436,13 @@ class Caller:
                     self.retries += 1
                 payload = self.broker._codec.encode(message, sframe, self.broker.client_id, 0,
                                                     self.broker.name)
-                outcome = await self._try(call, inst.instance_id.encode(), sframe, payload)
+                fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+                call.waiter = fut  # resolved by a reply, the sweep (timeout) or a lost instance
+                if self._router.send(inst.peer, REQ, sframe, payload):
+                    outcome = await fut
+                else:
+                    outcome = await self._send_slowly(call, inst.peer, sframe, payload)
+                call.waiter = None
                 if outcome[0] == "reply":
                     return self._result(service, outcome[1], outcome[2])
                 reason = outcome[1]
@@ -451,21 +454,20 @@ class Caller:
         finally:
             self.tracker.finish(call)
 
-    async def _try(self, call: Call, peer: bytes, sframe: bytes, payload: bytes) -> tuple[Any, ...]:
+    async def _send_slowly(self, call: Call, peer: bytes, sframe: bytes, payload: bytes) -> tuple[Any, ...]:
+        """The instance is unreachable: right after discovery that means "still connecting"."""
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-        call.waiter = fut  # resolved by a reply, the sweep (timeout) or a lost instance
-        try:
-            pause = 0.001
-            # Unreachable right after discovery means "still connecting": retry briefly.
-            while not self._router.send(peer, REQ, sframe, payload):
-                if fut.done() or loop.time() + pause >= call.attempt_deadline:
-                    return fut.result() if fut.done() else ("retry", "instance unreachable")
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 0.05)
-            return await fut
-        finally:
-            call.waiter = None
+        fut = call.waiter
+        pause = 0.001
+        while True:
+            if fut.done():
+                return fut.result()  # type: ignore[no-any-return]
+            if loop.time() + pause >= call.attempt_deadline:
+                return ("retry", "instance unreachable")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+            if self._router.send(peer, REQ, sframe, payload):
+                return await fut  # type: ignore[no-any-return]
 
     def _result(self, service: str, kind: bytes, msg: ProcessingMessage) -> ProcessingMessage:
         if kind == ERR:

@@ -109,11 +109,16 @@ class Channel:
             if int(self.sock.getsockopt(zmq.EVENTS)) & event:
                 return True
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bool] = loop.create_future()
-        self._waiters.append((event, fut))
         if self._loop is None:
+            # Registered once for the channel's life: request/reply waits after
+            # almost every small batch, and add/remove_reader each time would
+            # cost two epoll_ctl calls. Reading EVENTS in the callback drains
+            # ZeroMQ's signal, so an idle registration never spins.
             self._loop = loop
             loop.add_reader(self._fd, self._on_fd)
+        fut: asyncio.Future[bool] = loop.create_future()
+        waiter = (event, fut)
+        self._waiters.append(waiter)
         timer = loop.call_later(timeout, _resolve, fut, False) if timeout is not None else None
         try:
             return await fut
@@ -121,9 +126,7 @@ class Channel:
             if timer is not None:
                 timer.cancel()
             with contextlib.suppress(ValueError):
-                self._waiters.remove((event, fut))
-            if not self._waiters:
-                self._unwatch()
+                self._waiters.remove(waiter)
 
     def wake(self) -> None:
         """Make every waiter re-check (after an operation that may eat the FD edge)."""

@@ -4,10 +4,11 @@ Each side has a responder process and a caller process on tcp loopback, and
 moves the same guide-shaped content. Measured per side: round-trip latency
 (p50, p99) with one request in flight, and throughput with 100 in flight.
 
-* raw asyncio: a ROUTER echo that drains its socket, and an asyncio DEALER
-  client with a reader task and a future per request (what a careful user
-  would write by hand).
-* raw sync: the same echo driven by a blocking tight loop (the machine's
+* raw asyncio: an asyncio ROUTER echo that drains its socket and decodes and
+  re-encodes each request with msgpack, and an asyncio DEALER client with a
+  reader task and a future per request (what a careful user would write by
+  hand).
+* raw sync: the same echo and client as blocking tight loops (the machine's
   limit; no event loop at all).
 * zmqbus: ``serve`` / ``request`` through a forwarder (used only for presence),
   with ids, deadlines, retries armed, the reply cache and structured errors.
@@ -35,12 +36,44 @@ def _percentiles(samples: list[float]) -> tuple[float, float]:
 # -- raw ------------------------------------------------------------------------
 
 def _raw_echo(endpoint: str) -> None:
+    """The sync side's server: a blocking loop that decodes and re-encodes each request."""
+    import msgpack
     import zmq
 
     sock = zmq.Context().socket(zmq.ROUTER)
     sock.bind(endpoint)
-    while True:  # a sync drain loop: the server's cost should not dominate either side
-        sock.send_multipart(sock.recv_multipart())
+    pack, unpack = msgpack.packb, msgpack.unpackb
+    while True:
+        peer, body = sock.recv_multipart()
+        sock.send_multipart([peer, pack(unpack(body))])
+
+
+def _raw_async_echo(endpoint: str) -> None:
+    """The asyncio side's server: drains its ROUTER, decodes and re-encodes each request."""
+    import msgpack
+    import zmq
+
+    async def main() -> None:
+        sock = zmq.Context().socket(zmq.ROUTER)
+        sock.bind(endpoint)
+        loop = asyncio.get_running_loop()
+        woke = asyncio.Event()
+        loop.add_reader(int(sock.getsockopt(zmq.FD)), woke.set)
+        pack, unpack = msgpack.packb, msgpack.unpackb
+        while True:
+            try:
+                peer = sock.recv(zmq.NOBLOCK)
+                body = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                woke.clear()
+                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    continue
+                await woke.wait()
+                continue
+            sock.send(peer, zmq.SNDMORE)
+            sock.send(pack(unpack(body)))
+
+    asyncio.run(main())
 
 
 async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, float]:
@@ -208,7 +241,8 @@ def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, float]:
                  spawn(_zb_client_main, pub, sub, latency_n, throughput_n, out)]
     else:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
-        procs = [spawn(_raw_echo, endpoint), spawn(_raw_client_main, kind, endpoint, latency_n, throughput_n, out)]
+        server = _raw_echo if kind == "sync" else _raw_async_echo
+        procs = [spawn(server, endpoint), spawn(_raw_client_main, kind, endpoint, latency_n, throughput_n, out)]
     try:
         result: dict[str, float] = out.get(timeout=120)
     finally:
