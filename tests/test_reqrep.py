@@ -160,6 +160,62 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
             dealer.close(0)
 
 
+async def test_competing_consumers_each_request_once(forwarder: Forwarder) -> None:
+    executions: collections.Counter[str] = collections.Counter()
+    by_instance: collections.Counter[str] = collections.Counter()
+    workers = []
+    for n in range(3):
+        w = MessageBroker(*ep(forwarder), name=f"w{n}", heartbeat=0.2)
+
+        async def work(m: ProcessingMessage, name: str = f"w{n}") -> str:
+            executions[m.metadata.message_id] += 1
+            by_instance[name] += 1
+            await asyncio.sleep(0.002)
+            return name
+
+        w.serve("jobs", work)
+        workers.append(w)
+    try:
+        for w in workers:
+            await w.start()
+        async with MessageBroker(*ep(forwarder)) as client:
+            await client.request("jobs", req({}))  # discovery
+            await wait_until(lambda: client.statistics().rpc["instances_known"] == 3, what="three instances")
+            executions.clear()
+            by_instance.clear()
+            sem = asyncio.Semaphore(20)
+
+            async def one(i: int) -> str:
+                async with sem:
+                    return (await client.request("jobs", req({"i": i}))).content  # type: ignore[no-any-return]
+
+            names = await asyncio.gather(*(one(i) for i in range(300)))
+        assert len(executions) == 300 and set(executions.values()) == {1}, "each request executed exactly once"
+        assert sorted(by_instance) == ["w0", "w1", "w2"] and collections.Counter(names) == by_instance
+        assert min(by_instance.values()) >= 50, f"load spread by fewest outstanding: {dict(by_instance)}"
+    finally:
+        for w in workers:
+            await w.close()
+
+
+def test_bind_and_advertised_address_are_separate() -> None:
+    from zmqbus.rpc import _advertised
+    assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"
+    assert _advertised("tcp://0.0.0.0:4000", "10.1.2.3") == "tcp://10.1.2.3:4000"
+    assert _advertised("tcp://0.0.0.0:4000", "tcp://gateway:9000") == "tcp://gateway:9000"
+    assert _advertised("ipc:///tmp/x.sock", None) == "ipc:///tmp/x.sock"
+    with pytest.raises(ValueError, match="advertise"):
+        _advertised("tcp://0.0.0.0:4000", None)
+
+
+async def test_advertised_endpoint_is_announced(forwarder: Forwarder) -> None:
+    srv = MessageBroker(*ep(forwarder), rpc_bind="tcp://127.0.0.1:*", rpc_advertise="localhost", heartbeat=0.2)
+    srv.serve("adv", lambda m: "ok")
+    async with srv, MessageBroker(*ep(forwarder)) as client:
+        assert (await client.request("adv", req({}))).content == "ok"  # reached through the advertised name
+        assert srv._responder is not None and srv._responder.endpoint.startswith("tcp://localhost:")
+
+
 # -- separate processes ---------------------------------------------------------
 
 def _responder_main(pub: str, sub: str, record: str, delay: float) -> None:
