@@ -249,3 +249,20 @@ def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
             Forwarder("bogus://x", "tcp://127.0.0.1:1", stats_interval=None).start()
     finally:
         fwd.stop()
+
+
+async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zmqbus.broker as broker_module
+    monkeypatch.setattr(broker_module, "_SEQ_TOPICS_LIMIT", 10)
+    async with broker_for(forwarder) as b:
+        coll = Collector()
+        b.subscribe("c", "many.#", coll)
+        await b.ready()
+        for i in range(25):
+            await b.publish(msg(f"many.t{i}"))
+        for i in range(25):
+            await b.publish(msg(f"many.t{i}"))  # second round: some tables were reset meanwhile
+        await coll.wait_for(50)
+        assert len(b._next_seq) <= 10
+        assert all(len(t) <= 10 for t in b._last_seq.values())
+        assert b.statistics().gaps == 0  # a reset is not a loss

@@ -198,6 +198,23 @@ async def test_competing_consumers_each_request_once(forwarder: Forwarder) -> No
             await w.close()
 
 
+async def test_close_wakes_waiting_requests(forwarder: Forwarder) -> None:
+    from zmqbus import ClosedError
+
+    async def stall(m: ProcessingMessage) -> None:
+        await asyncio.sleep(30)
+
+    srv = MessageBroker(*ep(forwarder), heartbeat=0.2)
+    srv.serve("stall", stall)
+    async with srv:
+        client = MessageBroker(*ep(forwarder))
+        waiting = asyncio.ensure_future(client.request("stall", req({}), timeout=30))
+        await wait_until(lambda: client.statistics().rpc.get("in_flight") == 1, what="request in flight")
+        await client.close()
+        with pytest.raises(ClosedError):
+            await asyncio.wait_for(waiting, 5)
+
+
 def test_bind_and_advertised_address_are_separate() -> None:
     from zmqbus.rpc import _advertised
     assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"

@@ -50,6 +50,7 @@ _PROBE_TYPE = "_zmqbus.probe"
 _BATCH = 256
 _CACHE_LIMIT = 10_000
 _DEFAULT_RETRY = RetryPolicy()
+_SEQ_TOPICS_LIMIT = 100_000  # topics whose sequence numbers one client tracks per publisher
 
 
 @dataclass(eq=False)
@@ -421,9 +422,14 @@ class MessageBroker:
         # The sequence is per (publisher, topic): a subscriber sees only the
         # topics it subscribed to, so a per-publisher counter would show gaps
         # that are not losses.
-        seq = self._next_seq.get(tframe, 0) + 1
+        next_seq = self._next_seq
+        seq = next_seq.get(tframe, 0) + 1
         payload = self._codec.encode(message, tframe, self.client_id, seq, self.name)
-        self._next_seq[tframe] = seq
+        if seq == 1 and len(next_seq) >= _SEQ_TOPICS_LIMIT:
+            # Bounded memory with high-cardinality topics: start every topic
+            # over at 1; subscribers treat a smaller number as a restart, not a loss.
+            next_seq.clear()
+        next_seq[tframe] = seq
         if not link.send(tframe, payload):
             await self._publish_slow(link, tframe, payload)
         n = self._n
@@ -493,6 +499,8 @@ class MessageBroker:
             per_pub = last_seq.get(md.publisher_id)
             if per_pub is not None:
                 last = per_pub.get(topic)
+                if last is None and len(per_pub) >= _SEQ_TOPICS_LIMIT:
+                    per_pub.clear()  # bounded memory; only loss detection restarts
                 per_pub[topic] = md.sequence
                 if last is not None and md.sequence != last + 1 and md.sequence > last:
                     self._gap(md, topic, last)

@@ -194,6 +194,9 @@ class CallTracker:
     def get(self, request_id: str) -> Call | None:
         return self._calls.get(request_id)
 
+    def calls(self) -> list[Call]:
+        return list(self._calls.values())
+
     def busy(self, request_id: str, now: float) -> Call | None:
         """The responder says it is still working: extend the try, never past the deadline."""
         call = self._calls.get(request_id)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
 from .codec import pack, unpack
-from .errors import DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError
+from .errors import ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError
 from .message import MessageMetadata, ProcessingMessage
 from .ratelog import RateLimitedLog
 from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
@@ -312,6 +312,7 @@ class Caller:
         self._faults = RateLimitedLog(log)
         self.retries = 0
         self.failovers = 0
+        self._closed = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -445,6 +446,8 @@ class Caller:
                 call.waiter = None
                 if outcome[0] == "reply":
                     return self._result(service, outcome[1], outcome[2])
+                if outcome[0] == "closed" or self._closed:
+                    raise ClosedError(f"request to {service!r}: the broker was closed")
                 reason = outcome[1]
                 step = self.tracker.next_step(call, loop.time())
                 if isinstance(step, GiveUp):
@@ -477,6 +480,9 @@ class Caller:
         return msg
 
     async def close(self) -> None:
+        self._closed = True
+        for call in self.tracker.calls():
+            _wake(call, ("closed", "the broker was closed"))  # no request waits forever
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
