@@ -17,6 +17,7 @@ from .errors import (
     RemoteError,
     RequestError,
     RequestTimeout,
+    RetryableError,
     TopicError,
     TransportError,
     ZmqbusError,
@@ -33,7 +34,7 @@ __all__ = [
     "BrokerStatistics", "BusTimeout", "ClosedError", "Codec", "DEFAULT_MAX_MESSAGE_SIZE", "DecodeError",
     "EncodeError", "Forwarder", "ForwarderStatistics", "MessageBroker", "MessageMetadata",
     "MessageTooLarge", "NO_RETRY", "NoResponder", "PROTOCOL_VERSION", "RemoteError", "RequestError",
-    "RequestTimeout", "RetryPolicy", "Pattern", "ProcessingMessage", "ProtocolError",
+    "RequestTimeout", "RetryPolicy", "RetryableError", "Pattern", "ProcessingMessage", "ProtocolError",
     "SocketConfig", "Subscription", "TopicError", "TransportError", "ZmqbusError", "compile_pattern",
     "register_message_types", "run_forwarder", "validate_topic", "__version__",
 ]

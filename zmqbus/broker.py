@@ -10,9 +10,12 @@
 
 Contracts:
 
-* Handlers run one at a time, in arrival order, on the broker's event loop. A
-  handler that raises is logged (rate-limited) and counted; dispatch goes on.
-  Long work should be handed to a task or (later) a Processor's executor.
+* Handlers start one at a time, in arrival order, on the broker's event loop.
+  A handler that completes without awaiting anything (most do) finishes
+  before the next message is dispatched; one that awaits (a request, a sleep)
+  goes on as a task and does not hold up the messages behind it, up to
+  ``max_pending_handlers`` at once. A handler that raises is logged
+  (rate-limited) and counted; dispatch goes on.
 * Delivery is at-most-once, like all PUB/SUB, but no loss is silent: each
   publisher numbers its messages per topic and subscribers count the gaps.
 * ``publish`` never drops at the publisher: at the high-water mark it waits up
@@ -29,10 +32,11 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
 from . import config
+from .aio import resume
 from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
-from .message import MessageMetadata, ProcessingMessage
+from .message import MessageMetadata, ProcessingMessage, current_message
 from .ratelog import RateLimitedLog
 from .retry import RetryPolicy
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
@@ -50,6 +54,7 @@ _PROBE_TYPE = "_zmqbus.probe"
 _BATCH = 256
 _CACHE_LIMIT = 10_000
 _DEFAULT_RETRY = RetryPolicy()
+set_current, reset_current = current_message.set, current_message.reset
 _SEQ_TOPICS_LIMIT = 100_000  # topics whose sequence numbers one client tracks per publisher
 
 
@@ -114,6 +119,8 @@ class MessageBroker:
     :param reply_cache_size: replies kept to answer retried requests without
         executing them again.
     :param max_concurrency: requests the responder executes at once.
+    :param max_pending_handlers: subscription handlers that may be suspended
+        (awaiting something) at once; past it, receiving waits for one to end.
     """
 
     def __init__(
@@ -132,6 +139,7 @@ class MessageBroker:
         liveness: int = 3,
         reply_cache_size: int = 10_000,
         max_concurrency: int = 100,
+        max_pending_handlers: int = 1000,
     ) -> None:
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
@@ -160,6 +168,8 @@ class MessageBroker:
         self._responder: Responder | None = None
         self._caller: Caller | None = None
         self._caller_lock: asyncio.Lock | None = None
+        self.max_pending_handlers = max_pending_handlers
+        self._handler_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -201,6 +211,10 @@ class MessageBroker:
         if self._caller is not None:
             await self._caller.close()
             self._caller = None
+        for task in list(self._handler_tasks):
+            task.cancel()
+        if self._handler_tasks:
+            await asyncio.gather(*self._handler_tasks, return_exceptions=True)
         if self._reader is not None:
             self._reader.cancel()
             try:
@@ -512,17 +526,43 @@ class MessageBroker:
             if not subs:
                 n.unmatched += 1
                 continue
-            for sub in subs:
-                n.dispatched += 1
-                try:
-                    if sub.is_async:
-                        await sub.handler(msg)  # type: ignore[misc]
-                    else:
-                        result = sub.handler(msg)
-                        if result is not None and inspect.isawaitable(result):
-                            await result
-                except Exception as exc:  # a handler's fault must not stop dispatch
-                    self._handler_error(sub, exc)
+            token = set_current(msg)
+            try:
+                for sub in subs:
+                    n.dispatched += 1
+                    try:
+                        if sub.is_async:
+                            # Started eagerly: a handler that completes without
+                            # suspending costs no Task; one that awaits goes on
+                            # as a Task, so it never holds up later messages
+                            # (nor the presence updates its own requests need).
+                            coro: Any = sub.handler(msg)
+                            try:
+                                yielded = coro.send(None)
+                            except StopIteration:
+                                continue
+                            self._continue_handler(sub, coro, yielded)
+                            if len(self._handler_tasks) >= self.max_pending_handlers:
+                                await asyncio.wait(set(self._handler_tasks), return_when=asyncio.FIRST_COMPLETED)
+                        else:
+                            result = sub.handler(msg)
+                            if result is not None and inspect.isawaitable(result):
+                                await result
+                    except Exception as exc:  # a handler's fault must not stop dispatch
+                        self._handler_error(sub, exc)
+            finally:
+                reset_current(token)
+
+    def _continue_handler(self, sub: Subscription, coro: Any, yielded: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._finish_handler(sub, resume(coro, yielded)))
+        self._handler_tasks.add(task)
+        task.add_done_callback(self._handler_tasks.discard)
+
+    async def _finish_handler(self, sub: Subscription, running: Any) -> None:
+        try:
+            await running
+        except Exception as exc:
+            self._handler_error(sub, exc)
 
     def _handler_error(self, sub: Subscription, exc: Exception) -> None:
         self._n.handler_errors += 1

@@ -184,15 +184,74 @@ async def _stats(pub: str, sub: str, timeout: float) -> None:
 
 
 @main.command()
-@click.option("--count", default=10, show_default=True, help="Messages to publish.")
-@click.option("--interval", default=0.05, show_default=True, help="Seconds between messages.")
-def demo(count: int, interval: float) -> None:
-    """Start a forwarder, a publisher and a subscriber (three processes) and show messages flowing."""
+@click.option("--workflows", "-n", default=10, show_default=True, help="Documents to ingest.")
+@click.option("--analyzers", default=3, show_default=True, help="ChunkAnalyzer processes.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for every workflow.")
+def demo(workflows: int, analyzers: int, timeout: float) -> None:
+    """Run the example workflow end to end: a forwarder and every component as processes, no setup.
+
+    An ingest manager, a document handler and ANALYZERS chunk analyzers process
+    WORKFLOWS documents, with the error handler and the state tracker watching.
+    """
     from .demo import run_demo
 
-    summary = run_demo(count, interval, echo=click.echo)
-    if summary["received"] != count:
-        raise click.ClickException(f"only {summary['received']} of {count} messages arrived")
+    summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout)
+    if summary["completed"] != workflows:
+        raise click.ClickException(f"only {summary['completed']} of {workflows} workflows completed")
+
+
+@main.command()
+@click.argument("spec")
+@_pub_option
+@_sub_option
+@click.option("--name", default=None, help="Component name (default: the class's).")
+@click.option("--replicas", default=1, show_default=True, help="Processes to run (supervised when > 1).")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds running work may take to finish on stop.")
+def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: float) -> None:
+    """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it."""
+    from .runner import ComponentSpec, Supervisor, Topology, component_main, load_component
+
+    try:
+        load_component(spec)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if replicas == 1:
+        component_main(spec, name, pub, sub, logging.getLogger().level, grace)
+        return
+    _supervise(Supervisor(Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo))
+
+
+@main.command()
+@click.argument("topology", required=False)
+def up(topology: str | None) -> None:
+    """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
+
+    A process that dies is restarted with backoff unless it crash-loops;
+    Ctrl-C or SIGTERM stops everything cleanly.
+    """
+    from .demo import demo_topology
+    from .runner import Supervisor, load_topology
+
+    try:
+        topo = load_topology(topology) if topology else demo_topology(config.pub_endpoint(), config.sub_endpoint())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
+    _supervise(Supervisor(topo, on_event=lambda text: click.echo(text, err=True)))
+
+
+def _supervise(sup: Any) -> None:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sup.start()
+    try:
+        sup.run_until(stop.is_set)
+    finally:
+        sup.stop()
 
 
 @main.group()

@@ -99,6 +99,8 @@ def topic_bytes(topic: str) -> bytes:
 
 _registry_get = _registry.get
 _str = str
+_Metadata = MessageMetadata
+_new_metadata = object.__new__
 
 
 class Codec:
@@ -223,7 +225,10 @@ class Codec:
             and (headers is None or type(headers) is dict)
         ):
             raise DecodeError("field", "envelope field of the wrong type")
-        md = MessageMetadata(cid, src, dst, mid, cause, ts, pub, seq, att, deadline, headers)
+        md = _new_metadata(_Metadata)  # field by field: a decoded message inherits nothing
+        md.correlation_id, md.source_component, md.target_component, md.message_id = cid, src, dst, mid
+        md.causation_id, md.timestamp, md.publisher_id, md.sequence = cause, ts, pub, seq
+        md.attempt, md.deadline, md.headers = att, deadline, {} if headers is None else headers
         return ProcessingMessage(_registry_get(mtype, mtype), body, md, tstr)
 
 

@@ -1,93 +1,151 @@
-"""``zmqbus demo``: a forwarder, a publisher and a subscriber, each its own process.
+"""``zmqbus demo``: the example workflow end to end, on an embedded default.
 
-This is the pub/sub demo of the core bus: it shows guide-shaped messages
-flowing from one component process through the forwarder to another, and ends
-with both sides' counters. (The full example workflow with Managers, Handlers
-and Processors replaces it once the component framework lands.)
+Starts a forwarder and every component of ``components/`` as separate
+processes (error handler, state tracker, ingest manager, document handler and
+three chunk analyzers) on ipc endpoints in a temporary directory, submits
+documents, shows each workflow as it completes, and ends with a summary:
+workflows completed and failed, throughput and latency, what the error handler
+and the state tracker saw.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
+import statistics
 import tempfile
+import threading
 import time
-from enum import Enum
 from typing import Any, Callable
 
 from .broker import MessageBroker
 from .config import ipc_endpoints
-from .message import MessageMetadata, ProcessingMessage, register_message_types
-from .procs import forwarder_process, spawn, stop_process
+from .message import MessageMetadata, ProcessingMessage
+from .runner import ComponentSpec, Supervisor, Topology
 
-__all__ = ["run_demo", "DemoType"]
+__all__ = ["run_demo", "demo_topology", "make_document"]
 
-
-class DemoType(Enum):
-    ORDER_CREATED = "demo.order.created"
-    ORDER_PAID = "demo.order.paid"
-    DONE = "demo.done"
+_WORDS = ("message broker component manager handler processor context state error retry queue topic "
+          "subscriber publisher forwarder correlation workflow chunk document latency throughput").split()
 
 
-async def _subscriber(pub: str, sub: str, results: Any, ready: Any) -> None:
-    register_message_types(DemoType)
+def demo_topology(pub: str, sub: str, analyzers: int = 3) -> Topology:
+    return Topology(pub, sub, True, [
+        ComponentSpec("components.error_handler:ErrorHandler"),
+        ComponentSpec("components.state_tracker:StateTracker"),
+        ComponentSpec("components.ingest:IngestManager"),
+        ComponentSpec("components.ingest:DocumentHandler"),
+        ComponentSpec("components.ingest:ChunkAnalyzer", replicas=analyzers),
+    ])
+
+
+def make_document(i: int, words: int = 300) -> dict[str, Any]:
+    """A deterministic document of ``words`` words, different for every ``i``."""
+    x = i * 2654435761 % 2**32 + 1
+    picked = []
+    for _ in range(words):
+        x = (1103515245 * x + 12345) % 2**31
+        picked.append(_WORDS[x % len(_WORDS)])
+    text = " ".join(picked)
+    return {"document_id": f"doc-{i:04d}", "text": text, "chunk_words": 50}
+
+
+async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], timeout: float,
+                          echo: Callable[[str], None]) -> dict[str, Any]:
+    """Publish ``documents`` as ingest requests; wait for every outcome; gather the infrastructure's view."""
+    outcomes: dict[str, tuple[str, Any, float]] = {}
     done = asyncio.Event()
-    seen: list[str] = []
+    sent_at: dict[str, float] = {}
 
-    async def on_order(msg: ProcessingMessage) -> None:
-        seen.append(msg.metadata.correlation_id)
-        print(f"  subscriber <- {msg.type_name:<20} order={msg.content['order_id']:<4} "
-              f"amount={msg.content['amount']:>7.2f}  from {msg.metadata.source_component} "
-              f"seq={msg.metadata.sequence}", flush=True)
+    def on_outcome(msg: ProcessingMessage) -> None:
+        cid = msg.metadata.correlation_id
+        if cid not in sent_at or cid in outcomes:
+            return
+        kind = "completed" if msg.type_name == "ingest.complete" else "failed"
+        outcomes[cid] = (kind, msg.content, time.monotonic() - sent_at[cid])
+        c = msg.content
+        if kind == "completed":
+            echo(f"  [{len(outcomes):>3}/{len(documents)}] {c['document_id']} completed: {c['chunks']} chunks, "
+                 f"{c['words']} words, by {len(c['analyzed_by'])} analyzer(s), sha256 {c['sha256'][:12]}...")
+        else:
+            echo(f"  [{len(outcomes):>3}/{len(documents)}] {cid} FAILED: {c}")
+        if len(outcomes) == len(documents):
+            done.set()
 
-    async with MessageBroker(pub, sub, name="billing") as broker:
-        broker.subscribe("billing", "demo.order.#", on_order)
-        broker.subscribe("billing", DemoType.DONE.value, lambda m: done.set())
-        await broker.ready()
-        ready.set()
-        await asyncio.wait_for(done.wait(), 60)
-        stats = broker.statistics()
-    results.put({"received": len(seen), "gaps": stats.gaps, "decode_errors": sum(stats.decode_errors.values()),
-                 "handler_errors": stats.handler_errors})
+    async with MessageBroker(pub, sub, name="demo-client") as client:
+        client.subscribe("demo-client", "ingest.complete", on_outcome)
+        client.subscribe("demo-client", "ingest.failed", on_outcome)
+        await client.ready(timeout=30)
+        # wait until the workflow's services answer, so no request is lost to start-up
+        await _until_up(client, ["error_handler", "state_tracker", "ingest_manager", "document_handler",
+                                 "chunk_analyzer"], timeout=60)
+        started = time.monotonic()
+        for doc in documents:
+            msg = ProcessingMessage("ingest.request", doc, MessageMetadata(
+                correlation_id=f"wf-{doc['document_id']}", source_component="demo-client",
+                target_component="ingest_manager"))
+            sent_at[msg.metadata.correlation_id] = time.monotonic()
+            await client.publish(msg)
+        try:
+            await asyncio.wait_for(done.wait(), timeout)
+        except asyncio.TimeoutError:
+            echo(f"  timed out after {timeout:g} s with {len(outcomes)}/{len(documents)} outcomes")
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.3)  # let the last status updates reach the state tracker
+        errors = (await client.request("errors.stats", ProcessingMessage("errors.stats", {}), timeout=10)).content
+        states = (await client.request("state.query", ProcessingMessage("state.query", {}), timeout=10)).content
+        per_workflow = {cid: (await client.request("state.query", ProcessingMessage(
+            "state.query", {"correlation_id": cid}), timeout=10)).content for cid in list(sent_at)[:200]}
+    latencies = [o[2] for o in outcomes.values()]
+    return {
+        "workflows": len(documents),
+        "completed": sum(1 for o in outcomes.values() if o[0] == "completed"),
+        "failed": sum(1 for o in outcomes.values() if o[0] == "failed"),
+        "missing": len(documents) - len(outcomes),
+        "seconds": round(elapsed, 3),
+        "workflows_per_s": round(len(outcomes) / elapsed, 1) if elapsed > 0 else 0.0,
+        "latency_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "latency_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
+        "errors": errors, "states": states, "per_workflow": per_workflow,
+        "outcomes": {cid: o[0] for cid, o in outcomes.items()},
+    }
 
 
-async def _publisher(pub: str, sub: str, count: int, interval: float, ready: Any) -> None:
-    async with MessageBroker(pub, sub, name="shop") as broker:
-        ready.wait(30)
-        for i in range(1, count + 1):
-            kind = DemoType.ORDER_CREATED if i % 2 else DemoType.ORDER_PAID
-            await broker.publish(ProcessingMessage(
-                kind, {"order_id": (i + 1) // 2, "amount": 9.5 * i},
-                MessageMetadata(correlation_id=f"order-{(i + 1) // 2}", source_component="shop",
-                                target_component="billing")))
-            await asyncio.sleep(interval)
-        await broker.publish(ProcessingMessage(DemoType.DONE, {}, MessageMetadata(source_component="shop")))
+async def _until_up(client: MessageBroker, components: list[str], timeout: float) -> None:
+    """Wait until every component answers its ``<name>.status`` service."""
+    deadline = time.monotonic() + timeout
+    for name in components:
+        while True:
+            try:
+                await client.request(f"{name}.status", ProcessingMessage(f"{name}.status", {}), timeout=5)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
 
 
-def _run(coro_fn: Callable[..., Any], *args: Any) -> None:
-    logging.basicConfig(level=logging.WARNING)
-    asyncio.run(coro_fn(*args))
-
-
-def run_demo(count: int = 10, interval: float = 0.05, echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo end to end and return the subscriber's summary."""
-    mp = multiprocessing.get_context("spawn")
+def run_demo(workflows: int = 10, analyzers: int = 3, echo: Callable[[str], None] = print,
+             timeout: float = 120.0) -> dict[str, Any]:
+    """Run the example workflow end to end and return the summary."""
     with tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp:
         pub, sub = ipc_endpoints(tmp)
-        echo(f"forwarder: publishers -> {pub}\n           subscribers -> {sub}")
-        started = time.perf_counter()
-        procs = [forwarder_process(pub, sub, stats_interval=None)]
-        results, ready = mp.Queue(), mp.Event()
+        echo(f"zmqbus demo: forwarder and {4 + analyzers} component processes on {pub} / {sub}")
+        sup = Supervisor(demo_topology(pub, sub, analyzers), log_level=logging.ERROR,
+                         on_event=lambda text: None)
+        stop = threading.Event()
+        watcher = threading.Thread(target=sup.run_until, args=(stop.is_set,), daemon=True)
+        sup.start()
+        watcher.start()
         try:
-            procs.append(spawn(_run, _subscriber, pub, sub, results, ready, name="demo-subscriber"))
-            procs.append(spawn(_run, _publisher, pub, sub, count, interval, ready, name="demo-publisher"))
-            summary: dict[str, Any] = results.get(timeout=90)
+            documents = [make_document(i) for i in range(workflows)]
+            summary = asyncio.run(submit_and_wait(pub, sub, documents, timeout, echo))
         finally:
-            for proc in reversed(procs):
-                stop_process(proc)
-        summary["published"] = count
-        summary["seconds"] = round(time.perf_counter() - started, 2)
-    echo(f"done: {summary['received']}/{count} messages delivered, {summary['gaps']} lost, "
-         f"{summary['decode_errors']} malformed, {summary['handler_errors']} handler errors, "
-         f"in {summary['seconds']} s")
+            stop.set()
+            watcher.join(5)
+            sup.stop()
+    echo(f"summary: {summary['completed']}/{workflows} workflows completed, {summary['failed']} failed, "
+         f"{summary['missing']} missing, in {summary['seconds']} s ({summary['workflows_per_s']} workflows/s, "
+         f"latency p50 {summary['latency_p50_ms']} ms, max {summary['latency_max_ms']} ms)")
+    echo(f"error handler: {summary['errors']['total']} error(s) {summary['errors']['by_type'] or ''}, "
+         f"{summary['errors']['dead_letters']} dead letter(s); state tracker: {summary['states']}")
     return summary

@@ -18,6 +18,8 @@ never reach a user::
         ├── NoResponder       no live instance of the service
         └── RequestTimeout    deadline or tries ran out (also TimeoutError)
 
+    RetryableError            raise it in a handler: the work may succeed if tried again
+
 The split between :class:`EncodeError` and :class:`DecodeError` mirrors h11's
 Local/RemoteProtocolError: the first means "fix your code", the second
 "a peer misbehaved; it was counted and dropped".
@@ -116,3 +118,21 @@ class RequestTimeout(RequestError, TimeoutError):
         self.attempts = attempts
         self.elapsed = elapsed
         self.reason = reason
+
+
+class RetryableError(Exception):
+    """Raise from a handler when trying the same work again may succeed.
+
+    A service handler that raises it answers with a *retryable* error, so the
+    caller tries again (on another instance where one exists); the component
+    framework retries subscribed work the same way. Any other exception is
+    treated as fatal, except ``TimeoutError`` and ``ConnectionError``.
+    Deliberately not a :class:`ZmqbusError`: it is the user's to raise.
+    """
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """The framework's classification of a handler's exception."""
+    if isinstance(exc, RemoteError):
+        return False
+    return isinstance(exc, (RetryableError, TimeoutError, ConnectionError))

@@ -8,6 +8,7 @@ messages as read-only; zmqbus never looks at them again after dispatch.
 """
 from __future__ import annotations
 
+import contextvars
 from time import time as _now
 from dataclasses import dataclass, field
 from enum import Enum
@@ -19,6 +20,7 @@ __all__ = [
     "MessageMetadata",
     "ProcessingMessage",
     "MessageTypeLike",
+    "current_message",
     "register_message_types",
     "resolve_message_type",
     "type_name",
@@ -28,6 +30,13 @@ __all__ = [
 MessageTypeLike = Union[str, Enum]
 
 _registry: dict[str, Enum] = {}
+
+#: The message whose handler is running (set by the broker around each
+#: handler call). Metadata built inside a handler inherits its correlation id
+#: and names it as the cause, so a request can be followed across hops
+#: without passing ids by hand; tasks the handler starts inherit it too.
+current_message: contextvars.ContextVar["ProcessingMessage | None"] = contextvars.ContextVar(
+    "zmqbus_current_message", default=None)
 
 
 def register_message_types(*enums: type[Enum]) -> None:
@@ -71,8 +80,10 @@ class MessageMetadata:
 
         MessageMetadata(correlation_id=cid, source_component="manager", target_component="handler")
 
-    ``message_id`` is generated when not given, and ``correlation_id``
-    defaults to it (a new conversation). ``timestamp`` is seconds since the
+    ``message_id`` is generated when not given. Inside a handler,
+    ``correlation_id`` and ``causation_id`` default to the handled message's
+    correlation id and message id; elsewhere ``correlation_id`` defaults to
+    the new message's own id (a new conversation). ``timestamp`` is seconds since the
     Unix epoch, taken at construction. ``publisher_id`` and ``sequence`` are
     filled in by the publishing client and are meaningful on received
     messages only. ``deadline`` is absolute (seconds since the epoch) and
@@ -109,6 +120,12 @@ class MessageMetadata:
     ) -> None:
         if message_id is None:
             message_id = new_id()
+        if not correlation_id or causation_id is None:
+            cause = current_message.get()
+            if cause is not None:
+                correlation_id = correlation_id or cause.metadata.correlation_id
+                if causation_id is None:
+                    causation_id = cause.metadata.message_id
         self.message_id = message_id
         self.correlation_id = correlation_id or message_id
         self.source_component = source_component

@@ -21,17 +21,19 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import inspect
-import types
 import logging
 import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
+from .aio import resume
 from .codec import pack, unpack
-from .errors import ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError
-from .message import MessageMetadata, ProcessingMessage
+from .errors import (ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError,
+                     is_retryable)
+from .message import MessageMetadata, ProcessingMessage, current_message
 from .ratelog import RateLimitedLog
 from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
 from .retry import RetryPolicy
@@ -106,6 +108,7 @@ class Responder:
             raise
         self._loops: list[asyncio.Task[None]] = []
         self._last_announce = 0.0
+        self._announce_pending = False
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -131,10 +134,33 @@ class Responder:
 
     async def _on_discover(self, msg: ProcessingMessage) -> None:
         wanted = msg.content.get("service") if isinstance(msg.content, dict) else None
-        if (wanted is None or wanted in self.services) and time.monotonic() - self._last_announce > 0.02:
+        if wanted is not None and wanted not in self.services:
+            return
+        # Never ignore a query (the asker may have subscribed after our last
+        # announcement), but coalesce a burst of them into one announcement.
+        if self._announce_pending:
+            return
+        wait = 0.02 - (time.monotonic() - self._last_announce)
+        if wait <= 0:
             await self.announce()
+            return
+        self._announce_pending = True
+        asyncio.get_running_loop().call_later(wait, self._announce_soon)
+
+    def _announce_soon(self) -> None:
+        self._announce_pending = False
+        self._track(self._announce_quietly())
+
+    async def _announce_quietly(self) -> None:
+        try:
+            await self.announce()
+        except ZmqbusError as exc:
+            self._faults.log(logging.WARNING, "announce", "presence announcement failed: %s", exc)
 
     async def _heartbeat_loop(self) -> None:
+        # Announce only once this client's subscriptions are live: an instance
+        # callers can see is then also one that receives its events.
+        await self.broker.ready()
         while True:
             try:
                 await self.announce()
@@ -213,20 +239,26 @@ class Responder:
         handler, is_async = entry
         self.stats.executed += 1
         if not is_async:  # a sync handler runs in a thread: the loop keeps heartbeating
-            fut = asyncio.get_running_loop().run_in_executor(None, handler, msg)
+            ctx = contextvars.copy_context()
+            ctx.run(current_message.set, msg)
+            fut = asyncio.get_running_loop().run_in_executor(None, ctx.run, handler, msg)
             self._track(self._finish(caller, service, msg, fut))
             return
         # Start the coroutine eagerly: a handler that completes without
         # suspending (most quick ones) is answered at once, with no Task.
-        coro: Any = handler(msg)
+        token = current_message.set(msg)  # the handler's messages inherit its ids
         try:
-            yielded = coro.send(None)
-        except StopIteration as stop:
-            self._done(caller, service, msg, REP, stop.value)
-        except Exception as exc:  # the handler's fault goes back to the caller
-            self._done(caller, service, msg, ERR, exc)
-        else:
-            self._track(self._finish(caller, service, msg, _resume(coro, yielded)))
+            coro: Any = handler(msg)
+            try:
+                yielded = coro.send(None)
+            except StopIteration as stop:
+                self._done(caller, service, msg, REP, stop.value)
+            except Exception as exc:  # the handler's fault goes back to the caller
+                self._done(caller, service, msg, ERR, exc)
+            else:  # the Task copies the context, so the ids follow it
+                self._track(self._finish(caller, service, msg, resume(coro, yielded)))
+        finally:
+            current_message.reset(token)
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
@@ -251,11 +283,12 @@ class Responder:
             self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
                              service, type(result).__name__, result)
             payload = self._encode(msg, service, f"{service}.error", _error_content(
-                "handler_error", type(result).__name__, str(result), False))
+                "handler_error", type(result).__name__, str(result), is_retryable(result)))
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
         frames = (kind, payload)
-        self._cache.put(md.message_id, frames)
+        if not (kind == ERR and is_retryable(result)):  # a retry of retryable work runs again
+            self._cache.put(md.message_id, frames)
         self._in_flight.pop(md.message_id, None)
         if not self._router.send(caller, *frames):
             self.stats.undeliverable += 1
@@ -337,6 +370,7 @@ class Caller:
                 self._lost(gone.instance_id, gone.endpoint, "left")
             return
         known = self.directory.get(instance) is not None
+        log.debug("presence: %s %s at %s (known: %s)", instance, services, endpoint, known)
         inst, replaced = self.directory.announce(instance, endpoint, services, interval, liveness, time.monotonic())
         if replaced is not None:
             self._lost(replaced.instance_id, replaced.endpoint, "replaced")
@@ -368,6 +402,7 @@ class Caller:
         loop = asyncio.get_running_loop()
         until = min(deadline, loop.time() + self.discover_timeout)
         await self.broker.publish(ProcessingMessage(DISCOVER_TOPIC, {"service": service}))
+        log.debug("discovering %s (known instances: %d)", service, len(self.directory))
         while not self.directory.live(service):
             left = until - loop.time()
             if left <= 0:
@@ -487,29 +522,6 @@ class Caller:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._router.close(0)
-
-
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Go on driving a coroutine that was started by hand and suspended at ``yielded``.
-
-    Run inside a Task: it hands the Task what the coroutine waits on and
-    forwards results and exceptions back, exactly like ``yield from`` would
-    have from the start (Python 3.12's eager tasks do this natively).
-    """
-    while True:
-        try:
-            value = yield yielded
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
 
 
 def _wake(call: Call, outcome: tuple[Any, ...]) -> None:

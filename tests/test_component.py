@@ -1,0 +1,135 @@
+"""The component framework in this process, on a real forwarder: styles, retries, errors, ids."""
+from __future__ import annotations
+
+import asyncio
+from enum import Enum
+from typing import Any
+
+from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, RetryableError
+from zmqbus.component import Component, Manager, on, service
+from zmqbus.context import ComponentState
+from conftest import Collector
+
+
+def bus(fwd: Forwarder, **kw: Any) -> MessageBroker:
+    return MessageBroker(fwd.pub_endpoint, fwd.sub_endpoint, heartbeat=0.2, **kw)
+
+
+class Kind(str, Enum):
+    START = "thing.start.request"
+    DONE = "thing.complete"
+
+
+class GuideStyle(Manager):
+    """Subscribes the guide's way, by message type."""
+    message_types = (Kind,)
+
+    def _setup_message_handlers(self) -> None:
+        for message_type, handler in {Kind.START: self._handle_start}.items():
+            self.subscribe(f"{message_type.value}.#", handler)
+
+    async def _handle_start(self, message: ProcessingMessage) -> None:
+        ctx = await self.begin_process(message)
+        await self.update_state(ctx, ComponentState.WAITING)
+        answer = await self.request("thing.double", {"n": message.content["n"]})
+        await self.complete_process(ctx, Kind.DONE, {"answer": answer}, target=message.metadata.source_component)
+
+
+class Decorated(Component):
+    flaky_left = 2
+
+    @service("thing.double")
+    async def double(self, message: ProcessingMessage) -> int:
+        return int(message.content["n"]) * 2
+
+    @on("thing.flaky.#")
+    async def flaky(self, message: ProcessingMessage) -> None:
+        if self.flaky_left > 0:
+            self.flaky_left -= 1
+            raise RetryableError("not yet")
+        await self.publish_message("thing.flaky_done", {"attempt": message.metadata.attempt})
+
+    @on("thing.broken.#")
+    async def broken(self, message: ProcessingMessage) -> None:
+        raise KeyError("no such thing")
+
+
+async def test_guide_and_decorator_styles_with_state_ids_retries_and_errors(forwarder: Forwarder) -> None:
+    manager = GuideStyle(bus(forwarder), name="manager")
+    worker = Decorated(bus(forwarder), name="worker")
+    await manager.start()
+    await worker.start()
+    try:
+        async with bus(forwarder, name="client") as client:
+            done, states, errors, dead, flaky = Collector(), Collector(), Collector(), Collector(), Collector()
+            client.subscribe("client", "thing.complete", done)
+            client.subscribe("client", "status.#", states)
+            client.subscribe("client", "error.#", errors)
+            client.subscribe("client", "deadletter.#", dead)
+            client.subscribe("client", "thing.flaky_done", flaky)
+            await client.ready()
+            start = ProcessingMessage(Kind.START, {"n": 21}, MessageMetadata(correlation_id="wf-1",
+                                                                               source_component="client"))
+            await client.publish(start)
+            result = (await done.wait_for(1))[0]
+            assert result.content == {"answer": 42} and result.metadata.target_component == "client"
+            # ids followed by themselves: same conversation, caused by the start request's handling
+            assert result.metadata.correlation_id == "wf-1"
+            await states.wait_for(3)
+            assert [m.content["state"] for m in states.messages] == ["processing", "waiting", "completed"]
+            assert all(m.metadata.correlation_id == "wf-1" and m.metadata.target_component == "state_tracker"
+                       for m in states.messages)
+            assert states.messages[0].metadata.causation_id == start.metadata.message_id
+            assert len(manager.active_processes) == 0 and manager.metrics.completed == 1
+
+            # retryable errors in subscribed work are retried with the component's policy
+            await client.publish(ProcessingMessage("thing.flaky", {}))
+            assert (await flaky.wait_for(1))[0].content == {"attempt": 3}
+            assert worker.metrics.retried == 2
+
+            # fatal errors go to the error handler and the dead-letter topic, with context
+            await client.publish(ProcessingMessage("thing.broken", {"x": 1}, MessageMetadata(correlation_id="wf-9")))
+            err = (await errors.wait_for(1))[0]
+            assert err.topic == "error.worker" and err.metadata.target_component == "error_handler"
+            assert err.content["error_type"] == "KeyError" and err.content["correlation_id"] == "wf-9"
+            assert err.content["retryable"] is False and err.content["message_type"] == "thing.broken"
+            letter = (await dead.wait_for(1))[0]
+            assert letter.topic == "deadletter.worker" and letter.content["content"] == {"x": 1}
+            # every component answers <name>.status
+            status = (await client.request("worker.status", ProcessingMessage("worker.status", {}))).content
+            assert status["component"] == "worker" and status["failed"] == 1 and status["retried"] == 2
+    finally:
+        await manager.stop(grace=2)
+        await worker.stop(grace=2)
+
+
+async def test_stop_lets_running_work_finish_and_kill_does_not(forwarder: Forwarder) -> None:
+    finished: list[str] = []
+
+    class Slow(Component):
+        @on("slow.#")
+        async def slow(self, message: ProcessingMessage) -> None:
+            self.spawn(self._work(message.content))
+
+        async def _work(self, name: str) -> None:
+            await asyncio.sleep(0.3)
+            finished.append(name)
+
+    comp = Slow(bus(forwarder))
+    await comp.start()
+    async with bus(forwarder) as client:
+        await client.publish(ProcessingMessage("slow.x", "graceful"))
+        while not comp._tasks:
+            await asyncio.sleep(0.01)
+    await comp.stop(grace=5)
+    assert finished == ["graceful"]
+    comp2 = Slow(bus(forwarder))
+    await comp2.start()
+    async with bus(forwarder) as client:
+        await client.publish(ProcessingMessage("slow.x", "killed"))
+        while not comp2._tasks:
+            await asyncio.sleep(0.01)
+    comp2.kill()
+    await asyncio.sleep(0.4)
+    assert finished == ["graceful"]
+    await comp2.stop(grace=0)

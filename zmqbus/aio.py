@@ -1,0 +1,33 @@
+"""Small asyncio helpers shared by the dispatcher and the responder (no sockets)."""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+__all__ = ["resume"]
+
+
+@types.coroutine
+def resume(coro: Any, yielded: Any) -> Any:
+    """Go on driving a coroutine that was started by hand and suspended at ``yielded``.
+
+    Starting a handler's coroutine with ``coro.send(None)`` answers the common
+    case (it completes without suspending) with no Task at all; when it does
+    suspend, a Task runs ``resume(coro, yielded)``, which hands the Task what
+    the coroutine waits on and forwards results and exceptions back, exactly
+    as ``yield from`` would have from the start (Python 3.12's eager tasks do
+    this natively).
+    """
+    while True:
+        try:
+            value = yield yielded
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(value)
+            except StopIteration as stop:
+                return stop.value

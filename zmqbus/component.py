@@ -1,0 +1,363 @@
+"""Components: the guide's Managers, Handlers and Processors, on a MessageBroker.
+
+A component talks only through messages. Two styles work, and mix:
+
+* the guide's: override ``_setup_message_handlers`` and call
+  ``self.message_broker.subscribe(self.component_name, f"{t.value}.#", handler)``;
+* decorators: ``@on("order.start.request.#")`` subscribes a method,
+  ``@service("pricing.quote")`` serves requests with one.
+
+Every handler registered either way by the component runs *guarded*: it is
+timed and counted, the message it handles becomes the cause of everything it
+publishes or requests (correlation and causation ids follow by themselves),
+and an exception is classified (:func:`zmqbus.errors.is_retryable`):
+retryable work is tried again with the component's ``retry_policy``; fatal or
+exhausted work is reported to the error handler (topic ``error.<component>``)
+and dead-lettered (``deadletter.<component>``). State changes go to the state
+tracker as ``status.<component>``.
+
+Lifecycle contract: ``setup`` (open resources) -> ``start`` (connected, ready,
+receiving) -> ``stop(grace)`` (no new work; running work may finish within
+``grace`` seconds, then is cancelled; ``teardown`` runs) or ``kill`` (cancel
+everything now, no teardown).
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import re
+import time
+from enum import Enum
+from typing import Any, Awaitable, Callable, ClassVar, Coroutine, TypeVar
+
+from .broker import MessageBroker
+from .context import ComponentContext, ComponentMetrics, ComponentState, ContextStore
+from .errors import RemoteError, is_retryable
+from .message import MessageMetadata, MessageTypeLike, ProcessingMessage, register_message_types
+from .retry import RetryPolicy
+
+__all__ = ["Component", "Manager", "Handler", "Processor", "on", "service", "ERROR_PREFIX", "STATUS_PREFIX",
+           "DEADLETTER_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+ERROR_PREFIX = "error"
+STATUS_PREFIX = "status"
+DEADLETTER_PREFIX = "deadletter"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on(pattern: str) -> Callable[[F], F]:
+    """Subscribe the decorated method to ``pattern`` when the component is created."""
+    def mark(fn: F) -> F:
+        fn._zmqbus_on = getattr(fn, "_zmqbus_on", ()) + (pattern,)  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def service(name: str) -> Callable[[F], F]:
+    """Serve requests for ``name`` with the decorated method (it returns the reply content)."""
+    def mark(fn: F) -> F:
+        fn._zmqbus_service = name  # type: ignore[attr-defined]
+        return fn
+    return mark
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class Component:
+    """Base of every component; see the module docstring for the contracts."""
+
+    #: The component's name (default: the class name in snake case). ``name=`` overrides it.
+    component_name: str = ""
+    #: Enums of message types this component uses; registered so received messages carry members.
+    message_types: ClassVar[tuple[type[Enum], ...]] = ()
+    #: Retries of subscribed work that raised a retryable error.
+    retry_policy: ClassVar[RetryPolicy] = RetryPolicy(attempts=3, attempt_timeout=None, backoff=0.05)
+    #: Seconds a process context may go without an update before it is cleaned up as stale.
+    context_ttl: ClassVar[float] = 300.0
+
+    def __init__(self, message_broker: MessageBroker, name: str | None = None) -> None:
+        self.message_broker = message_broker
+        self.component_name = name or self.component_name or _snake(type(self).__name__)
+        if not message_broker.name:
+            message_broker.name = self.component_name
+        self.active_processes = ContextStore(self.context_ttl)
+        self.metrics = ComponentMetrics()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._janitor: asyncio.Task[None] | None = None
+        register_message_types(*self.message_types)
+        self._bind_decorated()
+        self._setup_message_handlers()
+        # Every component answers "<name>.status" with its metrics: operators can
+        # ask it, and an answer proves the component is up and subscribed.
+        self.message_broker.serve(f"{self.component_name}.status", self._status)
+
+    async def _status(self, message: ProcessingMessage) -> dict[str, Any]:
+        return self.statistics()
+
+    # -- wiring ------------------------------------------------------------
+
+    def _setup_message_handlers(self) -> None:
+        """The guide's hook: subscribe handlers by message type. Default: nothing more."""
+
+    def subscribe(self, pattern: str, handler: Callable[[ProcessingMessage], Awaitable[Any]]) -> None:
+        """Subscribe ``handler`` to ``pattern``, guarded (timed, counted, retried, reported)."""
+        self.message_broker.subscribe(self.component_name, pattern, self._guarded(handler))
+
+    def _bind_decorated(self) -> None:
+        for name, member in inspect.getmembers(type(self)):
+            bound = getattr(self, name, None) if hasattr(member, "_zmqbus_on") or hasattr(
+                member, "_zmqbus_service") else None
+            if bound is None:
+                continue
+            for pattern in getattr(member, "_zmqbus_on", ()):
+                self.subscribe(pattern, bound)
+            if hasattr(member, "_zmqbus_service"):
+                self.message_broker.serve(member._zmqbus_service, self._served(bound))
+
+    def _guarded(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[None]]:
+        @functools.wraps(handler)
+        async def guarded(message: ProcessingMessage) -> None:
+            if self._stopping:
+                return
+            await self._run_guarded(handler, message)
+        return guarded
+
+    async def _run_guarded(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage) -> None:
+        started = time.perf_counter()
+        self.metrics.handled += 1
+        try:
+            result = handler(message)
+            if inspect.isawaitable(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            await self._on_handler_error(handler, message, exc)
+        finally:
+            self.metrics.record_duration(time.perf_counter() - started)
+
+    def _served(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[Any]]:
+        is_async = inspect.iscoroutinefunction(handler)
+
+        @functools.wraps(handler)
+        async def served(message: ProcessingMessage) -> Any:
+            started = time.perf_counter()
+            self.metrics.handled += 1
+            try:
+                if is_async:
+                    return await handler(message)
+                # sync service methods are the CPU-heavy kind: off the loop
+                return await asyncio.get_running_loop().run_in_executor(None, handler, message)
+            except Exception as exc:
+                self.metrics.failed += 1
+                if not is_retryable(exc):
+                    await self.report_error(message, exc, retryable=False)
+                raise  # the caller gets it as RemoteError, or retries when retryable
+            finally:
+                self.metrics.record_duration(time.perf_counter() - started)
+        return served
+
+    async def _on_handler_error(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage,
+                                exc: Exception) -> None:
+        retryable = is_retryable(exc)
+        attempt = message.metadata.attempt
+        if retryable and attempt < self.retry_policy.attempts and not self._stopping:
+            self.metrics.retried += 1
+            delay = self.retry_policy.delay(attempt)
+            log.info("%s: %s on %s (attempt %d), retrying in %.3f s", self.component_name, type(exc).__name__,
+                     message.type_name, attempt, delay)
+            self.spawn(self._retry_later(handler, message, delay))
+            return
+        self.metrics.failed += 1
+        await self.report_error(message, exc, retryable=retryable)
+        await self.dead_letter(message, f"{type(exc).__name__}: {exc}" + (" (retries exhausted)" if retryable else ""))
+
+    async def _retry_later(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage,
+                           delay: float) -> None:
+        await asyncio.sleep(delay)
+        md = message.metadata
+        again = ProcessingMessage(message.message_type, message.content, MessageMetadata(
+            md.correlation_id, md.source_component, md.target_component, md.message_id, md.causation_id,
+            md.timestamp, md.publisher_id, md.sequence, md.attempt + 1, md.deadline, dict(md.headers)),
+            message.topic)
+        await self._run_guarded(handler, again)
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def setup(self) -> None:
+        """Open resources; called once by :meth:`start` before messages flow."""
+
+    async def teardown(self) -> None:
+        """Release resources; called once by :meth:`stop`, after running work ended."""
+
+    async def start(self) -> None:
+        """Set up, connect, and return once subscriptions are live at the forwarder."""
+        await self.setup()
+        await self.message_broker.start()
+        await self.message_broker.ready()
+        self._janitor = asyncio.get_running_loop().create_task(self._clean_loop(), name=f"{self.component_name}-ttl")
+        log.info("component %s started", self.component_name)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop taking work, let running work finish for ``grace`` seconds, cancel the rest, tear down."""
+        self._stopping = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace)
+        self.kill()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.teardown()
+        await self.message_broker.close()
+        log.info("component %s stopped", self.component_name)
+
+    def kill(self) -> None:
+        """Cancel all running work at once (no grace, no teardown)."""
+        self._stopping = True
+        if self._janitor is not None:
+            self._janitor.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the component tracks (stop waits for it, kill cancels it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s: background task failed: %r", self.component_name, task.exception())
+
+    async def _clean_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.context_ttl / 4))
+            for ctx in self.active_processes.expired():
+                self.metrics.expired += 1
+                log.warning("%s: process %s stale in state %s; cleaned up", self.component_name,
+                            ctx.correlation_id, ctx.state.value)
+                await self._publish_status(ctx, ctx.state, reason="expired")
+
+    # -- the guide's helpers -----------------------------------------------
+
+    async def publish_message(self, message_type: MessageTypeLike, content: Any, target: str | None = None, *,
+                              correlation_id: str = "", topic: str | None = None) -> ProcessingMessage:
+        """Publish a message from this component (the guide's ``_publish_message``)."""
+        msg = ProcessingMessage(message_type, content, MessageMetadata(
+            correlation_id=correlation_id, source_component=self.component_name, target_component=target))
+        await self.message_broker.publish(msg, topic=topic)
+        return msg
+
+    async def request(self, service_name: str, content: Any, *, timeout: float = 30.0,
+                      retry: RetryPolicy | None = None, message_type: MessageTypeLike | None = None) -> Any:
+        """Request ``service_name`` and return the reply's content."""
+        msg = ProcessingMessage(message_type or service_name, content, MessageMetadata(
+            source_component=self.component_name, target_component=service_name))
+        reply = await self.message_broker.request(service_name, msg, timeout=timeout, retry=retry)
+        return reply.content
+
+    async def update_state(self, ctx: ComponentContext, new_state: ComponentState, **info: Any) -> None:
+        """Validate and apply a state change, tell the state tracker, clean up when terminal."""
+        old = ctx.transition(new_state)
+        await self._publish_status(ctx, old, **info)
+        if new_state.terminal:
+            self.active_processes.remove(ctx.correlation_id)
+            ctx.metrics.record_duration((ctx.updated_at - ctx.created_at).total_seconds())
+            if new_state is ComponentState.COMPLETED:
+                self.metrics.completed += 1
+            elif new_state is ComponentState.FAILED:
+                self.metrics.failed += 1
+
+    async def _publish_status(self, ctx: ComponentContext, old: ComponentState, **info: Any) -> None:
+        content = dict(ctx.status(), component=self.component_name, old_state=old.value, **info)
+        await self.publish_message(f"{STATUS_PREFIX}.{self.component_name}", content, "state_tracker",
+                                   correlation_id=ctx.correlation_id)
+
+    async def report_error(self, message: ProcessingMessage, error: BaseException, *,
+                           retryable: bool | None = None) -> None:
+        """Send an error to the error handler (the guide's ``_handle_error``)."""
+        md = message.metadata
+        content = {"correlation_id": md.correlation_id, "error_type": _error_type(error),
+                   "error_message": _error_message(error), "retryable": is_retryable(error) if retryable is None
+                   else retryable, "component": self.component_name, "message_type": message.type_name,
+                   "message_id": md.message_id, "attempt": md.attempt}
+        await self.publish_message(f"{ERROR_PREFIX}.{self.component_name}", content, "error_handler",
+                                   correlation_id=md.correlation_id)
+
+    async def dead_letter(self, message: ProcessingMessage, reason: str) -> None:
+        """Park a message that cannot be processed where an operator can see and replay it."""
+        md = message.metadata
+        content = {"reason": reason, "component": self.component_name, "topic": message.topic,
+                   "message_type": message.type_name, "content": message.content,
+                   "metadata": {"message_id": md.message_id, "correlation_id": md.correlation_id,
+                                "source": md.source_component, "target": md.target_component,
+                                "attempt": md.attempt}}
+        await self.publish_message(f"{DEADLETTER_PREFIX}.{self.component_name}", content, "error_handler",
+                                   correlation_id=md.correlation_id)
+
+    def statistics(self) -> dict[str, Any]:
+        """Metrics, active processes and the broker's request counters (also served as ``<name>.status``)."""
+        return {"component": self.component_name, "active_processes": len(self.active_processes),
+                **self.metrics.as_dict(), "rpc": self.message_broker.statistics().rpc}
+
+
+def _error_type(error: BaseException) -> str:
+    return error.error_type if isinstance(error, RemoteError) else type(error).__name__
+
+
+def _error_message(error: BaseException) -> str:
+    return error.remote_message if isinstance(error, RemoteError) else str(error)
+
+
+class Manager(Component):
+    """Orchestrates workflows: one context per workflow, kept in ``active_processes``."""
+
+    async def begin_process(self, message: ProcessingMessage, **metadata: Any) -> ComponentContext:
+        """Create the workflow's context from ``message`` and move it to PROCESSING."""
+        md = message.metadata
+        ctx = self.active_processes.create(md.correlation_id, md.message_id, **metadata)
+        if ctx.state is ComponentState.CREATED:
+            await self.update_state(ctx, ComponentState.PROCESSING)
+        return ctx
+
+    async def complete_process(self, ctx: ComponentContext, message_type: MessageTypeLike, result: Any,
+                               target: str | None = None) -> None:
+        """Publish the workflow's result and mark it COMPLETED (its context is cleaned up)."""
+        await self.publish_message(message_type, result, target, correlation_id=ctx.correlation_id)
+        await self.update_state(ctx, ComponentState.COMPLETED)
+
+    async def fail_process(self, ctx: ComponentContext, message_type: MessageTypeLike, error: BaseException,
+                           target: str | None = None) -> None:
+        """Publish the failure and mark the workflow FAILED (its context is cleaned up)."""
+        await self.publish_message(message_type, {"error_type": _error_type(error), "error": _error_message(error)},
+                                   target, correlation_id=ctx.correlation_id)
+        await self.update_state(ctx, ComponentState.FAILED, error_type=_error_type(error))
+
+
+class Handler(Component):
+    """Runs the tasks of one domain and coordinates Processors through requests."""
+
+    async def process_all(self, service_name: str, items: list[Any], *, timeout: float = 30.0,
+                          retry: RetryPolicy | None = None) -> list[Any]:
+        """Request ``service_name`` once per item, all at once (competing Processors share them)."""
+        return list(await asyncio.gather(*(self.request(service_name, item, timeout=timeout, retry=retry)
+                                           for item in items)))
+
+
+class Processor(Component):
+    """Computes. Sync ``@service`` methods run in a worker thread, so heartbeats and
+    other messages keep flowing while they work; scale out with replicas."""
+
+    async def run_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+

@@ -1,0 +1,212 @@
+"""Running components as processes, and supervising a whole topology.
+
+* :func:`component_main` is a component process: it builds a MessageBroker
+  from the endpoints, instantiates ``module:Class`` and runs it until SIGTERM
+  or SIGINT (graceful ``stop``); a second signal kills it at once.
+* :class:`Supervisor` starts a forwarder and component replicas (spawned
+  processes, a fresh ZeroMQ context in each), restarts a process that dies
+  (backoff doubling from 0.5 s up to 10 s) unless it crash-loops (more than
+  ``crash_limit`` restarts in 60 s), and stops everything in order: the
+  components first, the forwarder last.
+* :func:`load_topology` reads a TOML file::
+
+      [bus]
+      pub = "tcp://127.0.0.1:5570"     # optional, else $ZMQBUS_PUB or the default
+      sub = "tcp://127.0.0.1:5571"
+      forwarder = true                  # start one (default true)
+
+      [[component]]
+      class = "components.ingest:ChunkAnalyzer"
+      name = "chunk_analyzer"           # optional
+      replicas = 3                      # optional, default 1
+"""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import multiprocessing.process
+import os
+import signal
+import time
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import config
+from .procs import forwarder_process, spawn, stop_process
+
+__all__ = ["ComponentSpec", "Topology", "Supervisor", "load_topology", "load_component", "component_main"]
+
+log = logging.getLogger(__name__)
+
+
+def load_component(spec: str) -> type[Any]:
+    """Import ``module:Class``; raise ValueError with a clear message otherwise."""
+    from .component import Component
+
+    module_name, _, class_name = spec.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"expected module:Class, got {spec!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load {spec!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Component)):
+        raise ValueError(f"{spec!r} is not a zmqbus Component")
+    return cls
+
+
+def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: int = logging.WARNING,
+                   grace: float = 10.0) -> None:
+    """Run one component in this process until SIGTERM/SIGINT (a second signal kills)."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s {name or spec} %(levelname)s %(message)s")
+    asyncio.run(_run_component(spec, name, pub, sub, grace))
+
+
+async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float) -> None:
+    from .broker import MessageBroker
+
+    cls = load_component(spec)
+    component = cls(MessageBroker(pub, sub), name=name)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set():  # the second signal: no more grace
+            component.kill()
+            os._exit(1)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await component.start()
+    await stop.wait()
+    await component.stop(grace)
+
+
+@dataclass
+class ComponentSpec:
+    cls: str
+    name: str | None = None
+    replicas: int = 1
+
+
+@dataclass
+class Topology:
+    pub: str
+    sub: str
+    forwarder: bool = True
+    components: list[ComponentSpec] = field(default_factory=list)
+
+
+def load_topology(path: str) -> Topology:
+    """Read a topology file (see the module docstring); raise ValueError on a bad one."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"cannot read topology {path}: {exc}") from None
+    bus = data.get("bus", {})
+    comps = []
+    for i, entry in enumerate(data.get("component", [])):
+        if "class" not in entry:
+            raise ValueError(f"{path}: component #{i + 1} has no 'class'")
+        replicas = int(entry.get("replicas", 1))
+        if replicas < 1:
+            raise ValueError(f"{path}: component {entry['class']}: replicas must be >= 1")
+        load_component(entry["class"])  # fail now, not in a child process
+        comps.append(ComponentSpec(entry["class"], entry.get("name"), replicas))
+    return Topology(config.pub_endpoint(bus.get("pub")), config.sub_endpoint(bus.get("sub")),
+                    bool(bus.get("forwarder", True)), comps)
+
+
+@dataclass(eq=False)
+class _Managed:
+    label: str
+    start: Callable[[], multiprocessing.process.BaseProcess]
+    proc: multiprocessing.process.BaseProcess | None = None
+    restarts: list[float] = field(default_factory=list)
+    next_start: float = 0.0
+    given_up: bool = False
+
+
+class Supervisor:
+    """Starts, watches and stops the processes of a topology (see the module docstring)."""
+
+    def __init__(self, topology: Topology, *, crash_limit: int = 5, log_level: int = logging.WARNING,
+                 on_event: Callable[[str], None] | None = None) -> None:
+        self.topology = topology
+        self.crash_limit = crash_limit
+        self.on_event = on_event or (lambda text: log.info("%s", text))
+        self._forwarder: _Managed | None = None
+        self._components: list[_Managed] = []
+        t = topology
+        if t.forwarder:
+            self._forwarder = _Managed("forwarder", lambda: forwarder_process(t.pub, t.sub, stats_interval=5.0))
+        for spec in t.components:
+            for r in range(spec.replicas):
+                label = f"{spec.name or spec.cls.rsplit(':', 1)[1]}#{r + 1}"
+                self._components.append(_Managed(label, _starter(spec, t, log_level)))
+
+    @property
+    def managed(self) -> list[_Managed]:
+        return ([self._forwarder] if self._forwarder else []) + self._components
+
+    def pids(self) -> dict[str, int | None]:
+        return {m.label: (m.proc.pid if m.proc is not None else None) for m in self.managed}
+
+    def start(self) -> None:
+        for m in self.managed:
+            m.proc = m.start()
+            self.on_event(f"started {m.label} (pid {m.proc.pid})")
+
+    def check(self) -> None:
+        """Restart processes that died (call it periodically)."""
+        now = time.monotonic()
+        for m in self.managed:
+            if m.given_up or m.proc is None:
+                continue
+            if m.proc.is_alive():
+                continue
+            if m.next_start == 0.0:
+                m.restarts = [t for t in m.restarts if now - t < 60.0]
+                if len(m.restarts) >= self.crash_limit:
+                    m.given_up = True
+                    self.on_event(f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s): giving up on it")
+                    continue
+                delay = min(10.0, 0.5 * 2 ** len(m.restarts))
+                m.next_start = now + delay
+                self.on_event(f"{m.label} (pid {m.proc.pid}) exited with {m.proc.exitcode}; restarting in {delay:g} s")
+            elif now >= m.next_start:
+                m.restarts.append(now)
+                m.next_start = 0.0
+                m.proc = m.start()
+                self.on_event(f"restarted {m.label} (pid {m.proc.pid})")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the components (then the forwarder), SIGKILL what does not exit in time."""
+        for m in self._components:
+            if m.proc is not None and m.proc.pid is not None and m.proc.is_alive():
+                os.kill(m.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for m in self._components:
+            if m.proc is not None:
+                stop_process(m.proc, timeout=max(0.1, deadline - time.monotonic()))
+        if self._forwarder is not None and self._forwarder.proc is not None:
+            stop_process(self._forwarder.proc, timeout=5.0)
+        self.on_event("all processes stopped")
+
+    def run_until(self, stop: Callable[[], bool], interval: float = 0.2) -> None:
+        """Supervise until ``stop()`` is true."""
+        while not stop():
+            self.check()
+            time.sleep(interval)
+
+
+def _starter(spec: ComponentSpec, topology: Topology,
+                      log_level: int) -> Callable[[], multiprocessing.process.BaseProcess]:
+    def start() -> multiprocessing.process.BaseProcess:
+        return spawn(component_main, spec.cls, spec.name, topology.pub, topology.sub, log_level,
+                     name=f"zmqbus-{spec.name or spec.cls}")
+    return start
