@@ -123,3 +123,24 @@ def test_bench_reqrep_json(run_cli: Any) -> None:
     for key in ("p50_us", "raw_p50_us", "sync_p50_us", "throughput_req_s", "raw_throughput_req_s",
                 "sync_throughput_req_s", "p50_ratio", "throughput_ratio"):
         assert report[key] > 0, key
+
+
+def test_run_component_stops_on_sigterm(tcp_pair: tuple[str, str], run_cli: Any, spawn_forwarder: Any) -> None:
+    spawn_forwarder(*tcp_pair, stats_interval=None)
+    ep = ["--pub", tcp_pair[0], "--sub", tcp_pair[1]]
+    proc = run_cli("--log-level", "INFO", "run", "components.ingest:ChunkAnalyzer", "--name", "analyzer-x", *ep)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 30
+    while "component analyzer-x started" not in proc.stderr.readline():
+        assert time.monotonic() < deadline and proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    code, _, err = finish(proc, timeout=30)
+    assert code == 0, err
+    assert "component analyzer-x stopped" in err
+
+
+def test_run_rejects_what_is_not_a_component(run_cli: Any) -> None:
+    code, _, err = finish(run_cli("run", "zmqbus:MessageBroker"))
+    assert code == 1 and "not a zmqbus Component" in err
+    code, _, err = finish(run_cli("run", "no-colon"))
+    assert code == 1 and "module:Class" in err
