@@ -8,6 +8,22 @@
                                                                   ChunkAnalyzer x N
     IngestManager --ingest.complete / ingest.failed--> anyone    (status.* -> state_tracker, error.* -> error_handler)
 
+The guide's checklist, item by item:
+
+* context and message types: :class:`IngestType` (and the services' names);
+  one :class:`~zmqbus.context.ComponentContext` per workflow, in the manager's
+  ``active_processes``;
+* handlers for all message types: ``ingest.request`` (the manager),
+  ``ingest.split`` (the handler), ``ingest.analyze`` (the processors);
+  ``ingest.complete`` / ``ingest.failed`` are the workflow's outputs;
+* no direct component calls: every step is a message or a request over the bus;
+* error handling: a processor's retryable errors are retried by the handler's
+  requests, fatal ones reach the error handler and fail the workflow;
+* state management: CREATED -> PROCESSING -> WAITING -> PROCESSING ->
+  COMPLETED or FAILED, validated, each change sent to the state tracker;
+* cleanup: a finished workflow's context is removed at once, a stale one is
+  cancelled after the manager's ``context_ttl``.
+
 A document's content is ``{"document_id": str, "text": str}`` plus optional
 ``"chunk_words"`` (words per chunk, default 50) and, for demonstrations and
 tests, ``"fail"``: ``"transient"`` (the first chunk's first try raises a

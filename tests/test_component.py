@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
@@ -133,3 +134,59 @@ async def test_stop_lets_running_work_finish_and_kill_does_not(forwarder: Forwar
     await asyncio.sleep(0.4)
     assert finished == ["graceful"]
     await comp2.stop(grace=0)
+
+
+async def test_stale_processes_are_cancelled_and_reported(forwarder: Forwarder) -> None:
+    now = [1000.0]
+    manager = GuideStyle(bus(forwarder), name="ttl_manager")
+    manager.active_processes.clock = lambda: now[0]  # injected time: no sleeping for a TTL
+    manager.active_processes.ttl = 60.0
+    await manager.start()
+    try:
+        async with bus(forwarder) as client:
+            states = Collector()
+            client.subscribe("client", "status.ttl_manager", states)
+            await client.ready()
+            ctx = manager.active_processes.create("wf-stale", "r-1")
+            ctx.transition(ComponentState.PROCESSING, datetime.fromtimestamp(now[0], timezone.utc))
+            assert await manager.expire_stale() == 0
+            now[0] = 1000.0 + 3600
+            assert await manager.expire_stale() == 1
+            update = (await states.wait_for(1))[0].content
+            assert (update["state"], update["old_state"], update["reason"]) == ("cancelled", "processing", "expired")
+            assert "wf-stale" not in manager.active_processes and manager.metrics.expired == 1
+    finally:
+        await manager.stop(grace=1)
+
+
+async def test_state_tracker_rebuilds_its_view_from_its_journal(forwarder: Forwarder, tmp_path: Any) -> None:
+    from components.state_tracker import StateTracker
+
+    journal = str(tmp_path / "state.jsonl")
+
+    async def query(client: MessageBroker, content: dict[str, Any]) -> Any:
+        return (await client.request("state.query", ProcessingMessage("state.query", content))).content
+
+    first = StateTracker(bus(forwarder), journal=journal)
+    await first.start()
+    async with bus(forwarder) as client:
+        for cid, state in (("wf-1", "processing"), ("wf-1", "completed"), ("wf-2", "failed")):
+            await client.publish(ProcessingMessage("status.manager", {
+                "correlation_id": cid, "component": "manager", "state": state}))
+        deadline = asyncio.get_running_loop().time() + 10
+        while first.updates < 3:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        before = await query(client, {})
+    await first.stop(grace=1)
+    assert before == {"processes": 2, "updates": 3, "by_state": {"completed": 1, "failed": 1}}
+
+    second = StateTracker(bus(forwarder), journal=journal)  # a restart
+    await second.start()
+    try:
+        async with bus(forwarder) as client:
+            assert await query(client, {}) == before
+            assert (await query(client, {"correlation_id": "wf-1"}))["manager"]["state"] == "completed"
+            assert await query(client, {"component": "manager"}) == {"wf-1": "completed", "wf-2": "failed"}
+    finally:
+        await second.stop(grace=1)

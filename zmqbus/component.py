@@ -240,11 +240,18 @@ class Component:
     async def _clean_loop(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, self.context_ttl / 4))
-            for ctx in self.active_processes.expired():
-                self.metrics.expired += 1
-                log.warning("%s: process %s stale in state %s; cleaned up", self.component_name,
-                            ctx.correlation_id, ctx.state.value)
-                await self._publish_status(ctx, ctx.state, reason="expired")
+            await self.expire_stale()
+
+    async def expire_stale(self) -> int:
+        """End processes not updated for ``context_ttl`` seconds: CANCELLED, reported, removed."""
+        stale = self.active_processes.expired()
+        for ctx in stale:
+            self.metrics.expired += 1
+            log.warning("%s: process %s stale in state %s; cancelled and cleaned up", self.component_name,
+                        ctx.correlation_id, ctx.state.value)
+            old = ctx.transition(ComponentState.CANCELLED)
+            await self._publish_status(ctx, old, reason="expired")
+        return len(stale)
 
     # -- the guide's helpers -----------------------------------------------
 
