@@ -144,3 +144,27 @@ def test_run_rejects_what_is_not_a_component(run_cli: Any) -> None:
     assert code == 1 and "not a zmqbus Component" in err
     code, _, err = finish(run_cli("run", "no-colon"))
     assert code == 1 and "module:Class" in err
+
+
+def test_up_runs_a_topology_and_stops_cleanly(tmp_path: Any, run_cli: Any) -> None:
+    pub, sub = f"ipc://{tmp_path}/bus.pub", f"ipc://{tmp_path}/bus.sub"
+    topology = tmp_path / "topology.toml"
+    topology.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\n\n'
+                        '[[component]]\nclass = "components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
+    proc = run_cli("up", str(topology))
+    code, out, err = finish(run_cli("send", "x.y", "--pub", pub, "--sub", sub, "--timeout", "30"), timeout=60)
+    assert code == 0, err  # the forwarder it started is up
+    import asyncio
+
+    from zmqbus import MessageBroker, ProcessingMessage
+
+    async def ask() -> Any:
+        async with MessageBroker(pub, sub) as b:
+            return (await b.request("ingest.analyze", ProcessingMessage("ingest.analyze", {
+                "document_id": "d", "index": 0, "text": "two words"}), timeout=30)).content
+
+    assert asyncio.run(ask())["words"] == 2
+    proc.send_signal(signal.SIGINT)
+    code, _, err = finish(proc, timeout=30)
+    assert code == 0, err
+    assert err.count("started ") == 3 and "all processes stopped" in err

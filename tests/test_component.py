@@ -190,3 +190,48 @@ async def test_state_tracker_rebuilds_its_view_from_its_journal(forwarder: Forwa
             assert await query(client, {"component": "manager"}) == {"wf-1": "completed", "wf-2": "failed"}
     finally:
         await second.stop(grace=1)
+
+
+async def test_error_handler_counts_and_replays_dead_letters(forwarder: Forwarder) -> None:
+    from components.error_handler import ErrorHandler
+
+    seen: list[int] = []
+
+    class Picky(Component):
+        @on("picky.#")
+        async def picky(self, message: ProcessingMessage) -> None:
+            seen.append(message.content["n"])
+            if len(seen) == 1:
+                raise ValueError("not the first time")
+
+    handler = ErrorHandler(bus(forwarder))
+    picky = Picky(bus(forwarder), name="picky")
+    await handler.start()
+    await picky.start()
+    try:
+        async with bus(forwarder) as client:
+            bad = ProcessingMessage("picky.thing", {"n": 7}, MessageMetadata(correlation_id="wf-p"))
+            await client.publish(bad)
+
+            async def stats() -> dict[str, Any]:
+                return (await client.request("errors.stats", ProcessingMessage("errors.stats", {}))).content
+
+            deadline = asyncio.get_running_loop().time() + 10
+            while (await stats())["dead_letters"] < 1:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            s = await stats()
+            assert s["by_type"] == {"ValueError": 1} and s["by_component"] == {"picky": 1}
+            assert s["recent"][0]["correlation_id"] == "wf-p"
+            replay = await client.request("errors.replay", ProcessingMessage(
+                "errors.replay", {"message_id": bad.metadata.message_id}))
+            assert replay.content == {"replayed": True, "message_id": bad.metadata.message_id}
+            while len(seen) < 2:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.02)
+            assert seen == [7, 7] and (await stats())["dead_letters"] == 0
+            again = await client.request("errors.replay", ProcessingMessage("errors.replay", {"message_id": "x"}))
+            assert again.content["replayed"] is False
+    finally:
+        await picky.stop(grace=1)
+        await handler.stop(grace=1)
