@@ -113,7 +113,7 @@ class Responder:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.broker.subscribe(self.broker.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
-        self._loops = [loop.create_task(self._read_loop(), name="zmqbus-responder"),
+        self._loops = [loop.create_task(_serve_router(self._router, self._on_frames), name="zmqbus-responder"),
                        loop.create_task(self._heartbeat_loop(), name="zmqbus-heartbeat")]
         log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
 
@@ -175,18 +175,6 @@ class Responder:
             await asyncio.sleep(self.heartbeat)
 
     # -- requests ----------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        router = self._router
-        while True:
-            batch = router.recv_batch(256)
-            if not batch:
-                await router.channel.wait(1, 1.0)  # zmq.POLLIN
-                continue
-            for frames in batch:
-                self._on_frames(frames)
-            if len(batch) == 256:
-                await asyncio.sleep(0)
 
     def _on_frames(self, frames: list[bytes]) -> None:
         caller = frames[0]
@@ -350,7 +338,7 @@ class Caller:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.broker.subscribe(self.broker.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
-        self._loops = [loop.create_task(self._read_loop(), name="zmqbus-caller"),
+        self._loops = [loop.create_task(_serve_router(self._router, self._on_frames), name="zmqbus-caller"),
                        loop.create_task(self._expiry_loop(), name="zmqbus-directory")]
         await self.broker.ready()
 
@@ -414,18 +402,6 @@ class Caller:
                 pass
 
     # -- replies -----------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        router = self._router
-        while True:
-            batch = router.recv_batch(256)
-            if not batch:
-                await router.channel.wait(1, 1.0)  # zmq.POLLIN
-                continue
-            for frames in batch:
-                self._on_frames(frames)
-            if len(batch) == 256:
-                await asyncio.sleep(0)
 
     def _on_frames(self, frames: list[bytes]) -> None:
         if len(frames) != 3 or frames[1] not in (REP, ERR, BUSY):
@@ -522,6 +498,19 @@ class Caller:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         self._router.close(0)
+
+
+async def _serve_router(router: RouterLink, on_frames: Callable[[list[bytes]], None]) -> None:
+    """Hand every message arriving on ``router`` to ``on_frames``, draining in batches."""
+    while True:
+        batch = router.recv_batch(256)
+        if not batch:
+            await router.channel.wait(1, 1.0)  # zmq.POLLIN; bounded in case an FD edge was lost
+            continue
+        for frames in batch:
+            on_frames(frames)
+        if len(batch) == 256:
+            await asyncio.sleep(0)  # let the rest of the loop run
 
 
 def _wake(call: Call, outcome: tuple[Any, ...]) -> None:

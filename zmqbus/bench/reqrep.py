@@ -114,17 +114,10 @@ async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) ->
         woke.set()  # a send may have eaten the FD edge: let the reader re-check
         return await fut
 
-    for _ in range(200):
-        await call()
-    lat = []
-    for _ in range(latency_n):
-        t = time.perf_counter()
-        await call()
-        lat.append(time.perf_counter() - t)
-    tput = await _throughput(call, throughput_n)
-    task.cancel()
-    p50, p99 = _percentiles(lat)
-    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+    try:
+        return await _measure(call, latency_n, throughput_n)
+    finally:
+        task.cancel()
 
 
 def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, float]:
@@ -153,6 +146,20 @@ def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[s
     for _ in range(100):
         unpack(sock.recv())
     tput = throughput_n / (time.perf_counter() - t)
+    p50, p99 = _percentiles(lat)
+    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+
+
+async def _measure(call: Callable[[], Any], latency_n: int, throughput_n: int) -> dict[str, float]:
+    """Warm up, then round trips one at a time (latency), then 100 in flight (throughput)."""
+    for _ in range(200):
+        await call()
+    lat = []
+    for _ in range(latency_n):
+        t = time.perf_counter()
+        await call()
+        lat.append(time.perf_counter() - t)
+    tput = await _throughput(call, throughput_n)
     p50, p99 = _percentiles(lat)
     return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
 
@@ -215,16 +222,7 @@ async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> d
             return await broker.request("bench.echo", ProcessingMessage("bench.echo", content, MessageMetadata(
                 correlation_id="c-1", source_component="bench", target_component="echo")))
 
-        for _ in range(200):
-            await call()
-        lat = []
-        for _ in range(latency_n):
-            t = time.perf_counter()
-            await call()
-            lat.append(time.perf_counter() - t)
-        tput = await _throughput(call, throughput_n)
-    p50, p99 = _percentiles(lat)
-    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+        return await _measure(call, latency_n, throughput_n)
 
 
 def _zb_client_main(pub: str, sub: str, latency_n: int, throughput_n: int, out: Any) -> None:
