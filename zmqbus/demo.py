@@ -90,7 +90,7 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         except asyncio.TimeoutError:
             echo(f"  timed out after {timeout:g} s with {len(outcomes)}/{len(documents)} outcomes")
         elapsed = time.monotonic() - started
-        await asyncio.sleep(0.3)  # let the last status updates reach the state tracker
+        await _until_tracked(client, {cid: kind for cid, (kind, _, _) in outcomes.items()}, timeout=10)
         errors = (await client.request("errors.stats", ProcessingMessage("errors.stats", {}), timeout=10)).content
         states = (await client.request("state.query", ProcessingMessage("state.query", {}), timeout=10)).content
         per_workflow = {cid: (await client.request("state.query", ProcessingMessage(
@@ -108,6 +108,23 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         "errors": errors, "states": states, "per_workflow": per_workflow,
         "outcomes": {cid: o[0] for cid, o in outcomes.items()},
     }
+
+
+async def _until_tracked(client: MessageBroker, outcomes: dict[str, str], timeout: float) -> None:
+    """Wait until the state tracker has the manager's final state for every finished workflow.
+
+    Outcomes and status updates travel on different topics, so one can overtake
+    the other; asking beats sleeping.
+    """
+    deadline = time.monotonic() + timeout
+    while outcomes:
+        view = (await client.request("state.query", ProcessingMessage(
+            "state.query", {"component": "ingest_manager"}), timeout=10)).content
+        if all(view.get(cid) == kind for cid, kind in outcomes.items()):
+            return
+        if time.monotonic() > deadline:
+            return  # report what the tracker has; the summary shows any difference
+        await asyncio.sleep(0.02)
 
 
 async def _until_up(client: MessageBroker, components: list[str], timeout: float) -> None:
