@@ -108,7 +108,8 @@ def test_too_large_is_refused_before_sending() -> None:
 
 
 def envelope(**changes: object) -> list[object]:
-    base = dict(zip(ENVELOPE_FIELDS, [1, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}]))
+    base = dict(zip(ENVELOPE_FIELDS, [1, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}],
+                    strict=True))
     base.update(changes)
     return list(base.values())
 

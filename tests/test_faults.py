@@ -16,7 +16,7 @@ import msgpack
 import pytest
 import zmq
 
-from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
+from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.forwarder import STATS_TOPIC
 from conftest import Collector, pid_alive, wait_until
 

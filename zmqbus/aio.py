@@ -1,10 +1,17 @@
 """Small asyncio helpers shared by the dispatcher and the responder (no sockets)."""
 from __future__ import annotations
 
+import inspect
 import types
 from typing import Any
 
-__all__ = ["resume"]
+__all__ = ["resume", "is_async_callable"]
+
+
+def is_async_callable(fn: Any) -> bool:
+    """True for a coroutine function, a bound async method or an object whose ``__call__`` is async."""
+    # not callable(): the question is whether __call__ is a coroutine function
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
 @types.coroutine

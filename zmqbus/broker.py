@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
 from . import config
-from .aio import resume
+from .aio import is_async_callable, resume
 from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
@@ -253,7 +253,7 @@ class MessageBroker:
         if compiled.receives_all:
             log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
                      "and filters it in Python (see statistics().unmatched)", pattern)
-        sub = Subscription(component_name, compiled, handler, _is_async(handler),
+        sub = Subscription(component_name, compiled, handler, is_async_callable(handler),
                            internal=pattern.startswith(RESERVED_PREFIX))
         self._subs.append(sub)
         self._add_prefix(compiled.prefix)
@@ -620,7 +620,3 @@ class MessageBroker:
             out.update({f"served_{k}": v for k, v in vars(self._responder.stats).items()})
         return out
 
-
-def _is_async(handler: Handler) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None))

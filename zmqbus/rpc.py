@@ -22,14 +22,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import inspect
 import logging
 import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
-from .aio import resume
+from .aio import is_async_callable, resume
 from .codec import pack, unpack
 from .errors import (ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError,
                      is_retryable)
@@ -118,9 +117,7 @@ class Responder:
         log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
 
     def add(self, service: str, handler: ServiceHandler) -> None:
-        is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-            getattr(handler, "__call__", None))
-        self.services[service] = (handler, is_async)
+        self.services[service] = (handler, is_async_callable(handler))
 
     # -- presence ----------------------------------------------------------
 
