@@ -351,3 +351,55 @@ async def test_responder_restart_and_none_left(ipc_pair: tuple[str, str], spawn_
         stop_process(first)
         if second is not None:
             stop_process(second)
+
+
+async def test_sync_handlers_see_their_request_as_the_current_message(forwarder: Forwarder) -> None:
+    from zmqbus.message import current_message
+
+    def who(m: ProcessingMessage) -> list[str]:  # runs in a worker thread
+        current = current_message.get()
+        inherited = MessageMetadata()  # built inside the handler: inherits the request's ids
+        return [current.metadata.message_id if current else "", inherited.correlation_id, inherited.causation_id or ""]
+
+    srv = MessageBroker(*ep(forwarder), heartbeat=0.2)
+    srv.serve("who", who)
+    async with srv, MessageBroker(*ep(forwarder)) as client:
+        sent = req({}, correlation_id="wf-who")
+        reply = await client.request("who", sent)
+        assert reply.content == [sent.metadata.message_id, "wf-who", sent.metadata.message_id]
+
+
+async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> None:
+    gate = asyncio.Event()
+
+    async def hold(m: ProcessingMessage) -> str:
+        await gate.wait()
+        return "held"
+
+    srv = MessageBroker(*ep(forwarder), heartbeat=0.2, max_concurrency=1)
+    srv.serve("hold", hold)
+    await srv.start()
+    await wait_until(lambda: srv._responder is not None, what="responder")
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(srv._responder.endpoint)  # type: ignore[union-attr]
+    try:
+        for i in range(3):  # one runs, two wait for the single slot
+            dealer.send_multipart([b"REQ", b"hold", msgpack.packb(
+                [1, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i])])
+        await wait_until(lambda: srv.statistics().rpc["served_executed"] == 1 and
+                         len(srv._responder._queue) == 2, what="two queued")  # type: ignore[union-attr]
+        closing = asyncio.ensure_future(srv.close())
+        replies = []
+        for _ in range(2):
+            got = await asyncio.to_thread(lambda: dealer.recv_multipart() if dealer.poll(5000) else None)
+            assert got is not None, "a queued request was never answered"
+            replies.append(got)
+        gate.set()
+        await closing
+        bodies = [msgpack.unpackb(body) for kind, body in replies]
+        assert [k for k, _ in replies] == [b"ERR", b"ERR"]
+        assert sorted(b[4] for b in bodies) == ["q-1", "q-2"]  # causation ids: the queued requests
+        assert all(b[13]["code"] == "shutting_down" and b[13]["retryable"] for b in bodies)
+    finally:
+        dealer.close(0)

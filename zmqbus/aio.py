@@ -5,13 +5,28 @@ import inspect
 import types
 from typing import Any
 
-__all__ = ["resume", "is_async_callable"]
+__all__ = ["start_eagerly", "resume", "is_async_callable"]
 
 
 def is_async_callable(fn: Any) -> bool:
     """True for a coroutine function, a bound async method or an object whose ``__call__`` is async."""
     # not callable(): the question is whether __call__ is a coroutine function
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+
+
+def start_eagerly(coro: Any) -> tuple[bool, Any]:
+    """Run ``coro`` up to its first suspension.
+
+    Returns ``(True, result)`` if it finished without suspending (no Task is
+    needed), or ``(False, rest)`` where ``rest`` is an awaitable that finishes
+    it (give it to a Task). Exceptions raised before the first suspension
+    propagate to the caller. Call it with the context the coroutine should see.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as stop:
+        return True, stop.value
+    return False, resume(coro, yielded)
 
 
 @types.coroutine

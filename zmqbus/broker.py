@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
 from . import config
-from .aio import is_async_callable, resume
+from .aio import is_async_callable, start_eagerly
 from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
@@ -536,12 +536,10 @@ class MessageBroker:
                             # suspending costs no Task; one that awaits goes on
                             # as a Task, so it never holds up later messages
                             # (nor the presence updates its own requests need).
-                            coro: Any = sub.handler(msg)
-                            try:
-                                yielded = coro.send(None)
-                            except StopIteration:
+                            finished, rest = start_eagerly(sub.handler(msg))
+                            if finished:
                                 continue
-                            self._continue_handler(sub, coro, yielded)
+                            self._continue_handler(sub, rest)
                             if len(self._handler_tasks) >= self.max_pending_handlers:
                                 await asyncio.wait(set(self._handler_tasks), return_when=asyncio.FIRST_COMPLETED)
                         else:
@@ -553,8 +551,8 @@ class MessageBroker:
             finally:
                 reset_current(token)
 
-    def _continue_handler(self, sub: Subscription, coro: Any, yielded: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._finish_handler(sub, resume(coro, yielded)))
+    def _continue_handler(self, sub: Subscription, rest: Any) -> None:
+        task = asyncio.get_running_loop().create_task(self._finish_handler(sub, rest))
         self._handler_tasks.add(task)
         task.add_done_callback(self._handler_tasks.discard)
 

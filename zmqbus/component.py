@@ -24,6 +24,7 @@ everything now, no teardown).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import inspect
 import logging
@@ -113,14 +114,15 @@ class Component:
 
     def _bind_decorated(self) -> None:
         for name, member in inspect.getmembers(type(self)):
-            bound = getattr(self, name, None) if hasattr(member, "_zmqbus_on") or hasattr(
-                member, "_zmqbus_service") else None
-            if bound is None:
+            patterns = getattr(member, "_zmqbus_on", ())
+            service_name = getattr(member, "_zmqbus_service", None)
+            if not patterns and service_name is None:
                 continue
-            for pattern in getattr(member, "_zmqbus_on", ()):
+            bound = getattr(self, name)
+            for pattern in patterns:
                 self.subscribe(pattern, bound)
-            if hasattr(member, "_zmqbus_service"):
-                self.message_broker.serve(member._zmqbus_service, self._served(bound))
+            if service_name is not None:
+                self.message_broker.serve(service_name, self._served(bound))
 
     def _guarded(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[None]]:
         @functools.wraps(handler)
@@ -154,8 +156,8 @@ class Component:
             try:
                 if is_async:
                     return await handler(message)
-                # sync service methods are the CPU-heavy kind: off the loop
-                return await asyncio.get_running_loop().run_in_executor(None, handler, message)
+                # sync service methods are the CPU-heavy kind: off the loop, ids carried along
+                return await asyncio.to_thread(handler, message)
             except Exception as exc:
                 self.metrics.failed += 1
                 if not is_retryable(exc):
@@ -184,10 +186,8 @@ class Component:
                            delay: float) -> None:
         await asyncio.sleep(delay)
         md = message.metadata
-        again = ProcessingMessage(message.message_type, message.content, MessageMetadata(
-            md.correlation_id, md.source_component, md.target_component, md.message_id, md.causation_id,
-            md.timestamp, md.publisher_id, md.sequence, md.attempt + 1, md.deadline, dict(md.headers)),
-            message.topic)
+        again = dataclasses.replace(message, metadata=dataclasses.replace(
+            md, attempt=md.attempt + 1, headers=dict(md.headers)))
         await self._run_guarded(handler, again)
 
     # -- lifecycle ---------------------------------------------------------
@@ -364,7 +364,7 @@ class Processor(Component):
     other messages keep flowing while they work; scale out with replicas."""
 
     async def run_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        """Run ``fn(*args)`` in a worker thread (the handled message's ids carried along)."""
+        return await asyncio.to_thread(fn, *args)
 
 

@@ -116,28 +116,18 @@ class Directory:
         return len(self._instances)
 
 
+@dataclass(frozen=True, slots=True)
 class Retry:
     """Try again after ``delay`` seconds."""
 
-    __slots__ = ("delay",)
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-
-    def __repr__(self) -> str:
-        return f"Retry({self.delay:.3f})"
+    delay: float
 
 
+@dataclass(frozen=True, slots=True)
 class GiveUp:
     """Stop: ``reason`` is ``"deadline"`` or ``"attempts"``."""
 
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def __repr__(self) -> str:
-        return f"GiveUp({self.reason!r})"
+    reason: str
 
 
 class Call:

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextvars
 import logging
 import random
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
-from .aio import is_async_callable, resume
+from .aio import is_async_callable, start_eagerly
 from .codec import pack, unpack
 from .errors import (ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError,
                      is_retryable)
@@ -223,25 +222,22 @@ class Responder:
                msg: ProcessingMessage) -> None:
         handler, is_async = entry
         self.stats.executed += 1
-        if not is_async:  # a sync handler runs in a thread: the loop keeps heartbeating
-            ctx = contextvars.copy_context()
-            ctx.run(current_message.set, msg)
-            fut = asyncio.get_running_loop().run_in_executor(None, ctx.run, handler, msg)
-            self._track(self._finish(caller, service, msg, fut))
-            return
-        # Start the coroutine eagerly: a handler that completes without
-        # suspending (most quick ones) is answered at once, with no Task.
-        token = current_message.set(msg)  # the handler's messages inherit its ids
+        # Started eagerly, with the request as the current message so whatever
+        # the handler publishes or requests inherits its ids. A handler that
+        # completes without suspending is answered at once, with no Task; a
+        # sync one goes to a worker thread (to_thread carries the context), so
+        # the loop keeps heartbeating.
+        token = current_message.set(msg)
         try:
-            coro: Any = handler(msg)
             try:
-                yielded = coro.send(None)
-            except StopIteration as stop:
-                self._done(caller, service, msg, REP, stop.value)
+                finished, outcome = start_eagerly(handler(msg) if is_async else asyncio.to_thread(handler, msg))
             except Exception as exc:  # the handler's fault goes back to the caller
                 self._done(caller, service, msg, ERR, exc)
+                return
+            if finished:
+                self._done(caller, service, msg, REP, outcome)
             else:  # the Task copies the context, so the ids follow it
-                self._track(self._finish(caller, service, msg, resume(coro, yielded)))
+                self._track(self._finish(caller, service, msg, outcome))
         finally:
             current_message.reset(token)
 
@@ -301,7 +297,11 @@ class Responder:
     async def close(self, grace: float = 5.0) -> None:
         """Refuse new requests (retryably), let running ones finish for ``grace`` seconds, say goodbye."""
         self._closing = True
-        self._queue.clear()
+        while self._queue:  # never started: hand them back, so callers retry elsewhere at once
+            caller, service, _, msg = self._queue.popleft()
+            self._in_flight.pop(msg.metadata.message_id, None)
+            self._reply_error(caller, msg, service, "shutting_down", "ShuttingDown",
+                              f"instance {self.instance_id} is shutting down", True)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         for task in self._loops:
