@@ -10,7 +10,7 @@ import asyncio
 import inspect
 import os
 import time
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -71,14 +71,6 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what:
         await asyncio.sleep(0.005)
 
 
-def wait_sync(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.005)
-
-
 class Collector:
     """An async handler that records messages and lets a test await a count."""
 
@@ -103,11 +95,6 @@ class Collector:
         return self.messages
 
 
-@pytest.fixture
-def collector() -> Callable[[], Collector]:
-    return Collector
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -115,5 +102,3 @@ def pid_alive(pid: int) -> bool:
         return False
     return True
 
-
-Awaitable_ = Awaitable  # re-exported for type hints in tests

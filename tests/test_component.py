@@ -9,7 +9,7 @@ from typing import Any
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, RetryableError
 from zmqbus.component import Component, Manager, on, service
 from zmqbus.context import ComponentState
-from conftest import Collector
+from conftest import Collector, wait_until
 
 
 def bus(fwd: Forwarder, **kw: Any) -> MessageBroker:
@@ -116,24 +116,22 @@ async def test_stop_lets_running_work_finish_and_kill_does_not(forwarder: Forwar
             await asyncio.sleep(0.3)
             finished.append(name)
 
-    comp = Slow(bus(forwarder))
-    await comp.start()
-    async with bus(forwarder) as client:
-        await client.publish(ProcessingMessage("slow.x", "graceful"))
-        while not comp._tasks:
-            await asyncio.sleep(0.01)
-    await comp.stop(grace=5)
+    async def busy_component(work: str) -> Slow:
+        comp = Slow(bus(forwarder))
+        await comp.start()
+        async with bus(forwarder) as client:
+            await client.publish(ProcessingMessage("slow.x", work))
+        await wait_until(lambda: bool(comp._tasks), what="work running")
+        return comp
+
+    graceful = await busy_component("graceful")
+    await graceful.stop(grace=5)
     assert finished == ["graceful"]
-    comp2 = Slow(bus(forwarder))
-    await comp2.start()
-    async with bus(forwarder) as client:
-        await client.publish(ProcessingMessage("slow.x", "killed"))
-        while not comp2._tasks:
-            await asyncio.sleep(0.01)
-    comp2.kill()
-    await asyncio.sleep(0.4)
+    killed = await busy_component("killed")
+    killed.kill()
+    await asyncio.sleep(0.4)  # longer than the work takes: had it survived the kill, it would be done
     assert finished == ["graceful"]
-    await comp2.stop(grace=0)
+    await killed.stop(grace=0)
 
 
 async def test_stale_processes_are_cancelled_and_reported(forwarder: Forwarder) -> None:
@@ -173,10 +171,7 @@ async def test_state_tracker_rebuilds_its_view_from_its_journal(forwarder: Forwa
         for cid, state in (("wf-1", "processing"), ("wf-1", "completed"), ("wf-2", "failed")):
             await client.publish(ProcessingMessage("status.manager", {
                 "correlation_id": cid, "component": "manager", "state": state}))
-        deadline = asyncio.get_running_loop().time() + 10
-        while first.updates < 3:
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: first.updates == 3, what="three status updates")
         before = await query(client, {})
     await first.stop(grace=1)
     assert before == {"processes": 2, "updates": 3, "by_state": {"completed": 1, "failed": 1}}

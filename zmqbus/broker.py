@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
 from . import config
-from .aio import is_async_callable, start_eagerly
+from .aio import is_async_callable, resume
 from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
@@ -54,7 +54,7 @@ _PROBE_TYPE = "_zmqbus.probe"
 _BATCH = 256
 _CACHE_LIMIT = 10_000
 _DEFAULT_RETRY = RetryPolicy()
-set_current, reset_current = current_message.set, current_message.reset
+set_current = current_message.set
 _SEQ_TOPICS_LIMIT = 100_000  # topics whose sequence numbers one client tracks per publisher
 
 
@@ -526,30 +526,32 @@ class MessageBroker:
             if not subs:
                 n.unmatched += 1
                 continue
-            token = set_current(msg)
-            try:
-                for sub in subs:
-                    n.dispatched += 1
-                    try:
-                        if sub.is_async:
-                            # Started eagerly: a handler that completes without
-                            # suspending costs no Task; one that awaits goes on
-                            # as a Task, so it never holds up later messages
-                            # (nor the presence updates its own requests need).
-                            finished, rest = start_eagerly(sub.handler(msg))
-                            if finished:
-                                continue
-                            self._continue_handler(sub, rest)
-                            if len(self._handler_tasks) >= self.max_pending_handlers:
-                                await asyncio.wait(set(self._handler_tasks), return_when=asyncio.FIRST_COMPLETED)
-                        else:
-                            result = sub.handler(msg)
-                            if result is not None and inspect.isawaitable(result):
-                                await result
-                    except Exception as exc:  # a handler's fault must not stop dispatch
-                        self._handler_error(sub, exc)
-            finally:
-                reset_current(token)
+            set_current(msg)  # reset once per batch, below: what handlers publish inherits its ids
+            for sub in subs:
+                n.dispatched += 1
+                try:
+                    # Started eagerly (aio.start_eagerly, inlined: this runs per
+                    # message): a handler that completes without suspending
+                    # costs no Task; one that awaits goes on as a Task, so it
+                    # never holds up later messages (nor the presence updates
+                    # its own requests need).
+                    result: Any = sub.handler(msg)
+                    if sub.is_async or inspect.iscoroutine(result):
+                        try:
+                            yielded = result.send(None)
+                        except StopIteration:
+                            continue
+                        rest: Any = resume(result, yielded)
+                    elif result is not None and inspect.isawaitable(result):
+                        rest = result  # a sync handler that returned a future
+                    else:
+                        continue
+                    self._continue_handler(sub, rest)
+                    if len(self._handler_tasks) >= self.max_pending_handlers:
+                        await asyncio.wait(set(self._handler_tasks), return_when=asyncio.FIRST_COMPLETED)
+                except Exception as exc:  # a handler's fault must not stop dispatch
+                    self._handler_error(sub, exc)
+        set_current(None)
 
     def _continue_handler(self, sub: Subscription, rest: Any) -> None:
         task = asyncio.get_running_loop().create_task(self._finish_handler(sub, rest))
