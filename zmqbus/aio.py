@@ -1,11 +1,12 @@
 """Small asyncio helpers shared by the dispatcher and the responder (no sockets)."""
 from __future__ import annotations
 
+import asyncio
 import inspect
 import types
 from typing import Any
 
-__all__ = ["start_eagerly", "resume", "is_async_callable"]
+__all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event"]
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -53,3 +54,21 @@ def resume(coro: Any, yielded: Any) -> Any:
                 yielded = coro.send(value)
             except StopIteration as stop:
                 return stop.value
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Wait for ``event`` up to ``timeout`` seconds; True if it is set.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation
+    that arrives just as the awaited thing completes, leaving the cancelled
+    task running (seen here: a responder's heartbeat task that close() then
+    waited for forever). ``asyncio.wait`` never swallows one.
+    """
+    if event.is_set():
+        return True
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+        return bool(done)
+    finally:
+        waiter.cancel()

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
 from . import config
-from .aio import is_async_callable, resume
+from .aio import is_async_callable, resume, wait_event
 from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
@@ -324,9 +324,7 @@ class MessageBroker:
                     raise BusTimeout(f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
                                      f"{self.sub_endpoint} within {timeout:g} s")
                 await self._send_probe(topic)
-                try:
-                    await asyncio.wait_for(arrived.wait(), min(interval, left))
-                except asyncio.TimeoutError:
+                if not await wait_event(arrived, min(interval, left)):
                     interval = min(interval * 2, 0.25)
             self._is_ready = True
         finally:

@@ -83,6 +83,7 @@ def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: fl
 
 
 async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
+    from .aio import wait_event
     from .broker import MessageBroker
     from .message import ProcessingMessage
 
@@ -109,10 +110,7 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
             broker.subscribe("zmqbus-watch", pattern, show)
         await broker.ready()
         click.echo(f"watching {', '.join(patterns)} on {sub}", err=True)
-        try:
-            await asyncio.wait_for(done.wait(), timeout or None)
-        except asyncio.TimeoutError:
-            pass
+        await wait_event(done, timeout or None)
         stats = broker.statistics()
     if stats.gaps or stats.decode_errors:
         click.echo(f"lost {stats.gaps} message(s); malformed: {stats.decode_errors}", err=True)

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from .aio import wait_event
 from .broker import MessageBroker
 from .config import ipc_endpoints
 from .message import MessageMetadata, ProcessingMessage
@@ -85,9 +86,7 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
                 target_component="ingest_manager"))
             sent_at[msg.metadata.correlation_id] = time.monotonic()
             await client.publish(msg)
-        try:
-            await asyncio.wait_for(done.wait(), timeout)
-        except asyncio.TimeoutError:
+        if not await wait_event(done, timeout):
             echo(f"  timed out after {timeout:g} s with {len(outcomes)}/{len(documents)} outcomes")
         elapsed = time.monotonic() - started
         await _until_tracked(client, {cid: kind for cid, (kind, _, _) in outcomes.items()}, timeout=10)

@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
-from .aio import is_async_callable, start_eagerly
+from .aio import is_async_callable, start_eagerly, wait_event
 from .codec import pack, unpack
 from .errors import (ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError,
                      is_retryable)
@@ -393,10 +393,7 @@ class Caller:
             if left <= 0:
                 raise NoResponder(service)
             self._announced.clear()
-            try:
-                await asyncio.wait_for(self._announced.wait(), left)
-            except asyncio.TimeoutError:
-                pass
+            await wait_event(self._announced, left)
 
     # -- replies -----------------------------------------------------------
 
