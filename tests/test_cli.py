@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -115,14 +116,45 @@ def test_bench_pubsub_json(run_cli: Any) -> None:
     assert report["zmqbus"]["received"] + report["zmqbus"]["lost"] == 3000
 
 
-def test_bench_reqrep_json(run_cli: Any) -> None:
-    """Checks that the benchmark runs and reports every figure; it asserts no speed."""
-    code, out, err = finish(run_cli("bench", "reqrep", "--quick", "--json"), timeout=110)
+@pytest.mark.timeout(240)
+def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
+    """The whole suite in --quick mode, as CI runs it: every section reports; no speed is asserted."""
+    out_dir = tmp_path / "report"
+    code, out, err = finish(run_cli("bench", "--quick", "--json", "--peers", "--out", str(out_dir)), timeout=220)
     assert code == 0, err
     report = json.loads(out)
-    for key in ("p50_us", "raw_p50_us", "sync_p50_us", "throughput_req_s", "raw_throughput_req_s",
-                "sync_throughput_req_s", "p50_ratio", "throughput_ratio"):
-        assert report[key] > 0, key
+    s = report["sections"]
+    assert s["pubsub"]["zmqbus"]["lost"] == 0 and s["pubsub"]["ratio"] > 0
+    assert [r["content_bytes"] for r in s["sizes"]] == [64, 1024, 16384, 65536]
+    assert [r["subscribers"] for r in s["fanout"]] == [1, 2, 4]
+    for r in s["sizes"] + s["fanout"]:
+        assert r["zmqbus_msgs_per_s"] > 0 and r["raw_msgs_per_s"] > 0
+        assert r["zmqbus"]["lost"] == 0 and r["zmqbus"]["gaps_counted"] == 0  # XPUB_NODROP: nothing lost
+    for side in ("raw", "zmqbus"):
+        p = s["latency"][side]["latency_us"]
+        assert 0 < p["p50"] <= p["p99"] <= p["p999"] <= p["max"]
+    for side in ("raw", "sync", "zmqbus"):
+        r = s["reqrep"][side]
+        assert r["p50_us"] > 0 and r["throughput_req_s"] > 0 and r["many_p50_us"] > 0
+    w = s["workflow"]
+    assert w["completed"] == w["workflows"] == 30 and w["workflows_per_s"] > 0
+    for peer in ("redis", "nats"):  # measured where installed, else skipped with the reason
+        entry = s["peers"][peer]
+        assert ("skipped" in entry and "not" in entry["skipped"]) or entry["pubsub"]["msgs_per_s"] > 0
+    assert {t["target"] for t in report["targets"]} >= {"pub/sub throughput / raw pyzmq",
+                                                        "request/reply p50 / raw asyncio echo"}
+    md = (out_dir / "report.md").read_text()
+    for heading in ("## Pub/sub through a forwarder", "## Pub/sub throughput by content size", "## Fan-out",
+                    "## One-way latency", "## Request/reply", "## The demo workflow", "## Peers", "## Targets"):
+        assert heading in md
+    assert json.loads((out_dir / "report.json").read_text())["sections"].keys() == s.keys()
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out_dir / "report.png").exists()
+    else:
+        assert (out_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[" in err and "pubsub (1/" in err  # progress went to stderr
 
 
 def test_run_component_stops_on_sigterm(tcp_pair: tuple[str, str], run_cli: Any, spawn_forwarder: Any) -> None:

@@ -252,9 +252,38 @@ def _supervise(sup: Any) -> None:
         sup.stop()
 
 
-@main.group()
-def bench() -> None:
-    """Throughput benchmarks of the hot path, each next to raw pyzmq in the same run."""
+@main.group(invoke_without_command=True)
+@click.option("--quick", is_flag=True, help="The whole suite in well under a minute (checks it works; rough figures).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (progress still on stderr).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write report.json, report.md and (with matplotlib) report.png into this folder.")
+@click.option("--peers", is_flag=True, help="Also measure Redis (redis-py) and NATS (nats-py) when installed.")
+@click.option("--only", multiple=True, type=click.Choice(["pubsub", "sizes", "fanout", "latency", "reqrep",
+                                                           "workflow", "peers"]),
+              help="Run only these sections (repeatable).")
+@click.option("--rate", default=10_000.0, show_default=True, help="Offered rate of the latency section, msg/s.")
+@click.pass_context
+def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, peers: bool, only: tuple[str, ...],
+          rate: float) -> None:
+    """Benchmarks of the hot path, each next to raw pyzmq in the same run.
+
+    Without a subcommand, runs the whole suite: pub/sub (headline, by size,
+    fan-out), latency at a fixed rate, request/reply, the demo workflow and,
+    with --peers, Redis and NATS. See benchmarks/README.md for how to read it.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from .bench.report import to_markdown, write_report
+    from .bench.suite import run_suite
+
+    if rate <= 0:
+        raise click.BadParameter("must be positive", param_hint="--rate")
+    report = run_suite(quick=quick, peers=peers or "peers" in only, only=only, rate=rate,
+                       progress=lambda s: click.echo(s, err=True))
+    if out_dir:
+        for path in write_report(report, out_dir):
+            click.echo(f"wrote {path}", err=True)
+    click.echo(json.dumps(report) if as_json else to_markdown(report))
 
 
 @bench.command("pubsub")

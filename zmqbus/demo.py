@@ -103,6 +103,8 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         "seconds": round(elapsed, 3),
         "workflows_per_s": round(len(outcomes) / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
+        "latency_p99_ms": round(sorted(latencies)[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1)
+        if latencies else None,
         "latency_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "errors": errors, "states": states, "per_workflow": per_workflow,
         "outcomes": {cid: o[0] for cid, o in outcomes.items()},

@@ -18,6 +18,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import threading
@@ -50,6 +51,28 @@ def get_context() -> zmq.Context[zmq.Socket[bytes]]:
             _ctx = zmq.Context()
             _ctx_pid = os.getpid()
         return _ctx
+
+
+def _flush_at_exit() -> None:
+    """At interpreter exit, let sockets closed with a linger finish sending.
+
+    ZeroMQ sends a closed socket's queued messages only while its context
+    lives: a process that publishes a burst, closes its broker and exits
+    would otherwise lose the tail of the burst (measured: 10-40% of 3,000
+    messages of 16 KiB). Terminating the context waits at most each closed
+    socket's linger. Skipped while any socket is still open, since the
+    context would then wait for it forever.
+    """
+    ctx = _ctx
+    if ctx is None or ctx.closed or _ctx_pid != os.getpid():
+        return
+    sockets = getattr(ctx, "_sockets", None)
+    if sockets is None or any(not s.closed for s in list(sockets)):
+        return
+    ctx.term()
+
+
+atexit.register(_flush_at_exit)
 
 
 @contextlib.contextmanager

@@ -1,34 +1,57 @@
-"""Pub/sub throughput: zmqbus next to raw pyzmq + msgpack, in the same run.
+"""Pub/sub through a forwarder: zmqbus next to raw pyzmq + msgpack, in the same run.
 
-Both sides move the same guide-shaped message (type, correlation id, source,
-target, about 180 bytes of content) from a publisher process through a
-forwarder process (tcp loopback) to a subscriber process. The raw side is the
-machine's practical limit for Python: a sync ``PUB`` publishing
-``[topic, msgpack(dict)]`` through ``zmq.proxy`` to an asyncio subscriber that
-drains its socket with non-blocking receives and unpacks each message.
+Both sides move the same content from one publisher process through a
+forwarder process (tcp loopback) to one or more subscriber processes:
 
-Throughput is measured at the subscriber, from the first message received to
-the last; messages not received within the idle timeout are reported as lost.
+* raw: a sync ``PUB`` sending ``[topic, msgpack(dict)]`` in a tight loop
+  through ``zmq.proxy`` (XSUB/XPUB) to asyncio subscribers that drain their
+  ``SUB`` with non-blocking receives and unpack each message: the practical
+  limit of Python on the machine.
+* zmqbus: ``await broker.publish(ProcessingMessage(...))``, the zmqbus
+  forwarder, and ``MessageBroker`` subscribers that decode, validate, track
+  sequence numbers and call an async handler.
+
+Two modes. Throughput (``rate=0``): the publisher sends as fast as it can and
+each subscriber counts from its first message to its last. Latency
+(``rate>0``): the publisher sends at a fixed offered rate, stamping each
+message with ``time.perf_counter()`` (CLOCK_MONOTONIC, one clock for every
+process on the host) just before sending, and each subscriber records the
+one-way latency of every message.
 """
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
 import time
-from typing import Any, Callable
+from typing import Any
 
-from ..procs import forwarder_process, spawn, stop_process, tcp_endpoints
+from ..procs import forwarder_process, spawn, tcp_endpoints
+from .common import DATA_TOPIC, Progress, collect, guide_content, pace, percentiles, sized_content
 
-__all__ = ["run_pubsub", "guide_content"]
+__all__ = ["run_pubsub", "pubsub_once", "guide_content"]
 
-_DATA_TOPIC = "bench.component.process.request"
+_IDLE = 2.0  # a subscriber stops after this long without a message: the rest is lost
+_PROBE = "bench.probe"
 
 
-def guide_content(size: int = 180) -> dict[str, Any]:
-    """A guide-shaped content dict of roughly ``size`` encoded bytes."""
-    filler = max(0, size - 90)
-    return {"document_id": "doc-000123", "chunk_index": 7, "text": "x" * filler,
-            "options": {"lang": "en", "normalize": True}}
+def _content(size: int, shape: str) -> dict[str, Any]:
+    return guide_content(size) if shape == "guide" else sized_content(size)
+
+
+class _Tally:
+    """What one subscriber saw: count, first/last arrival, and latencies when stamped."""
+
+    __slots__ = ("n", "first", "last", "lat", "stamped")
+
+    def __init__(self, stamped: bool) -> None:
+        self.n, self.first, self.last, self.stamped = 0, 0.0, 0.0, stamped
+        self.lat: list[float] = []
+
+    def result(self, warmup: float = 0.05) -> dict[str, Any]:
+        out: dict[str, Any] = {"received": self.n, "seconds": self.last - self.first}
+        if self.stamped:
+            out["latency_us"] = percentiles(self.lat[int(len(self.lat) * warmup):])
+        return out
 
 
 # -- raw pyzmq ----------------------------------------------------------------
@@ -45,29 +68,35 @@ def _raw_forwarder(pub: str, sub: str) -> None:
     zmq.proxy(xsub, xpub)
 
 
-def _raw_publisher(pub: str, count: int, size: int, go: Any) -> None:
+def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
     import msgpack
     import zmq
 
     sock = zmq.Context().socket(zmq.PUB)
     sock.sndhwm = 100_000
     sock.connect(pub)
-    topic = _DATA_TOPIC.encode()
-    payload = {"message_type": _DATA_TOPIC, "content": guide_content(size),
+    topic = DATA_TOPIC.encode()
+    content = _content(size, shape)
+    payload = {"message_type": DATA_TOPIC, "content": content,
                "metadata": {"correlation_id": "c-1", "source_component": "manager",
                             "target_component": "processor", "message_id": "m-1", "timestamp": time.time()}}
-    while not go.is_set():  # probes until the subscriber has seen one
-        sock.send_multipart([b"bench.probe", b"\x90"])
+    while not all(go.is_set() for go in gos):  # probes until every subscriber has seen one
+        sock.send_multipart([_PROBE.encode(), b"\x90"])
         time.sleep(0.01)
-    pack, send = msgpack.Packer().pack, sock.send
+    pack, send, clock = msgpack.Packer().pack, sock.send, time.perf_counter
+    md: dict[str, Any] = payload["metadata"]  # type: ignore[assignment]
+    start = clock()
     for i in range(count):
-        payload["metadata"]["message_id"] = i  # type: ignore[index]
+        if rate:
+            pace(start, i, rate)
+            content["t"] = clock()
+        md["message_id"] = i
         send(topic, zmq.SNDMORE)
         send(pack(payload))
     sock.close(linger=5000)
 
 
-async def _raw_subscribe(sub: str, count: int, go: Any, idle: float) -> tuple[int, float]:
+async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool) -> dict[str, Any]:
     import msgpack
     import zmq
 
@@ -78,9 +107,11 @@ async def _raw_subscribe(sub: str, count: int, go: Any, idle: float) -> tuple[in
     loop = asyncio.get_running_loop()
     woke = asyncio.Event()
     loop.add_reader(int(sock.getsockopt(zmq.FD)), woke.set)
-    recv, unpack = sock.recv, msgpack.unpackb
-    n, first, last = 0, 0.0, 0.0
-    while n < count:
+    recv, unpack, clock = sock.recv, msgpack.unpackb, time.perf_counter
+    tally = _Tally(stamped)
+    lat = tally.lat
+    probe = _PROBE.encode()
+    while tally.n < count:
         try:
             topic = recv(zmq.NOBLOCK)
             body = recv(zmq.NOBLOCK)
@@ -89,126 +120,166 @@ async def _raw_subscribe(sub: str, count: int, go: Any, idle: float) -> tuple[in
             if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 continue
             try:
-                await asyncio.wait_for(woke.wait(), idle)
+                await asyncio.wait_for(woke.wait(), _IDLE)
             except asyncio.TimeoutError:
                 break
             continue
-        unpack(body)
-        if topic == b"bench.probe":
+        obj = unpack(body)
+        if topic == probe:
             go.set()
             continue
-        if n == 0:
-            first = time.perf_counter()
-        n += 1
-        last = time.perf_counter()
-    return n, last - first
+        now = clock()
+        if stamped:
+            lat.append(now - obj["content"]["t"])
+        if tally.n == 0:
+            tally.first = now
+        tally.n += 1
+        tally.last = now
+    return tally.result()
 
 
-def _raw_subscriber(sub: str, count: int, go: Any, results: Any, idle: float) -> None:
-    results.put(asyncio.run(_raw_subscribe(sub, count, go, idle)))
+def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any) -> None:
+    results.put(asyncio.run(_raw_subscribe(sub, count, go, stamped)))
 
 
 # -- zmqbus -------------------------------------------------------------------
 
-async def _zb_publish(pub: str, sub: str, count: int, size: int, go: Any) -> None:
+async def _zb_publish(pub: str, sub: str, count: int, size: int, shape: str, rate: float,
+                      gos: list[Any]) -> None:
     from ..broker import MessageBroker
     from ..message import MessageMetadata, ProcessingMessage
 
     async with MessageBroker(pub, sub, name="manager", linger=5.0) as broker:
-        go.wait(30)
-        content = guide_content(size)
-        publish = broker.publish
-        for _ in range(count):
-            await publish(ProcessingMessage(_DATA_TOPIC, content, MessageMetadata(
+        for go in gos:
+            go.wait(30)
+        content = _content(size, shape)
+        publish, clock = broker.publish, time.perf_counter
+        start = clock()
+        for i in range(count):
+            if rate:
+                pace(start, i, rate)
+                if i % 64 == 0:
+                    await asyncio.sleep(0)  # let the broker's own tasks run between blocking sleeps
+                content["t"] = clock()
+            await publish(ProcessingMessage(DATA_TOPIC, content, MessageMetadata(
                 correlation_id="c-1", source_component="manager", target_component="processor")))
 
 
-def _zb_publisher(pub: str, sub: str, count: int, size: int, go: Any) -> None:
-    asyncio.run(_zb_publish(pub, sub, count, size, go))
+def _zb_publisher(pub: str, sub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
+    asyncio.run(_zb_publish(pub, sub, count, size, shape, rate, gos))
 
 
-async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, idle: float) -> tuple[int, float, int]:
+async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, stamped: bool) -> dict[str, Any]:
     from ..broker import MessageBroker
     from ..message import ProcessingMessage
 
-    state: dict[str, float] = {"n": 0, "first": 0.0, "last": 0.0}
+    tally = _Tally(stamped)
+    lat = tally.lat
     done = asyncio.Event()
     clock = time.perf_counter
 
     async def handle(msg: ProcessingMessage) -> None:
-        n = int(state["n"])
         now = clock()
-        if n == 0:
-            state["first"] = now
-        state["last"] = now
-        state["n"] = n + 1
-        if n + 1 >= count:
+        if stamped:
+            lat.append(now - msg.content["t"])
+        if tally.n == 0:
+            tally.first = now
+        tally.last = now
+        tally.n += 1
+        if tally.n >= count:
             done.set()
 
     async with MessageBroker(pub, sub, name="processor") as broker:
-        broker.subscribe("processor", "bench.component.process.request.#", handle)
+        broker.subscribe("processor", DATA_TOPIC + ".#", handle)
         await broker.ready()
         go.set()
-        seen = -1.0
-        while not done.is_set() and seen != state["n"]:  # stop when idle for `idle` seconds
-            seen = state["n"]
+        seen = -1
+        while not done.is_set() and seen != tally.n:  # stop when idle for _IDLE seconds
+            seen = tally.n
             try:
-                await asyncio.wait_for(done.wait(), idle)
+                await asyncio.wait_for(done.wait(), _IDLE)
             except asyncio.TimeoutError:
                 pass
-        gaps = broker.statistics().gaps
-    return int(state["n"]), state["last"] - state["first"], gaps
+        out = tally.result()
+        out["gaps_counted"] = broker.statistics().gaps
+    return out
 
 
-def _zb_subscriber(pub: str, sub: str, count: int, go: Any, results: Any, idle: float) -> None:
-    results.put(asyncio.run(_zb_subscribe(pub, sub, count, go, idle)))
+def _zb_subscriber(pub: str, sub: str, count: int, go: Any, stamped: bool, results: Any) -> None:
+    results.put(asyncio.run(_zb_subscribe(pub, sub, count, go, stamped)))
 
 
 # -- driver -------------------------------------------------------------------
 
-def _one_run(kind: str, count: int, size: int, timeout: float) -> dict[str, Any]:
+def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", subscribers: int = 1,
+                rate: float = 0.0) -> dict[str, Any]:
+    """One run of one side (``"raw"`` or ``"zmqbus"``); see the module docstring."""
     mp = multiprocessing.get_context("spawn")
     pub, sub = tcp_endpoints()
-    go, results = mp.Event(), mp.Queue()
-    idle = 2.0
+    gos = [mp.Event() for _ in range(subscribers)]
+    results = mp.Queue()
+    stamped = rate > 0
     if kind == "raw":
-        procs = [spawn(_raw_forwarder, pub, sub, name="raw-forwarder"),
-                 spawn(_raw_subscriber, sub, count, go, results, idle, name="raw-sub"),
-                 spawn(_raw_publisher, pub, count, size, go, name="raw-pub")]
+        procs = [spawn(_raw_forwarder, pub, sub, name="raw-forwarder")]
+        procs += [spawn(_raw_subscriber, sub, count, go, stamped, results, name=f"raw-sub-{i}")
+                  for i, go in enumerate(gos)]
+        procs.append(spawn(_raw_publisher, pub, count, size, shape, rate, gos, name="raw-pub"))
     else:
-        procs = [forwarder_process(pub, sub, stats_interval=None),
-                 spawn(_zb_subscriber, pub, sub, count, go, results, idle, name="zmqbus-sub"),
-                 spawn(_zb_publisher, pub, sub, count, size, go, name="zmqbus-pub")]
-    try:
-        got = results.get(timeout=timeout)
-    finally:
-        for proc in reversed(procs):
-            stop_process(proc, timeout=3.0)
-    received, seconds = got[0], got[1]
-    rate = (received - 1) / seconds if received > 1 and seconds > 0 else 0.0
-    out = {"received": received, "lost": count - received, "seconds": round(seconds, 4), "msgs_per_s": round(rate)}
+        procs = [forwarder_process(pub, sub, stats_interval=None)]
+        procs += [spawn(_zb_subscriber, pub, sub, count, go, stamped, results, name=f"zmqbus-sub-{i}")
+                  for i, go in enumerate(gos)]
+        procs.append(spawn(_zb_publisher, pub, sub, count, size, shape, rate, gos, name="zmqbus-pub"))
+    timeout = 40 + count / 2_000 + (count / rate if rate else 0)
+    subs = collect(procs, results, subscribers, timeout)
+    rates = [(s["received"] - 1) / s["seconds"] if s["received"] > 1 and s["seconds"] > 0 else 0.0 for s in subs]
+    received = sum(s["received"] for s in subs)
+    out: dict[str, Any] = {
+        "msgs_per_s": round(min(rates)),  # the slowest subscriber's rate
+        "deliveries_per_s": round(sum(rates)),
+        "received": received, "lost": count * subscribers - received,
+        "seconds": round(max(s["seconds"] for s in subs), 4),
+    }
     if kind == "zmqbus":
-        out["gaps_counted"] = got[2]
+        out["gaps_counted"] = sum(s["gaps_counted"] for s in subs)
+    if stamped:
+        # the worst subscriber's percentiles (one subscriber in the latency section)
+        out["latency_us"] = max((s["latency_us"] for s in subs), key=lambda p: p["p99"])
+        out["offered_rate"] = rate
     return out
 
 
 def run_pubsub(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
-               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-    """Measure both sides, alternating, and keep each side's best round."""
+               shape: str = "guide", subscribers: int = 1, progress: Progress = lambda s: None,
+               label: str = "") -> dict[str, Any]:
+    """Throughput of both sides, alternating rounds, each side's best round kept."""
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 3)
-    timeout = 30 + count / 5_000
     best: dict[str, dict[str, Any]] = {}
     for r in range(rounds):
         for kind in ("raw", "zmqbus"):
-            progress(f"round {r + 1}/{rounds}: {kind} ...")
-            res = _one_run(kind, count, size, timeout)
-            progress(f"round {r + 1}/{rounds}: {kind} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
+            res = pubsub_once(kind, count, size, shape, subscribers)
+            progress(f"{label}round {r + 1}/{rounds}: {kind} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
             if kind not in best or res["msgs_per_s"] > best[kind]["msgs_per_s"]:
                 best[kind] = res
     zb, raw = best["zmqbus"]["msgs_per_s"], best["raw"]["msgs_per_s"]
     return {
-        "benchmark": "pubsub", "count": count, "content_bytes": size, "rounds": rounds, "transport": "tcp loopback",
+        "benchmark": "pubsub", "count": count, "content_bytes": size, "shape": shape, "subscribers": subscribers,
+        "rounds": rounds, "transport": "tcp loopback",
         "zmqbus_msgs_per_s": zb, "raw_msgs_per_s": raw, "ratio": round(zb / raw, 3) if raw else 0.0,
         "zmqbus": best["zmqbus"], "raw": best["raw"],
     }
+
+
+def run_latency(rate: float, seconds: float, size: int = 180, progress: Progress = lambda s: None,
+                label: str = "") -> dict[str, Any]:
+    """One-way latency percentiles of both sides at a fixed offered ``rate`` (msg/s)."""
+    count = max(200, int(rate * seconds))
+    out: dict[str, Any] = {"benchmark": "latency", "offered_rate": rate, "count": count, "content_bytes": size,
+                           "transport": "tcp loopback"}
+    for kind in ("raw", "zmqbus"):
+        res = pubsub_once(kind, count, size, "guide", 1, rate)
+        p = res["latency_us"]
+        progress(f"{label}{kind} p50 {p['p50']:.0f} us, p99 {p['p99']:.0f} us, p99.9 {p['p999']:.0f} us "
+                 f"({res['lost']} lost)")
+        out[kind] = res
+    return out

@@ -16,21 +16,24 @@ moves the same guide-shaped content. Measured per side: round-trip latency
 from __future__ import annotations
 
 import asyncio
+import collections
 import multiprocessing
-import statistics
 import time
 from typing import Any, Callable
 
 from ..procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
-from .pubsub import guide_content
+from .common import Progress, guide_content, percentiles
 
-__all__ = ["run_reqrep"]
+__all__ = ["run_reqrep", "measure"]
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return statistics.median(ordered) * 1e6, p99 * 1e6
+def _figures(lat: list[float], tput: float, many_lat: list[float]) -> dict[str, Any]:
+    """The flat figures the reports use: 1 in flight (``p50_us`` ...) and 100 in flight (``many_*``)."""
+    one, many = percentiles(lat), percentiles(many_lat)
+    return {"p50_us": one["p50"], "p99_us": one["p99"], "p999_us": one["p999"],
+            "one_req_s": round(len(lat) / sum(lat)) if lat else 0,
+            "throughput_req_s": tput,
+            "many_p50_us": many["p50"], "many_p99_us": many["p99"], "many_p999_us": many["p999"]}
 
 
 # -- raw ------------------------------------------------------------------------
@@ -76,7 +79,7 @@ def _raw_async_echo(endpoint: str) -> None:
     asyncio.run(main())
 
 
-async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
     import msgpack
     import zmq
 
@@ -115,12 +118,12 @@ async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) ->
         return await fut
 
     try:
-        return await _measure(call, latency_n, throughput_n)
+        return await measure(call, latency_n, throughput_n)
     finally:
         task.cancel()
 
 
-def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
     import msgpack
     import zmq
 
@@ -137,21 +140,28 @@ def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[s
         sock.send(pack(msg))
         unpack(sock.recv())
         lat.append(time.perf_counter() - t)
-    t = time.perf_counter()
+    # 100 in flight: the send time of each request is queued so its reply gives its round trip
+    clock = time.perf_counter
+    sent: collections.deque[float] = collections.deque()
+    many: list[float] = []
+    t = clock()
     for _ in range(100):
+        sent.append(clock())
         sock.send(pack(msg))
     for _ in range(throughput_n - 100):
         unpack(sock.recv())
+        many.append(clock() - sent.popleft())
+        sent.append(clock())
         sock.send(pack(msg))
     for _ in range(100):
         unpack(sock.recv())
-    tput = throughput_n / (time.perf_counter() - t)
-    p50, p99 = _percentiles(lat)
-    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+        many.append(clock() - sent.popleft())
+    tput = throughput_n / (clock() - t)
+    return _figures(lat, tput, many)
 
 
-async def _measure(call: Callable[[], Any], latency_n: int, throughput_n: int) -> dict[str, float]:
-    """Warm up, then round trips one at a time (latency), then 100 in flight (throughput)."""
+async def measure(call: Callable[[], Any], latency_n: int, throughput_n: int) -> dict[str, Any]:
+    """Warm up, then round trips one at a time (latency), then 100 in flight (throughput and latency)."""
     for _ in range(200):
         await call()
     lat = []
@@ -159,22 +169,25 @@ async def _measure(call: Callable[[], Any], latency_n: int, throughput_n: int) -
         t = time.perf_counter()
         await call()
         lat.append(time.perf_counter() - t)
-    tput = await _throughput(call, throughput_n)
-    p50, p99 = _percentiles(lat)
-    return {"p50_us": p50, "p99_us": p99, "throughput_req_s": tput}
+    many: list[float] = []
+    tput = await _throughput(call, throughput_n, many)
+    return _figures(lat, tput, many)
 
 
-async def _throughput(call: Callable[[], Any], n: int, in_flight: int = 100) -> float:
+async def _throughput(call: Callable[[], Any], n: int, lat: list[float], in_flight: int = 100) -> float:
     remaining = [n]
+    clock = time.perf_counter
 
     async def worker() -> None:
         while remaining[0] > 0:
             remaining[0] -= 1
+            t = clock()
             await call()
+            lat.append(clock() - t)
 
-    t = time.perf_counter()
+    t = clock()
     await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return n / (time.perf_counter() - t)
+    return n / (clock() - t)
 
 
 def _raw_client_main(kind: str, endpoint: str, latency_n: int, throughput_n: int, out: Any) -> None:
@@ -202,7 +215,7 @@ def _zb_responder(pub: str, sub: str) -> None:
     asyncio.run(main())
 
 
-async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
     from ..broker import MessageBroker
     from ..message import MessageMetadata, ProcessingMessage
 
@@ -222,7 +235,7 @@ async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> d
             return await broker.request("bench.echo", ProcessingMessage("bench.echo", content, MessageMetadata(
                 correlation_id="c-1", source_component="bench", target_component="echo")))
 
-        return await _measure(call, latency_n, throughput_n)
+        return await measure(call, latency_n, throughput_n)
 
 
 def _zb_client_main(pub: str, sub: str, latency_n: int, throughput_n: int, out: Any) -> None:
@@ -231,7 +244,7 @@ def _zb_client_main(pub: str, sub: str, latency_n: int, throughput_n: int, out: 
 
 # -- driver -----------------------------------------------------------------------
 
-def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, float]:
+def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
     out = multiprocessing.get_context("spawn").Queue()
     if kind == "zmqbus":
         pub, sub = tcp_endpoints()
@@ -242,42 +255,40 @@ def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, float]:
         server = _raw_echo if kind == "sync" else _raw_async_echo
         procs = [spawn(server, endpoint), spawn(_raw_client_main, kind, endpoint, latency_n, throughput_n, out)]
     try:
-        result: dict[str, float] = out.get(timeout=120)
+        result: dict[str, Any] = out.get(timeout=120)
     finally:
         for proc in reversed(procs):
             stop_process(proc, timeout=3.0)
     return result
 
 
-def run_reqrep(quick: bool = False, rounds: int | None = None,
-               progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progress = lambda s: None,
+               label: str = "") -> dict[str, Any]:
     """Run every side ``rounds`` times, alternating, and keep each side's best figures."""
     latency_n, throughput_n = (500, 5_000) if quick else (3_000, 30_000)
     rounds = rounds or (1 if quick else 3)
-    best: dict[str, dict[str, float]] = {}
+    best: dict[str, dict[str, Any]] = {}
     for r in range(rounds):
         for kind in ("async", "sync", "zmqbus"):
-            progress(f"round {r + 1}/{rounds}: {kind} ...")
             res = _one(kind, latency_n, throughput_n)
-            progress(f"round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
-                     f"{res['throughput_req_s']:,.0f} req/s")
-            if kind not in best:
-                best[kind] = dict(res)
-            else:
-                b = best[kind]
-                b["p50_us"] = min(b["p50_us"], res["p50_us"])
-                b["p99_us"] = min(b["p99_us"], res["p99_us"])
-                b["throughput_req_s"] = max(b["throughput_req_s"], res["throughput_req_s"])
+            progress(f"{label}round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
+                     f"{res['throughput_req_s']:,.0f} req/s with 100 in flight")
+            b = best.setdefault(kind, dict(res))
+            for key, value in res.items():  # best of each figure: lowest latency, highest rate
+                b[key] = max(b[key], value) if key.endswith("req_s") else min(b[key], value)
     zb, raw, sync = best["zmqbus"], best["async"], best["sync"]
-    return {
+    out: dict[str, Any] = {
         "benchmark": "reqrep", "rounds": rounds, "latency_requests": latency_n, "throughput_requests": throughput_n,
         "in_flight": 100, "transport": "tcp loopback",
-        "p50_us": round(zb["p50_us"], 1), "p99_us": round(zb["p99_us"], 1),
-        "throughput_req_s": round(zb["throughput_req_s"]),
-        "raw_p50_us": round(raw["p50_us"], 1), "raw_p99_us": round(raw["p99_us"], 1),
-        "raw_throughput_req_s": round(raw["throughput_req_s"]),
-        "sync_p50_us": round(sync["p50_us"], 1), "sync_p99_us": round(sync["p99_us"], 1),
-        "sync_throughput_req_s": round(sync["throughput_req_s"]),
+        "zmqbus": _rounded(zb), "raw": _rounded(raw), "sync": _rounded(sync),
         "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
         "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
     }
+    for prefix, side in (("", zb), ("raw_", raw), ("sync_", sync)):  # the flat keys of earlier versions
+        for key in ("p50_us", "p99_us", "throughput_req_s"):
+            out[prefix + key] = round(side[key], 1)
+    return out
+
+
+def _rounded(side: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v) if k.endswith("req_s") else round(v, 1) for k, v in side.items()}

@@ -1,0 +1,170 @@
+"""Turn a suite report (a dict) into markdown, and into a PNG plot when matplotlib is installed."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+__all__ = ["to_markdown", "plot", "write_report"]
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024} KiB" if n >= 1024 else f"{n} B"
+
+
+def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    out += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b else "-"
+
+
+def to_markdown(report: dict[str, Any]) -> str:
+    """The report as markdown: one table per section, then the targets."""
+    m, s = report["machine"], report["sections"]
+    lines = [f"# zmqbus benchmark report{' (--quick: rough figures)' if report['quick'] else ''}", "",
+             f"{report['started']}, {report['seconds']} s. zmqbus {m['zmqbus']} (protocol {m['protocol']}), "
+             f"{m['implementation']} {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}, msgpack {m['msgpack']}, "
+             f"{m['cpus']} CPUs, {m['platform']}. Every figure is next to its raw pyzmq baseline from the same run; "
+             "tcp loopback; each process on its own.", ""]
+    if "pubsub" in s:
+        p = s["pubsub"]
+        lines += [f"## Pub/sub through a forwarder: guide-shaped message ({p['content_bytes']} B content), "
+                  f"{p['count']:,} messages, best of {p['rounds']}", ""]
+        lines += _table(["side", "msg/s", "lost"], [
+            ["raw pyzmq + msgpack", f"{p['raw_msgs_per_s']:,}", p["raw"]["lost"]],
+            ["zmqbus", f"{p['zmqbus_msgs_per_s']:,}", p["zmqbus"]["lost"]],
+            ["**ratio**", f"**{p['ratio']:.2f}**", ""]])
+    if "sizes" in s:
+        lines += ["## Pub/sub throughput by content size", ""]
+        lines += _table(["content", "messages", "raw msg/s", "zmqbus msg/s", "ratio", "raw MB/s", "zmqbus MB/s"], [
+            [_size(r["content_bytes"]), f"{r['count']:,}", f"{r['raw_msgs_per_s']:,}", f"{r['zmqbus_msgs_per_s']:,}",
+             f"{r['ratio']:.2f}", f"{r['raw_msgs_per_s'] * r['content_bytes'] / 1e6:,.0f}",
+             f"{r['zmqbus_msgs_per_s'] * r['content_bytes'] / 1e6:,.0f}"] for r in s["sizes"]])
+    if "fanout" in s:
+        lines += ["## Fan-out: one publisher, N subscriber processes (msg/s of the slowest subscriber; "
+                  "deliveries/s across all)", ""]
+        lines += _table(["subscribers", "raw msg/s", "zmqbus msg/s", "ratio", "raw deliveries/s",
+                         "zmqbus deliveries/s", "zmqbus lost"], [
+            [r["subscribers"], f"{r['raw_msgs_per_s']:,}", f"{r['zmqbus_msgs_per_s']:,}", f"{r['ratio']:.2f}",
+             f"{r['raw']['deliveries_per_s']:,}", f"{r['zmqbus']['deliveries_per_s']:,}", r["zmqbus"]["lost"]]
+            for r in s["fanout"]])
+    if "latency" in s:
+        lat = s["latency"]
+        lines += [f"## One-way latency at a fixed offered rate of {lat['offered_rate']:,.0f} msg/s "
+                  f"({lat['count']:,} messages, us)", ""]
+        rows = []
+        for side in ("raw", "zmqbus"):
+            p = lat[side]["latency_us"]
+            rows.append([side, p["p50"], p["p99"], p["p999"], p["max"], f"{lat[side]['msgs_per_s']:,}",
+                         lat[side]["lost"]])
+        lines += _table(["side", "p50", "p99", "p99.9", "max", "achieved msg/s", "lost"], rows)
+    if "reqrep" in s:
+        r = s["reqrep"]
+        lines += [f"## Request/reply round trip ({r['latency_requests']:,} requests with 1 in flight, "
+                  f"{r['throughput_requests']:,} with 100 in flight; us)", ""]
+        rows = []
+        for label, key in (("raw sync echo (limit)", "sync"), ("raw asyncio echo (baseline)", "raw"),
+                           ("zmqbus", "zmqbus")):
+            x = r[key]
+            rows.append([label, x["p50_us"], x["p99_us"], x["p999_us"], f"{x['one_req_s']:,}", x["many_p50_us"],
+                         x["many_p99_us"], f"{x['throughput_req_s']:,}"])
+        nats = s.get("peers", {}).get("nats", {}).get("reqrep")
+        if nats:
+            rows.append(["nats-py (peer)", nats["p50_us"], nats["p99_us"], nats["p999_us"], f"{nats['one_req_s']:,}",
+                         nats["many_p50_us"], nats["many_p99_us"], f"{nats['throughput_req_s']:,}"])
+        lines += _table(["side", "1 in flight p50", "p99", "p99.9", "req/s", "100 in flight p50", "p99", "req/s"],
+                        rows)
+        lines += [f"zmqbus / raw asyncio: p50 {r['p50_ratio']:.2f}x, throughput {r['throughput_ratio']:.2f}.", ""]
+    if "workflow" in s:
+        w = s["workflow"]
+        lines += ["## The demo workflow end to end (forwarder + 7 component processes, ipc)", ""]
+        lines += _table(["workflows", "completed", "failed", "missing", "workflows/s", "p50 ms", "p99 ms", "max ms"],
+                        [[w["workflows"], w["completed"], w["failed"], w["missing"], w["workflows_per_s"],
+                          w["latency_p50_ms"], w["latency_p99_ms"], w["latency_max_ms"]]])
+    if "peers" in s:
+        lines += ["## Peers: the same guide-shaped message through their servers", ""]
+        rows = []
+        zb = s.get("pubsub", {}).get("zmqbus_msgs_per_s")
+        for name, entry in s["peers"].items():
+            if "skipped" in entry:
+                rows.append([name, "skipped: " + entry["skipped"], "", ""])
+            else:
+                ps = entry["pubsub"]
+                rows.append([name, f"{ps['msgs_per_s']:,}", ps["lost"], _ratio(zb, ps["msgs_per_s"]) if zb else "-"])
+        lines += _table(["peer", "pub/sub msg/s", "lost", "zmqbus / peer"], rows)
+    if report.get("targets"):
+        lines += ["## Targets", ""]
+        lines += _table(["target", "measured", "goal", "met"],
+                        [[t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]
+                         for t in report["targets"]])
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], path: str) -> bool:
+    """Write a PNG of throughput by size and latency percentiles; False if matplotlib is absent."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    s = report["sections"]
+    panels = [k for k in ("sizes", "latency", "reqrep") if k in s]
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], panels):
+        if name == "sizes":
+            labels = [_size(r["content_bytes"]) for r in s["sizes"]]
+            groups = {"raw pyzmq": [r["raw_msgs_per_s"] for r in s["sizes"]],
+                      "zmqbus": [r["zmqbus_msgs_per_s"] for r in s["sizes"]]}
+            title, ylabel, log = "pub/sub throughput by content size", "msg/s (log)", True
+        elif name == "latency":
+            lat = s["latency"]
+            labels = ["p50", "p99", "p99.9"]
+            groups = {side: [lat[side]["latency_us"][k] for k in ("p50", "p99", "p999")] for side in ("raw", "zmqbus")}
+            title, ylabel, log = f"one-way latency at {lat['offered_rate']:,.0f} msg/s", "us", False
+        else:
+            r = s["reqrep"]
+            labels = ["1 in flight p50", "p99", "100 in flight p50", "p99"]
+            keys = ("p50_us", "p99_us", "many_p50_us", "many_p99_us")
+            groups = {"raw asyncio": [r["raw"][k] for k in keys], "zmqbus": [r["zmqbus"][k] for k in keys]}
+            nats = s.get("peers", {}).get("nats", {}).get("reqrep")
+            if nats:
+                groups["nats-py"] = [nats[k] for k in keys]
+            title, ylabel, log = "request/reply round trip", "us (log)", True
+        width = 0.8 / len(groups)
+        for i, (label, values) in enumerate(groups.items()):
+            ax.bar([x + i * width for x in range(len(labels))], values, width, label=label)
+        ax.set_xticks([x + width * (len(groups) - 1) / 2 for x in range(len(labels))], labels)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_report(report: dict[str, Any], out_dir: str) -> list[str]:
+    """Write ``report.json``, ``report.md`` and (with matplotlib) ``report.png`` into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    path = os.path.join(out_dir, "report.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    written.append(path)
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w") as f:
+        f.write(to_markdown(report) + "\n")
+    written.append(path)
+    path = os.path.join(out_dir, "report.png")
+    if plot(report, path):
+        written.append(path)
+    return written
