@@ -29,29 +29,29 @@ def main(pub: str, sub: str) -> None:
     # The readiness handshake of PROTOCOL.md section 6, done by hand.
     deadline = time.time() + 20
     while time.time() < deadline:
-        p.send_multipart([b"_zmqbus.probe.raw.1", msgpack.packb(
-            [1, "_zmqbus.probe", "raw-probe", "raw-probe", None, "raw", None, time.time(), "raw-pub", 0, 1, None,
-             None, None])])
-        if s.poll(50) and s.recv_multipart()[0].startswith(b"_zmqbus.probe.raw"):
+        p.send(b"_zmqbus.probe.raw.1\x00" + msgpack.packb(
+            [2, "_zmqbus.probe", "raw-probe", "raw-probe", None, "raw", None, time.time(), "raw-pub", 0, 1, None,
+             None, None]))
+        if s.poll(50) and s.recv().startswith(b"_zmqbus.probe.raw"):
             break
     else:
         print("no probe", flush=True)
         return
     print("ready", flush=True)
     while True:
-        topic, data = s.recv_multipart()
+        topic, _, data = s.recv().partition(b"\x00")  # PROTOCOL.md section 2: topic, NUL, payload
         if topic == b"interop.to_raw":
             break
     fields = msgpack.unpackb(data)
-    assert fields[0] == 1 and len(fields) >= 14
+    assert fields[0] == 2 and len(fields) >= 14
     reply = {"echo": fields[13], "type_seen": fields[1], "source_seen": fields[5]}
     for seq in (1, 2, 3):
-        p.send_multipart([b"interop.from_raw", msgpack.packb(
-            [1, "interop.from_raw", f"raw-{seq}", fields[3], fields[2], "raw", "pytest", time.time(), "raw-pub",
-             seq, 1, None, {"lang": "raw"}, reply])])
-    p.send_multipart([b"interop.from_raw", msgpack.packb(
-        [1, "interop.from_raw", "raw-9", fields[3], None, "raw", None, time.time(), "raw-pub", 9, 1, None, None,
-         "last"])])
+        p.send(b"interop.from_raw\x00" + msgpack.packb(
+            [2, "interop.from_raw", f"raw-{seq}", fields[3], fields[2], "raw", "pytest", time.time(), "raw-pub",
+             seq, 1, None, {"lang": "raw"}, reply]))
+    p.send(b"interop.from_raw\x00" + msgpack.packb(
+        [2, "interop.from_raw", "raw-9", fields[3], None, "raw", None, time.time(), "raw-pub", 9, 1, None, None,
+         "last"]))
     print("sent", flush=True)
     p.close(linger=2000)
     s.close(linger=0)
@@ -73,15 +73,15 @@ def serve(pub: str, sub: str) -> None:
             seq += 1
             presence = {"instance": "raw-responder", "endpoint": endpoint, "services": ["raw.upper"],
                         "interval": 0.2, "liveness": 3, "load": 0, "leaving": False}
-            p.send_multipart([b"_zmqbus.presence", msgpack.packb(
-                [1, "_zmqbus.presence", f"raw-p-{seq}", f"raw-p-{seq}", None, "raw", None, time.time(),
-                 "raw-responder", seq, 1, None, None, presence])])
+            p.send(b"_zmqbus.presence\x00" + msgpack.packb(
+                [2, "_zmqbus.presence", f"raw-p-{seq}", f"raw-p-{seq}", None, "raw", None, time.time(),
+                 "raw-responder", seq, 1, None, None, presence]))
             next_announce = time.time() + 0.2
         if not router.poll(50):
             continue
         caller, kind, service, payload = router.recv_multipart()
         req = msgpack.unpackb(payload)
-        reply = [1, "raw.upper.reply", f"raw-r-{req[2]}", req[3], req[2], "raw", req[5], time.time(),
+        reply = [2, "raw.upper.reply", f"raw-r-{req[2]}", req[3], req[2], "raw", req[5], time.time(),
                  "raw-responder", 0, 1, None, None, str(req[13]).upper()]
         router.send_multipart([caller, b"REP", msgpack.packb(reply)])
 

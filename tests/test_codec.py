@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from zmqbus import (Codec, DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage,
                     TopicError)
-from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, decode_frames, pack, unpack
+from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, pack, unpack
 
 
 class Kind(enum.Enum):
@@ -108,7 +108,7 @@ def test_too_large_is_refused_before_sending() -> None:
 
 
 def envelope(**changes: object) -> list[object]:
-    base = dict(zip(ENVELOPE_FIELDS, [1, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}],
+    base = dict(zip(ENVELOPE_FIELDS, [PROTOCOL_VERSION, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}],
                     strict=True))
     base.update(changes)
     return list(base.values())
@@ -121,8 +121,10 @@ def envelope(**changes: object) -> list[object]:
     (b"\xdd\x7f\xff\xff\xff", "msgpack"),                # array32 declaring 2^31 items
     (msgpack.packb(envelope()) + b"\x00", "msgpack"),   # trailing bytes
     (msgpack.packb({"v": 1}), "field"),                  # a map, not an array
-    (msgpack.packb([1, "a.b"]), "field"),               # too short
-    (msgpack.packb(envelope(version=2)), "version"),
+    (msgpack.packb([PROTOCOL_VERSION, "a.b"]), "field"),  # too short
+    (msgpack.packb(envelope(version=1)), "version"),                       # version 1: two frames
+    (msgpack.packb(envelope(version=3)), "version"),
+    (msgpack.packb(envelope(version=True)), "version"),
     (msgpack.packb([99]), "version"),
     (msgpack.packb(envelope(version="1")), "version"),
     (msgpack.packb(envelope(message_id=5)), "field"),
@@ -132,7 +134,8 @@ def envelope(**changes: object) -> list[object]:
     (msgpack.packb(envelope(headers=[1])), "field"),
     (msgpack.packb(envelope(target=3)), "field"),
     (msgpack.packb(envelope(content=msgpack.ExtType(5, b"x"))), "msgpack"),   # ext types refused
-    (msgpack.packb(envelope(content={1: "int key"})), "msgpack"),           # strict_map_key
+    (msgpack.packb(envelope(headers={1: "x"})), "field"),                    # header keys are str
+    (msgpack.packb(envelope() + [1]) [:-1] + b"\xc1", "msgpack"),             # bad byte in an extra element
 ])
 def test_malformed_payloads(payload: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as info:
@@ -155,10 +158,32 @@ def test_later_minor_revision_fields_are_ignored() -> None:
     assert out.content == {} and out.metadata.message_id == "m-1"
 
 
-def test_decode_frames_checks_the_count() -> None:
+def test_content_map_keys_may_be_any_scalar() -> None:
+    """msgpack-python encodes int keys, so the decoder accepts them too (PROTOCOL.md section 3)."""
+    out = Codec().decode(b"a.b", msgpack.packb(envelope(content={1: "int key", "s": 2})))
+    assert out.content == {1: "int key", "s": 2}
+
+
+@pytest.mark.parametrize("size", [10, 100_000])
+def test_decode_frame_splits_topic_and_payload(size: int) -> None:
+    msg = ProcessingMessage("a.b", {"blob": b"x" * size})
+    topic, payload = frames(msg)
+    out = Codec().decode_frame(topic + SEPARATOR + payload)
+    assert out.topic == "a.b" and out.content == msg.content
+
+
+@pytest.mark.parametrize("frame,reason", [
+    (b"a.b", "topic"),                                    # no separator
+    (b"\x00" + msgpack.packb(envelope()), "topic"),       # empty topic
+    (b"x" * 300 + b"\x00" + msgpack.packb(envelope()), "topic"),   # separator past 256 bytes
+    (b"\xff\xfe\x00" + msgpack.packb(envelope()), "topic"),       # not UTF-8
+    (b"a.b\x00", "msgpack"),                              # nothing after the separator
+    (b"a.b\x00" + msgpack.packb(envelope()) + b"\x00", "msgpack"),
+])
+def test_malformed_frames(frame: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as info:
-        decode_frames(Codec(), [b"a.b"])
-    assert info.value.reason == "frames"
+        Codec().decode_frame(frame)
+    assert info.value.reason == reason
 
 
 def test_unpack_never_leaks_msgpack_errors() -> None:

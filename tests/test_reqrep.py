@@ -132,7 +132,7 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
             return got
 
         try:
-            payload = msgpack.packb([1, "count", "dup-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
+            payload = msgpack.packb([2, "count", "dup-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
                                      None, None, 41])
             for _ in range(3):  # the same message id three times: executed once
                 dealer.send_multipart([b"REQ", b"count", payload])
@@ -149,7 +149,7 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
                     if kind == b"ERR":  # skip replies to cached duplicates
                         break
                 assert msgpack.unpackb(body)[13]["code"] == "malformed"
-            expired = msgpack.packb([1, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
+            expired = msgpack.packb([2, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
                                      time.time() - 5, None, 0])
             dealer.send_multipart([b"REQ", b"count", expired])
             kind, body = await recv()
@@ -386,7 +386,7 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
     try:
         for i in range(3):  # one runs, two wait for the single slot
             dealer.send_multipart([b"REQ", b"hold", msgpack.packb(
-                [1, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i])])
+                [2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i])])
         await wait_until(lambda: srv.statistics().rpc["served_executed"] == 1 and
                          len(srv._responder._queue) == 2, what="two queued")  # type: ignore[union-attr]
         closing = asyncio.ensure_future(srv.close())

@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Union
 
 from . import config
 from .aio import is_async_callable, resume, wait_event
-from .codec import Codec, DEFAULT_MAX_MESSAGE_SIZE
+from .codec import DEFAULT_MAX_MESSAGE_SIZE, SEPARATOR, Codec
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage, current_message
@@ -41,7 +41,7 @@ from .ratelog import RateLimitedLog
 from .retry import RetryPolicy
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
 from .topics import RESERVED_PREFIX, Pattern, compile_pattern, validate_topic
-from .transport import BAD, BusLink, SocketConfig
+from .transport import BusLink, SocketConfig
 
 __all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "Handler"]
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[ProcessingMessage], Union[Awaitable[Any], None]]
 
-_RESERVED = RESERVED_PREFIX.encode()
+_RESERVED = RESERVED_PREFIX
 _PROBE_TYPE = "_zmqbus.probe"
 _BATCH = 256
 _CACHE_LIMIT = 10_000
@@ -150,10 +150,10 @@ class MessageBroker:
         self._codec = Codec(max_message_size)
         self._subs: list[Subscription] = []
         self._prefix_refs: dict[bytes, int] = {}
-        self._dispatch_cache: dict[bytes, tuple[Subscription, ...]] = {}
+        self._dispatch_cache: dict[str, tuple[Subscription, ...]] = {}
         self._next_seq: dict[bytes, int] = {}
         self._type_frames: dict[Any, bytes] = {}
-        self._last_seq: dict[str, dict[bytes, int]] = {}
+        self._last_seq: dict[str, dict[str, int]] = {}
         self._decode_errors: dict[str, int] = {}
         self._n = _Counters()
         self._link: BusLink | None = None
@@ -295,8 +295,9 @@ class MessageBroker:
             self._link.unsubscribe(prefix)
         # Messages on these topics published while unsubscribed are not
         # losses: forget their sequence numbers (and only theirs).
+        text = prefix.rstrip(b"\x00").decode()
         for per_pub in self._last_seq.values():
-            for topic in [t for t in per_pub if t.startswith(prefix)]:
+            for topic in [t for t in per_pub if t.startswith(text)]:
                 del per_pub[topic]
 
     async def ready(self, timeout: float = 10.0) -> None:
@@ -335,8 +336,8 @@ class MessageBroker:
         if link is None:
             raise ClosedError("MessageBroker is closed")
         msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=self.name))
-        tframe = self._codec.topic_frame(msg, topic)
-        link.send(tframe, self._codec.encode(msg, tframe, self.client_id, 0, self.name))  # a probe lost at the HWM is simply sent again
+        head = self._codec.topic_frame(msg, topic) + SEPARATOR
+        link.send(head + self._codec.encode(msg, head, self.client_id, 0, self.name))  # a probe lost at the HWM is simply sent again
 
     # -- request/reply -----------------------------------------------------
 
@@ -426,36 +427,36 @@ class MessageBroker:
             raise ClosedError("MessageBroker is closed")
         if topic is None and message.topic is None:
             # The common case: the topic is the message type's name.
-            tframe = self._type_frames.get(message.message_type)
-            if tframe is None:
-                tframe = self._type_frame(message)
+            head = self._type_frames.get(message.message_type)
+            if head is None:
+                head = self._type_frame(message)
         else:
-            tframe = self._codec.topic_frame(message, topic)
+            head = self._codec.topic_frame(message, topic) + SEPARATOR
         # The sequence is per (publisher, topic): a subscriber sees only the
         # topics it subscribed to, so a per-publisher counter would show gaps
         # that are not losses.
         next_seq = self._next_seq
-        seq = next_seq.get(tframe, 0) + 1
-        payload = self._codec.encode(message, tframe, self.client_id, seq, self.name)
+        seq = next_seq.get(head, 0) + 1
+        frame = head + self._codec.encode(message, head, self.client_id, seq, self.name)
         if seq == 1 and len(next_seq) >= _SEQ_TOPICS_LIMIT:
             # Bounded memory with high-cardinality topics: start every topic
             # over at 1; subscribers treat a smaller number as a restart, not a loss.
             next_seq.clear()
-        next_seq[tframe] = seq
-        if not link.send(tframe, payload):
-            await self._publish_slow(link, tframe, payload)
+        next_seq[head] = seq
+        if not link.send(frame):
+            await self._publish_slow(link, frame)
         n = self._n
         n.published += 1
-        n.published_bytes += len(tframe) + len(payload)
+        n.published_bytes += len(frame)
 
     def _type_frame(self, message: ProcessingMessage) -> bytes:
-        tframe = self._codec.topic_frame(message)
+        head = self._codec.topic_frame(message) + SEPARATOR
         if len(self._type_frames) >= _CACHE_LIMIT:
             self._type_frames.clear()
-        self._type_frames[message.message_type] = tframe
-        return tframe
+        self._type_frames[message.message_type] = head
+        return head
 
-    async def _publish_slow(self, link: BusLink, tframe: bytes, payload: bytes) -> None:
+    async def _publish_slow(self, link: BusLink, frame: bytes) -> None:
         self._n.publish_waits += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.publish_timeout
@@ -467,7 +468,7 @@ class MessageBroker:
             await link.pub.wait(2, left)  # zmq.POLLOUT
             if self._closed:
                 raise ClosedError("MessageBroker closed while publishing")
-            if link.send(tframe, payload):
+            if link.send(frame):
                 return
 
     # -- receiving ---------------------------------------------------------
@@ -489,24 +490,21 @@ class MessageBroker:
             # Bounded wait: a lost FD edge can delay us by at most one second.
             await link.sub.wait(1, 1.0)  # zmq.POLLIN
 
-    async def _dispatch_batch(self, batch: list[tuple[bytes | None, Any]]) -> None:
+    async def _dispatch_batch(self, batch: list[bytes]) -> None:
         n = self._n
-        decode = self._codec.decode
+        decode = self._codec.decode_frame
         cache = self._dispatch_cache
         last_seq = self._last_seq
-        for topic, payload in batch:
-            if topic is BAD:
-                self._decode_error(DecodeError("frames", f"expected 2 frames, got {payload}"))
-                continue
-            size = len(topic) + len(payload)
+        for frame in batch:
             n.received += 1
-            n.received_bytes += size
+            n.received_bytes += len(frame)
             try:
-                msg = decode(topic, payload, size)
+                msg = decode(frame)
             except DecodeError as exc:
                 self._decode_error(exc)
                 continue
             md = msg.metadata
+            topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
             # Gap detection, per (publisher, topic): inlined, it runs per message.
             per_pub = last_seq.get(md.publisher_id)
             if per_pub is not None:
@@ -520,7 +518,7 @@ class MessageBroker:
                 self._first_from(md, topic)
             subs = cache.get(topic)
             if subs is None:
-                subs = self._match(topic, msg.topic or "")
+                subs = self._match(topic)
             if not subs:
                 n.unmatched += 1
                 continue
@@ -569,25 +567,25 @@ class MessageBroker:
                          getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
                          sub.component_name, type(exc).__name__, exc)
 
-    def _match(self, topic: bytes, text: str) -> tuple[Subscription, ...]:
+    def _match(self, topic: str) -> tuple[Subscription, ...]:
         reserved = topic.startswith(_RESERVED)
-        subs = tuple(s for s in self._subs if (s.internal or not reserved) and s.pattern.match(text))
+        subs = tuple(s for s in self._subs if (s.internal or not reserved) and s.pattern.match(topic))
         if len(self._dispatch_cache) >= _CACHE_LIMIT:
             self._dispatch_cache.clear()
         self._dispatch_cache[topic] = subs
         return subs
 
-    def _first_from(self, md: MessageMetadata, topic: bytes) -> None:
+    def _first_from(self, md: MessageMetadata, topic: str) -> None:
         if len(self._last_seq) >= _CACHE_LIMIT:
             self._last_seq.clear()
         self._last_seq[md.publisher_id] = {topic: md.sequence}
 
-    def _gap(self, md: MessageMetadata, topic: bytes, last: int) -> None:
+    def _gap(self, md: MessageMetadata, topic: str, last: int) -> None:
         missing = md.sequence - last - 1
         self._n.gaps += missing
         self._faults.log(logging.WARNING, f"gap:{topic!r}",
                          "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
-                         missing, topic.decode(errors="replace"), md.publisher_id, md.sequence, last)
+                         missing, topic, md.publisher_id, md.sequence, last)
 
     def _decode_error(self, exc: DecodeError) -> None:
         self._decode_errors[exc.reason] = self._decode_errors.get(exc.reason, 0) + 1

@@ -1,8 +1,11 @@
-"""Encoding and decoding of pub/sub frames (docs/PROTOCOL.md, version 1).
+"""Encoding and decoding of bus messages (docs/PROTOCOL.md, version 2).
 
-A message is two frames: ``topic`` (UTF-8) and ``payload``, one msgpack array
-laid out as :data:`ENVELOPE_FIELDS`, whose last element is the content. Pure
-code: bytes in, objects out. Everything that goes wrong raises :class:`EncodeError` (our side)
+A pub/sub message is one frame: the topic (UTF-8), a NUL byte, and the
+payload, one msgpack array laid out as :data:`ENVELOPE_FIELDS` whose last
+element is the content. Request/reply carries the same payload in its own
+frames. Encoding uses msgpack-python (its ``default`` hook maps dates, enums
+and the like as the protocol says); decoding uses msgspec, which decodes and
+type-checks the envelope in C in half the time. Pure code: bytes in, objects out. Everything that goes wrong raises :class:`EncodeError` (our side)
 or :class:`DecodeError` (the peer's side) with a reason; msgpack's own
 exceptions never escape. No pickle, no ext types.
 """
@@ -15,9 +18,10 @@ import enum
 import uuid
 from functools import lru_cache
 from time import time as _now
-from typing import Any
+from typing import Annotated, Any, Optional
 
 import msgpack
+import msgspec
 
 from .errors import DecodeError, EncodeError, MessageTooLarge
 from .ids import new_id
@@ -32,9 +36,12 @@ __all__ = [
     "pack",
     "unpack",
     "topic_bytes",
+    "SEPARATOR",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: Ends the topic inside a pub/sub frame; a topic never holds it.
+SEPARATOR = b"\x00"
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # bytes, all frames together
 
 #: Positions in the envelope array. Decoders ignore elements past the last.
@@ -61,21 +68,32 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"cannot encode an object of type {type(obj).__name__}")
 
 
-def _reject_ext(code: int, data: bytes) -> Any:
+def _reject_ext(code: int, data: Any) -> Any:
     raise ValueError(f"msgpack ext type {code} is not allowed")
 
 
-def unpack(data: bytes) -> Any:
+# The envelope as msgspec checks it in C; anything it refuses goes through
+# the generic path below, which names the reason (and accepts the extra
+# elements of a later minor revision).
+_Seq = Annotated[int, msgspec.Meta(ge=0)]
+_Attempt = Annotated[int, msgspec.Meta(ge=1)]
+_ENVELOPE = tuple[int, str, str, str, Optional[str], str, Optional[str], float, str, _Seq, _Attempt,
+                  Optional[float], Optional[dict[str, Any]], Any]
+_typed_decode = msgspec.msgpack.Decoder(_ENVELOPE, ext_hook=_reject_ext).decode
+_any_decode = msgspec.msgpack.Decoder(ext_hook=_reject_ext).decode
+_ValidationError = msgspec.ValidationError
+
+
+def unpack(data: Any) -> Any:
     """Decode one msgpack object safely; raise :class:`DecodeError`.
 
-    Container and string sizes are bounded by the input's length (a "msgpack
-    bomb" declaring a huge length fails at once), map keys must be str or
-    bytes, ext types are refused, trailing bytes are an error.
+    ``data`` is any buffer. Declared lengths larger than the input fail at
+    once (no "msgpack bomb"), ext types other than the standard timestamp
+    are refused, trailing bytes are an error, nesting is bounded.
     """
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_reject_ext)
-    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as exc:
-        # ExtraData, FormatError, StackError and UnicodeDecodeError are ValueErrors.
+        return _any_decode(data)
+    except (ValueError, TypeError, RecursionError) as exc:  # msgspec.DecodeError is a ValueError
         raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
 
 
@@ -193,8 +211,8 @@ class Codec:
     def decode(self, topic: bytes, payload: Any, size: int = -1) -> ProcessingMessage:
         """Build a :class:`ProcessingMessage` from the two frames; raise :class:`DecodeError`.
 
-        ``payload`` may be any buffer (bytes, ``zmq.Frame``). ``size``, the
-        frames' total length, is computed when not given.
+        ``payload`` may be any buffer (bytes, memoryview, ``zmq.Frame``).
+        ``size``, the message's total length, is computed when not given.
         """
         if size < 0:
             size = len(topic) + len(payload)
@@ -204,37 +222,49 @@ class Codec:
             tstr = topic.decode()
         except UnicodeDecodeError:
             raise DecodeError("topic", "topic frame is not UTF-8") from None
-        env = unpack(payload)
-        if type(env) is not list or len(env) != _ENVELOPE_LEN:
-            if type(env) is list and len(env) > _ENVELOPE_LEN and env[0] == PROTOCOL_VERSION:
-                env = env[:_ENVELOPE_LEN]  # elements added by a later minor revision
-            elif type(env) is list and env and env[0] != PROTOCOL_VERSION:
-                raise DecodeError("version", f"unsupported protocol version {env[0]!r}")
-            else:
-                raise DecodeError("field", f"payload must be an array of at least {_ENVELOPE_LEN} elements")
+        try:
+            env = _typed_decode(payload)
+        except _ValidationError:
+            env = _checked(unpack(payload))
+        except (ValueError, TypeError, RecursionError) as exc:
+            raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
         (version, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env
-        if version != PROTOCOL_VERSION or type(version) is not int:
+        if version != PROTOCOL_VERSION:
             raise DecodeError("version", f"unsupported protocol version {version!r}")
-        # One chained test (measured 0.19 us against 0.31 us for separate ones).
-        if not (
-            _str is type(mtype) is type(mid) is type(cid) is type(src) is type(pub)
-            and (cause is None or type(cause) is _str) and (dst is None or type(dst) is _str)
-            and type(seq) is int is type(att) and seq >= 0 and att >= 1
-            and (type(ts) is float or type(ts) is int)
-            and (deadline is None or type(deadline) is float or type(deadline) is int)
-            and (headers is None or type(headers) is dict)
-        ):
-            raise DecodeError("field", "envelope field of the wrong type")
         md = _new_metadata(_Metadata)  # field by field: a decoded message inherits nothing
         md.correlation_id, md.source_component, md.target_component, md.message_id = cid, src, dst, mid
         md.causation_id, md.timestamp, md.publisher_id, md.sequence = cause, ts, pub, seq
         md.attempt, md.deadline, md.headers = att, deadline, {} if headers is None else headers
         return ProcessingMessage(_registry_get(mtype, mtype), body, md, tstr)
 
+    def decode_frame(self, frame: bytes) -> ProcessingMessage:
+        """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError`."""
+        size = len(frame)
+        if size > self.max_message_size:
+            raise DecodeError("size", f"{size} bytes over the limit of {self.max_message_size}")
+        i = frame.find(0, 0, 257)
+        if i <= 0:
+            raise DecodeError("topic", "no topic, or no NUL after it within 256 bytes")
+        # A copy is cheaper than a memoryview for small payloads, and the reverse for large ones.
+        return self.decode(frame[:i], frame[i + 1:] if size < 4096 else memoryview(frame)[i + 1:], size)
 
-def decode_frames(codec: Codec, frames: list[bytes]) -> ProcessingMessage:
-    """Decode a whole multipart message, checking the frame count first."""
-    if len(frames) != 2:
-        raise DecodeError("frames", f"expected 2 frames, got {len(frames)}")
-    return codec.decode(frames[0], frames[1])
 
+def _checked(env: Any) -> list[Any]:
+    """The generic path: ``env`` failed the typed decoder; say why, or accept a later revision's extras."""
+    if type(env) is not list or len(env) < _ENVELOPE_LEN:
+        if type(env) is list and env and env[0] != PROTOCOL_VERSION:
+            raise DecodeError("version", f"unsupported protocol version {env[0]!r}")
+        raise DecodeError("field", f"payload must be an array of at least {_ENVELOPE_LEN} elements")
+    if env[0] != PROTOCOL_VERSION or type(env[0]) is not int:
+        raise DecodeError("version", f"unsupported protocol version {env[0]!r}")
+    (version, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env[:_ENVELOPE_LEN]
+    if not (
+        _str is type(mtype) is type(mid) is type(cid) is type(src) is type(pub)
+        and (cause is None or type(cause) is _str) and (dst is None or type(dst) is _str)
+        and type(seq) is int is type(att) and seq >= 0 and att >= 1
+        and (type(ts) is float or type(ts) is int)
+        and (deadline is None or type(deadline) is float or type(deadline) is int)
+        and (headers is None or (type(headers) is dict and all(type(k) is _str for k in headers)))
+    ):
+        raise DecodeError("field", "envelope field of the wrong type")
+    return env[:_ENVELOPE_LEN]  # type: ignore[no-any-return]

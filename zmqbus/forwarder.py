@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import zmq
 
 from . import config
-from .codec import Codec
+from .codec import SEPARATOR, Codec
 from .errors import ClosedError, TransportError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage
@@ -210,8 +210,8 @@ class Forwarder:
         except (TransportError, ClosedError):
             return
         msg = ProcessingMessage(STATS_TOPIC, stats.as_dict(), MessageMetadata(source_component="forwarder"))
-        tframe = codec.topic_frame(msg)
-        sock.send_multipart([tframe, codec.encode(msg, tframe, self._id, seq)], zmq.NOBLOCK)
+        head = codec.topic_frame(msg) + SEPARATOR
+        sock.send(head + codec.encode(msg, head, self._id, seq), zmq.NOBLOCK)
 
     def statistics(self, timeout: float = 2.0) -> ForwarderStatistics:
         """Read the proxy's counters (thread-safe). Raises :class:`ClosedError` once stopped."""

@@ -3,12 +3,13 @@
 Rules of this module:
 
 * A *topic* is 1-255 UTF-8 bytes of non-empty words joined by ``.``; a word
-  holds no ``*``, ``#``, whitespace or control character, and the first byte
-  is not 0xDC or 0xDD (those start a msgpack array; see transport.py).
+  holds no ``*``, ``#``, whitespace or control character (so never the NUL
+  that ends the topic inside a frame).
 * A *pattern* is a topic whose words may also be exactly ``*`` (one word) or
   ``#`` (zero or more words), so ``a.b.#`` matches ``a.b`` and ``a.b.c.d``.
 * ZeroMQ filters only by byte prefix, so every pattern compiles to the longest
-  literal byte prefix it implies (what the SUB socket subscribes to) plus an
+  literal byte prefix it implies (a pattern without wildcards: the topic and
+  the NUL that ends it in a frame, so ZeroMQ filters it exactly) (what the SUB socket subscribes to) plus an
   exact matcher applied in the process. A pattern that starts with a wildcard
   has the empty prefix and receives *all* traffic; :attr:`Pattern.receives_all`
   makes that cost visible.
@@ -39,10 +40,6 @@ def _check_words(text: str, what: str, wildcards: bool) -> list[str]:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size == 0 or size > MAX_TOPIC_BYTES:
         raise TopicError(f"{what} {text!r} must be 1 to {MAX_TOPIC_BYTES} bytes long")
-    if text.encode("utf-8", "surrogatepass")[0] in (0xDC, 0xDD):
-        # These lead bytes also start a msgpack array; a topic never does
-        # (PROTOCOL.md), which lets receivers recover framing exactly.
-        raise TopicError(f"{what} {text!r} may not start with U+0700-U+077F")
     words = text.split(".")
     for word in words:
         if wildcards and word in ("*", "#"):
@@ -128,7 +125,7 @@ def compile_pattern(pattern: str) -> Pattern:
     rest = collapsed[len(literal):]
     base = ".".join(literal)
     if not rest:
-        return Pattern(pattern, base.encode(), _exact(base))
+        return Pattern(pattern, base.encode() + b"\x00", _exact(base))
     if rest[0] == "*":
         prefix = (base + ".") if base else ""
     else:  # "#" may match zero words, so "a.#" must also receive "a" itself

@@ -29,11 +29,7 @@ import zmq
 
 from .errors import ClosedError, TransportError
 
-__all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "BAD"]
-
-#: Marker in the topic position of :meth:`BusLink.recv_batch` results for a
-#: message with the wrong number of frames; the second item is the count.
-BAD = None
+__all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors"]
 
 _ctx: zmq.Context[zmq.Socket[bytes]] | None = None
 _ctx_pid = 0
@@ -192,18 +188,6 @@ def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
         fut.set_result(value)
 
 
-# A msgpack array (every valid payload) starts with 0x90-0x9f, 0xdc or 0xdd.
-# No topic can start with those bytes: 0x90-0x9f never begins UTF-8 text, and
-# topics.py refuses a first byte of 0xdc or 0xdd (PROTOCOL.md says so too).
-# That one byte tells a stray payload from the start of the next message.
-_PAYLOAD_START = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
-
-
-def _is_payload_start(frame: bytes) -> bool:
-    """True if ``frame`` can be a payload and so cannot be a topic."""
-    return bool(frame) and frame[0] in _PAYLOAD_START
-
-
 class BusLink:
     """A client's two sockets to a forwarder.
 
@@ -234,16 +218,15 @@ class BusLink:
         with mapped_errors(f"connect to {sub_endpoint}"):
             self.sub.sock.connect(sub_endpoint)
 
-    def send(self, topic: bytes, payload: bytes) -> bool:
-        """Queue one message; False when the high-water mark is reached."""
+    def send(self, frame: bytes) -> bool:
+        """Queue one message (one frame); False when the high-water mark is reached."""
         try:
-            self._psend(topic, 3)  # zmq.SNDMORE | zmq.NOBLOCK; Again can only happen here
+            self._psend(frame, 1)  # zmq.NOBLOCK
         except zmq.Again:
             return False
         except zmq.ZMQError as exc:
             with mapped_errors("publish"):
                 raise exc
-        self._psend(payload, 0)
         return True
 
     def subscribe(self, prefix: bytes) -> None:
@@ -256,65 +239,25 @@ class BusLink:
             self.sub.sock.setsockopt(zmq.UNSUBSCRIBE, prefix)
         self.sub.wake()
 
-    def recv_batch(self, limit: int) -> list[tuple[bytes | None, Any]]:
-        """Receive up to ``limit`` messages without blocking.
+    def recv_batch(self, limit: int) -> list[bytes]:
+        """Receive up to ``limit`` frames without blocking.
 
-        Each item is ``(topic, payload)``, the payload as a buffer; or
-        ``(BAD, frame_count)`` for a message that does not have exactly two
-        frames. Framing is recovered exactly (see :func:`_is_payload_start`):
-        a malformed message never costs the next good one.
+        Every frame is a message on its own (PROTOCOL.md section 2): a peer
+        that sends several frames at once sends several messages, each decoded
+        (or counted as malformed) by itself, so there is no framing to lose.
         """
-        out: list[tuple[bytes | None, Any]] = []
+        out: list[bytes] = []
         append = out.append
         recv = self._srecv
-        pending: Any = None  # a frame known to start the next message
         try:
             for _ in range(limit):
-                if pending is not None:
-                    x, pending = pending.bytes, None
-                else:
-                    try:
-                        x = recv(1)  # zmq.NOBLOCK; the topic, as bytes
-                    except zmq.Again:
-                        break
-                try:
-                    y = recv(1, copy=False)
-                except zmq.Again:
-                    # A multipart message arrives whole, so nothing after x
-                    # means x was a message of one frame.
-                    append((BAD, 1))
-                    break
-                if not y.more:
-                    append((x, y))
-                    continue
-                if _is_payload_start(y.bytes):
-                    # x, y and more frames form one message: consume the rest.
-                    n = 3
-                    while recv(1, copy=False).more:
-                        n += 1
-                    append((BAD, n))
-                else:
-                    # y looks like a topic: x stood alone and y starts the next message.
-                    append((BAD, 1))
-                    pending = y
-            if pending is not None:
-                rest = self._finish(pending)
-                if rest is not None:
-                    append(rest)
+                append(recv(1))  # zmq.NOBLOCK
+        except zmq.Again:
+            pass
         except zmq.ZMQError as exc:
             with mapped_errors("receive"):
                 raise exc
         return out
-
-    def _finish(self, first: Any) -> tuple[bytes | None, Any] | None:
-        """Read the message that ``first`` (a frame with more to come) starts."""
-        y = self._srecv(1, copy=False)
-        if not y.more:
-            return (first.bytes, y)
-        n = 3
-        while self._srecv(1, copy=False).more:
-            n += 1
-        return (BAD, n)
 
     def drain_control(self) -> int:
         """Discard subscription notices queued on the XPUB; return how many."""
