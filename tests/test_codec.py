@@ -158,6 +158,13 @@ def test_later_minor_revision_fields_are_ignored() -> None:
     assert out.content == {} and out.metadata.message_id == "m-1"
 
 
+def test_aware_datetimes_travel_as_msgpack_timestamps() -> None:
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
+    topic, payload = frames(ProcessingMessage("a.b", {"at": when}))
+    assert b"\xd7\xff" in payload or b"\xc7\x0c\xff" in payload  # ext -1, the standard timestamp
+    assert Codec().decode(topic, payload).content == {"at": when}
+
+
 def test_content_map_keys_may_be_any_scalar() -> None:
     """msgpack-python encodes int keys, so the decoder accepts them too (PROTOCOL.md section 3)."""
     out = Codec().decode(b"a.b", msgpack.packb(envelope(content={1: "int key", "s": 2})))
