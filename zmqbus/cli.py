@@ -291,7 +291,7 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--count", default=0, help="Messages per round (default 200,000; 20,000 with --quick).")
 @click.option("--size", default=180, show_default=True, help="Approximate content size in bytes.")
-@click.option("--rounds", default=0, help="Rounds per side, best kept (default 3; 1 with --quick).")
+@click.option("--rounds", default=0, help="Rounds per side, the median reported (default 3; 1 with --quick).")
 def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
     from .bench.pubsub import run_pubsub
@@ -302,7 +302,7 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int)
         click.echo(json.dumps(result))
         return
     click.echo(f"pub/sub through a forwarder, {result['count']:,} messages of ~{size} B content, "
-               f"{result['transport']}, best of {result['rounds']}:")
+               f"{result['transport']}, median of {result['rounds']} rounds:")
     click.echo(f"  raw pyzmq + msgpack : {result['raw_msgs_per_s']:>10,} msg/s")
     click.echo(f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
                f"  (lost {result['zmqbus']['lost']}, gaps counted {result['zmqbus']['gaps_counted']})")
