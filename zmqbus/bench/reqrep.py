@@ -286,7 +286,7 @@ def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progres
     }
     for prefix, side in (("", zb), ("raw_", raw), ("sync_", sync)):  # the flat keys of earlier versions
         for key in ("p50_us", "p99_us", "throughput_req_s"):
-            out[prefix + key] = round(side[key], 1)
+            out[prefix + key] = round(side[key]) if key.endswith("req_s") else round(side[key], 1)
     return out
 
 

@@ -82,10 +82,10 @@ def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = 
         if name == "pubsub":
             sections[name] = run_pubsub(quick=quick, progress=say)
         elif name == "sizes":
-            sections[name] = [run_pubsub(count=_count(size, quick), size=size, shape="sized", rounds=1 if quick else 2,
+            sections[name] = [run_pubsub(count=_count(size, quick), size=size, shape="sized", rounds=1 if quick else 3,
                                          progress=say, label=f"{size:,} B: ") for size in SIZES]
         elif name == "fanout":
-            sections[name] = [run_pubsub(count=10_000 if quick else 100_000, subscribers=k, rounds=1 if quick else 2,
+            sections[name] = [run_pubsub(count=10_000 if quick else 100_000, subscribers=k, rounds=1 if quick else 3,
                                          progress=say, label=f"{k} subscriber(s): ") for k in FANOUT]
         elif name == "latency":
             sections[name] = run_latency(rate, 1.0 if quick else 4.0, progress=say, label=f"{rate:,.0f} msg/s: ")
