@@ -200,3 +200,11 @@ def test_up_runs_a_topology_and_stops_cleanly(tmp_path: Any, run_cli: Any) -> No
     code, _, err = finish(proc, timeout=30)
     assert code == 0, err
     assert err.count("started ") == 3 and "all processes stopped" in err
+
+
+def test_bench_out_dir_that_cannot_be_written_fails_before_measuring(run_cli: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code, out, err = finish(run_cli("bench", "--quick", "--out", str(blocker / "report")), timeout=30)
+    assert code == 1 and "cannot write the report" in err
+    assert "pubsub (1/" not in err  # nothing was measured

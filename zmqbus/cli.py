@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -278,11 +279,19 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
 
     if rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--rate")
+    if out_dir:  # fail before minutes of measuring, not after
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the report into {out_dir}: {exc}") from None
     report = run_suite(quick=quick, peers=peers or "peers" in only, only=only, rate=rate,
                        progress=lambda s: click.echo(s, err=True))
     if out_dir:
-        for path in write_report(report, out_dir):
-            click.echo(f"wrote {path}", err=True)
+        try:
+            for path in write_report(report, out_dir):
+                click.echo(f"wrote {path}", err=True)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the report into {out_dir}: {exc}") from None
     click.echo(json.dumps(report) if as_json else to_markdown(report))
 
 
