@@ -201,7 +201,9 @@ class Codec:
             raise EncodeError(f"cannot encode the {message_type} reply: {exc}") from None
 
     def decode(self, topic: bytes, payload: Any, size: int = -1) -> ProcessingMessage:
-        """Build a :class:`ProcessingMessage` from the two frames; raise :class:`DecodeError`.
+        """Build a :class:`ProcessingMessage` from a topic and a payload; raise :class:`DecodeError`.
+
+        Used for request/reply frames; pub/sub frames go through :meth:`decode_frame`.
 
         ``payload`` may be any buffer (bytes, memoryview, ``zmq.Frame``).
         ``size``, the message's total length, is computed when not given.

@@ -50,7 +50,7 @@ class ForwarderStatistics:
     """Counters of a running forwarder.
 
     ``frames_in``/``bytes_in`` count what publishers sent (a zmqbus message is
-    two frames); ``frames_out``/``bytes_out`` what was handed to the XPUB
+    one frame); ``frames_out``/``bytes_out`` what was handed to the XPUB
     side once (ZeroMQ then copies it to each matching subscriber).
     ``subscription_frames`` counts (un)subscriptions from subscribers.
     """
