@@ -495,9 +495,10 @@ class MessageBroker:
         decode = self._codec.decode_frame
         cache = self._dispatch_cache
         last_seq = self._last_seq
+        n.received += len(batch)  # counted up front, once per batch: never behind what handlers see
+        n.received_bytes += sum(map(len, batch))
+        dispatched = 0
         for frame in batch:
-            n.received += 1
-            n.received_bytes += len(frame)
             try:
                 msg = decode(frame)
             except DecodeError as exc:
@@ -523,8 +524,8 @@ class MessageBroker:
                 n.unmatched += 1
                 continue
             set_current(msg)  # reset once per batch, below: what handlers publish inherits its ids
+            dispatched += len(subs)
             for sub in subs:
-                n.dispatched += 1
                 try:
                     # Started eagerly (aio.start_eagerly, inlined: this runs per
                     # message): a handler that completes without suspending
@@ -544,9 +545,12 @@ class MessageBroker:
                         continue
                     self._continue_handler(sub, rest)
                     if len(self._handler_tasks) >= self.max_pending_handlers:
+                        n.dispatched += dispatched  # before waiting: statistics() stays current
+                        dispatched = 0
                         await asyncio.wait(set(self._handler_tasks), return_when=asyncio.FIRST_COMPLETED)
                 except Exception as exc:  # a handler's fault must not stop dispatch
                     self._handler_error(sub, exc)
+        n.dispatched += dispatched
         set_current(None)
 
     def _continue_handler(self, sub: Subscription, rest: Any) -> None:

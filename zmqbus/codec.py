@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from time import time as _now
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional, get_args
 
 import msgspec
 
@@ -69,8 +69,11 @@ def _reject_ext(code: int, data: Any) -> Any:
 # elements of a later minor revision).
 _Seq = Annotated[int, msgspec.Meta(ge=0)]
 _Attempt = Annotated[int, msgspec.Meta(ge=1)]
-_ENVELOPE = tuple[int, str, str, str, Optional[str], str, Optional[str], float, str, _Seq, _Attempt,
+_ENVELOPE = tuple[Literal[2], str, str, str, Optional[str], str, Optional[str], float, str, _Seq, _Attempt,
                   Optional[float], Optional[dict[str, Any]], Any]
+# Literal[2] is PROTOCOL_VERSION (mypy wants a literal there): checked at import.
+if get_args(get_args(_ENVELOPE)[0]) != (PROTOCOL_VERSION,):  # pragma: no cover
+    raise ImportError("codec: the envelope's version literal is not PROTOCOL_VERSION")
 _typed_decode = msgspec.msgpack.Decoder(_ENVELOPE, ext_hook=_reject_ext).decode
 _any_decode = msgspec.msgpack.Decoder(ext_hook=_reject_ext).decode
 _ValidationError = msgspec.ValidationError
@@ -110,7 +113,8 @@ def topic_bytes(topic: str) -> bytes:
 _registry_get = _registry.get
 _str = str
 _Metadata = MessageMetadata
-_new_metadata = object.__new__
+_Message = ProcessingMessage
+_new = object.__new__
 
 
 class Codec:
@@ -216,20 +220,7 @@ class Codec:
             tstr = topic.decode()
         except UnicodeDecodeError:
             raise DecodeError("topic", "topic frame is not UTF-8") from None
-        try:
-            env = _typed_decode(payload)
-        except _ValidationError:
-            env = _checked(unpack(payload))
-        except (ValueError, TypeError, RecursionError) as exc:
-            raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
-        (version, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env
-        if version != PROTOCOL_VERSION:
-            raise DecodeError("version", f"unsupported protocol version {version!r}")
-        md = _new_metadata(_Metadata)  # field by field: a decoded message inherits nothing
-        md.correlation_id, md.source_component, md.target_component, md.message_id = cid, src, dst, mid
-        md.causation_id, md.timestamp, md.publisher_id, md.sequence = cause, ts, pub, seq
-        md.attempt, md.deadline, md.headers = att, deadline, {} if headers is None else headers
-        return ProcessingMessage(_registry_get(mtype, mtype), body, md, tstr)
+        return _build(tstr, payload)
 
     def decode_frame(self, frame: bytes) -> ProcessingMessage:
         """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError`."""
@@ -239,8 +230,30 @@ class Codec:
         i = frame.find(0, 0, 257)
         if i <= 0:
             raise DecodeError("topic", "no topic, or no NUL after it within 256 bytes")
+        try:
+            tstr = frame[:i].decode()
+        except UnicodeDecodeError:
+            raise DecodeError("topic", "topic is not UTF-8") from None
         # A copy is cheaper than a memoryview for small payloads, and the reverse for large ones.
-        return self.decode(frame[:i], frame[i + 1:] if size < 4096 else memoryview(frame)[i + 1:], size)
+        return _build(tstr, frame[i + 1:] if size < 4096 else memoryview(frame)[i + 1:])
+
+
+def _build(tstr: str, payload: Any) -> ProcessingMessage:
+    """Decode ``payload`` and build the message, field by field (a decoded message inherits nothing)."""
+    try:
+        env = _typed_decode(payload)  # the version is checked there too (Literal)
+    except _ValidationError:
+        env = _checked(unpack(payload))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
+    (_, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env
+    md = _new(_Metadata)
+    md.correlation_id, md.source_component, md.target_component, md.message_id = cid, src, dst, mid
+    md.causation_id, md.timestamp, md.publisher_id, md.sequence = cause, ts, pub, seq
+    md.attempt, md.deadline, md.headers = att, deadline, {} if headers is None else headers
+    msg = _new(_Message)
+    msg.message_type, msg.content, msg.metadata, msg.topic = _registry_get(mtype, mtype), body, md, tstr
+    return msg
 
 
 def _checked(env: Any) -> list[Any]:
