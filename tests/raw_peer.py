@@ -79,11 +79,13 @@ def serve(pub: str, sub: str) -> None:
             next_announce = time.time() + 0.2
         if not router.poll(50):
             continue
-        caller, kind, service, payload = router.recv_multipart()
+        caller, body = router.recv_multipart()
+        kind, service, payload = body.split(b"\x00", 2)  # PROTOCOL.md section 8.2
+        assert kind == b"REQ"
         req = msgpack.unpackb(payload)
         reply = [2, "raw.upper.reply", f"raw-r-{req[2]}", req[3], req[2], "raw", req[5], time.time(),
                  "raw-responder", 0, 1, None, None, str(req[13]).upper()]
-        router.send_multipart([caller, b"REP", msgpack.packb(reply)])
+        router.send_multipart([caller, b"REP\x00" + msgpack.packb(reply)])
 
 
 if __name__ == "__main__":

@@ -125,24 +125,27 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(endpoint)
 
-        async def recv() -> list[bytes]:
+        async def recv() -> tuple[bytes, bytes]:
             # in a thread: the responder runs on this test's event loop
             got = await asyncio.to_thread(lambda: dealer.recv_multipart() if dealer.poll(5000) else None)
             assert got is not None, "no answer"
-            return got
+            assert len(got) == 1  # one frame: kind, NUL, payload (PROTOCOL.md section 8.2)
+            kind, _, body = got[0].partition(b"\x00")
+            return kind, body
 
         try:
             payload = msgpack.packb([2, "count", "dup-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
                                      None, None, 41])
             for _ in range(3):  # the same message id three times: executed once
-                dealer.send_multipart([b"REQ", b"count", payload])
+                dealer.send(b"REQ\x00count\x00" + payload)
             first = await recv()
             assert first[0] == b"REP" and msgpack.unpackb(first[1])[13] == 1
             await wait_until(lambda: (lambda st: st["served_duplicates_cached"] + st["served_duplicates_in_flight"])(
                 srv.statistics().rpc) == 2, what="both duplicates seen")
             assert executed == [41]
             # malformed requests get an error back; the responder stays up
-            for frames in ([b"REQ"], [b"HELLO", b"x", b"y"], [b"REQ", b"count", b"\xc1garbage"]):
+            for frames in ([b"REQ"], [b"HELLO\x00x\x00y"], [b"REQ\x00count\x00\xc1garbage"],
+                           [b"REQ\x00count\x00" + payload, b"a second frame"]):
                 dealer.send_multipart(frames)
                 while True:
                     kind, body = await recv()
@@ -151,11 +154,11 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
                 assert msgpack.unpackb(body)[13]["code"] == "malformed"
             expired = msgpack.packb([2, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
                                      time.time() - 5, None, 0])
-            dealer.send_multipart([b"REQ", b"count", expired])
+            dealer.send(b"REQ\x00count\x00" + expired)
             kind, body = await recv()
             assert kind == b"ERR" and msgpack.unpackb(body)[13]["code"] == "expired"
             assert executed == [41]
-            assert srv.statistics().rpc["served_malformed"] == 3
+            assert srv.statistics().rpc["served_malformed"] == 4
         finally:
             dealer.close(0)
 
@@ -385,8 +388,8 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
     dealer.connect(srv._responder.endpoint)  # type: ignore[union-attr]
     try:
         for i in range(3):  # one runs, two wait for the single slot
-            dealer.send_multipart([b"REQ", b"hold", msgpack.packb(
-                [2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i])])
+            dealer.send(b"REQ\x00hold\x00" + msgpack.packb(
+                [2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i]))
         await wait_until(lambda: srv.statistics().rpc["served_executed"] == 1 and
                          len(srv._responder._queue) == 2, what="two queued")  # type: ignore[union-attr]
         closing = asyncio.ensure_future(srv.close())
@@ -397,8 +400,9 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
             replies.append(got)
         gate.set()
         await closing
-        bodies = [msgpack.unpackb(body) for kind, body in replies]
-        assert [k for k, _ in replies] == [b"ERR", b"ERR"]
+        parts = [frames[0].partition(b"\x00") for frames in replies]
+        bodies = [msgpack.unpackb(body) for _, _, body in parts]
+        assert [kind for kind, _, _ in parts] == [b"ERR", b"ERR"]
         assert sorted(b[4] for b in bodies) == ["q-1", "q-2"]  # causation ids: the queued requests
         assert all(b[13]["code"] == "shutting_down" and b[13]["retryable"] for b in bodies)
     finally:

@@ -4,10 +4,11 @@ A :class:`Responder` binds a ROUTER, serves named services and announces
 itself on the bus (``_zmqbus.presence``) every ``heartbeat`` seconds. A
 :class:`Caller` keeps a directory of live instances from those announcements
 and sends each request straight to the least-loaded instance; no request ever
-goes through the forwarder. Frames (after ZeroMQ's routing id)::
+goes through the forwarder. One frame after ZeroMQ's routing id, a kind and
+its fields separated by NUL bytes (docs/PROTOCOL.md section 8.2)::
 
-    caller -> responder   [b"REQ", service, payload]
-    responder -> caller   [b"REP", payload] | [b"ERR", payload] | [b"BUSY", msgpack([request_id])]
+    caller -> responder   b"REQ\0" service b"\0" payload
+    responder -> caller   b"REP\0" payload | b"ERR\0" payload | b"BUSY\0" msgpack([request_id])
 
 The payload is the pub/sub payload of docs/PROTOCOL.md. A reply's
 ``causation_id`` is the request's ``message_id``: that is how replies are
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 PRESENCE_TOPIC = "_zmqbus.presence"
 DISCOVER_TOPIC = "_zmqbus.discover"
 REQ, REP, ERR, BUSY = b"REQ", b"REP", b"ERR", b"BUSY"
+# Each frame starts with its kind and a NUL.
+_REQ, _REP, _ERR, _BUSY = REQ + b"\0", REP + b"\0", ERR + b"\0", BUSY + b"\0"
+_KINDS = {REP: _REP, ERR: _ERR}
 
 ServiceHandler = Callable[[ProcessingMessage], Union[Awaitable[Any], Any]]
 
@@ -89,7 +93,7 @@ class Responder:
         self.instance_id = broker.client_id
         self.services: dict[str, tuple[ServiceHandler, bool]] = {}
         self.stats = ResponderStatistics()
-        self._cache: ReplyCache[tuple[bytes, bytes]] = ReplyCache(options.cache_size)
+        self._cache: ReplyCache[bytes] = ReplyCache(options.cache_size)
         self._in_flight: dict[str, tuple[bytes, float]] = {}  # request id -> (caller, started)
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_concurrency = options.max_concurrency
@@ -167,23 +171,29 @@ class Responder:
             now = time.monotonic()
             for request_id, (caller, started) in list(self._in_flight.items()):
                 if now - started >= self.heartbeat:
-                    self._router.send(caller, BUSY, pack([request_id]))
+                    self._router.send(caller, _BUSY + pack([request_id]))
             await asyncio.sleep(self.heartbeat)
 
     # -- requests ----------------------------------------------------------
 
     def _on_frames(self, frames: list[bytes]) -> None:
         caller = frames[0]
-        if len(frames) != 4 or frames[1] != REQ:
+        body = frames[1] if len(frames) == 2 else b""
+        end = body.find(0, 4, 261) if body.startswith(_REQ) else -1  # the service's NUL
+        if end < 5:
             self.stats.malformed += 1
-            self._faults.log(logging.WARNING, "frames", "malformed request (%d frames)", len(frames))
+            self._faults.log(logging.WARNING, "frames", "malformed request (%d frames, starting %r)",
+                             len(frames), bytes(body[:8]))
             self._reply_error(caller, None, "", "malformed", "ProtocolError",
-                              f"expected [REQ, service, payload], got {len(frames) - 1} frames", False)
+                              "expected one frame: REQ, NUL, service, NUL, payload", False)
             return
         self.stats.requests += 1
         try:
-            service = frames[2].decode()
-            msg = self.broker._codec.decode(frames[2], frames[3])
+            sframe = body[4:end]
+            service = sframe.decode()
+            size = len(body)
+            msg = self.broker._codec.decode(sframe, body[end + 1:] if size < 4096 else memoryview(body)[end + 1:],
+                                            size)
         except (UnicodeDecodeError, DecodeError) as exc:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
@@ -193,7 +203,7 @@ class Responder:
         cached = self._cache.get(md.message_id)
         if cached is not None:  # a retry: answer from the cache, never execute twice
             self.stats.duplicates_cached += 1
-            self._router.send(caller, *cached)
+            self._router.send(caller, cached)
             return
         if md.message_id in self._in_flight:
             self.stats.duplicates_in_flight += 1  # its reply is on the way
@@ -267,11 +277,11 @@ class Responder:
                 "handler_error", type(result).__name__, str(result), is_retryable(result)))
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
-        frames = (kind, payload)
+        frame = _KINDS[kind] + payload
         if not (kind == ERR and is_retryable(result)):  # a retry of retryable work runs again
-            self._cache.put(md.message_id, frames)
+            self._cache.put(md.message_id, frame)
         self._in_flight.pop(md.message_id, None)
-        if not self._router.send(caller, *frames):
+        if not self._router.send(caller, frame):
             self.stats.undeliverable += 1
         while self._queue and len(self._in_flight) - len(self._queue) < self._max_concurrency:
             self._start(*self._queue.popleft())
@@ -291,7 +301,7 @@ class Responder:
         request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(message_id=""))
         payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
                                _error_content(code, error_type, text, retryable))
-        if not self._router.send(caller, ERR, payload):
+        if not self._router.send(caller, _ERR + payload):
             self.stats.undeliverable += 1
 
     async def close(self, grace: float = 5.0) -> None:
@@ -398,27 +408,32 @@ class Caller:
     # -- replies -----------------------------------------------------------
 
     def _on_frames(self, frames: list[bytes]) -> None:
-        if len(frames) != 3 or frames[1] not in (REP, ERR, BUSY):
-            self._faults.log(logging.WARNING, "frames", "malformed reply (%d frames)", len(frames))
+        body = frames[1] if len(frames) == 2 else b""
+        cut = body.find(0, 0, 5)
+        kind = body[:cut] if cut > 0 else b""
+        if kind not in (REP, ERR, BUSY):
+            self._faults.log(logging.WARNING, "frames", "malformed reply (%d frames, starting %r)",
+                             len(frames), bytes(body[:8]))
             return
         try:
-            if frames[1] == BUSY:
-                (request_id,) = unpack(frames[2])
+            if kind == BUSY:
+                (request_id,) = unpack(body[cut + 1:])
                 self.tracker.busy(str(request_id), time.monotonic())
                 return
-            msg = self.broker._codec.decode(b"_zmqbus.reply", frames[2])
+            msg = self.broker._codec.decode(b"_zmqbus.reply", body[cut + 1:] if len(body) < 4096
+                                            else memoryview(body)[cut + 1:])
         except (DecodeError, ValueError, TypeError) as exc:
             self._faults.log(logging.WARNING, "decode", "malformed reply: %s", exc)
             return
         request_id = msg.metadata.causation_id or ""
-        if frames[1] == ERR and isinstance(msg.content, dict) and msg.content.get("retryable"):
+        if kind == ERR and isinstance(msg.content, dict) and msg.content.get("retryable"):
             call = self.tracker.get(request_id)  # the call goes on, on another instance
             if call is not None:
                 _wake(call, ("retry", f"retryable error: {msg.content.get('message')}"))
             return
         call = self.tracker.reply(request_id)
         if call is not None:
-            _wake(call, ("reply", frames[1], msg))
+            _wake(call, ("reply", kind, msg))
 
     # -- requests ----------------------------------------------------------
 
@@ -428,7 +443,7 @@ class Caller:
         md = message.metadata
         if md.deadline is None:
             md.deadline = time.time() + timeout
-        sframe = service.encode()
+        head = _REQ + service.encode() + b"\0"
         call = self.tracker.begin(md.message_id, service, loop.time(), timeout, policy)
         reason = "no reply"
         try:
@@ -440,14 +455,14 @@ class Caller:
                 md.attempt = call.attempt
                 if call.attempt > 1:
                     self.retries += 1
-                payload = self.broker._codec.encode(message, sframe, self.broker.client_id, 0,
-                                                    self.broker.name)
+                frame = head + self.broker._codec.encode(message, head, self.broker.client_id, 0,
+                                                         self.broker.name)
                 fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
                 call.waiter = fut  # resolved by a reply, the sweep (timeout) or a lost instance
-                if self._router.send(inst.peer, REQ, sframe, payload):
+                if self._router.send(inst.peer, frame):
                     outcome = await fut
                 else:
-                    outcome = await self._send_slowly(call, inst.peer, sframe, payload)
+                    outcome = await self._send_slowly(call, inst.peer, frame)
                 call.waiter = None
                 if outcome[0] == "reply":
                     return self._result(service, outcome[1], outcome[2])
@@ -462,7 +477,7 @@ class Caller:
         finally:
             self.tracker.finish(call)
 
-    async def _send_slowly(self, call: Call, peer: bytes, sframe: bytes, payload: bytes) -> tuple[Any, ...]:
+    async def _send_slowly(self, call: Call, peer: bytes, frame: bytes) -> tuple[Any, ...]:
         """The instance is unreachable: right after discovery that means "still connecting"."""
         loop = asyncio.get_running_loop()
         fut = call.waiter
@@ -474,7 +489,7 @@ class Caller:
                 return ("retry", "instance unreachable")
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
-            if self._router.send(peer, REQ, sframe, payload):
+            if self._router.send(peer, frame):
                 return await fut  # type: ignore[no-any-return]
 
     def _result(self, service: str, kind: bytes, msg: ProcessingMessage) -> ProcessingMessage:
