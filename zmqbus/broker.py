@@ -483,6 +483,10 @@ class MessageBroker:
                 await self._dispatch_batch(batch)
                 if len(batch) == _BATCH:
                     await asyncio.sleep(0)  # let publishers on this loop run
+                    continue
+                # A short batch ended in Again: drained. Wait at once (wait()
+                # reads EVENTS first) instead of paying for a second Again.
+                await link.sub.wait(1, 1.0)  # zmq.POLLIN
                 continue
             idle_checks += 1
             if idle_checks % 8 == 0:
