@@ -123,6 +123,7 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
     code, out, err = finish(run_cli("bench", "--quick", "--json", "--peers", "--out", str(out_dir)), timeout=220)
     assert code == 0, err
     report = json.loads(out)
+    assert report["failed"] == []
     s = report["sections"]
     assert s["pubsub"]["zmqbus"]["lost"] == 0 and s["pubsub"]["ratio"] > 0
     assert [r["content_bytes"] for r in s["sizes"]] == [64, 1024, 16384, 65536]

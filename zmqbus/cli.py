@@ -293,6 +293,8 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
         except OSError as exc:
             raise click.ClickException(f"cannot write the report into {out_dir}: {exc}") from None
     click.echo(json.dumps(report) if as_json else to_markdown(report))
+    if report["failed"]:
+        raise click.ClickException(f"benchmark section(s) failed: {', '.join(report['failed'])}")
 
 
 @bench.command("pubsub")

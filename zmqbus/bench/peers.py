@@ -269,21 +269,32 @@ def run_peers(quick: bool = False, count: int | None = None, rounds: int | None 
             progress(f"{label}{name}: skipped: {why}")
             out[name] = {"skipped": why}
             continue
-        entry: dict[str, Any] = {}
-        with _server(name) as port:
-            for r in range(rounds):
-                res = _pubsub(name, port, count)
-                progress(f"{label}{name} pub/sub round {r + 1}/{rounds}: {res['msgs_per_s']:,} msg/s "
-                         f"({res['lost']} lost)")
-                if "pubsub" not in entry or res["msgs_per_s"] > entry["pubsub"]["msgs_per_s"]:
-                    entry["pubsub"] = res
-            if name == "nats":
-                for r in range(rounds):
-                    res = _reqrep(port, latency_n, throughput_n)
-                    progress(f"{label}nats request/reply round {r + 1}/{rounds}: p50 {res['p50_us']:.0f} us, "
-                             f"{res['throughput_req_s']:,} req/s with 100 in flight")
-                    best = entry.setdefault("reqrep", res)
-                    for key, value in res.items():
-                        best[key] = max(best[key], value) if key.endswith("req_s") else min(best[key], value)
-        out[name] = entry
+        try:
+            out[name] = _measure_peer(name, count, rounds, latency_n, throughput_n, progress, label)
+        except Exception as exc:  # the peer's server or client failed: report it, go on
+            why = f"{type(exc).__name__}: {exc}"
+            progress(f"{label}{name}: failed: {why}")
+            out[name] = {"failed": why}
     return out
+
+
+def _measure_peer(name: str, count: int, rounds: int, latency_n: int, throughput_n: int, progress: Progress,
+                  label: str) -> dict[str, Any]:
+    """Start ``name``'s server, measure pub/sub (and NATS request/reply), stop it."""
+    entry: dict[str, Any] = {}
+    with _server(name) as port:
+        for r in range(rounds):
+            res = _pubsub(name, port, count)
+            progress(f"{label}{name} pub/sub round {r + 1}/{rounds}: {res['msgs_per_s']:,} msg/s "
+                     f"({res['lost']} lost)")
+            if "pubsub" not in entry or res["msgs_per_s"] > entry["pubsub"]["msgs_per_s"]:
+                entry["pubsub"] = res
+        if name == "nats":
+            for r in range(rounds):
+                res = _reqrep(port, latency_n, throughput_n)
+                progress(f"{label}nats request/reply round {r + 1}/{rounds}: p50 {res['p50_us']:.0f} us, "
+                         f"{res['throughput_req_s']:,} req/s with 100 in flight")
+                best = entry.setdefault("reqrep", res)
+                for key, value in res.items():
+                    best[key] = max(best[key], value) if key.endswith("req_s") else min(best[key], value)
+    return entry

@@ -24,7 +24,9 @@ def _ratio(a: float, b: float) -> str:
 
 def to_markdown(report: dict[str, Any]) -> str:
     """The report as markdown: one table per section, then the targets."""
-    m, s = report["machine"], report["sections"]
+    m = report["machine"]
+    failed = {k: v["error"] for k, v in report["sections"].items() if isinstance(v, dict) and "error" in v}
+    s = {k: v for k, v in report["sections"].items() if k not in failed}
     lines = [f"# zmqbus benchmark report{' (--quick: rough figures)' if report['quick'] else ''}", "",
              f"{report['started']}, {report['seconds']} s. zmqbus {m['zmqbus']} (protocol {m['protocol']}), "
              f"{m['implementation']} {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}, msgpack {m['msgpack']}, "
@@ -96,12 +98,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         rows = []
         zb = s.get("pubsub", {}).get("zmqbus_msgs_per_s")
         for name, entry in s["peers"].items():
-            if "skipped" in entry:
-                rows.append([name, "skipped: " + entry["skipped"], "", ""])
+            if "skipped" in entry or "failed" in entry:
+                rows.append([name, f"skipped: {entry['skipped']}" if "skipped" in entry
+                             else f"failed: {entry['failed']}", "", ""])
             else:
                 ps = entry["pubsub"]
                 rows.append([name, f"{ps['msgs_per_s']:,}", ps["lost"], _ratio(zb, ps["msgs_per_s"]) if zb else "-"])
         lines += _table(["peer", "pub/sub msg/s", "lost", "zmqbus / peer"], rows)
+    for name, error in failed.items():
+        lines += [f"## {name}: FAILED", "", f"`{error}`", ""]
     if report.get("targets"):
         lines += ["## Targets", ""]
         lines += _table(["target", "measured", "goal", "met"],
@@ -118,7 +123,7 @@ def plot(report: dict[str, Any], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    s = report["sections"]
+    s = {k: v for k, v in report["sections"].items() if not (isinstance(v, dict) and "error" in v)}
     panels = [k for k in ("sizes", "latency", "reqrep") if k in s]
     if not panels:
         return False

@@ -57,11 +57,11 @@ def machine() -> dict[str, Any]:
 
 def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = (), rate: float = 10_000.0,
               progress: Progress = lambda s: None) -> dict[str, Any]:
-    """Run the selected sections (all by default) and return the report as a dict."""
-    from .peers import run_peers
-    from .pubsub import run_latency, run_pubsub
-    from .reqrep import run_reqrep
+    """Run the selected sections (all by default) and return the report as a dict.
 
+    A section that fails is reported as ``{"error": ...}`` and named in
+    ``report["failed"]``; the others still run.
+    """
     wanted = [s for s in SECTIONS if not only or s in only]
     if peers and (not only or "peers" in only):
         wanted.append("peers")
@@ -79,25 +79,41 @@ def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = 
     for n, name in enumerate(wanted, 1):
         say = step(name, n, len(wanted))
         say("...")
-        if name == "pubsub":
-            sections[name] = run_pubsub(quick=quick, progress=say)
-        elif name == "sizes":
-            sections[name] = [run_pubsub(count=_count(size, quick), size=size, shape="sized", rounds=1 if quick else 3,
-                                         progress=say, label=f"{size:,} B: ") for size in SIZES]
-        elif name == "fanout":
-            sections[name] = [run_pubsub(count=10_000 if quick else 100_000, subscribers=k, rounds=1 if quick else 3,
-                                         progress=say, label=f"{k} subscriber(s): ") for k in FANOUT]
-        elif name == "latency":
-            sections[name] = run_latency(rate, 1.0 if quick else 4.0, progress=say, label=f"{rate:,.0f} msg/s: ")
-        elif name == "reqrep":
-            sections[name] = run_reqrep(quick=quick, progress=say)
-        elif name == "workflow":
-            sections[name] = _workflow(30 if quick else 300, say)
-        elif name == "peers":
-            sections[name] = run_peers(quick=quick, progress=say)
+        try:
+            sections[name] = _section(name, quick, rate, say)
+        except Exception as exc:  # one broken section must not cost the others' figures
+            sections[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            say(f"FAILED: {sections[name]['error']}")
     report["seconds"] = round(time.monotonic() - t0, 1)
-    report["targets"] = check_targets(sections)
+    report["failed"] = [k for k, v in sections.items() if isinstance(v, dict) and "error" in v]
+    report["targets"] = check_targets({k: v for k, v in sections.items() if k not in report["failed"]})
     return report
+
+
+def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
+    """Run one section and return its part of the report."""
+    from .peers import run_peers
+    from .pubsub import run_latency, run_pubsub
+    from .reqrep import run_reqrep
+
+    rounds = 1 if quick else 3
+    if name == "pubsub":
+        return run_pubsub(quick=quick, progress=say)
+    if name == "sizes":
+        return [run_pubsub(count=_count(size, quick), size=size, shape="sized", rounds=rounds, progress=say,
+                           label=f"{size:,} B: ") for size in SIZES]
+    if name == "fanout":
+        return [run_pubsub(count=10_000 if quick else 100_000, subscribers=k, rounds=rounds, progress=say,
+                           label=f"{k} subscriber(s): ") for k in FANOUT]
+    if name == "latency":
+        return run_latency(rate, 1.0 if quick else 4.0, progress=say, label=f"{rate:,.0f} msg/s: ")
+    if name == "reqrep":
+        return run_reqrep(quick=quick, progress=say)
+    if name == "workflow":
+        return _workflow(30 if quick else 300, say)
+    if name == "peers":
+        return run_peers(quick=quick, progress=say)
+    raise ValueError(f"unknown section {name!r}")
 
 
 def _workflow(workflows: int, say: Progress) -> dict[str, Any]:

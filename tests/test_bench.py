@@ -1,0 +1,64 @@
+"""The benchmark suite's own logic: percentiles, message shapes, reports, peers that fail.
+
+The suite as a whole runs in test_cli.py (``zmqbus bench --quick``); no test
+here asserts a speed.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+
+from zmqbus.bench.common import percentiles, sized_content
+from zmqbus.bench.peers import run_peers
+from zmqbus.bench.report import to_markdown
+from zmqbus.bench.suite import check_targets, machine
+
+
+def test_percentiles_nearest_rank() -> None:
+    samples = [i / 1e6 for i in range(1, 1001)]  # 1..1000 us
+    p = percentiles(list(reversed(samples)))
+    assert (p["p50"], p["p99"], p["p999"], p["max"]) == (500.0, 990.0, 999.0, 1000.0)
+    assert percentiles([]) == {"p50": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0}
+
+
+@pytest.mark.parametrize("size", [32, 64, 1024, 16 * 1024, 64 * 1024])
+def test_sized_content_encodes_to_the_size(size: int) -> None:
+    assert len(msgpack.packb(sized_content(size))) == size
+
+
+def test_report_shows_a_failed_section_and_skips_its_targets() -> None:
+    sections: dict[str, Any] = {
+        "pubsub": {"error": "RuntimeError: benchmark process zmqbus-sub-0 exited with 1"},
+        "reqrep": {"p50_ratio": 1.2, "p50_us": 200.0, "throughput_req_s": 40_000, "latency_requests": 10,
+                   "throughput_requests": 10, "throughput_ratio": 0.5,
+                   **{side: {"p50_us": 1.0, "p99_us": 2.0, "p999_us": 3.0, "one_req_s": 1, "throughput_req_s": 1,
+                             "many_p50_us": 1.0, "many_p99_us": 2.0} for side in ("zmqbus", "raw", "sync")}},
+    }
+    report = {"quick": True, "started": "now", "seconds": 1.0, "machine": machine(), "sections": sections,
+              "failed": ["pubsub"], "targets": check_targets({"reqrep": sections["reqrep"]})}
+    md = to_markdown(report)
+    assert "## pubsub: FAILED" in md and "exited with 1" in md
+    assert "## Request/reply" in md
+    assert [t["target"] for t in report["targets"]] == ["request/reply p50 / raw asyncio echo"]
+
+
+def test_a_peer_server_that_will_not_start_is_reported_not_raised(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("redis-server", "nats-server"):
+        fake = tmp_path / name
+        fake.write_text("#!/bin/sh\nexit 3\n")
+        fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    said: list[str] = []
+    out = run_peers(quick=True, progress=said.append)
+    for name in ("redis", "nats"):
+        entry = out[name]
+        # measured nowhere: failed (its client is installed) or skipped (it is not)
+        assert ("failed" in entry and "did not start (exit code 3)" in entry["failed"]) or \
+            ("skipped" in entry and "not installed" in entry["skipped"]), entry
+    assert len(said) == 2
