@@ -218,6 +218,20 @@ async def test_close_wakes_waiting_requests(forwarder: Forwarder) -> None:
             await asyncio.wait_for(waiting, 5)
 
 
+async def test_close_during_discovery_raises_closed_not_no_responder(forwarder: Forwarder) -> None:
+    """A request still looking for an instance when its broker closes ends with ClosedError at once."""
+    from zmqbus import ClosedError
+
+    client = MessageBroker(*ep(forwarder))
+    await client.start()
+    await client.ready()
+    waiting = asyncio.ensure_future(client.request("ghost", req({}), timeout=30))
+    await wait_until(lambda: client.statistics().rpc.get("in_flight") == 1, what="request begun")
+    await client.close()
+    with pytest.raises(ClosedError):
+        await asyncio.wait_for(waiting, 5)
+
+
 def test_bind_and_advertised_address_are_separate() -> None:
     from zmqbus.rpc import _advertised
     assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"

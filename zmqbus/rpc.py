@@ -399,6 +399,8 @@ class Caller:
         await self.broker.publish(ProcessingMessage(DISCOVER_TOPIC, {"service": service}))
         log.debug("discovering %s (known instances: %d)", service, len(self.directory))
         while not self.directory.live(service):
+            if self._closed:
+                raise ClosedError(f"request to {service!r}: the broker was closed")
             left = until - loop.time()
             if left <= 0:
                 raise NoResponder(service)
@@ -503,6 +505,7 @@ class Caller:
         self._closed = True
         for call in self.tracker.calls():
             _wake(call, ("closed", "the broker was closed"))  # no request waits forever
+        self._announced.set()  # nor one still looking for an instance
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
