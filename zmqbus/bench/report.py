@@ -128,7 +128,7 @@ def plot(report: dict[str, Any], path: str) -> bool:
     if not panels:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    for ax, name in zip(axes[0], panels):
+    for ax, name in zip(axes[0], panels, strict=True):
         if name == "sizes":
             labels = [_size(r["content_bytes"]) for r in s["sizes"]]
             groups = {"raw pyzmq": [r["raw_msgs_per_s"] for r in s["sizes"]],
