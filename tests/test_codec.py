@@ -21,8 +21,8 @@ class Kind(enum.Enum):
 
 def frames(msg: ProcessingMessage, codec: Codec | None = None, seq: int = 1) -> tuple[bytes, bytes]:
     codec = codec or Codec()
-    tframe = codec.topic_frame(msg)
-    return tframe, codec.encode(msg, tframe, "pub-1", seq, "default-source")
+    head = codec.frame_head(msg)
+    return head[:-1], codec.encode(msg, head, "pub-1", seq, "default-source")
 
 
 def test_round_trip_keeps_every_field() -> None:
@@ -220,3 +220,35 @@ def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
         Codec().decode(b"a.b", data)
     except DecodeError:
         pass
+
+
+def test_request_and_reply_frames_split_back() -> None:
+    from zmqbus.codec import BUSY, ERR, REP, reply_frame, request_head, split_reply, split_request
+
+    payload = msgpack.packb(envelope())
+    assert split_request(request_head("calc.add") + payload) == (b"calc.add", payload)
+    for kind in (REP, ERR, BUSY):
+        assert split_reply(reply_frame(kind, payload)) == (kind, payload)
+    big = b"\x9e" + b"x" * 10_000  # large frames are split without a copy
+    service, rest = split_request(request_head("a") + big)  # type: ignore[misc]
+    assert service == b"a" and bytes(rest) == big
+
+
+@pytest.mark.parametrize("body", [b"", b"REQ", b"REQ\x00", b"REQ\x00\x00payload", b"REP\x00x", b"HELLO\x00a\x00b",
+                                  b"REQ\x00" + b"s" * 300 + b"\x00payload"])
+def test_malformed_request_frames(body: bytes) -> None:
+    from zmqbus.codec import split_request
+    assert split_request(body) is None
+
+
+@pytest.mark.parametrize("body", [b"", b"REP", b"REQ\x00x", b"\x00x", b"BUSYX\x00x"])
+def test_malformed_reply_frames(body: bytes) -> None:
+    from zmqbus.codec import split_reply
+    assert split_reply(body) is None
+
+
+def test_a_service_name_is_checked_like_a_topic() -> None:
+    from zmqbus.codec import request_head
+    for bad in ("", "a\x00b", "a..b", "a.*"):
+        with pytest.raises(TopicError):
+            request_head(bad)

@@ -232,6 +232,15 @@ async def test_close_during_discovery_raises_closed_not_no_responder(forwarder: 
         await asyncio.wait_for(waiting, 5)
 
 
+async def test_a_bad_service_name_fails_at_once(forwarder: Forwarder) -> None:
+    """A service name travels between NULs in the request frame, so it is checked like a topic."""
+    from zmqbus import TopicError
+
+    async with MessageBroker(*ep(forwarder)) as client:
+        with pytest.raises(TopicError):
+            await asyncio.wait_for(client.request("calc\x00add", req({}), timeout=30), 5)
+
+
 def test_bind_and_advertised_address_are_separate() -> None:
     from zmqbus.rpc import _advertised
     assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"

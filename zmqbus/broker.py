@@ -33,7 +33,7 @@ from typing import Any, Awaitable, Callable, Union
 
 from . import config
 from .aio import is_async_callable, resume, wait_event
-from .codec import DEFAULT_MAX_MESSAGE_SIZE, SEPARATOR, Codec
+from .codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
 from .errors import BusTimeout, ClosedError, DecodeError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage, current_message
@@ -336,7 +336,7 @@ class MessageBroker:
         if link is None:
             raise ClosedError("MessageBroker is closed")
         msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=self.name))
-        head = self._codec.topic_frame(msg, topic) + SEPARATOR
+        head = self._codec.frame_head(msg, topic)
         link.send(head + self._codec.encode(msg, head, self.client_id, 0, self.name))  # a probe lost at the HWM is simply sent again
 
     # -- request/reply -----------------------------------------------------
@@ -417,7 +417,7 @@ class MessageBroker:
         """
         if not self._is_ready:
             # Bad input fails at once, not after waiting for the bus.
-            self._codec.encode(message, self._codec.topic_frame(message, topic), self.client_id, 0, self.name)
+            self._codec.encode(message, self._codec.frame_head(message, topic), self.client_id, 0, self.name)
             # A new publishing socket drops everything until the forwarder's
             # subscriptions reach it: wait for that once, instead of losing
             # the first messages silently.
@@ -431,7 +431,7 @@ class MessageBroker:
             if head is None:
                 head = self._type_frame(message)
         else:
-            head = self._codec.topic_frame(message, topic) + SEPARATOR
+            head = self._codec.frame_head(message, topic)
         # The sequence is per (publisher, topic): a subscriber sees only the
         # topics it subscribed to, so a per-publisher counter would show gaps
         # that are not losses.
@@ -450,7 +450,7 @@ class MessageBroker:
         n.published_bytes += len(frame)
 
     def _type_frame(self, message: ProcessingMessage) -> bytes:
-        head = self._codec.topic_frame(message) + SEPARATOR
+        head = self._codec.frame_head(message)
         if len(self._type_frames) >= _CACHE_LIMIT:
             self._type_frames.clear()
         self._type_frames[message.message_type] = head

@@ -32,8 +32,13 @@ __all__ = [
     "Codec",
     "pack",
     "unpack",
-    "topic_bytes",
+    "frame_head",
     "SEPARATOR",
+    "REQ", "REP", "ERR", "BUSY",
+    "request_head",
+    "reply_frame",
+    "split_request",
+    "split_reply",
 ]
 
 PROTOCOL_VERSION = 2
@@ -105,9 +110,49 @@ def pack(obj: Any) -> bytes:
 
 
 @lru_cache(maxsize=4096)
-def topic_bytes(topic: str) -> bytes:
-    """Validate ``topic`` and return its frame bytes (cached)."""
-    return validate_topic(topic).encode()
+def frame_head(topic: str) -> bytes:
+    """Validate ``topic`` and return the start of its frames: the topic and its NUL (cached)."""
+    return validate_topic(topic).encode() + SEPARATOR
+
+
+# -- request/reply frames (PROTOCOL.md section 8.2): a kind, NUL, its fields ----
+
+REQ, REP, ERR, BUSY = b"REQ", b"REP", b"ERR", b"BUSY"
+_REQ_HEAD = REQ + SEPARATOR
+_REPLY_KINDS = (REP, ERR, BUSY)
+
+
+@lru_cache(maxsize=4096)
+def request_head(service: str) -> bytes:
+    """``REQ NUL service NUL``: what a request frame starts with; the service is checked as a topic (cached)."""
+    return _REQ_HEAD + frame_head(service)
+
+
+def reply_frame(kind: bytes, payload: bytes) -> bytes:
+    """A reply frame: ``kind NUL payload`` (``kind`` one of REP, ERR, BUSY)."""
+    return kind + SEPARATOR + payload
+
+
+def split_request(body: bytes) -> tuple[bytes, Any] | None:
+    """``(service, payload)`` of a request frame, or None if it is not one."""
+    end = body.find(0, 4, 261) if body.startswith(_REQ_HEAD) else -1  # the NUL after the service
+    if end < 5:
+        return None
+    return body[4:end], _after(body, end + 1)
+
+
+def split_reply(body: bytes) -> tuple[bytes, Any] | None:
+    """``(kind, payload)`` of a reply frame, or None if it is not one."""
+    cut = body.find(0, 0, 5)
+    kind = body[:cut] if cut > 0 else b""
+    if kind not in _REPLY_KINDS:
+        return None
+    return kind, _after(body, cut + 1)
+
+
+def _after(frame: bytes, start: int) -> Any:
+    """``frame[start:]``: a copy is cheaper than a memoryview for small frames, and the reverse for large ones."""
+    return frame[start:] if len(frame) < 4096 else memoryview(frame)[start:]
 
 
 _registry_get = _registry.get
@@ -129,8 +174,9 @@ class Codec:
         self.max_message_size = max_message_size
         self._pack = msgspec.msgpack.Encoder(enc_hook=_default).encode
 
-    def topic_frame(self, message: ProcessingMessage, topic: str | None = None) -> bytes:
-        """The validated topic frame: ``topic``, else ``message.topic``, else its type's name."""
+    def frame_head(self, message: ProcessingMessage, topic: str | None = None) -> bytes:
+        """The start of the message's frame, topic and NUL: ``topic``, else ``message.topic``,
+        else its type's name (validated, cached)."""
         if topic is None:
             topic = message.topic
             if topic is None:
@@ -138,17 +184,17 @@ class Codec:
                     topic = type_name(message.message_type)
                 except TypeError as exc:
                     raise EncodeError(str(exc)) from None
-        return topic_bytes(topic)
+        return frame_head(topic)
 
     def encode(
         self,
         message: ProcessingMessage,
-        tframe: bytes,
+        head: bytes,
         publisher_id: str,
         sequence: int,
         source: str = "",
     ) -> bytes:
-        """Return the payload frame for ``message`` sent on ``tframe``.
+        """Return the payload of ``message``, to be sent after ``head`` (a frame head, or a request head).
 
         ``source`` fills in an empty ``source_component``. Raises
         :class:`EncodeError` or :class:`MessageTooLarge`.
@@ -183,8 +229,8 @@ class Codec:
             ])
         except (TypeError, ValueError, OverflowError) as exc:
             raise EncodeError(f"cannot encode {name} message: {exc}") from None
-        if len(tframe) + len(payload) > self.max_message_size:
-            raise MessageTooLarge(len(tframe) + len(payload), self.max_message_size)
+        if len(head) + len(payload) > self.max_message_size:
+            raise MessageTooLarge(len(head) + len(payload), self.max_message_size)
         return payload
 
     def encode_reply(self, request: MessageMetadata, message_type: str, content: Any, source: str,
@@ -234,8 +280,7 @@ class Codec:
             tstr = frame[:i].decode()
         except UnicodeDecodeError:
             raise DecodeError("topic", "topic is not UTF-8") from None
-        # A copy is cheaper than a memoryview for small payloads, and the reverse for large ones.
-        return _build(tstr, frame[i + 1:] if size < 4096 else memoryview(frame)[i + 1:])
+        return _build(tstr, _after(frame, i + 1))
 
 
 def _build(tstr: str, payload: Any) -> ProcessingMessage:

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 import zmq
 
 from . import config
-from .codec import SEPARATOR, Codec
+from .codec import Codec
 from .errors import ClosedError, TransportError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage
@@ -210,7 +210,7 @@ class Forwarder:
         except (TransportError, ClosedError):
             return
         msg = ProcessingMessage(STATS_TOPIC, stats.as_dict(), MessageMetadata(source_component="forwarder"))
-        head = codec.topic_frame(msg) + SEPARATOR
+        head = codec.frame_head(msg)
         sock.send(head + codec.encode(msg, head, self._id, seq), zmq.NOBLOCK)
 
     def statistics(self, timeout: float = 2.0) -> ForwarderStatistics:

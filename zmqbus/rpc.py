@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
 from .aio import is_async_callable, start_eagerly, wait_event
-from .codec import pack, unpack
+from .codec import BUSY, ERR, REP, pack, reply_frame, request_head, split_reply, split_request, unpack
 from .errors import (ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError,
                      is_retryable)
 from .message import MessageMetadata, ProcessingMessage, current_message
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 
 PRESENCE_TOPIC = "_zmqbus.presence"
 DISCOVER_TOPIC = "_zmqbus.discover"
-REQ, REP, ERR, BUSY = b"REQ", b"REP", b"ERR", b"BUSY"
-# Each frame starts with its kind and a NUL.
-_REQ, _REP, _ERR, _BUSY = REQ + b"\0", REP + b"\0", ERR + b"\0", BUSY + b"\0"
-_KINDS = {REP: _REP, ERR: _ERR}
 
 ServiceHandler = Callable[[ProcessingMessage], Union[Awaitable[Any], Any]]
 
@@ -171,7 +167,7 @@ class Responder:
             now = time.monotonic()
             for request_id, (caller, started) in list(self._in_flight.items()):
                 if now - started >= self.heartbeat:
-                    self._router.send(caller, _BUSY + pack([request_id]))
+                    self._router.send(caller, reply_frame(BUSY, pack([request_id])))
             await asyncio.sleep(self.heartbeat)
 
     # -- requests ----------------------------------------------------------
@@ -179,8 +175,8 @@ class Responder:
     def _on_frames(self, frames: list[bytes]) -> None:
         caller = frames[0]
         body = frames[1] if len(frames) == 2 else b""
-        end = body.find(0, 4, 261) if body.startswith(_REQ) else -1  # the service's NUL
-        if end < 5:
+        parts = split_request(body)
+        if parts is None:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "frames", "malformed request (%d frames, starting %r)",
                              len(frames), bytes(body[:8]))
@@ -189,11 +185,8 @@ class Responder:
             return
         self.stats.requests += 1
         try:
-            sframe = body[4:end]
-            service = sframe.decode()
-            size = len(body)
-            msg = self.broker._codec.decode(sframe, body[end + 1:] if size < 4096 else memoryview(body)[end + 1:],
-                                            size)
+            service = parts[0].decode()
+            msg = self.broker._codec.decode(parts[0], parts[1], len(body))
         except (UnicodeDecodeError, DecodeError) as exc:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
@@ -277,7 +270,7 @@ class Responder:
                 "handler_error", type(result).__name__, str(result), is_retryable(result)))
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
-        frame = _KINDS[kind] + payload
+        frame = reply_frame(kind, payload)
         if not (kind == ERR and is_retryable(result)):  # a retry of retryable work runs again
             self._cache.put(md.message_id, frame)
         self._in_flight.pop(md.message_id, None)
@@ -301,7 +294,7 @@ class Responder:
         request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(message_id=""))
         payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
                                _error_content(code, error_type, text, retryable))
-        if not self._router.send(caller, _ERR + payload):
+        if not self._router.send(caller, reply_frame(ERR, payload)):
             self.stats.undeliverable += 1
 
     async def close(self, grace: float = 5.0) -> None:
@@ -411,19 +404,18 @@ class Caller:
 
     def _on_frames(self, frames: list[bytes]) -> None:
         body = frames[1] if len(frames) == 2 else b""
-        cut = body.find(0, 0, 5)
-        kind = body[:cut] if cut > 0 else b""
-        if kind not in (REP, ERR, BUSY):
+        parts = split_reply(body)
+        if parts is None:
             self._faults.log(logging.WARNING, "frames", "malformed reply (%d frames, starting %r)",
                              len(frames), bytes(body[:8]))
             return
+        kind, payload = parts
         try:
             if kind == BUSY:
-                (request_id,) = unpack(body[cut + 1:])
+                (request_id,) = unpack(payload)
                 self.tracker.busy(str(request_id), time.monotonic())
                 return
-            msg = self.broker._codec.decode(b"_zmqbus.reply", body[cut + 1:] if len(body) < 4096
-                                            else memoryview(body)[cut + 1:])
+            msg = self.broker._codec.decode(b"_zmqbus.reply", payload)
         except (DecodeError, ValueError, TypeError) as exc:
             self._faults.log(logging.WARNING, "decode", "malformed reply: %s", exc)
             return
@@ -445,7 +437,7 @@ class Caller:
         md = message.metadata
         if md.deadline is None:
             md.deadline = time.time() + timeout
-        head = _REQ + service.encode() + b"\0"
+        head = request_head(service)  # validated: a service name is a topic
         call = self.tracker.begin(md.message_id, service, loop.time(), timeout, policy)
         reason = "no reply"
         try:

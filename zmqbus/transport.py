@@ -337,8 +337,8 @@ class RouterLink:
         with contextlib.suppress(zmq.ZMQError):
             self.channel.sock.disconnect(endpoint)
 
-    def send(self, peer: bytes, *frames: bytes) -> bool:
-        """Send ``frames`` to ``peer``; False if the peer is unreachable or its queue is full."""
+    def send(self, peer: bytes, frame: bytes) -> bool:
+        """Send one message (``frame``) to ``peer``; False if the peer is unreachable or its queue is full."""
         send = self._send
         try:
             send(peer, 3)  # SNDMORE | NOBLOCK: EHOSTUNREACH / Again can only happen here
@@ -349,9 +349,7 @@ class RouterLink:
                 return False
             with mapped_errors("send"):
                 raise exc
-        last = len(frames) - 1
-        for i, frame in enumerate(frames):
-            send(frame, 0 if i == last else 2)
+        send(frame, 0)
         self.channel.recheck()
         return True
 
