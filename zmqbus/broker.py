@@ -476,7 +476,7 @@ class MessageBroker:
     async def _read_loop(self) -> None:
         link = self._link
         assert link is not None
-        idle_checks = 0
+        waits = 0
         while True:
             batch = link.recv_batch(_BATCH)
             if batch:
@@ -484,13 +484,11 @@ class MessageBroker:
                 if len(batch) == _BATCH:
                     await asyncio.sleep(0)  # let publishers on this loop run
                     continue
-                # A short batch ended in Again: drained. Wait at once (wait()
-                # reads EVENTS first) instead of paying for a second Again.
-                await link.sub.wait(1, 1.0)  # zmq.POLLIN
-                continue
-            idle_checks += 1
-            if idle_checks % 8 == 0:
-                link.drain_control()
+            # Empty, or a short batch that ended in Again: drained either way,
+            # so wait (wait() reads EVENTS first) rather than pay for another Again.
+            waits += 1
+            if waits % 8 == 0:
+                link.drain_control()  # subscription notices pile up on the XPUB otherwise
             # Bounded wait: a lost FD edge can delay us by at most one second.
             await link.sub.wait(1, 1.0)  # zmq.POLLIN
 
