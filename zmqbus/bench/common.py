@@ -1,15 +1,18 @@
 """Helpers shared by the benchmarks: percentiles, pacing, message shapes, process runs."""
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import multiprocessing.process
 import queue
 import time
 from typing import Any, Callable, Sequence
 
+from ..aio import wait_event
 from ..procs import stop_process
 
-__all__ = ["Progress", "percentiles", "pace", "guide_content", "sized_content", "collect", "DATA_TOPIC"]
+__all__ = ["Progress", "percentiles", "pace", "guide_content", "sized_content", "collect", "DATA_TOPIC",
+           "keep_best", "rounded", "wait_readable", "wait_idle"]
 
 #: The topic every pub/sub benchmark publishes on.
 DATA_TOPIC = "bench.component.process.request"
@@ -79,3 +82,41 @@ def collect(procs: Sequence[multiprocessing.process.BaseProcess], results: Any, 
         for proc in reversed(procs):
             stop_process(proc, timeout=3.0)
     return got
+
+
+def keep_best(best: dict[str, float], res: dict[str, float]) -> None:
+    """Fold one round into ``best``: the highest rate (``*req_s``), the lowest latency otherwise."""
+    for key, value in res.items():
+        best[key] = max(best[key], value) if key.endswith("req_s") else min(best[key], value)
+
+
+def rounded(figures: dict[str, float]) -> dict[str, float]:
+    """Rates to whole numbers, latencies to 0.1 us."""
+    return {k: round(v) if k.endswith("req_s") else round(v, 1) for k, v in figures.items()}
+
+
+async def wait_readable(sock: Any, woke: asyncio.Event, timeout: float | None = None) -> bool:
+    """The raw baselines' slow path, after ``zmq.Again``: wait until ``sock`` may be readable.
+
+    ``woke`` is set by ``loop.add_reader`` on the socket's FD. ZeroMQ's FD is
+    edge-triggered, so EVENTS is read first (which also re-arms it). False on
+    timeout. Called only when the socket is drained, never per message, so the
+    raw loops stay what a user would write inline.
+    """
+    import zmq
+
+    woke.clear()
+    if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        return True
+    if timeout is None:
+        await woke.wait()  # no timer, no extra task: as cheap as the inline loop it replaces
+        return True
+    return await wait_event(woke, timeout)
+
+
+async def wait_idle(done: asyncio.Event, count: Callable[[], int], idle: float) -> None:
+    """Return when ``done`` is set, or when ``count()`` has not moved for ``idle`` seconds."""
+    seen = -1
+    while not done.is_set() and seen != count():
+        seen = count()
+        await wait_event(done, idle)

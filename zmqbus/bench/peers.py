@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 from ..procs import free_port, spawn
-from .common import DATA_TOPIC, Progress, collect, guide_content
+from .common import DATA_TOPIC, Progress, collect, guide_content, keep_best, rounded, wait_idle
 
 __all__ = ["run_peers", "peer_status"]
 
@@ -175,13 +175,7 @@ def _nats_subscriber(port: int, count: int, go: Any, results: Any) -> None:
         await nc.subscribe(DATA_TOPIC, cb=cb, pending_msgs_limit=count + 1000, pending_bytes_limit=1 << 31)
         await nc.flush()
         go.set()
-        seen = -1.0
-        while not done.is_set() and seen != state["n"]:
-            seen = state["n"]
-            try:
-                await asyncio.wait_for(done.wait(), 2.0)
-            except asyncio.TimeoutError:
-                pass
+        await wait_idle(done, lambda: int(state["n"]), 2.0)
         await nc.close()
         return {"received": int(state["n"]), "seconds": state["last"] - state["first"]}
 
@@ -252,8 +246,7 @@ def _reqrep(port: int, latency_n: int, throughput_n: int) -> dict[str, Any]:
     results = multiprocessing.get_context("spawn").Queue()
     procs = [spawn(_nats_echo, port, name="nats-echo"),
              spawn(_nats_caller, port, latency_n, throughput_n, results, name="nats-caller")]
-    res: dict[str, Any] = collect(procs, results, 1, 120)[0]
-    return {k: round(v) if k.endswith("req_s") else round(v, 1) for k, v in res.items()}
+    return rounded(collect(procs, results, 1, 120)[0])
 
 
 def run_peers(quick: bool = False, count: int | None = None, rounds: int | None = None,
@@ -294,7 +287,5 @@ def _measure_peer(name: str, count: int, rounds: int, latency_n: int, throughput
                 res = _reqrep(port, latency_n, throughput_n)
                 progress(f"{label}nats request/reply round {r + 1}/{rounds}: p50 {res['p50_us']:.0f} us, "
                          f"{res['throughput_req_s']:,} req/s with 100 in flight")
-                best = entry.setdefault("reqrep", res)
-                for key, value in res.items():
-                    best[key] = max(best[key], value) if key.endswith("req_s") else min(best[key], value)
+                keep_best(entry.setdefault("reqrep", res), res)
     return entry

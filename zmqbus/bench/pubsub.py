@@ -26,7 +26,8 @@ import time
 from typing import Any
 
 from ..procs import forwarder_process, spawn, tcp_endpoints
-from .common import DATA_TOPIC, Progress, collect, guide_content, pace, percentiles, sized_content
+from .common import (DATA_TOPIC, Progress, collect, guide_content, pace, percentiles, sized_content, wait_idle,
+                     wait_readable)
 
 __all__ = ["run_pubsub", "pubsub_once", "guide_content"]
 
@@ -116,12 +117,7 @@ async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool) -> dict[s
             topic = recv(zmq.NOBLOCK)
             body = recv(zmq.NOBLOCK)
         except zmq.Again:
-            woke.clear()
-            if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                continue
-            try:
-                await asyncio.wait_for(woke.wait(), _IDLE)
-            except asyncio.TimeoutError:
+            if not await wait_readable(sock, woke, _IDLE):
                 break
             continue
         obj = unpack(body)
@@ -193,13 +189,7 @@ async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, stamped: bool) 
         broker.subscribe("processor", DATA_TOPIC + ".#", handle)
         await broker.ready()
         go.set()
-        seen = -1
-        while not done.is_set() and seen != tally.n:  # stop when idle for _IDLE seconds
-            seen = tally.n
-            try:
-                await asyncio.wait_for(done.wait(), _IDLE)
-            except asyncio.TimeoutError:
-                pass
+        await wait_idle(done, lambda: tally.n, _IDLE)
         out = tally.result()
         out["gaps_counted"] = broker.statistics().gaps
     return out

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable
 
 from ..procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
-from .common import Progress, guide_content, percentiles
+from .common import Progress, guide_content, keep_best, percentiles, rounded, wait_readable
 
 __all__ = ["run_reqrep", "measure"]
 
@@ -68,10 +68,7 @@ def _raw_async_echo(endpoint: str) -> None:
                 peer = sock.recv(zmq.NOBLOCK)
                 body = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                woke.clear()
-                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    continue
-                await woke.wait()
+                await wait_readable(sock, woke)
                 continue
             sock.send(peer, zmq.SNDMORE)
             sock.send(pack(unpack(body)))
@@ -96,10 +93,7 @@ async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) ->
             try:
                 data = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
-                woke.clear()
-                if int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-                    continue
-                await woke.wait()
+                await wait_readable(sock, woke)
                 continue
             reply = msgpack.unpackb(data)
             fut = pending.pop(reply["id"], None)
@@ -273,14 +267,12 @@ def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progres
             res = _one(kind, latency_n, throughput_n)
             progress(f"{label}round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
                      f"{res['throughput_req_s']:,.0f} req/s with 100 in flight")
-            b = best.setdefault(kind, dict(res))
-            for key, value in res.items():  # best of each figure: lowest latency, highest rate
-                b[key] = max(b[key], value) if key.endswith("req_s") else min(b[key], value)
+            keep_best(best.setdefault(kind, dict(res)), res)  # best of each figure
     zb, raw, sync = best["zmqbus"], best["async"], best["sync"]
     out: dict[str, Any] = {
         "benchmark": "reqrep", "rounds": rounds, "latency_requests": latency_n, "throughput_requests": throughput_n,
         "in_flight": 100, "transport": "tcp loopback",
-        "zmqbus": _rounded(zb), "raw": _rounded(raw), "sync": _rounded(sync),
+        "zmqbus": rounded(zb), "raw": rounded(raw), "sync": rounded(sync),
         "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
         "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
     }
@@ -289,6 +281,3 @@ def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progres
             out[prefix + key] = round(side[key]) if key.endswith("req_s") else round(side[key], 1)
     return out
 
-
-def _rounded(side: dict[str, Any]) -> dict[str, Any]:
-    return {k: round(v) if k.endswith("req_s") else round(v, 1) for k, v in side.items()}
