@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import tempfile
 import threading
 import time
 from typing import Any, Callable
 
 from .aio import wait_event
+from .bench.common import percentiles
 from .broker import MessageBroker
 from .config import ipc_endpoints
 from .message import MessageMetadata, ProcessingMessage
@@ -95,6 +95,7 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         per_workflow = {cid: (await client.request("state.query", ProcessingMessage(
             "state.query", {"correlation_id": cid}), timeout=10)).content for cid in list(sent_at)[:200]}
     latencies = [o[2] for o in outcomes.values()]
+    pct = percentiles(latencies, scale=1000)  # ms
     return {
         "workflows": len(documents),
         "completed": sum(1 for o in outcomes.values() if o[0] == "completed"),
@@ -102,9 +103,8 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         "missing": len(documents) - len(outcomes),
         "seconds": round(elapsed, 3),
         "workflows_per_s": round(len(outcomes) / elapsed, 1) if elapsed > 0 else 0.0,
-        "latency_p50_ms": round(statistics.median(latencies) * 1000, 1) if latencies else None,
-        "latency_p99_ms": round(sorted(latencies)[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 1)
-        if latencies else None,
+        "latency_p50_ms": pct["p50"] if latencies else None,
+        "latency_p99_ms": pct["p99"] if latencies else None,
         "latency_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
         "errors": errors, "states": states, "per_workflow": per_workflow,
         "outcomes": {cid: o[0] for cid, o in outcomes.items()},
