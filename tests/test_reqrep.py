@@ -145,7 +145,7 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
             assert executed == [41]
             # malformed requests get an error back; the responder stays up
             for frames in ([b"REQ"], [b"HELLO\x00x\x00y"], [b"REQ\x00count\x00\xc1garbage"],
-                           [b"REQ\x00count\x00" + payload, b"a second frame"]):
+                           [b"REQ\x00count\x00" + payload, b"a second frame"], [b"REQ\x00\xff\xfe\x00" + payload]):
                 dealer.send_multipart(frames)
                 while True:
                     kind, body = await recv()
@@ -158,7 +158,7 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
             kind, body = await recv()
             assert kind == b"ERR" and msgpack.unpackb(body)[13]["code"] == "expired"
             assert executed == [41]
-            assert srv.statistics().rpc["served_malformed"] == 4
+            assert srv.statistics().rpc["served_malformed"] == 5
         finally:
             dealer.close(0)
 

@@ -185,13 +185,13 @@ class Responder:
             return
         self.stats.requests += 1
         try:
-            service = parts[0].decode()
-            msg = self.broker._codec.decode(parts[0], parts[1], len(body))
-        except (UnicodeDecodeError, DecodeError) as exc:
+            msg = self.broker._codec.decode(parts[0], parts[1], len(body))  # its topic is the service
+        except DecodeError as exc:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
             self._reply_error(caller, None, "", "malformed", "DecodeError", str(exc), False)
             return
+        service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
         cached = self._cache.get(md.message_id)
         if cached is not None:  # a retry: answer from the cache, never execute twice
