@@ -5,7 +5,7 @@ import asyncio
 import os
 import subprocess
 import sys
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -16,15 +16,23 @@ RAW_PEER = os.path.join(os.path.dirname(__file__), "raw_peer.py")
 
 
 @pytest.fixture
-def raw_peer(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> Iterator[subprocess.Popen[str]]:
+def start_raw_peer(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a forwarder and then tests/raw_peer.py (``*mode``); the peer is ended by pid at teardown."""
     spawn_forwarder(*ipc_pair, stats_interval=None)
-    proc = subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair], stdout=subprocess.PIPE, text=True)
-    yield proc
-    if proc.poll() is None:
-        proc.kill()  # by pid (Popen.kill signals this child only)
-    proc.wait(5)
-    assert proc.stdout is not None
-    proc.stdout.close()
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*mode: str) -> subprocess.Popen[str]:
+        procs.append(subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair, *mode], stdout=subprocess.PIPE,
+                                      text=True))
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()  # by pid (Popen.kill signals this child only)
+        proc.wait(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 async def readline(proc: subprocess.Popen[str]) -> str:
@@ -32,7 +40,8 @@ async def readline(proc: subprocess.Popen[str]) -> str:
     return (await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)).strip()
 
 
-async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], raw_peer: Any) -> None:
+async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], start_raw_peer: Any) -> None:
+    raw_peer = start_raw_peer()
     async with MessageBroker(*ipc_pair, name="pytest") as b:
         coll = Collector()
         b.subscribe("pytest", "interop.from_raw.#", coll)
@@ -55,21 +64,14 @@ async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], ra
         assert b.statistics().gaps == 5  # 4..8 were never sent: counted as lost
 
 
-async def test_zmqbus_calls_a_raw_responder(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> None:
+async def test_zmqbus_calls_a_raw_responder(ipc_pair: tuple[str, str], start_raw_peer: Any) -> None:
     """A responder written from PROTOCOL.md section 8 (ROUTER + presence by hand) serves zmqbus callers."""
-    spawn_forwarder(*ipc_pair, stats_interval=None)
-    proc = subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair, "serve"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert (await readline(proc)).startswith("serving tcp://")
-        async with MessageBroker(*ipc_pair, name="pytest") as b:
-            msg = ProcessingMessage("raw.upper", "hello", MessageMetadata(correlation_id="conv-up"))
-            reply = await b.request("raw.upper", msg, timeout=20)
-            assert reply.content == "HELLO"
-            assert reply.metadata.correlation_id == "conv-up"
-            assert reply.metadata.causation_id == msg.metadata.message_id
-            assert reply.metadata.target_component == "pytest"
-    finally:
-        proc.kill()
-        proc.wait(5)
-        assert proc.stdout is not None
-        proc.stdout.close()
+    proc = start_raw_peer("serve")
+    assert (await readline(proc)).startswith("serving tcp://")
+    async with MessageBroker(*ipc_pair, name="pytest") as b:
+        msg = ProcessingMessage("raw.upper", "hello", MessageMetadata(correlation_id="conv-up"))
+        reply = await b.request("raw.upper", msg, timeout=20)
+        assert reply.content == "HELLO"
+        assert reply.metadata.correlation_id == "conv-up"
+        assert reply.metadata.causation_id == msg.metadata.message_id
+        assert reply.metadata.target_component == "pytest"
