@@ -43,7 +43,8 @@ async def test_publish_subscribe_wildcards(forwarder: Forwarder) -> None:
         assert stats.receives_all == 1  # '*.error' sees all traffic ...
         # ... and filters in Python: 'a.payment.error', 'orders.x' and the
         # publishing client's ready() probe (control traffic is all traffic too)
-        assert stats.unmatched == 3
+        # (one or more: ready() sends its probe again until one returns)
+        assert stats.unmatched >= 3
         assert stats.gaps == 0 and stats.handler_errors == 0
 
 

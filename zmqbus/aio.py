@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
+import logging
+import queue
+import threading
 import types
-from typing import Any
+from typing import Any, Callable, Coroutine, TypeVar
 
-__all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event"]
+__all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event", "TaskOwner", "to_thread"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -72,3 +79,118 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
         return bool(done)
     finally:
         waiter.cancel()
+
+
+class TaskOwner:
+    """Owns the background tasks of one client: none is ever left unwatched.
+
+    Every task started with :meth:`spawn` is tracked until it ends. One that
+    ends with an exception is logged once; if it was started ``fatal``,
+    ``on_fatal(exc)`` is called (the owner then closes itself, and its next
+    call raises). :meth:`cancel` cancels and awaits them all.
+    """
+
+    def __init__(self, on_fatal: Callable[[BaseException], None]) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_fatal = on_fatal
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str, fatal: bool = True) -> asyncio.Task[Any]:
+        """Start ``coro`` as an owned task (on the running loop)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._done(t, fatal))
+        return task
+
+    def _done(self, task: asyncio.Task[Any], fatal: bool) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        if fatal:
+            log.error("background task %s failed: %s: %s", task.get_name(), type(exc).__name__, exc)
+            self._on_fatal(exc)
+        else:
+            log.warning("background task %s failed: %s: %s", task.get_name(), type(exc).__name__, exc)
+
+    async def cancel(self) -> None:
+        """Cancel every owned task and wait until all have ended (tasks they spawn included)."""
+        while self._tasks:
+            tasks = set(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks -= tasks
+
+
+class _DaemonThreads:
+    """A grow-on-demand pool of daemon threads for sync handlers.
+
+    Not ``asyncio.to_thread``: the default executor's threads are joined at
+    interpreter exit, so one busy sync handler kept a stopped component
+    process alive far past its grace period. Daemon threads never block
+    exit; what still runs at exit is abandoned, which is what a grace period
+    means.
+    """
+
+    def __init__(self, max_threads: int = 32) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads = 0
+        self._idle = 0
+        self._max = max_threads
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle == 0 and self._threads < self._max:
+                self._threads += 1
+                threading.Thread(target=self._work, name=f"zmqbus-worker-{self._threads}", daemon=True).start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            job = self._jobs.get()
+            with self._lock:
+                self._idle -= 1
+            job()
+
+
+_threads = _DaemonThreads()
+
+
+async def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
+    """Run ``fn(*args)`` in a daemon worker thread with the caller's context; await its result.
+
+    Like ``asyncio.to_thread`` (context variables such as the current message
+    are carried along), but the thread never keeps the process from exiting.
+    Cancelling the await does not stop the thread; its result is dropped.
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+    ctx = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not fut.done():
+            if ok:
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
+
+    def job() -> None:
+        try:
+            ok, value = True, ctx.run(fn, *args)
+        except BaseException as exc:  # handed to the awaiting task
+            ok, value = False, exc
+        try:
+            loop.call_soon_threadsafe(settle, ok, value)
+        except RuntimeError:
+            pass  # the loop is closed: nobody waits any more
+
+    _threads.submit(job)
+    return await fut

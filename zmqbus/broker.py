@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Union
 
 from . import config
-from .aio import is_async_callable, resume, wait_event
+from .aio import TaskOwner, is_async_callable, resume, wait_event
 from .codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
-from .errors import BusTimeout, ClosedError, DecodeError
+from .errors import BusTimeout, ClosedError, DecodeError, ZmqbusError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage, current_message
 from .ratelog import RateLimitedLog
@@ -56,6 +56,9 @@ _CACHE_LIMIT = 10_000
 _DEFAULT_RETRY = RetryPolicy()
 set_current = current_message.set
 _SEQ_TOPICS_LIMIT = 100_000  # topics whose sequence numbers one client tracks per publisher
+#: A forward jump of more sequence numbers than this is not believed to be loss
+#: (PROTOCOL.md section 4.2): it is counted as a restart of that publisher.
+MAX_PLAUSIBLE_GAP = 1 << 24
 
 
 @dataclass(eq=False)
@@ -82,6 +85,8 @@ class BrokerStatistics:
     unmatched: int
     handler_errors: int
     gaps: int
+    sequence_resets: int
+    unconfirmed: int
     decode_errors: dict[str, int]
     subscriptions: int
     receives_all: int
@@ -90,12 +95,12 @@ class BrokerStatistics:
 
 class _Counters:
     __slots__ = ("published", "published_bytes", "publish_waits", "received", "received_bytes",
-                 "dispatched", "unmatched", "handler_errors", "gaps")
+                 "dispatched", "unmatched", "handler_errors", "gaps", "sequence_resets", "unconfirmed")
 
     def __init__(self) -> None:
         self.published = self.published_bytes = self.publish_waits = 0
         self.received = self.received_bytes = self.dispatched = self.unmatched = 0
-        self.handler_errors = self.gaps = 0
+        self.handler_errors = self.gaps = self.sequence_resets = self.unconfirmed = 0
 
 
 class MessageBroker:
@@ -159,8 +164,14 @@ class MessageBroker:
         self._link: BusLink | None = None
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._failure: BaseException | None = None
+        self._close_task: asyncio.Task[None] | None = None
+        self._owner = TaskOwner(self._fail)
         self._probe_count = 0
         self._is_ready = False
+        self._sub_generation = 0  # user subscriptions made so far
+        self._ready_generation = 0  # ... of which ready() has proven live
+        self._confirmed = 0  # published messages known to have reached the forwarder
         self._faults = RateLimitedLog(log)
         self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
                                        max_concurrency)
@@ -178,8 +189,7 @@ class MessageBroker:
 
         Called for you by ``async with``, ``publish`` and ``ready``.
         """
-        if self._closed:
-            raise ClosedError("MessageBroker is closed")
+        self._check_open()
         if self._link is not None:
             return
         link = BusLink(self._socket_config)
@@ -191,21 +201,27 @@ class MessageBroker:
         self._link = link
         for prefix in self._prefix_refs:
             link.subscribe(prefix)
-        self._reader = asyncio.get_running_loop().create_task(self._read_loop(), name="zmqbus-reader")
+        self._reader = self._owner.spawn(self._read_loop(), name="zmqbus-reader")
         if self._services:
             await self._start_responder()
         log.debug("client %s connected to %s / %s", self.client_id, self.pub_endpoint, self.sub_endpoint)
 
-    async def close(self, linger: float | None = None) -> None:
-        """Stop receiving and close the sockets. Idempotent.
+    async def close(self, linger: float | None = None, *, grace: float = 5.0) -> None:
+        """Stop receiving and close the sockets. Idempotent; returns within about ``grace + linger`` s.
 
-        Messages already published get up to ``linger`` seconds (default: the
-        constructor's) to leave.
+        A responder first refuses new requests and lets running ones finish
+        for up to ``grace`` seconds; their callers are then told it shut down.
+        Then this client confirms, with one probe through the forwarder, that
+        everything it published has left (waiting at most ``linger`` seconds,
+        default: the constructor's). What could not be confirmed (the
+        forwarder is unreachable) is counted in ``statistics().unconfirmed``
+        and logged as a warning: it may be lost.
         """
         if self._closed:
             return
+        linger = self._socket_config.linger if linger is None else linger
         if self._responder is not None:
-            await self._responder.close()  # finishes running requests, says goodbye on the bus
+            await self._responder.close(grace, linger)  # finishes running requests, says goodbye on the bus
             self._responder = None
         self._closed = True
         if self._caller is not None:
@@ -215,16 +231,42 @@ class MessageBroker:
             task.cancel()
         if self._handler_tasks:
             await asyncio.gather(*self._handler_tasks, return_exceptions=True)
-        if self._reader is not None:
-            self._reader.cancel()
-            try:
-                await self._reader
-            except asyncio.CancelledError:
-                pass
-            self._reader = None
+        if self._link is not None and self._reader is not None and not self._reader.done():
+            await self._confirm_published(linger)
+        await self._owner.cancel()
+        self._reader = None
         if self._link is not None:
             self._link.close(linger)
             self._link = None
+
+    async def _confirm_published(self, timeout: float) -> None:
+        """Prove with a probe that every published message reached the forwarder, or count the rest."""
+        if self._n.published == self._confirmed:
+            return
+        try:
+            await self._probe(timeout)
+        except ZmqbusError:
+            pass
+        unconfirmed = self._n.published - self._confirmed
+        if unconfirmed:
+            self._n.unconfirmed += unconfirmed
+            log.warning("closing with %d published message(s) not confirmed by the forwarder at %s within "
+                        "%g s: they may be lost", unconfirmed, self.pub_endpoint, timeout)
+
+    def _check_open(self) -> None:
+        if not self._closed:
+            return
+        if self._failure is not None:
+            raise ClosedError(f"MessageBroker failed: {type(self._failure).__name__}: {self._failure}") \
+                from self._failure
+        raise ClosedError("MessageBroker is closed")
+
+    def _fail(self, exc: BaseException) -> None:
+        """A fatal background failure (an owned task died): close, and make the next call raise it."""
+        if self._closed or self._failure is not None:
+            return
+        self._failure = exc
+        self._close_task = asyncio.get_running_loop().create_task(self.close(0, grace=0), name="zmqbus-fail")
 
     async def __aenter__(self) -> "MessageBroker":
         await self.start()
@@ -247,12 +289,16 @@ class MessageBroker:
         invalid pattern. Topics under ``_zmqbus.`` are control traffic and reach
         only patterns that name that first word literally.
         """
-        if self._closed:
-            raise ClosedError("MessageBroker is closed")
+        self._check_open()
         compiled = compile_pattern(pattern)
         if compiled.receives_all:
             log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
                      "and filters it in Python (see statistics().unmatched)", pattern)
+        self._sub_generation += 1
+        return self._add_subscription(component_name, pattern, handler)
+
+    def _add_subscription(self, component_name: str, pattern: str, handler: Handler) -> Subscription:
+        compiled = compile_pattern(pattern)
         sub = Subscription(component_name, compiled, handler, is_async_callable(handler),
                            internal=pattern.startswith(RESERVED_PREFIX))
         self._subs.append(sub)
@@ -310,11 +356,21 @@ class MessageBroker:
         socket. The first ``publish`` calls it for you. Raises
         :class:`BusTimeout` if the forwarder cannot be reached in time.
         """
+        self._check_open()
         await self.start()
+        await self._probe(timeout)
+
+    async def _ensure_ready(self, timeout: float) -> None:
+        """:meth:`ready`, unless it already proved every subscription made so far."""
+        if not (self._is_ready and self._ready_generation >= self._sub_generation):
+            await self.ready(timeout)
+
+    async def _probe(self, timeout: float) -> None:
+        generation, published = self._sub_generation, self._n.published
         self._probe_count += 1
         topic = f"{RESERVED_PREFIX}probe.{self.client_id.replace('-', '')}.{self._probe_count}"
         arrived = asyncio.Event()
-        sub = self.subscribe(self.name or "zmqbus", topic, lambda m: arrived.set())
+        sub = self._add_subscription(self.name or "zmqbus", topic, lambda m: arrived.set())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         interval = 0.005
@@ -328,6 +384,9 @@ class MessageBroker:
                 if not await wait_event(arrived, min(interval, left)):
                     interval = min(interval * 2, 0.25)
             self._is_ready = True
+            # Probes travel behind everything published before them, in order.
+            self._ready_generation = max(self._ready_generation, generation)
+            self._confirmed = max(self._confirmed, published)
         finally:
             self.unsubscribe(sub)
 
@@ -351,15 +410,15 @@ class MessageBroker:
         :class:`RemoteError`. Async handlers run on the event loop (they must
         not block it); sync handlers run in a thread.
         """
-        if self._closed:
-            raise ClosedError("MessageBroker is closed")
+        self._check_open()
         validate_topic(service)
         self._services[service] = handler
         if self._responder is not None:
             self._responder.add(service, handler)
-            asyncio.get_running_loop().create_task(self._responder.announce())
+            self._owner.spawn(self._responder.announce(), name="zmqbus-announce", fatal=False)
         elif self._link is not None:
-            asyncio.get_running_loop().create_task(self._start_responder())
+            # A responder that cannot bind closes the broker; the next call raises why.
+            self._owner.spawn(self._start_responder(), name="zmqbus-start-responder")
 
     async def _start_responder(self) -> None:
         if self._responder is not None:
@@ -407,24 +466,30 @@ class MessageBroker:
 
     # -- publishing --------------------------------------------------------
 
-    async def publish(self, message: ProcessingMessage, *, topic: str | None = None) -> None:
+    async def publish(self, message: ProcessingMessage, *, topic: str | None = None,
+                      timeout: float | None = None) -> None:
         """Publish ``message`` on ``topic`` (default: its message type's name).
 
         Raises :class:`TopicError`, :class:`EncodeError` or
         :class:`MessageTooLarge` before anything is sent, and
-        :class:`BusTimeout` if the high-water mark stays reached for
-        ``publish_timeout`` seconds.
+        :class:`BusTimeout` if the bus cannot be reached, or the high-water
+        mark stays reached, for ``timeout`` seconds (default:
+        ``publish_timeout``). While the forwarder is down, messages queue in
+        this client (up to the high-water mark) and leave when it is back.
         """
+        if timeout is None:
+            timeout = self.publish_timeout
         if not self._is_ready:
             # Bad input fails at once, not after waiting for the bus.
             self._codec.encode(message, self._codec.frame_head(message, topic), self.client_id, 0, self.name)
             # A new publishing socket drops everything until the forwarder's
             # subscriptions reach it: wait for that once, instead of losing
             # the first messages silently.
-            await self.ready(self.publish_timeout)
+            await self.ready(timeout)
         link = self._link
         if link is None:
-            raise ClosedError("MessageBroker is closed")
+            self._check_open()
+            raise ClosedError("MessageBroker is not started")
         if topic is None and message.topic is None:
             # The common case: the topic is the message type's name.
             head = self._type_frames.get(message.message_type)
@@ -444,7 +509,7 @@ class MessageBroker:
             next_seq.clear()
         next_seq[head] = seq
         if not link.send(frame):
-            await self._publish_slow(link, frame)
+            await self._publish_slow(link, frame, timeout)
         n = self._n
         n.published += 1
         n.published_bytes += len(frame)
@@ -456,14 +521,14 @@ class MessageBroker:
         self._type_frames[message.message_type] = head
         return head
 
-    async def _publish_slow(self, link: BusLink, frame: bytes) -> None:
+    async def _publish_slow(self, link: BusLink, frame: bytes, timeout: float) -> None:
         self._n.publish_waits += 1
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.publish_timeout
+        deadline = loop.time() + timeout
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise BusTimeout(f"publish: high-water mark reached for {self.publish_timeout:g} s "
+                raise BusTimeout(f"publish: high-water mark reached for {timeout:g} s "
                                  f"(is the forwarder at {self.pub_endpoint} up and draining?)")
             await link.pub.wait(2, left)  # zmq.POLLOUT
             if self._closed:
@@ -515,8 +580,8 @@ class MessageBroker:
                 if last is None and len(per_pub) >= _SEQ_TOPICS_LIMIT:
                     per_pub.clear()  # bounded memory; only loss detection restarts
                 per_pub[topic] = md.sequence
-                if last is not None and md.sequence != last + 1 and md.sequence > last:
-                    self._gap(md, topic, last)
+                if last is not None and md.sequence != last + 1 and md.sequence:
+                    self._sequence_jump(md, topic, last)
             else:
                 self._first_from(md, topic)
             subs = cache.get(topic)
@@ -586,8 +651,16 @@ class MessageBroker:
             self._last_seq.clear()
         self._last_seq[md.publisher_id] = {topic: md.sequence}
 
-    def _gap(self, md: MessageMetadata, topic: str, last: int) -> None:
+    def _sequence_jump(self, md: MessageMetadata, topic: str, last: int) -> None:
+        """A sequence number that is not the next one: loss, or a restart of the publisher."""
         missing = md.sequence - last - 1
+        if missing < 0 or missing > MAX_PLAUSIBLE_GAP:
+            # Back to a smaller number (the publisher restarted its counters) or
+            # an implausible jump (a corrupt or forged number): not loss.
+            self._n.sequence_resets += 1
+            self._faults.log(logging.INFO, f"reset:{topic!r}", "publisher %s restarted its sequence on topic %r "
+                             "(%d after %d)", md.publisher_id, topic, md.sequence, last)
+            return
         self._n.gaps += missing
         self._faults.log(logging.WARNING, f"gap:{topic!r}",
                          "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
@@ -606,6 +679,7 @@ class MessageBroker:
             published=n.published, published_bytes=n.published_bytes, publish_waits=n.publish_waits,
             received=n.received, received_bytes=n.received_bytes, dispatched=n.dispatched,
             unmatched=n.unmatched, handler_errors=n.handler_errors, gaps=n.gaps,
+            sequence_resets=n.sequence_resets, unconfirmed=n.unconfirmed,
             decode_errors=dict(self._decode_errors),
             subscriptions=len(self._subs),
             receives_all=sum(1 for s in self._subs if s.pattern.receives_all),

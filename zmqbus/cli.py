@@ -106,12 +106,14 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
         if count and seen >= count:
             done.set()
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout if timeout else None
     async with MessageBroker(pub, sub, name="zmqbus-watch") as broker:
         for pattern in patterns:
             broker.subscribe("zmqbus-watch", pattern, show)
-        await broker.ready()
+        await broker.ready(timeout or 10.0)
         click.echo(f"watching {', '.join(patterns)} on {sub}", err=True)
-        await wait_event(done, timeout or None)
+        await wait_event(done, None if deadline is None else max(0.0, deadline - loop.time()))
         stats = broker.statistics()
     if stats.gaps or stats.decode_errors:
         click.echo(f"lost {stats.gaps} message(s); malformed: {stats.decode_errors}", err=True)
@@ -166,18 +168,20 @@ async def _stats(pub: str, sub: str, timeout: float) -> None:
     from .forwarder import STATS_TOPIC
     from .message import ProcessingMessage
 
-    got: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    got: asyncio.Future[Any] = loop.create_future()
     async with MessageBroker(pub, sub, name="zmqbus-stats") as broker:
         def on_stats(msg: ProcessingMessage) -> None:
             if not got.done():
                 got.set_result(msg.content)
 
         broker.subscribe("zmqbus-stats", STATS_TOPIC, on_stats)
-        await broker.ready()
-        try:
-            report = await asyncio.wait_for(got, timeout)
-        except asyncio.TimeoutError:
-            raise BusTimeout(f"no statistics from a forwarder at {sub} within {timeout:g} s") from None
+        await broker.ready(timeout)
+        done, _ = await asyncio.wait({got}, timeout=max(0.0, deadline - loop.time()))
+        if not done:
+            raise BusTimeout(f"no statistics from a forwarder at {sub} within {timeout:g} s")
+        report = got.result()
     for key, value in report.items():
         click.echo(f"{key:>24}: {value:,.2f}" if isinstance(value, float) else f"{key:>24}: {value:,}")
 
@@ -206,8 +210,16 @@ def demo(workflows: int, analyzers: int, timeout: float) -> None:
 @click.option("--name", default=None, help="Component name (default: the class's).")
 @click.option("--replicas", default=1, show_default=True, help="Processes to run (supervised when > 1).")
 @click.option("--grace", default=10.0, show_default=True, help="Seconds running work may take to finish on stop.")
-def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: float) -> None:
-    """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it."""
+@click.option("--startup-timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the forwarder at start; then exit 1.")
+@click.option("--keep-going", is_flag=True, help="With --replicas: carry on when a replica crash-loops.")
+def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: float, startup_timeout: float,
+        keep_going: bool) -> None:
+    """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it.
+
+    Exits 1 with a one-line error if it cannot start (no forwarder within
+    --startup-timeout) or, with --replicas, when a replica crash-loops.
+    """
     from .runner import ComponentSpec, Supervisor, Topology, component_main, load_component
 
     try:
@@ -215,18 +227,23 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if replicas == 1:
-        component_main(spec, name, pub, sub, logging.getLogger().level, grace)
+        component_main(spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout)
         return
-    _supervise(Supervisor(Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo))
+    _supervise(Supervisor(Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo,
+                          keep_going=keep_going))
 
 
 @main.command()
 @click.argument("topology", required=False)
-def up(topology: str | None) -> None:
+@click.option("--keep-going", is_flag=True, help="Carry on when a component crash-loops (never for the forwarder).")
+@click.option("--crash-limit", default=5, show_default=True,
+              help="Restarts within 60 s after which a process counts as crash-looping.")
+def up(topology: str | None, keep_going: bool, crash_limit: int) -> None:
     """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
 
-    A process that dies is restarted with backoff unless it crash-loops;
-    Ctrl-C or SIGTERM stops everything cleanly.
+    A process that dies is restarted with backoff unless it crash-loops:
+    then everything is stopped and `up` exits 1 with the reason (for a
+    component, unless --keep-going). Ctrl-C or SIGTERM stops everything cleanly.
     """
     from .demo import demo_topology
     from .runner import Supervisor, load_topology
@@ -236,7 +253,8 @@ def up(topology: str | None) -> None:
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
-    _supervise(Supervisor(topo, on_event=lambda text: click.echo(text, err=True)))
+    _supervise(Supervisor(topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going,
+                          crash_limit=crash_limit))
 
 
 def _supervise(sup: Any) -> None:
@@ -251,6 +269,8 @@ def _supervise(sup: Any) -> None:
         sup.run_until(stop.is_set)
     finally:
         sup.stop()
+    if sup.failure is not None:
+        raise click.ClickException(sup.failure)
 
 
 @main.group(invoke_without_command=True)

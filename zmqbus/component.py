@@ -33,6 +33,7 @@ import time
 from enum import Enum
 from typing import Any, Awaitable, Callable, ClassVar, Coroutine, TypeVar
 
+from .aio import to_thread
 from .broker import MessageBroker
 from .context import ComponentContext, ComponentMetrics, ComponentState, ContextStore
 from .errors import RemoteError, is_retryable
@@ -157,7 +158,7 @@ class Component:
                 if is_async:
                     return await handler(message)
                 # sync service methods are the CPU-heavy kind: off the loop, ids carried along
-                return await asyncio.to_thread(handler, message)
+                return await to_thread(handler, message)
             except Exception as exc:
                 self.metrics.failed += 1
                 if not is_retryable(exc):
@@ -198,23 +199,35 @@ class Component:
     async def teardown(self) -> None:
         """Release resources; called once by :meth:`stop`, after running work ended."""
 
-    async def start(self) -> None:
-        """Set up, connect, and return once subscriptions are live at the forwarder."""
+    async def start(self, timeout: float = 10.0) -> None:
+        """Set up, connect, and return once subscriptions are live at the forwarder.
+
+        Raises :class:`~zmqbus.errors.BusTimeout` if the forwarder does not
+        answer within ``timeout`` seconds.
+        """
         await self.setup()
         await self.message_broker.start()
-        await self.message_broker.ready()
+        await self.message_broker.ready(timeout)
         self._janitor = asyncio.get_running_loop().create_task(self._clean_loop(), name=f"{self.component_name}-ttl")
         log.info("component %s started", self.component_name)
 
     async def stop(self, grace: float = 10.0) -> None:
-        """Stop taking work, let running work finish for ``grace`` seconds, cancel the rest, tear down."""
+        """Stop taking work, let running work finish for ``grace`` seconds, cancel the rest, tear down.
+
+        ``grace`` bounds the whole wait for running work, requests served
+        included (sync handlers still running in their threads are abandoned:
+        they never keep the process alive); then the broker flushes for at
+        most its ``linger``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
         self._stopping = True
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=grace)
         self.kill()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.teardown()
-        await self.message_broker.close()
+        await self.message_broker.close(grace=max(0.0, deadline - loop.time()))
         log.info("component %s stopped", self.component_name)
 
     def kill(self) -> None:
@@ -365,6 +378,6 @@ class Processor(Component):
 
     async def run_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in a worker thread (the handled message's ids carried along)."""
-        return await asyncio.to_thread(fn, *args)
+        return await to_thread(fn, *args)
 
 

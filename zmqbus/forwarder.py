@@ -39,8 +39,11 @@ log = logging.getLogger(__name__)
 
 STATS_TOPIC = "_zmqbus.forwarder.stats"
 
+# MONITOR_STOPPED is the last event libzmq sends, when it destroys the socket:
+# the watch thread reads every monitor until then (see _run_watch).
 _MONITORED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+              | zmq.EVENT_MONITOR_STOPPED)
 _HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
@@ -126,7 +129,11 @@ class Forwarder:
             with mapped_errors(f"bind {self.sub_endpoint}"):
                 xpub.bind(self.sub_endpoint)
             xsub.bind(self._internal_addr)
-            monitors = (xsub.get_monitor_socket(_MONITORED), xpub.get_monitor_socket(_MONITORED))
+            # Our own monitor addresses: pyzmq's default is named after the
+            # socket's fd, which a new forwarder can reuse while libzmq still
+            # holds the old monitor's endpoint (until the reaper destroys it).
+            monitors = (xsub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-pub"),
+                        xpub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-sub"))
         except BaseException:
             xsub.close(0)
             xpub.close(0)
@@ -154,19 +161,29 @@ class Forwarder:
             self._proxy_error = exc
             log.error("forwarder proxy stopped: %s", exc)
         finally:
-            # Unmonitor before close so the watch thread sees its PAIR end quietly.
+            # Never disable_monitor() here: it takes the socket's monitor lock
+            # while holding the GIL, and an I/O thread may hold that lock,
+            # blocked sending an event to a monitor nobody reads, which stops
+            # every Python thread. Closing is safe: libzmq's reaper stops the
+            # monitor when it destroys the socket (after the linger), and the
+            # watch thread reads every monitor until then.
             for sock in (xsub, xpub):
-                try:
-                    sock.disable_monitor()
-                except zmq.ZMQError:
-                    pass
                 sock.close(int(self.socket_config.linger * 1000))
             control.close(0)
 
     def _run_watch(self, pub_monitor: zmq.Socket[bytes], sub_monitor: zmq.Socket[bytes]) -> None:
+        """Count monitor events; publish statistics; read each monitor until libzmq stops it.
+
+        A monitor's reader must outlive the monitor: libzmq's I/O thread sends
+        each event into the monitor PAIR and blocks while it has no reader,
+        holding the socket's monitor lock (DESIGN.md section 6). So this
+        thread closes a monitor socket only after its MONITOR_STOPPED event,
+        which libzmq sends last, when it destroys the monitored socket.
+        """
         poller = zmq.Poller()
-        poller.register(pub_monitor, zmq.POLLIN)
-        poller.register(sub_monitor, zmq.POLLIN)
+        live = {pub_monitor: True, sub_monitor: False}  # monitor -> publisher side?
+        for sock in live:
+            poller.register(sock, zmq.POLLIN)
         stats_pub = codec = None
         seq = 0
         if self.stats_interval:
@@ -176,24 +193,34 @@ class Forwarder:
             codec = Codec()
         next_stats = time.monotonic() + (self.stats_interval or 0)
         try:
-            while not self._stop.is_set():
+            while live:
                 for sock, _ in poller.poll(100):
-                    self._on_monitor_event(sock.recv_multipart(), sock is pub_monitor)
-                if stats_pub is not None and codec is not None and time.monotonic() >= next_stats:
+                    if self._on_monitor_event(sock.recv_multipart(), live[sock]):
+                        poller.unregister(sock)
+                        del live[sock]
+                        sock.close(0)
+                if stats_pub is not None and codec is not None and not self._stop.is_set() \
+                        and time.monotonic() >= next_stats:
                     next_stats += self.stats_interval or 0
                     seq += 1
                     self._publish_stats(stats_pub, codec, seq)
+                if stats_pub is not None and self._stop.is_set():
+                    stats_pub.close(0)
+                    stats_pub = None
         except zmq.ZMQError as exc:
             if exc.errno != zmq.ETERM:
                 log.warning("forwarder watch thread stopped: %s", exc)
         finally:
-            for sock in (pub_monitor, sub_monitor, stats_pub):
+            for sock in (*live, stats_pub):
                 if sock is not None:
                     sock.close(0)
 
-    def _on_monitor_event(self, frames: list[bytes], publisher_side: bool) -> None:
+    def _on_monitor_event(self, frames: list[bytes], publisher_side: bool) -> bool:
+        """Count one monitor event; True when it is the monitor's last (MONITOR_STOPPED)."""
         event = struct.unpack("=hi", frames[0][:6])[0]
         side = "p" if publisher_side else "s"
+        if event & zmq.EVENT_MONITOR_STOPPED:
+            return True
         if event & zmq.EVENT_ACCEPTED:
             self._events[side + "c"] += 1
         elif event & zmq.EVENT_DISCONNECTED:
@@ -203,6 +230,7 @@ class Forwarder:
             self._events["hf"] += 1
             log.warning("handshake failed on the %s side (garbage bytes or a non-ZMTP peer?): %d so far",
                         "publisher" if publisher_side else "subscriber", self._events["hf"])
+        return False
 
     def _publish_stats(self, sock: zmq.Socket[bytes], codec: Codec, seq: int) -> None:
         try:
@@ -234,7 +262,12 @@ class Forwarder:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop forwarding and close the sockets. Idempotent; bounded by ``timeout``."""
+        """Stop forwarding and close the sockets. Idempotent; returns within ``timeout`` seconds.
+
+        The sockets get their linger to flush; the watch thread ends once
+        libzmq has stopped both monitors (a daemon thread, so a peer that
+        never drains cannot keep the process alive).
+        """
         with self._lock:
             if self._stop.is_set():
                 return
@@ -245,8 +278,9 @@ class Forwarder:
                     control.send(b"TERMINATE", zmq.NOBLOCK)
                 except zmq.ZMQError:
                     pass
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         if control is not None:
             control.close(0)
         log.info("forwarder stopped")

@@ -62,5 +62,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def tcp_endpoints(host: str = "127.0.0.1") -> tuple[str, str]:
-    """A pair of free tcp endpoints for a forwarder: (publishers', subscribers')."""
-    return f"tcp://{host}:{free_port(host)}", f"tcp://{host}:{free_port(host)}"
+    """A pair of distinct free tcp endpoints for a forwarder: (publishers', subscribers').
+
+    Both ports are held while the second is picked: two separate
+    :func:`free_port` calls can return the same port.
+    """
+    with socket.socket() as a, socket.socket() as b:
+        a.bind((host, 0))
+        b.bind((host, 0))
+        return f"tcp://{host}:{a.getsockname()[1]}", f"tcp://{host}:{b.getsockname()[1]}"

@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
 
-from .aio import is_async_callable, start_eagerly, wait_event
+from .aio import is_async_callable, start_eagerly, to_thread, wait_event
 from .codec import BUSY, ERR, REP, pack, reply_frame, request_head, split_reply, split_request, unpack
-from .errors import (ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout, ZmqbusError,
-                     is_retryable)
+from .errors import (BusTimeout, ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout,
+                     ZmqbusError, is_retryable)
 from .message import MessageMetadata, ProcessingMessage, current_message
 from .ratelog import RateLimitedLog
 from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
@@ -77,6 +77,7 @@ class ResponderStatistics:
     expired: int = 0
     malformed: int = 0
     undeliverable: int = 0
+    interrupted: int = 0
 
 
 class Responder:
@@ -90,7 +91,8 @@ class Responder:
         self.services: dict[str, tuple[ServiceHandler, bool]] = {}
         self.stats = ResponderStatistics()
         self._cache: ReplyCache[bytes] = ReplyCache(options.cache_size)
-        self._in_flight: dict[str, tuple[bytes, float]] = {}  # request id -> (caller, started)
+        # request id -> (caller, started, request): queued ones too
+        self._in_flight: dict[str, tuple[bytes, float, ProcessingMessage]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._max_concurrency = options.max_concurrency
         self._queue: collections.deque[tuple[bytes, str, tuple[ServiceHandler, bool], ProcessingMessage]] = \
@@ -109,10 +111,12 @@ class Responder:
         self._announce_pending = False
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        owner = self.broker._owner
         self.broker.subscribe(self.broker.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
-        self._loops = [loop.create_task(_serve_router(self._router, self._on_frames), name="zmqbus-responder"),
-                       loop.create_task(self._heartbeat_loop(), name="zmqbus-heartbeat")]
+        # Both fatal: a responder that no longer reads, or no longer announces,
+        # must not look alive to callers; the broker closes and says why.
+        self._loops = [owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-responder"),
+                       owner.spawn(self._heartbeat_loop(), name="zmqbus-heartbeat")]
         log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
 
     def add(self, service: str, handler: ServiceHandler) -> None:
@@ -120,13 +124,13 @@ class Responder:
 
     # -- presence ----------------------------------------------------------
 
-    async def announce(self, leaving: bool = False) -> None:
+    async def announce(self, leaving: bool = False, timeout: float | None = None) -> None:
         self._last_announce = time.monotonic()
         content = {"instance": self.instance_id, "endpoint": self.endpoint, "services": sorted(self.services),
                    "interval": self.heartbeat, "liveness": self.liveness, "load": len(self._in_flight),
                    "leaving": leaving}
         await self.broker.publish(ProcessingMessage(PRESENCE_TOPIC, content, MessageMetadata(
-            source_component=self.broker.name or "zmqbus")))
+            source_component=self.broker.name or "zmqbus")), timeout=timeout)
 
     async def _on_discover(self, msg: ProcessingMessage) -> None:
         wanted = msg.content.get("service") if isinstance(msg.content, dict) else None
@@ -155,8 +159,15 @@ class Responder:
 
     async def _heartbeat_loop(self) -> None:
         # Announce only once this client's subscriptions are live: an instance
-        # callers can see is then also one that receives its events.
-        await self.broker.ready()
+        # callers can see is then also one that receives its events. The
+        # forwarder may come up long after us: keep trying (a transient fault).
+        while True:
+            try:
+                await self.broker.ready(timeout=10.0)
+                break
+            except BusTimeout as exc:
+                self._faults.log(logging.WARNING, "ready", "responder %s not announced yet: %s; still trying",
+                                 self.instance_id, exc)
         while True:
             try:
                 await self.announce()
@@ -165,7 +176,7 @@ class Responder:
             # A handler that runs long keeps its caller informed, so the caller
             # does not give up on a slow but alive responder.
             now = time.monotonic()
-            for request_id, (caller, started) in list(self._in_flight.items()):
+            for request_id, (caller, started, _) in list(self._in_flight.items()):
                 if now - started >= self.heartbeat:
                     self._router.send(caller, reply_frame(BUSY, pack([request_id])))
             await asyncio.sleep(self.heartbeat)
@@ -181,7 +192,8 @@ class Responder:
             self._faults.log(logging.WARNING, "frames", "malformed request (%d frames, starting %r)",
                              len(frames), bytes(body[:8]))
             self._reply_error(caller, None, "", "malformed", "ProtocolError",
-                              "expected one frame: REQ, NUL, service, NUL, payload", False)
+                              "expected one frame: REQ, NUL, service, NUL, payload", False,
+                              request_id=_salvage(body))
             return
         self.stats.requests += 1
         try:
@@ -189,7 +201,8 @@ class Responder:
         except DecodeError as exc:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
-            self._reply_error(caller, None, "", "malformed", "DecodeError", str(exc), False)
+            self._reply_error(caller, None, "", "malformed", "DecodeError", str(exc), False,
+                              request_id=_salvage(parts[1]))
             return
         service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
@@ -210,16 +223,23 @@ class Responder:
             self._reply_error(caller, msg, service, "unknown_service", "UnknownService",
                               f"instance {self.instance_id} does not serve {service!r}", True)
             return
-        if md.deadline is not None and time.time() > md.deadline:
-            self.stats.expired += 1
-            self._reply_error(caller, msg, service, "expired", "DeadlineExpired",
-                              "the request's deadline passed before it could start", False)
+        if self._expired(caller, service, msg):
             return
-        self._in_flight[md.message_id] = (caller, time.monotonic())
+        self._in_flight[md.message_id] = (caller, time.monotonic(), msg)
         if len(self._in_flight) > self._max_concurrency:
             self._queue.append((caller, service, entry, msg))  # started when a slot frees up
         else:
             self._start(caller, service, entry, msg)
+
+    def _expired(self, caller: bytes, service: str, msg: ProcessingMessage) -> bool:
+        """Answer ``expired`` (and return True) if the request's deadline has passed: it must not start."""
+        deadline = msg.metadata.deadline
+        if deadline is None or time.time() <= deadline:
+            return False
+        self.stats.expired += 1
+        self._reply_error(caller, msg, service, "expired", "DeadlineExpired",
+                          "the request's deadline passed before it could start", False)
+        return True
 
     def _start(self, caller: bytes, service: str, entry: tuple[ServiceHandler, bool],
                msg: ProcessingMessage) -> None:
@@ -233,7 +253,7 @@ class Responder:
         token = current_message.set(msg)
         try:
             try:
-                finished, outcome = start_eagerly(handler(msg) if is_async else asyncio.to_thread(handler, msg))
+                finished, outcome = start_eagerly(handler(msg) if is_async else to_thread(handler, msg))
             except Exception as exc:  # the handler's fault goes back to the caller
                 self._done(caller, service, msg, ERR, exc)
                 return
@@ -253,8 +273,7 @@ class Responder:
         try:
             result = await running
         except asyncio.CancelledError:
-            self._in_flight.pop(msg.metadata.message_id, None)
-            raise
+            raise  # only close() cancels: it answers the caller
         except Exception as exc:
             self._done(caller, service, msg, ERR, exc)
         else:
@@ -276,8 +295,16 @@ class Responder:
         self._in_flight.pop(md.message_id, None)
         if not self._router.send(caller, frame):
             self.stats.undeliverable += 1
+        self._start_queued()
+
+    def _start_queued(self) -> None:
+        """Start queued requests while there is room; those whose deadline passed in the queue never start."""
         while self._queue and len(self._in_flight) - len(self._queue) < self._max_concurrency:
-            self._start(*self._queue.popleft())
+            caller, service, entry, msg = self._queue.popleft()
+            if self._expired(caller, service, msg):
+                self._in_flight.pop(msg.metadata.message_id, None)
+                continue
+            self._start(caller, service, entry, msg)
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
         codec = self.broker._codec
@@ -290,15 +317,25 @@ class Responder:
                 source, self.instance_id)
 
     def _reply_error(self, caller: bytes, msg: ProcessingMessage | None, service: str, code: str,
-                     error_type: str, text: str, retryable: bool) -> None:
-        request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(message_id=""))
+                     error_type: str, text: str, retryable: bool, *, request_id: str = "") -> None:
+        request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(
+            message_id=request_id, correlation_id=request_id))
         payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
                                _error_content(code, error_type, text, retryable))
         if not self._router.send(caller, reply_frame(ERR, payload)):
             self.stats.undeliverable += 1
 
-    async def close(self, grace: float = 5.0) -> None:
-        """Refuse new requests (retryably), let running ones finish for ``grace`` seconds, say goodbye."""
+    async def close(self, grace: float = 5.0, linger: float = 1.0) -> None:
+        """Shut down within about ``grace + linger`` seconds.
+
+        New requests are refused with a retryable ``shutting_down`` error
+        (callers retry elsewhere), and so are queued ones that never started.
+        Running ones get ``grace`` seconds to finish; the callers of those
+        still running then get a ``shutting_down`` error that is not
+        retryable (the work may have been partly done). The goodbye
+        announcement waits at most ``linger`` and is skipped if this client
+        never reached the forwarder (nobody knows it).
+        """
         self._closing = True
         while self._queue:  # never started: hand them back, so callers retry elsewhere at once
             caller, service, _, msg = self._queue.popleft()
@@ -306,18 +343,25 @@ class Responder:
             self._reply_error(caller, msg, service, "shutting_down", "ShuttingDown",
                               f"instance {self.instance_id} is shutting down", True)
         if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
-        for task in self._loops:
-            task.cancel()
+            await asyncio.wait(set(self._tasks), timeout=max(grace, 0.0))
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._loops, *self._tasks, return_exceptions=True)
-        try:
-            await self.announce(leaving=True)
-        except ZmqbusError:
-            pass
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for caller, _, msg in list(self._in_flight.values()):  # cancelled, or a thread still running
+            self.stats.interrupted += 1
+            self._reply_error(caller, msg, msg.topic or "", "shutting_down", "ShuttingDown",
+                              f"instance {self.instance_id} shut down while running the request; "
+                              "it may have been partly done", False)
+        self._in_flight.clear()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.broker._is_ready:
+            try:
+                await self.announce(leaving=True, timeout=linger)
+            except ZmqbusError:
+                pass
         self._router.close()
-
 
 class Caller:
     """Sends requests for one broker; keeps the directory of live instances."""
@@ -336,11 +380,11 @@ class Caller:
         self._closed = False
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Subscribe to presence and start reading replies (each request waits for the bus itself)."""
+        owner = self.broker._owner
         self.broker.subscribe(self.broker.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
-        self._loops = [loop.create_task(_serve_router(self._router, self._on_frames), name="zmqbus-caller"),
-                       loop.create_task(self._expiry_loop(), name="zmqbus-directory")]
-        await self.broker.ready()
+        self._loops = [owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-caller"),
+                       owner.spawn(self._expiry_loop(), name="zmqbus-directory")]
 
     # -- directory ---------------------------------------------------------
 
@@ -423,7 +467,7 @@ class Caller:
         if kind == ERR and isinstance(msg.content, dict) and msg.content.get("retryable"):
             call = self.tracker.get(request_id)  # the call goes on, on another instance
             if call is not None:
-                _wake(call, ("retry", f"retryable error: {msg.content.get('message')}"))
+                _wake(call, ("retry", f"retryable error: {msg.content.get('message')}", msg))
             return
         call = self.tracker.reply(request_id)
         if call is not None:
@@ -440,11 +484,21 @@ class Caller:
         head = request_head(service)  # validated: a service name is a topic
         call = self.tracker.begin(md.message_id, service, loop.time(), timeout, policy)
         reason = "no reply"
+        last_error: ProcessingMessage | None = None  # the last retryable ERR, raised if nobody else can try
         try:
+            try:
+                await self.broker._ensure_ready(max(0.0, call.deadline - loop.time()))
+            except BusTimeout as exc:
+                raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
             while True:
                 inst = self.tracker.assign(call, loop.time())
                 if inst is None:
-                    await self._wait_for_instance(service, call.deadline)
+                    try:
+                        await self._wait_for_instance(service, call.deadline)
+                    except NoResponder:
+                        if last_error is not None:
+                            return self._result(service, ERR, last_error)
+                        raise
                     continue
                 md.attempt = call.attempt
                 if call.attempt > 1:
@@ -463,6 +517,8 @@ class Caller:
                 if outcome[0] == "closed" or self._closed:
                     raise ClosedError(f"request to {service!r}: the broker was closed")
                 reason = outcome[1]
+                if len(outcome) > 2:
+                    last_error = outcome[2]
                 step = self.tracker.next_step(call, loop.time())
                 if isinstance(step, GiveUp):
                     raise RequestTimeout(service, call.attempt, loop.time() - call.started,
@@ -523,6 +579,24 @@ def _wake(call: Call, outcome: tuple[Any, ...]) -> None:
     fut = call.waiter
     if fut is not None and not fut.done():
         fut.set_result(outcome)
+
+
+def _salvage(data: bytes) -> str:
+    """The message id of a malformed request, if its payload still shows one (else "").
+
+    Lets a malformed ``ERR`` carry the request's id as its ``causation_id``
+    (PROTOCOL.md section 8.2), so a DEALER caller can tell which request it answers.
+    """
+    data = bytes(data)
+    if data.startswith(b"REQ\0"):
+        data = data.split(b"\0", 2)[-1]
+    try:
+        fields = unpack(data)
+    except DecodeError:
+        return ""
+    if isinstance(fields, list) and len(fields) > 2 and isinstance(fields[2], str) and len(fields[2]) <= 255:
+        return fields[2]
+    return ""
 
 
 def _advertised(bound: str, advertise: str | None) -> str:

@@ -28,6 +28,7 @@ import logging
 import multiprocessing.process
 import os
 import signal
+import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -58,31 +59,59 @@ def load_component(spec: str) -> type[Any]:
 
 
 def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: int = logging.WARNING,
-                   grace: float = 10.0) -> None:
-    """Run one component in this process until SIGTERM/SIGINT (a second signal kills)."""
-    logging.basicConfig(level=log_level, format=f"%(asctime)s {name or spec} %(levelname)s %(message)s")
-    asyncio.run(_run_component(spec, name, pub, sub, grace))
+                   grace: float = 10.0, startup_timeout: float = 10.0) -> None:
+    """Run one component in this process until SIGTERM/SIGINT (a second signal kills).
+
+    Exits 0 after a signal, 1 with a one-line error on stderr if the
+    component cannot start (no forwarder within ``startup_timeout``, a
+    failing ``setup``). Signals are honoured at any moment, start-up included.
+    """
+    from .errors import ZmqbusError
+
+    label = name or spec
+    logging.basicConfig(level=log_level, format=f"%(asctime)s {label} %(levelname)s %(message)s")
+    try:
+        code = asyncio.run(_run_component(spec, name, pub, sub, grace, startup_timeout))
+    except (ZmqbusError, ValueError) as exc:
+        print(f"zmqbus run {label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    raise SystemExit(code)
 
 
-async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float) -> None:
+async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float,
+                         startup_timeout: float) -> int:
     from .broker import MessageBroker
 
-    cls = load_component(spec)
-    component = cls(MessageBroker(pub, sub), name=name)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    component: Any = None
 
     def on_signal() -> None:
         if stop.is_set():  # the second signal: no more grace
-            component.kill()
+            if component is not None:
+                component.kill()
             os._exit(1)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await component.start()
+    cls = load_component(spec)
+    component = cls(MessageBroker(pub, sub), name=name)
+    starting = asyncio.ensure_future(component.start(startup_timeout))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():  # a signal during start-up
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await component.stop(0)
+        return 0
+    stopping.cancel()
+    if starting.exception() is not None:
+        await component.stop(0)
+        starting.result()  # raises: reported in one line by component_main
     await stop.wait()
     await component.stop(grace)
+    return 0
 
 
 @dataclass
@@ -135,9 +164,15 @@ class Supervisor:
     """Starts, watches and stops the processes of a topology (see the module docstring)."""
 
     def __init__(self, topology: Topology, *, crash_limit: int = 5, log_level: int = logging.WARNING,
-                 on_event: Callable[[str], None] | None = None) -> None:
+                 on_event: Callable[[str], None] | None = None, keep_going: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.topology = topology
         self.crash_limit = crash_limit
+        self.keep_going = keep_going
+        #: Why supervision must end (a process it gave up on), else None. A
+        #: forwarder given up on always ends it; a component only without ``keep_going``.
+        self.failure: str | None = None
+        self._clock = clock
         self.on_event = on_event or (lambda text: log.info("%s", text))
         self._forwarder: _Managed | None = None
         self._components: list[_Managed] = []
@@ -162,8 +197,8 @@ class Supervisor:
             self.on_event(f"started {m.label} (pid {m.proc.pid})")
 
     def check(self) -> None:
-        """Restart processes that died (call it periodically)."""
-        now = time.monotonic()
+        """Restart processes that died (call it periodically); set :attr:`failure` on giving up."""
+        now = self._clock()
         for m in self.managed:
             if m.given_up or m.proc is None:
                 continue
@@ -173,7 +208,11 @@ class Supervisor:
                 m.restarts = [t for t in m.restarts if now - t < 60.0]
                 if len(m.restarts) >= self.crash_limit:
                     m.given_up = True
-                    self.on_event(f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s): giving up on it")
+                    reason = (f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s, last exit code "
+                              f"{m.proc.exitcode}): giving up on it")
+                    self.on_event(reason)
+                    if m is self._forwarder or not self.keep_going:
+                        self.failure = self.failure or reason
                     continue
                 delay = min(10.0, 0.5 * 2 ** len(m.restarts))
                 m.next_start = now + delay
@@ -189,17 +228,17 @@ class Supervisor:
         for m in self._components:
             if m.proc is not None and m.proc.pid is not None and m.proc.is_alive():
                 os.kill(m.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        deadline = self._clock() + timeout
         for m in self._components:
             if m.proc is not None:
-                stop_process(m.proc, timeout=max(0.1, deadline - time.monotonic()))
+                stop_process(m.proc, timeout=max(0.1, deadline - self._clock()))
         if self._forwarder is not None and self._forwarder.proc is not None:
             stop_process(self._forwarder.proc, timeout=5.0)
         self.on_event("all processes stopped")
 
     def run_until(self, stop: Callable[[], bool], interval: float = 0.2) -> None:
-        """Supervise until ``stop()`` is true."""
-        while not stop():
+        """Supervise until ``stop()`` is true or supervision fails (see :attr:`failure`)."""
+        while not stop() and self.failure is None:
             self.check()
             time.sleep(interval)
 
