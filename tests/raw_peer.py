@@ -42,7 +42,7 @@ def main(pub: str, sub: str) -> None:
         topic, _, data = s.recv().partition(b"\x00")  # PROTOCOL.md section 2: topic, NUL, payload
         if topic == b"interop.to_raw":
             break
-    fields = msgpack.unpackb(data)
+    fields = msgpack.unpackb(data, strict_map_key=False)  # PROTOCOL.md section 3
     assert fields[0] == 2 and len(fields) >= 14
     reply = {"echo": fields[13], "type_seen": fields[1], "source_seen": fields[5]}
     for seq in (1, 2, 3):
@@ -82,7 +82,7 @@ def serve(pub: str, sub: str) -> None:
         caller, body = router.recv_multipart()
         kind, service, payload = body.split(b"\x00", 2)  # PROTOCOL.md section 8.2
         assert kind == b"REQ"
-        req = msgpack.unpackb(payload)
+        req = msgpack.unpackb(payload, strict_map_key=False)
         reply = [2, "raw.upper.reply", f"raw-r-{req[2]}", req[3], req[2], "raw", req[5], time.time(),
                  "raw-responder", 0, 1, None, None, str(req[13]).upper()]
         router.send_multipart([caller, b"REP\x00" + msgpack.packb(reply)])

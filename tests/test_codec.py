@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from zmqbus import (Codec, DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage,
                     TopicError)
-from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, pack, unpack
+from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, pack, split_request, unpack
 
 
 class Kind(enum.Enum):
@@ -183,6 +183,7 @@ def test_decode_frame_splits_topic_and_payload(size: int) -> None:
     (b"a.b", "topic"),                                    # no separator
     (b"\x00" + msgpack.packb(envelope()), "topic"),       # empty topic
     (b"x" * 300 + b"\x00" + msgpack.packb(envelope()), "topic"),   # separator past 256 bytes
+    (b"x" * 256 + b"\x00" + msgpack.packb(envelope()), "topic"),   # a 256-byte topic (1 to 255 allowed)
     (b"\xff\xfe\x00" + msgpack.packb(envelope()), "topic"),       # not UTF-8
     (b"a.b\x00", "msgpack"),                              # nothing after the separator
     (b"a.b\x00" + msgpack.packb(envelope()) + b"\x00", "msgpack"),
@@ -252,3 +253,17 @@ def test_a_service_name_is_checked_like_a_topic() -> None:
     for bad in ("", "a\x00b", "a..b", "a.*"):
         with pytest.raises(TopicError):
             request_head(bad)
+
+
+def test_topic_and_service_length_limits_on_receipt() -> None:
+    """PROTOCOL.md section 2: a topic or service is 1 to 255 bytes, on the receiving side too."""
+    payload = msgpack.packb(envelope())
+    assert Codec().decode_frame(b"x" * 255 + b"\x00" + payload).topic == "x" * 255
+    assert split_request(b"REQ\x00" + b"s" * 255 + b"\x00" + payload) is not None
+    assert split_request(b"REQ\x00" + b"s" * 256 + b"\x00" + payload) is None
+
+
+def test_content_keys_decode_as_documented() -> None:
+    """PROTOCOL.md section 3: any scalar key decodes; an array key becomes a tuple (not validated)."""
+    out = Codec().decode(b"a.b", msgpack.packb(envelope(content={(1, 2): "array key", b"k": 1, 2: 3})))
+    assert out.content == {(1, 2): "array key", b"k": 1, 2: 3}

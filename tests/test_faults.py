@@ -212,3 +212,24 @@ async def test_publisher_that_exits_right_after_a_burst_loses_nothing(tcp_pair: 
                 proc.wait()
         assert sorted(m.content["i"] for m in got) == list(range(n))
         assert b.statistics().gaps == 0
+
+
+async def test_an_implausible_sequence_is_a_reset_never_loss(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> None:
+    """A frame with a real publisher's id and sequence 2**64-1 must not poison the loss counters."""
+    spawn_forwarder(*ipc_pair, stats_interval=None)
+    async with MessageBroker(*ipc_pair) as b:
+        coll = Collector()
+        b.subscribe("test", "poison.#", coll)
+        await b.ready()
+        raw = raw_publisher(ipc_pair[0], b"poison")
+        try:
+            for i, seq in enumerate([1, 2**64 - 1, 2, 3, 5 + (1 << 24), 7 + (1 << 24)]):
+                raw.send(good_frame("poison.a", i, seq))
+            await coll.wait_for(6)
+        finally:
+            raw.close()
+        stats = b.statistics()
+        # 1 -> 2**64-1: implausible, a reset; -> 2: back down, a reset; -> 3: next;
+        # -> 5 + 2**24: 2**24 + 1 missing, more than plausible, a reset; -> 7 + 2**24: one lost.
+        assert (stats.gaps, stats.sequence_resets) == (1, 3)
+        assert stats.decode_errors == {}

@@ -152,13 +152,20 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
                     if kind == b"ERR":  # skip replies to cached duplicates
                         break
                 assert msgpack.unpackb(body)[13]["code"] == "malformed"
+            # a malformed request whose id can still be read: the ERR names it (causation_id)
+            bad = msgpack.packb([2, "count", "bad-7", "c", None, "raw", None, "not a time", "raw", 0, 1, None,
+                                 None, 0])
+            dealer.send(b"REQ\x00count\x00" + bad)
+            kind, body = await recv()
+            err = msgpack.unpackb(body)
+            assert kind == b"ERR" and err[13]["code"] == "malformed" and err[4] == "bad-7"
             expired = msgpack.packb([2, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
                                      time.time() - 5, None, 0])
             dealer.send(b"REQ\x00count\x00" + expired)
             kind, body = await recv()
             assert kind == b"ERR" and msgpack.unpackb(body)[13]["code"] == "expired"
             assert executed == [41]
-            assert srv.statistics().rpc["served_malformed"] == 5
+            assert srv.statistics().rpc["served_malformed"] == 6
         finally:
             dealer.close(0)
 

@@ -135,7 +135,8 @@ def reply_frame(kind: bytes, payload: bytes) -> bytes:
 
 def split_request(body: bytes) -> tuple[bytes, Any] | None:
     """``(service, payload)`` of a request frame, or None if it is not one."""
-    end = body.find(0, 4, 261) if body.startswith(_REQ_HEAD) else -1  # the NUL after the service
+    # the NUL after the service, which is 1 to 255 bytes: at index 5 to 259
+    end = body.find(0, 4, 260) if body.startswith(_REQ_HEAD) else -1
     if end < 5:
         return None
     return body[4:end], _after(body, end + 1)
@@ -273,7 +274,7 @@ class Codec:
         size = len(frame)
         if size > self.max_message_size:
             raise DecodeError("size", f"{size} bytes over the limit of {self.max_message_size}")
-        i = frame.find(0, 0, 257)
+        i = frame.find(0, 0, 256)  # a topic is 1 to 255 bytes: its NUL is at index 1 to 255
         if i <= 0:
             raise DecodeError("topic", "no topic, or no NUL after it within 256 bytes")
         try:

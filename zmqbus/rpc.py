@@ -393,6 +393,9 @@ class Caller:
         try:
             instance, endpoint, services = str(c["instance"]), str(c["endpoint"]), [str(s) for s in c["services"]]
             interval, liveness, leaving = float(c["interval"]), int(c["liveness"]), bool(c.get("leaving"))
+            routing_id = instance.encode()
+            if not 0 < len(routing_id) <= 255 or routing_id[0] == 0:  # PROTOCOL.md section 8.1
+                raise ValueError("instance is not a usable routing id")
         except (TypeError, KeyError, ValueError):
             self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message: %r", c)
             return
