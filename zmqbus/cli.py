@@ -273,6 +273,42 @@ def _supervise(sup: Any) -> None:
         raise click.ClickException(sup.failure)
 
 
+@main.command()
+@click.option("--duration", default=30.0, show_default=True, help="Seconds of traffic and faults.")
+@click.option("--publishers", default=2, show_default=True, help="Publisher processes (2 topics each).")
+@click.option("--subscribers", default=2, show_default=True, help="Subscriber processes (each takes every topic).")
+@click.option("--responders", default=2, show_default=True, help="Responder processes serving soak.work.")
+@click.option("--restart-forwarder-every", default=0.0, help="SIGKILL and restart the forwarder every S s (0: never).")
+@click.option("--kill-responder-every", default=0.0, help="SIGKILL a responder and start another every S s (0: never).")
+@click.option("--rate", default=500.0, show_default=True, help="Messages per second per publisher.")
+@click.option("--request-rate", default=50.0, show_default=True, help="Requests per second from the caller.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def soak(duration: float, publishers: int, subscribers: int, responders: int, restart_forwarder_every: float,
+         kill_responder_every: float, rate: float, request_rate: float, as_json: bool) -> None:
+    """Check a bus for silent loss, duplicates and double execution, under faults, on this machine.
+
+    Real processes over tcp loopback: a forwarder, publishers, subscribers,
+    responders and a caller. Every (publisher, topic, sequence) is classified
+    per subscriber as delivered once, lost and counted, lost silently or
+    duplicated; every request as ok, failed with a documented error, or
+    executed twice by one instance. Exits 1 on any silent loss, duplicate
+    delivery, double execution on one instance or undocumented error.
+    """
+    from .soak.run import SoakError, SoakOptions, format_report, run_soak
+
+    if min(publishers, subscribers, responders) < 1 or duration <= 0 or rate <= 0 or request_rate <= 0:
+        raise click.BadParameter("counts, --duration and rates must be positive")
+    opts = SoakOptions(duration, publishers, subscribers, responders, restart_forwarder_every,
+                       kill_responder_every, rate, request_rate)
+    try:
+        report = run_soak(opts, progress=lambda s: click.echo(s, err=True))
+    except SoakError as exc:
+        raise click.ClickException(f"the soak could not run: {exc}") from None
+    click.echo(json.dumps(report) if as_json else format_report(report))
+    if not report["passed"]:
+        raise SystemExit(1)
+
+
 @main.group(invoke_without_command=True)
 @click.option("--quick", is_flag=True, help="The whole suite in well under a minute (checks it works; rough figures).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (progress still on stderr).")

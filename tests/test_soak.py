@@ -1,0 +1,52 @@
+"""`zmqbus soak`: its classification (pure) and a short real run under faults."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zmqbus.soak.classify import classify_requests, classify_topic, longest_pauses
+
+
+def test_every_sequence_number_is_classified_once() -> None:
+    # sent 1..10; 3 refused by publish(); 2 received twice; 5, 6 lost between received ones;
+    # 9, 10 lost after the last received one; 1 lost before the first received one
+    out = classify_topic(10, [3], [2, 2, 4, 7, 8], publisher_warned=False)
+    assert out == {"delivered": 3, "duplicated": 1, "refused": 1, "lost_counted": 2, "lost_reported": 0,
+                   "lost_silently": 3, "unexpected": 0}
+    # the same tail, but the publisher's close() reported unconfirmed messages
+    warned = classify_topic(10, [3], [2, 2, 4, 7, 8], publisher_warned=True)
+    assert (warned["lost_reported"], warned["lost_silently"]) == (2, 1)
+    assert classify_topic(2, [], [1, 2, 99], False)["unexpected"] == 1
+
+
+def test_requests_executed_twice_on_one_instance_are_found() -> None:
+    out = classify_requests({"a": "ok", "b": "RequestTimeout", "c": "undocumented KeyError: x"},
+                            {"r1": ["a", "b", "a"], "r2": ["b"]})
+    assert out["executed_twice_on_one_instance"] == 1
+    assert out["executed_on_several_instances"] == 1
+    assert out["undocumented"] == 1 and out["executed_never_replied"] == 1
+
+
+def test_longest_pause_spans_each_restart() -> None:
+    assert longest_pauses([5.0], [[1.0, 4.5, 5.7, 6.0], [4.9, 5.1]]) == [1.2]
+
+
+@pytest.mark.timeout(180)
+def test_short_soak_with_faults_passes() -> None:
+    """A short soak of the real thing: forwarder restarts and responder kills, no silent loss."""
+    done = subprocess.run([sys.executable, "-m", "zmqbus.cli", "soak", "--duration", "8",
+                           "--restart-forwarder-every", "3", "--kill-responder-every", "4", "--json"],
+                          capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
+    report = json.loads(done.stdout)
+    assert report["passed"] and report["forwarder_restarts"] == 2 and report["responder_kills"] >= 1
+    ps, rq = report["pubsub"], report["requests"]
+    assert ps["lost_silently"] == 0 and ps["duplicated"] == 0 and ps["delivered"] > 5000
+    # every loss the subscribers counted is one the classification found, and the reverse
+    assert ps["gaps_counted_by_subscribers"] == ps["lost_counted"] + ps["refused"]
+    assert rq["executed_twice_on_one_instance"] == 0 and rq["undocumented"] == 0
+    assert rq["outcomes"].get("ok", 0) > 100
+    assert all(len(v) == 2 for v in report["rss_kb"].values())
