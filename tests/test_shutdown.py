@@ -124,6 +124,27 @@ async def test_heartbeat_survives_a_forwarder_that_comes_up_late() -> None:
                 assert not srv.closed
 
 
+async def test_heartbeat_retries_when_ready_times_out(forwarder: Forwarder, monkeypatch: Any) -> None:
+    """The heartbeat's ready() timing out (the forwarder more than its timeout late) is transient:
+    the task retries instead of dying with "Task exception was never retrieved"."""
+    srv = MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, heartbeat=0.1)
+    real_ready = srv.ready
+    timeouts = 0
+
+    async def late_ready(timeout: float = 10.0) -> None:
+        nonlocal timeouts
+        if timeouts < 2:
+            timeouts += 1
+            raise BusTimeout("simulated: the forwarder is not up yet")
+        await real_ready(timeout)
+
+    monkeypatch.setattr(srv, "ready", late_ready)
+    srv.serve("hb.echo", lambda m: m.content)
+    async with srv, MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as caller:
+        reply = await caller.request("hb.echo", ProcessingMessage("hb.echo", 7), timeout=10)
+        assert reply.content == 7 and timeouts == 2 and not srv.closed
+
+
 async def test_a_failed_background_start_closes_the_broker_and_says_why(forwarder: Forwarder) -> None:
     """serve() after start() binds in the background: a busy port closes the broker, and the next call raises."""
     port = free_port()
@@ -298,16 +319,21 @@ async def test_close_confirms_what_was_published(tcp_pair: tuple[str, str], spaw
         assert stats.unconfirmed == 25
 
 
-def test_tail_reaches_the_forwarder_when_a_process_exits_at_once(tcp_pair: tuple[str, str]) -> None:
-    """A ~900 kB message and 5 small ones published right before exit all reach the forwarder, 20 times."""
-    script = """
+@pytest.mark.parametrize("closes", [True, False], ids=["closed", "never-closed"])
+def test_tail_reaches_the_forwarder_when_a_process_exits_at_once(tcp_pair: tuple[str, str], closes: bool) -> None:
+    """A ~900 kB message and 5 small ones published right before exit all reach the forwarder, 12 times:
+    confirmed by close(), or (a broker never closed) flushed at exit with a warning."""
+    script = f"""
 import asyncio, sys
 from zmqbus import MessageBroker, ProcessingMessage
 async def main():
-    async with MessageBroker(sys.argv[1], sys.argv[2]) as b:
-        await b.publish(ProcessingMessage("tail.big", b"x" * 900_000))
-        for i in range(5):
-            await b.publish(ProcessingMessage("tail.small", i))
+    b = MessageBroker(sys.argv[1], sys.argv[2])
+    await b.publish(ProcessingMessage("tail.big", b"x" * 900_000))
+    for i in range(5):
+        await b.publish(ProcessingMessage("tail.small", i))
+    if {closes}:
+        await b.close()
+        assert b.statistics().unconfirmed == 0
 asyncio.run(main())
 """
     import zmq
@@ -327,8 +353,11 @@ asyncio.run(main())
                     break
             while watcher.poll(200):
                 watcher.recv()
-            for attempt in range(20):
-                subprocess.run([sys.executable, "-c", script, *tcp_pair], check=True, timeout=30)
+            for attempt in range(12):
+                done = subprocess.run([sys.executable, "-c", script, *tcp_pair], timeout=30, capture_output=True,
+                                      text=True)
+                assert done.returncode == 0, done.stderr
+                assert ("never closed" in done.stderr) == (not closes), done.stderr
                 got = []
                 while len(got) < 6 and watcher.poll(5000):
                     got.append(watcher.recv().partition(b"\0")[0])
