@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from zmqbus import (BusTimeout, ClosedError, Forwarder, MessageBroker, MessageMetadata, ProcessingMessage,
-                    RemoteError, RequestTimeout, RetryPolicy)
+from zmqbus import (BusTimeout, ClosedError, Forwarder, MessageBroker, NoResponder, ProcessingMessage, RemoteError,
+                    RequestTimeout, RetryPolicy)
 from zmqbus.errors import TransportError
 from zmqbus.procs import free_port, tcp_endpoints
 from conftest import wait_until
@@ -76,9 +76,9 @@ async def test_run_grace_holds_with_a_busy_sync_handler(forwarder: Forwarder, tm
                 try:
                     return await caller.request("slow.work", ProcessingMessage(
                         "slow.work", {"started": str(started), "seconds": 12}), timeout=30)
-                except Exception as exc:  # NoResponder while the process starts
-                    if "NoResponder" not in type(exc).__name__:
-                        raise
+                except NoResponder:  # while the process starts
+                    if proc.poll() is not None:
+                        break
                     await asyncio.sleep(0.1)
             proc.kill()
             raise AssertionError(f"the component never served slow.work: {proc.communicate()[1][-3000:]}")
@@ -119,7 +119,16 @@ async def test_heartbeat_survives_a_forwarder_that_comes_up_late() -> None:
         await asyncio.sleep(1.5)  # five of its ready() timeouts (heartbeat * liveness) go by
         with Forwarder(pub, sub, stats_interval=None):
             async with MessageBroker(pub, sub, name="late-caller") as caller:
-                reply = await caller.request("early.echo", ProcessingMessage("early.echo", 42), timeout=10)
+                # The responder's sockets reconnect with backoff (up to 2 s): until it is
+                # announced, a request fails fast with NoResponder, as documented.
+                await wait_until(lambda: srv._responder is not None and srv._is_ready, 10,  # type: ignore[attr-defined]
+                                 "the responder to reach the late forwarder")
+                for _ in range(20):
+                    try:
+                        reply = await caller.request("early.echo", ProcessingMessage("early.echo", 42), timeout=10)
+                        break
+                    except NoResponder:
+                        await asyncio.sleep(0.1)
                 assert reply.content == 42
                 assert not srv.closed
 
