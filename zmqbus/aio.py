@@ -183,6 +183,7 @@ async def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
                 fut.set_exception(value)
 
     def job() -> None:
+        value: Any
         try:
             ok, value = True, ctx.run(fn, *args)
         except BaseException as exc:  # handed to the awaiting task

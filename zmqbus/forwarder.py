@@ -211,9 +211,10 @@ class Forwarder:
             if exc.errno != zmq.ETERM:
                 log.warning("forwarder watch thread stopped: %s", exc)
         finally:
-            for sock in (*live, stats_pub):
-                if sock is not None:
-                    sock.close(0)
+            for monitor in live:
+                monitor.close(0)
+            if stats_pub is not None:
+                stats_pub.close(0)
 
     def _on_monitor_event(self, frames: list[bytes], publisher_side: bool) -> bool:
         """Count one monitor event; True when it is the monitor's last (MONITOR_STOPPED)."""
