@@ -10,7 +10,8 @@ import asyncio
 import inspect
 import os
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -90,7 +91,7 @@ class Collector:
             self._event.clear()
             try:
                 await asyncio.wait_for(self._event.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise AssertionError(f"got {len(self.messages)} of {n} messages in {timeout} s") from None
         return self.messages
 

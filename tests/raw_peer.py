@@ -80,7 +80,7 @@ def serve(pub: str, sub: str) -> None:
         if not router.poll(50):
             continue
         caller, body = router.recv_multipart()
-        kind, service, payload = body.split(b"\x00", 2)  # PROTOCOL.md section 8.2
+        kind, _service, payload = body.split(b"\x00", 2)  # PROTOCOL.md section 8.2
         assert kind == b"REQ"
         req = msgpack.unpackb(payload, strict_map_key=False)
         reply = [2, "raw.upper.reply", f"raw-r-{req[2]}", req[3], req[2], "raw", req[5], time.time(),

@@ -6,8 +6,17 @@ import logging
 
 import pytest
 
-from zmqbus import (BusTimeout, ClosedError, Forwarder, MessageBroker, MessageMetadata, MessageTooLarge,
-                    ProcessingMessage, TopicError)
+from zmqbus import (
+    BusTimeout,
+    ClosedError,
+    Forwarder,
+    MessageBroker,
+    MessageMetadata,
+    MessageTooLarge,
+    ProcessingMessage,
+    TopicError,
+)
+
 from conftest import Collector, wait_until
 
 

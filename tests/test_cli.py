@@ -7,8 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -185,7 +186,7 @@ def test_up_runs_a_topology_and_stops_cleanly(tmp_path: Any, run_cli: Any) -> No
     topology.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\n\n'
                         '[[component]]\nclass = "components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
     proc = run_cli("up", str(topology))
-    code, out, err = finish(run_cli("send", "x.y", "--pub", pub, "--sub", sub, "--timeout", "30"), timeout=60)
+    code, _out, err = finish(run_cli("send", "x.y", "--pub", pub, "--sub", sub, "--timeout", "30"), timeout=60)
     assert code == 0, err  # the forwarder it started is up
     import asyncio
 
@@ -206,6 +207,6 @@ def test_up_runs_a_topology_and_stops_cleanly(tmp_path: Any, run_cli: Any) -> No
 def test_bench_out_dir_that_cannot_be_written_fails_before_measuring(run_cli: Any, tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code, out, err = finish(run_cli("bench", "--quick", "--out", str(blocker / "report")), timeout=30)
+    code, _out, err = finish(run_cli("bench", "--quick", "--out", str(blocker / "report")), timeout=30)
     assert code == 1 and "cannot write the report" in err
     assert "pubsub (1/" not in err  # nothing was measured

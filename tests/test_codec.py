@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from zmqbus import (Codec, DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage,
-                    TopicError)
+from zmqbus import Codec, DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage, TopicError
 from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, pack, split_request, unpack
 
 
@@ -56,7 +56,7 @@ def test_registered_enum_comes_back() -> None:
 
 
 def test_payload_layout_is_the_documented_array() -> None:
-    topic, payload = frames(ProcessingMessage("a.b", {"x": 1}, MessageMetadata("c", "s", "t")))
+    _topic, payload = frames(ProcessingMessage("a.b", {"x": 1}, MessageMetadata("c", "s", "t")))
     arr = msgpack.unpackb(payload)
     assert len(arr) == len(ENVELOPE_FIELDS) == 14
     assert arr[0] == PROTOCOL_VERSION and arr[1] == "a.b" and arr[13] == {"x": 1}
@@ -108,8 +108,8 @@ def test_too_large_is_refused_before_sending() -> None:
 
 
 def envelope(**changes: object) -> list[object]:
-    base = dict(zip(ENVELOPE_FIELDS, [PROTOCOL_VERSION, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}],
-                    strict=True))
+    values = [PROTOCOL_VERSION, "a.b", "m-1", "c-1", None, "src", None, 1.5, "pub", 1, 1, None, None, {}]
+    base = dict(zip(ENVELOPE_FIELDS, values, strict=True))
     base.update(changes)
     return list(base.values())
 
@@ -159,7 +159,7 @@ def test_later_minor_revision_fields_are_ignored() -> None:
 
 
 def test_aware_datetimes_travel_as_msgpack_timestamps() -> None:
-    when = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.timezone.utc)
+    when = datetime.datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=datetime.UTC)
     topic, payload = frames(ProcessingMessage("a.b", {"at": when}))
     assert b"\xd7\xff" in payload or b"\xc7\x0c\xff" in payload  # ext -1, the standard timestamp
     assert Codec().decode(topic, payload).content == {"at": when}

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, RetryableError
 from zmqbus.component import Component, Manager, on, service
 from zmqbus.context import ComponentState
+
 from conftest import Collector, wait_until
 
 
@@ -146,7 +147,7 @@ async def test_stale_processes_are_cancelled_and_reported(forwarder: Forwarder) 
             client.subscribe("client", "status.ttl_manager", states)
             await client.ready()
             ctx = manager.active_processes.create("wf-stale", "r-1")
-            ctx.transition(ComponentState.PROCESSING, datetime.fromtimestamp(now[0], timezone.utc))
+            ctx.transition(ComponentState.PROCESSING, datetime.fromtimestamp(now[0], UTC))
             assert await manager.expire_stale() == 0
             now[0] = 1000.0 + 3600
             assert await manager.expire_stale() == 1

@@ -1,7 +1,7 @@
 """Process contexts and states: pure, exact times."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -30,7 +30,7 @@ def test_store_ttl_cleanup_with_an_injected_clock() -> None:
     now[0] = 1005.0
     b = store.get("b")
     assert b is not None
-    b.transition(ComponentState.PROCESSING, datetime.fromtimestamp(now[0], timezone.utc))
+    b.transition(ComponentState.PROCESSING, datetime.fromtimestamp(now[0], UTC))
     now[0] = 1012.0
     assert [c.correlation_id for c in store.expired()] == ["a"]  # b was updated at 1005
     assert "a" not in store and "b" in store and len(store) == 1

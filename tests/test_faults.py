@@ -18,6 +18,7 @@ import zmq
 
 from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.forwarder import STATS_TOPIC
+
 from conftest import Collector, pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(90)

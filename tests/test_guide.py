@@ -9,9 +9,10 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
-from typing import Any, Dict
+from typing import Any
 
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, register_message_types
+
 from conftest import Collector
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class ComponentContext:
     request_id: str
     correlation_id: str
     state: ComponentState
-    metadata: Dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime = field(default_factory=datetime.now)
     updated_at: datetime = field(default_factory=datetime.now)
 
@@ -51,7 +52,7 @@ class ComponentName:
 
     def __init__(self, message_broker: MessageBroker):
         self.message_broker = message_broker
-        self.active_processes: Dict[str, ComponentContext] = {}  # Track active processes
+        self.active_processes: dict[str, ComponentContext] = {}  # Track active processes
         self.context = ComponentContext("r-0", "c-0", ComponentState.IDLE)
         self._setup_message_handlers()
 
@@ -67,7 +68,7 @@ class ComponentName:
                 handler
             )
 
-    async def _publish_message(self, message_type: MessageType, content: Dict[str, Any], target: str) -> None:
+    async def _publish_message(self, message_type: MessageType, content: dict[str, Any], target: str) -> None:
         await self.message_broker.publish(ProcessingMessage(
             message_type=message_type,
             content=content,

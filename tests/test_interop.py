@@ -5,11 +5,13 @@ import asyncio
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
+
 from conftest import Collector
 
 RAW_PEER = os.path.join(os.path.dirname(__file__), "raw_peer.py")

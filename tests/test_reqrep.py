@@ -13,9 +13,18 @@ import msgpack
 import pytest
 import zmq
 
-from zmqbus import (Forwarder, MessageBroker, MessageMetadata, NoResponder, ProcessingMessage, RemoteError,
-                    RequestTimeout, RetryPolicy)
+from zmqbus import (
+    Forwarder,
+    MessageBroker,
+    MessageMetadata,
+    NoResponder,
+    ProcessingMessage,
+    RemoteError,
+    RequestTimeout,
+    RetryPolicy,
+)
 from zmqbus.procs import spawn, stop_process
+
 from conftest import pid_alive, wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -56,8 +56,10 @@ def test_pick_least_loaded_then_least_recently_picked() -> None:
     assert d.pick("nothing") is None
 
 
-def make(instances: int = 2, policy: RetryPolicy = RetryPolicy(attempts=3, attempt_timeout=1.0, backoff=0.1,
-                                                                jitter=0.0)) -> tuple[Directory, CallTracker]:
+POLICY = RetryPolicy(attempts=3, attempt_timeout=1.0, backoff=0.1, jitter=0.0)
+
+
+def make(instances: int = 2, policy: RetryPolicy = POLICY) -> tuple[Directory, CallTracker]:
     d = Directory()
     for i in range(instances):
         d.announce(f"i{i}", f"tcp://h:{i}", ["svc"], 1.0, 3, 0.0)
@@ -65,7 +67,7 @@ def make(instances: int = 2, policy: RetryPolicy = RetryPolicy(attempts=3, attem
 
 
 def test_a_call_fails_over_to_another_instance() -> None:
-    d, t = make()
+    _d, t = make()
     policy = RetryPolicy(attempts=3, attempt_timeout=1.0, backoff=0.1, jitter=0.0)
     call = t.begin("m-1", "svc", now=0.0, timeout=10.0, policy=policy)
     first = t.assign(call, now=0.0)
@@ -82,7 +84,7 @@ def test_a_call_fails_over_to_another_instance() -> None:
 
 
 def test_busy_extends_the_try_but_never_past_the_deadline() -> None:
-    d, t = make(1)
+    _d, t = make(1)
     call = t.begin("m", "svc", 0.0, timeout=2.5, policy=RetryPolicy(attempt_timeout=1.0))
     t.assign(call, 0.0)
     assert call.attempt_deadline == 1.0
@@ -94,7 +96,7 @@ def test_busy_extends_the_try_but_never_past_the_deadline() -> None:
 
 
 def test_give_up_on_attempts_and_on_deadline() -> None:
-    d, t = make(1)
+    _d, t = make(1)
     call = t.begin("m", "svc", 0.0, timeout=100.0, policy=RetryPolicy(attempts=2, backoff=0.1, jitter=0))
     t.assign(call, 0.0)
     assert isinstance(t.next_step(call, 3.0), Retry)

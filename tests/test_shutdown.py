@@ -13,15 +13,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
-from zmqbus import (BusTimeout, ClosedError, Forwarder, MessageBroker, NoResponder, ProcessingMessage, RemoteError,
-                    RequestTimeout, RetryPolicy)
+from zmqbus import (
+    BusTimeout,
+    ClosedError,
+    Forwarder,
+    MessageBroker,
+    NoResponder,
+    ProcessingMessage,
+    RemoteError,
+    RequestTimeout,
+    RetryPolicy,
+)
 from zmqbus.errors import TransportError
 from zmqbus.procs import free_port, tcp_endpoints
+
 from conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)

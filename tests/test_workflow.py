@@ -8,7 +8,8 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.config import ipc_endpoints
 from zmqbus.demo import demo_topology, make_document, submit_and_wait
 from zmqbus.runner import Supervisor, load_topology
+
 from conftest import wait_until
 
 pytestmark = pytest.mark.timeout(120)

@@ -8,7 +8,8 @@ import logging
 import queue
 import threading
 import types
-from typing import Any, Callable, Coroutine, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 __all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event", "TaskOwner", "to_thread"]
 

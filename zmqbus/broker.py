@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Union
+from typing import Any
 
 from . import config
 from .aio import TaskOwner, is_async_callable, resume, wait_event
@@ -47,7 +48,7 @@ __all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "Handler"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[ProcessingMessage], Union[Awaitable[Any], None]]
+Handler = Callable[[ProcessingMessage], Awaitable[Any] | None]
 
 _RESERVED = RESERVED_PREFIX
 _PROBE_TYPE = "_zmqbus.probe"
@@ -268,7 +269,7 @@ class MessageBroker:
         self._failure = exc
         self._close_task = asyncio.get_running_loop().create_task(self.close(0, grace=0), name="zmqbus-fail")
 
-    async def __aenter__(self) -> "MessageBroker":
+    async def __aenter__(self) -> MessageBroker:
         await self.start()
         return self
 
@@ -396,7 +397,8 @@ class MessageBroker:
             raise ClosedError("MessageBroker is closed")
         msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=self.name))
         head = self._codec.frame_head(msg, topic)
-        link.send(head + self._codec.encode(msg, head, self.client_id, 0, self.name))  # a probe lost at the HWM is simply sent again
+        # a probe lost at the high-water mark is simply sent again
+        link.send(head + self._codec.encode(msg, head, self.client_id, 0, self.name))
 
     # -- request/reply -----------------------------------------------------
 

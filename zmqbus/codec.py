@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from time import time as _now
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 
@@ -74,8 +74,8 @@ def _reject_ext(code: int, data: Any) -> Any:
 # elements of a later minor revision).
 _Seq = Annotated[int, msgspec.Meta(ge=0)]
 _Attempt = Annotated[int, msgspec.Meta(ge=1)]
-_ENVELOPE = tuple[Literal[2], str, str, str, Optional[str], str, Optional[str], float, str, _Seq, _Attempt,
-                  Optional[float], Optional[dict[str, Any]], Any]
+_ENVELOPE = tuple[Literal[2], str, str, str, str | None, str, str | None, float, str, _Seq, _Attempt,
+                  float | None, dict[str, Any] | None, Any]
 # Literal[2] is PROTOCOL_VERSION (mypy wants a literal there): checked at import.
 if get_args(get_args(_ENVELOPE)[0]) != (PROTOCOL_VERSION,):  # pragma: no cover
     raise ImportError("codec: the envelope's version literal is not PROTOCOL_VERSION")
@@ -286,6 +286,7 @@ class Codec:
 
 def _build(tstr: str, payload: Any) -> ProcessingMessage:
     """Decode ``payload`` and build the message, field by field (a decoded message inherits nothing)."""
+    env: Any  # the typed tuple, or the generic path's list
     try:
         env = _typed_decode(payload)  # the version is checked there too (Literal)
     except _ValidationError:
@@ -310,7 +311,7 @@ def _checked(env: Any) -> list[Any]:
         raise DecodeError("field", f"payload must be an array of at least {_ENVELOPE_LEN} elements")
     if env[0] != PROTOCOL_VERSION or type(env[0]) is not int:
         raise DecodeError("version", f"unsupported protocol version {env[0]!r}")
-    (version, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env[:_ENVELOPE_LEN]
+    (_version, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, _body) = env[:_ENVELOPE_LEN]
     if not (
         _str is type(mtype) is type(mid) is type(cid) is type(src) is type(pub)
         and (cause is None or type(cause) is _str) and (dst is None or type(dst) is _str)

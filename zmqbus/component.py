@@ -30,8 +30,9 @@ import inspect
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
-from typing import Any, Awaitable, Callable, ClassVar, Coroutine, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from .aio import to_thread
 from .broker import MessageBroker

@@ -14,10 +14,11 @@ Rules of this module:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["ComponentState", "ALLOWED", "InvalidTransition", "ComponentMetrics", "ComponentContext",
            "ContextStore"]
@@ -88,7 +89,7 @@ class ComponentMetrics:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class ContextStore:
         """A new context in state CREATED (an existing one for the id is returned as is)."""
         ctx = self._contexts.get(correlation_id)
         if ctx is None:
-            now = datetime.fromtimestamp(self.clock(), timezone.utc)
+            now = datetime.fromtimestamp(self.clock(), UTC)
             ctx = ComponentContext(request_id, correlation_id, metadata=dict(metadata), created_at=now,
                                    updated_at=now)
             self._contexts[correlation_id] = ctx

@@ -14,7 +14,8 @@ import logging
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .aio import wait_event
 from .bench.common import percentiles

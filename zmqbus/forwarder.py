@@ -112,7 +112,7 @@ class Forwarder:
         self._control: zmq.Socket[bytes] | None = None
         self._proxy_error: BaseException | None = None
 
-    def start(self) -> "Forwarder":
+    def start(self) -> Forwarder:
         """Bind both endpoints and start forwarding. Returns ``self``."""
         if self._control is not None:
             raise RuntimeError("forwarder already started")
@@ -286,7 +286,7 @@ class Forwarder:
             control.close(0)
         log.info("forwarder stopped")
 
-    def __enter__(self) -> "Forwarder":
+    def __enter__(self) -> Forwarder:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

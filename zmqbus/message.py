@@ -9,10 +9,10 @@ messages as read-only; zmqbus never looks at them again after dispatch.
 from __future__ import annotations
 
 import contextvars
-from time import time as _now
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from time import time as _now
+from typing import Any
 
 from .ids import new_id
 
@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 #: A message type: a plain ``str`` or any ``Enum`` whose values are ``str``.
-MessageTypeLike = Union[str, Enum]
+MessageTypeLike = str | Enum
 
 _registry: dict[str, Enum] = {}
 
@@ -35,7 +35,7 @@ _registry: dict[str, Enum] = {}
 #: handler call). Metadata built inside a handler inherits its correlation id
 #: and names it as the cause, so a request can be followed across hops
 #: without passing ids by hand; tasks the handler starts inherit it too.
-current_message: contextvars.ContextVar["ProcessingMessage | None"] = contextvars.ContextVar(
+current_message: contextvars.ContextVar[ProcessingMessage | None] = contextvars.ContextVar(
     "zmqbus_current_message", default=None)
 
 

@@ -11,7 +11,8 @@ import multiprocessing.process
 import os
 import signal
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .transport import SocketConfig
 

@@ -5,8 +5,8 @@ Pure code; randomness is injected (``rand``) so tests are exact.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 __all__ = ["RetryPolicy", "NO_RETRY"]
 

@@ -25,13 +25,23 @@ import collections
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Union
+from typing import TYPE_CHECKING, Any
 
 from .aio import is_async_callable, start_eagerly, to_thread, wait_event
 from .codec import BUSY, ERR, REP, pack, reply_frame, request_head, split_reply, split_request, unpack
-from .errors import (BusTimeout, ClosedError, DecodeError, EncodeError, NoResponder, RemoteError, RequestTimeout,
-                     ZmqbusError, is_retryable)
+from .errors import (
+    BusTimeout,
+    ClosedError,
+    DecodeError,
+    EncodeError,
+    NoResponder,
+    RemoteError,
+    RequestTimeout,
+    ZmqbusError,
+    is_retryable,
+)
 from .message import MessageMetadata, ProcessingMessage, current_message
 from .ratelog import RateLimitedLog
 from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
@@ -48,7 +58,7 @@ log = logging.getLogger(__name__)
 PRESENCE_TOPIC = "_zmqbus.presence"
 DISCOVER_TOPIC = "_zmqbus.discover"
 
-ServiceHandler = Callable[[ProcessingMessage], Union[Awaitable[Any], Any]]
+ServiceHandler = Callable[[ProcessingMessage], Awaitable[Any] | Any]
 
 
 def _error_content(code: str, error_type: str, message: str, retryable: bool) -> dict[str, Any]:
@@ -83,7 +93,7 @@ class ResponderStatistics:
 class Responder:
     """Serves requests for one broker: one ROUTER socket, any number of services."""
 
-    def __init__(self, broker: "MessageBroker", options: RpcOptions) -> None:
+    def __init__(self, broker: MessageBroker, options: RpcOptions) -> None:
         self.broker = broker
         self.heartbeat = options.heartbeat
         self.liveness = options.liveness
@@ -366,7 +376,7 @@ class Responder:
 class Caller:
     """Sends requests for one broker; keeps the directory of live instances."""
 
-    def __init__(self, broker: "MessageBroker", discover_timeout: float = 0.5) -> None:
+    def __init__(self, broker: MessageBroker, discover_timeout: float = 0.5) -> None:
         self.broker = broker
         self.discover_timeout = discover_timeout
         self.directory = Directory()
@@ -406,7 +416,7 @@ class Caller:
             return
         known = self.directory.get(instance) is not None
         log.debug("presence: %s %s at %s (known: %s)", instance, services, endpoint, known)
-        inst, replaced = self.directory.announce(instance, endpoint, services, interval, liveness, time.monotonic())
+        _inst, replaced = self.directory.announce(instance, endpoint, services, interval, liveness, time.monotonic())
         if replaced is not None:
             self._lost(replaced.instance_id, replaced.endpoint, "replaced")
         if not known:

@@ -31,8 +31,9 @@ import signal
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from . import config
 from .procs import forwarder_process, spawn, stop_process

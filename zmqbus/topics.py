@@ -19,9 +19,9 @@ Pure code: no sockets, no I/O.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable
 
 from .errors import TopicError
 

@@ -24,8 +24,9 @@ import logging
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import zmq
 
@@ -228,7 +229,7 @@ class Channel:
         self.sock.close(linger=None if linger is None else int(linger * 1000))
 
 
-_channels: "weakref.WeakSet[Channel]" = weakref.WeakSet()
+_channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
 def _resolve(fut: asyncio.Future[bool], value: bool) -> None:

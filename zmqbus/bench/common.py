@@ -6,7 +6,8 @@ import multiprocessing
 import multiprocessing.process
 import queue
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..aio import wait_event
 from ..procs import stop_process

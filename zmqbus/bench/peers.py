@@ -21,8 +21,9 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from ..procs import free_port, spawn
 from .common import DATA_TOPIC, Progress, collect, guide_content, keep_best, rounded, wait_idle
@@ -115,7 +116,7 @@ def _redis_subscriber(port: int, count: int, go: Any, results: Any) -> None:
     import msgpack
     import redis
 
-    p = redis.Redis(port=port).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    p = redis.Redis(port=port).pubsub(ignore_subscribe_messages=True)
     p.subscribe(DATA_TOPIC)
     p.get_message(timeout=5)  # the subscription confirmation
     go.set()

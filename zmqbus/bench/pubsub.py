@@ -26,8 +26,17 @@ import time
 from typing import Any
 
 from ..procs import forwarder_process, spawn, tcp_endpoints
-from .common import (DATA_TOPIC, Progress, collect, guide_content, pace, percentiles, sized_content, wait_idle,
-                     wait_readable)
+from .common import (
+    DATA_TOPIC,
+    Progress,
+    collect,
+    guide_content,
+    pace,
+    percentiles,
+    sized_content,
+    wait_idle,
+    wait_readable,
+)
 
 __all__ = ["run_pubsub", "pubsub_once", "guide_content"]
 

@@ -19,7 +19,8 @@ import asyncio
 import collections
 import multiprocessing
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
 from .common import Progress, guide_content, keep_best, percentiles, rounded, wait_readable

@@ -19,7 +19,8 @@ import datetime as _dt
 import os
 import platform
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .common import Progress
 
@@ -67,7 +68,7 @@ def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = 
         wanted.append("peers")
     t0 = time.monotonic()
     report: dict[str, Any] = {"suite": "zmqbus bench", "quick": quick,
-                              "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                              "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
                               "machine": machine(), "sections": {}}
     sections: dict[str, Any] = report["sections"]
 

@@ -20,8 +20,9 @@ import random
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..procs import forwarder_process, spawn, stop_process, tcp_endpoints
 from . import roles
