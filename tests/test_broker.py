@@ -15,6 +15,7 @@ from zmqbus import (
     MessageTooLarge,
     ProcessingMessage,
     TopicError,
+    TransportError,
 )
 
 from conftest import Collector, wait_until
@@ -276,3 +277,19 @@ async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: p
         assert len(b._next_seq) <= 10
         assert all(len(t) <= 10 for t in b._last_seq.values())
         assert b.statistics().gaps == 0  # a reset is not a loss
+
+
+def test_errors_users_can_see_derive_from_zmqbus_error(tcp_pair: tuple[str, str]) -> None:
+    """The error boundary: a forwarder on a taken port, a misused one, a bad workflow transition."""
+    from zmqbus import ZmqbusError
+    from zmqbus.context import ComponentContext, ComponentState, InvalidTransition
+
+    with Forwarder(*tcp_pair, stats_interval=None) as fwd:
+        with pytest.raises(TransportError, match="bind"):
+            Forwarder(*tcp_pair, stats_interval=None).start()
+        with pytest.raises(ZmqbusError, match="already started"):
+            fwd.start()
+    ctx = ComponentContext("wf-1", "m-1")
+    with pytest.raises(InvalidTransition) as info:
+        ctx.transition(ComponentState.COMPLETED)
+    assert isinstance(info.value, ZmqbusError)

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from .errors import ZmqbusError
+
 __all__ = ["ComponentState", "ALLOWED", "InvalidTransition", "ComponentMetrics", "ComponentContext",
            "ContextStore"]
 
@@ -57,7 +59,7 @@ ALLOWED: dict[ComponentState, frozenset[ComponentState]] = {
 }
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(ZmqbusError, ValueError):
     """A state change that :data:`ALLOWED` does not list."""
 
     def __init__(self, correlation_id: str, old: ComponentState, new: ComponentState) -> None:

@@ -13,10 +13,12 @@ never reach a user::
     ├── TransportError        a socket-level failure (bind, connect, closed context)
     ├── BusTimeout            a wait ran out of time (also TimeoutError)
     ├── ClosedError           the client or forwarder is already closed
-    └── RequestError          a request produced no reply
-        ├── RemoteError       the responder's handler raised (type, message, correlation id)
-        ├── NoResponder       no live instance of the service
-        └── RequestTimeout    deadline or tries ran out (also TimeoutError)
+    ├── RequestError          a request produced no reply
+    │   ├── RemoteError       the responder's handler raised (type, message, correlation id)
+    │   ├── NoResponder       no live instance of the service
+    │   └── RequestTimeout    deadline or tries ran out (also TimeoutError)
+    └── InvalidTransition     a workflow state change the state machine does not allow
+                              (defined in zmqbus.context; also ValueError)
 
     RetryableError            raise it in a handler: the work may succeed if tried again
 

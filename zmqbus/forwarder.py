@@ -28,7 +28,7 @@ import zmq
 
 from . import config
 from .codec import Codec
-from .errors import ClosedError, TransportError
+from .errors import ClosedError, TransportError, ZmqbusError
 from .ids import new_id
 from .message import MessageMetadata, ProcessingMessage
 from .transport import SocketConfig, get_context, mapped_errors
@@ -115,31 +115,41 @@ class Forwarder:
     def start(self) -> Forwarder:
         """Bind both endpoints and start forwarding. Returns ``self``."""
         if self._control is not None:
-            raise RuntimeError("forwarder already started")
+            raise ZmqbusError("forwarder already started")
         if self._stop.is_set():
             raise ClosedError("forwarder was stopped")
         ctx = self._ctx
-        xsub = ctx.socket(zmq.XSUB)
-        xpub = ctx.socket(zmq.XPUB)
+        with mapped_errors("create the forwarder's sockets"):
+            xsub = ctx.socket(zmq.XSUB)
+            xpub = ctx.socket(zmq.XPUB)
+        control: zmq.Socket[bytes] | None = None
         try:
-            for sock in (xsub, xpub):
-                self.socket_config.apply(sock)
+            with mapped_errors("configure the forwarder's sockets"):
+                for sock in (xsub, xpub):
+                    self.socket_config.apply(sock)
             with mapped_errors(f"bind {self.pub_endpoint}"):
                 xsub.bind(self.pub_endpoint)
             with mapped_errors(f"bind {self.sub_endpoint}"):
                 xpub.bind(self.sub_endpoint)
-            xsub.bind(self._internal_addr)
+            with mapped_errors("bind the forwarder's internal endpoints"):
+                xsub.bind(self._internal_addr)
             # Our own monitor addresses: pyzmq's default is named after the
             # socket's fd, which a new forwarder can reuse while libzmq still
             # holds the old monitor's endpoint (until the reaper destroys it).
-            monitors = (xsub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-pub"),
-                        xpub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-sub"))
+            # (A monitor already made is not closed on failure: closing its
+            # reader before libzmq stops it is the deadlock _run_watch avoids.)
+            with mapped_errors("monitor the forwarder's sockets"):
+                monitors = (xsub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-pub"),
+                            xpub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-sub"))
+            with mapped_errors("bind the forwarder's control socket"):
+                control = ctx.socket(zmq.PAIR)
+                control.bind(self._control_addr)
         except BaseException:
-            xsub.close(0)
-            xpub.close(0)
+            for sock in (xsub, xpub, control):
+                if sock is not None:
+                    sock.close(0)
             raise
-        self._control = ctx.socket(zmq.PAIR)
-        self._control.bind(self._control_addr)
+        self._control = control
         self._started_at = time.monotonic()
         self._threads = [
             threading.Thread(target=self._run_proxy, args=(xsub, xpub), name="zmqbus-proxy", daemon=True),

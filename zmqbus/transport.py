@@ -146,7 +146,8 @@ class Channel:
     def __init__(self, sock: zmq.Socket[bytes]) -> None:
         self.sock = sock
         _channels.add(self)
-        self._fd = int(sock.getsockopt(zmq.FD))
+        with mapped_errors("socket fd"):
+            self._fd = int(sock.getsockopt(zmq.FD))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._recheck_due = False
@@ -226,7 +227,8 @@ class Channel:
     def close(self, linger: float | None = None) -> None:
         self.wake()
         self._unwatch()
-        self.sock.close(linger=None if linger is None else int(linger * 1000))
+        with mapped_errors("close"):
+            self.sock.close(linger=None if linger is None else int(linger * 1000))
 
 
 _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
@@ -373,7 +375,11 @@ class RouterLink:
                 return False
             with mapped_errors("send"):
                 raise exc
-        send(frame, 0)
+        try:
+            send(frame, 0)  # the rest of a message whose first frame was taken never blocks
+        except zmq.ZMQError as exc:
+            with mapped_errors("send"):
+                raise exc
         self.channel.recheck()
         return True
 
