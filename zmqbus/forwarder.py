@@ -145,9 +145,10 @@ class Forwarder:
                 control = ctx.socket(zmq.PAIR)
                 control.bind(self._control_addr)
         except BaseException:
-            for sock in (xsub, xpub, control):
-                if sock is not None:
-                    sock.close(0)
+            xsub.close(0)
+            xpub.close(0)
+            if control is not None:
+                control.close(0)
             raise
         self._control = control
         self._started_at = time.monotonic()
