@@ -425,7 +425,7 @@ class MessageBroker:
     async def _start_responder(self) -> None:
         if self._responder is not None:
             return
-        responder = Responder(self, self._rpc_options)
+        responder = Responder(_Port(self), self._rpc_options)
         for service, handler in self._services.items():
             responder.add(service, handler)
         self._responder = responder
@@ -461,7 +461,7 @@ class MessageBroker:
             self._caller_lock = asyncio.Lock()
         async with self._caller_lock:
             if self._caller is None:
-                caller = Caller(self)
+                caller = Caller(_Port(self))
                 await caller.start()
                 self._caller = caller
         return self._caller
@@ -698,3 +698,48 @@ class MessageBroker:
             out.update({f"served_{k}": v for k, v in vars(self._responder.stats).items()})
         return out
 
+
+
+class _Port:
+    """The narrow view of a :class:`MessageBroker` that its Responder and Caller get (:class:`rpc.BusPort`)."""
+
+    __slots__ = ("_broker",)
+
+    def __init__(self, broker: MessageBroker) -> None:
+        self._broker = broker
+
+    @property
+    def name(self) -> str:
+        return self._broker.name
+
+    @property
+    def client_id(self) -> str:
+        return self._broker.client_id
+
+    @property
+    def codec(self) -> Codec:
+        return self._broker._codec
+
+    @property
+    def socket_config(self) -> SocketConfig:
+        return self._broker._socket_config
+
+    @property
+    def owner(self) -> TaskOwner:
+        return self._broker._owner
+
+    @property
+    def is_ready(self) -> bool:
+        return self._broker._is_ready
+
+    def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any:
+        return self._broker.subscribe(component_name, pattern, handler)
+
+    async def publish(self, message: ProcessingMessage, *, timeout: float | None = None) -> None:
+        await self._broker.publish(message, timeout=timeout)
+
+    async def ready(self, timeout: float) -> None:
+        await self._broker.ready(timeout)
+
+    async def ensure_ready(self, timeout: float) -> None:
+        await self._broker._ensure_ready(timeout)

@@ -93,13 +93,15 @@ class RemoteError(RequestError):
     """
 
     def __init__(self, error_type: str, message: str, correlation_id: str, code: str = "handler_error",
-                 service: str = "") -> None:
+                 service: str = "", *, retryable: bool = False) -> None:
         super().__init__(f"{service or 'service'} raised {error_type}: {message} (correlation id {correlation_id})")
         self.error_type = error_type
         self.remote_message = message
         self.correlation_id = correlation_id
         self.code = code
         self.service = service
+        #: True when another instance might have succeeded (raised only when none was left to try).
+        self.retryable = retryable
 
 
 class NoResponder(RequestError):

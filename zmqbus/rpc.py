@@ -15,8 +15,10 @@ The payload is the pub/sub payload of docs/PROTOCOL.md. A reply's
 matched, and why a retry (same message id) can be answered from the
 responder's reply cache instead of being executed again.
 
-Both classes belong to one :class:`~zmqbus.broker.MessageBroker` and use its
-event loop, codec and bus connection.
+Both classes belong to one client and see it only through :class:`BusPort`
+(publish, subscribe, readiness, codec, socket settings, task owner): they
+never import the broker nor reach into it. Presence, discovery and error
+contents are the typed objects of :mod:`zmqbus.control`.
 """
 from __future__ import annotations
 
@@ -27,17 +29,17 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from .aio import is_async_callable, start_eagerly, to_thread, wait_event
-from .codec import BUSY, ERR, REP, pack, reply_frame, request_head, split_reply, split_request, unpack
+from .aio import TaskOwner, is_async_callable, start_eagerly, to_thread, wait_event
+from .codec import BUSY, ERR, REP, Codec, pack, reply_frame, request_head, split_reply, split_request, unpack
+from .control import DISCOVER_TOPIC, PRESENCE_TOPIC, ErrorReply, Presence, discover_content, discovered_service
 from .errors import (
     BusTimeout,
     ClosedError,
     DecodeError,
     EncodeError,
     NoResponder,
-    RemoteError,
     RequestTimeout,
     ZmqbusError,
     is_retryable,
@@ -46,23 +48,44 @@ from .message import MessageMetadata, ProcessingMessage, current_message
 from .ratelog import RateLimitedLog
 from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
 from .retry import RetryPolicy
-from .transport import RouterLink
+from .transport import RouterLink, SocketConfig
 
-if TYPE_CHECKING:
-    from .broker import MessageBroker
-
-__all__ = ["Responder", "Caller", "RpcOptions", "ServiceHandler", "PRESENCE_TOPIC", "DISCOVER_TOPIC"]
+__all__ = ["Responder", "Caller", "BusPort", "RpcOptions", "ServiceHandler", "PRESENCE_TOPIC", "DISCOVER_TOPIC"]
 
 log = logging.getLogger(__name__)
-
-PRESENCE_TOPIC = "_zmqbus.presence"
-DISCOVER_TOPIC = "_zmqbus.discover"
 
 ServiceHandler = Callable[[ProcessingMessage], Awaitable[Any] | Any]
 
 
-def _error_content(code: str, error_type: str, message: str, retryable: bool) -> dict[str, Any]:
-    return {"code": code, "type": error_type, "message": message, "retryable": retryable}
+class BusPort(Protocol):
+    """All that a :class:`Responder` or :class:`Caller` may use of its client.
+
+    ``name`` is the client's component name ("" if none), ``client_id`` its
+    unique id, ``owner`` the owner of its background tasks; ``ready`` proves
+    the client's subscriptions live (:class:`BusTimeout` otherwise) and
+    ``ensure_ready`` skips that when nothing changed since.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def codec(self) -> Codec: ...
+    @property
+    def socket_config(self) -> SocketConfig: ...
+    @property
+    def owner(self) -> TaskOwner: ...
+    @property
+    def is_ready(self) -> bool: ...
+
+    def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any: ...
+
+    async def publish(self, message: ProcessingMessage, *, timeout: float | None = None) -> None: ...
+
+    async def ready(self, timeout: float) -> None: ...
+
+    async def ensure_ready(self, timeout: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -93,11 +116,11 @@ class ResponderStatistics:
 class Responder:
     """Serves requests for one broker: one ROUTER socket, any number of services."""
 
-    def __init__(self, broker: MessageBroker, options: RpcOptions) -> None:
-        self.broker = broker
+    def __init__(self, bus: BusPort, options: RpcOptions) -> None:
+        self.bus = bus
         self.heartbeat = options.heartbeat
         self.liveness = options.liveness
-        self.instance_id = broker.client_id
+        self.instance_id = bus.client_id
         self.services: dict[str, tuple[ServiceHandler, bool]] = {}
         self.stats = ResponderStatistics()
         self._cache: ReplyCache[bytes] = ReplyCache(options.cache_size)
@@ -109,7 +132,7 @@ class Responder:
             collections.deque()
         self._closing = False
         self._faults = RateLimitedLog(log)
-        self._router = RouterLink(broker._socket_config)
+        self._router = RouterLink(bus.socket_config)
         try:
             bound = self._router.bind(options.bind)
             self.endpoint = _advertised(bound, options.advertise)
@@ -121,8 +144,8 @@ class Responder:
         self._announce_pending = False
 
     async def start(self) -> None:
-        owner = self.broker._owner
-        self.broker.subscribe(self.broker.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
+        owner = self.bus.owner
+        self.bus.subscribe(self.bus.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
         # Both fatal: a responder that no longer reads, or no longer announces,
         # must not look alive to callers; the broker closes and says why.
         self._loops = [owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-responder"),
@@ -136,14 +159,14 @@ class Responder:
 
     async def announce(self, leaving: bool = False, timeout: float | None = None) -> None:
         self._last_announce = time.monotonic()
-        content = {"instance": self.instance_id, "endpoint": self.endpoint, "services": sorted(self.services),
-                   "interval": self.heartbeat, "liveness": self.liveness, "load": len(self._in_flight),
-                   "leaving": leaving}
-        await self.broker.publish(ProcessingMessage(PRESENCE_TOPIC, content, MessageMetadata(
-            source_component=self.broker.name or "zmqbus")), timeout=timeout)
+        presence = Presence(instance=self.instance_id, endpoint=self.endpoint, services=tuple(sorted(self.services)),
+                            interval=self.heartbeat, liveness=self.liveness, load=len(self._in_flight),
+                            leaving=leaving)
+        await self.bus.publish(ProcessingMessage(PRESENCE_TOPIC, presence.to_content(), MessageMetadata(
+            source_component=self.bus.name or "zmqbus")), timeout=timeout)
 
     async def _on_discover(self, msg: ProcessingMessage) -> None:
-        wanted = msg.content.get("service") if isinstance(msg.content, dict) else None
+        wanted = discovered_service(msg.content)
         if wanted is not None and wanted not in self.services:
             return
         # Never ignore a query (the asker may have subscribed after our last
@@ -173,7 +196,7 @@ class Responder:
         # forwarder may come up long after us: keep trying (a transient fault).
         while True:
             try:
-                await self.broker.ready(timeout=10.0)
+                await self.bus.ready(10.0)
                 break
             except BusTimeout as exc:
                 self._faults.log(logging.WARNING, "ready", "responder %s not announced yet: %s; still trying",
@@ -207,7 +230,7 @@ class Responder:
             return
         self.stats.requests += 1
         try:
-            msg = self.broker._codec.decode(parts[0], parts[1], len(body))  # its topic is the service
+            msg = self.bus.codec.decode(parts[0], parts[1], len(body))  # its topic is the service
         except DecodeError as exc:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
@@ -295,8 +318,9 @@ class Responder:
             self.stats.failed += 1
             self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
                              service, type(result).__name__, result)
-            payload = self._encode(msg, service, f"{service}.error", _error_content(
-                "handler_error", type(result).__name__, str(result), is_retryable(result)))
+            payload = self._encode(msg, service, f"{service}.error", ErrorReply(
+                code="handler_error", type=type(result).__name__, message=str(result),
+                retryable=is_retryable(result)).to_content())
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
         frame = reply_frame(kind, payload)
@@ -317,21 +341,21 @@ class Responder:
             self._start(caller, service, entry, msg)
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
-        codec = self.broker._codec
-        source = self.broker.name or service
+        codec = self.bus.codec
+        source = self.bus.name or service
         try:
             return codec.encode_reply(request.metadata, mtype, content, source, self.instance_id)
         except EncodeError as exc:
-            return codec.encode_reply(request.metadata, f"{service}.error", _error_content(
-                "handler_error", "EncodeError", f"the reply could not be encoded: {exc}", False),
-                source, self.instance_id)
+            return codec.encode_reply(request.metadata, f"{service}.error", ErrorReply(
+                code="handler_error", type="EncodeError", message=f"the reply could not be encoded: {exc}",
+                retryable=False).to_content(), source, self.instance_id)
 
     def _reply_error(self, caller: bytes, msg: ProcessingMessage | None, service: str, code: str,
                      error_type: str, text: str, retryable: bool, *, request_id: str = "") -> None:
         request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(
             message_id=request_id, correlation_id=request_id))
         payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
-                               _error_content(code, error_type, text, retryable))
+                               ErrorReply(code=code, type=error_type, message=text, retryable=retryable).to_content())
         if not self._router.send(caller, reply_frame(ERR, payload)):
             self.stats.undeliverable += 1
 
@@ -366,7 +390,7 @@ class Responder:
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
-        if self.broker._is_ready:
+        if self.bus.is_ready:
             try:
                 await self.announce(leaving=True, timeout=linger)
             except ZmqbusError:
@@ -376,12 +400,12 @@ class Responder:
 class Caller:
     """Sends requests for one broker; keeps the directory of live instances."""
 
-    def __init__(self, broker: MessageBroker, discover_timeout: float = 0.5) -> None:
-        self.broker = broker
+    def __init__(self, bus: BusPort, discover_timeout: float = 0.5) -> None:
+        self.bus = bus
         self.discover_timeout = discover_timeout
         self.directory = Directory()
         self.tracker = CallTracker(self.directory, random.random)
-        self._router = RouterLink(broker._socket_config, broker.client_id.encode(), mandatory=True)
+        self._router = RouterLink(bus.socket_config, bus.client_id.encode(), mandatory=True)
         self._announced = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._faults = RateLimitedLog(log)
@@ -391,24 +415,21 @@ class Caller:
 
     async def start(self) -> None:
         """Subscribe to presence and start reading replies (each request waits for the bus itself)."""
-        owner = self.broker._owner
-        self.broker.subscribe(self.broker.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
+        owner = self.bus.owner
+        self.bus.subscribe(self.bus.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
         self._loops = [owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-caller"),
                        owner.spawn(self._expiry_loop(), name="zmqbus-directory")]
 
     # -- directory ---------------------------------------------------------
 
     def _on_presence(self, msg: ProcessingMessage) -> None:
-        c = msg.content
         try:
-            instance, endpoint, services = str(c["instance"]), str(c["endpoint"]), [str(s) for s in c["services"]]
-            interval, liveness, leaving = float(c["interval"]), int(c["liveness"]), bool(c.get("leaving"))
-            routing_id = instance.encode()
-            if not 0 < len(routing_id) <= 255 or routing_id[0] == 0:  # PROTOCOL.md section 8.1
-                raise ValueError("instance is not a usable routing id")
-        except (TypeError, KeyError, ValueError):
-            self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message: %r", c)
+            p = Presence.from_content(msg.content)
+        except DecodeError as exc:
+            self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc,
+                             msg.content)
             return
+        instance, endpoint, services, leaving = p.instance, p.endpoint, p.services, p.leaving
         if leaving:
             gone = self.directory.leave(instance)
             if gone is not None:
@@ -416,11 +437,12 @@ class Caller:
             return
         known = self.directory.get(instance) is not None
         log.debug("presence: %s %s at %s (known: %s)", instance, services, endpoint, known)
-        _inst, replaced = self.directory.announce(instance, endpoint, services, interval, liveness, time.monotonic())
+        _, replaced = self.directory.announce(instance, endpoint, services, p.interval, p.liveness,
+                                              time.monotonic())
         if replaced is not None:
             self._lost(replaced.instance_id, replaced.endpoint, "replaced")
         if not known:
-            self._router.connect(endpoint, instance.encode())
+            self._router.connect(endpoint, p.routing_id)
             log.debug("instance %s of %s at %s", instance, services, endpoint)
             self._announced.set()
 
@@ -446,7 +468,7 @@ class Caller:
     async def _wait_for_instance(self, service: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
         until = min(deadline, loop.time() + self.discover_timeout)
-        await self.broker.publish(ProcessingMessage(DISCOVER_TOPIC, {"service": service}))
+        await self.bus.publish(ProcessingMessage(DISCOVER_TOPIC, discover_content(service)))
         log.debug("discovering %s (known instances: %d)", service, len(self.directory))
         while not self.directory.live(service):
             if self._closed:
@@ -472,16 +494,18 @@ class Caller:
                 (request_id,) = unpack(payload)
                 self.tracker.busy(str(request_id), time.monotonic())
                 return
-            msg = self.broker._codec.decode(b"_zmqbus.reply", payload)
+            msg = self.bus.codec.decode(b"_zmqbus.reply", payload)
         except (DecodeError, ValueError, TypeError) as exc:
             self._faults.log(logging.WARNING, "decode", "malformed reply: %s", exc)
             return
         request_id = msg.metadata.causation_id or ""
-        if kind == ERR and isinstance(msg.content, dict) and msg.content.get("retryable"):
-            call = self.tracker.get(request_id)  # the call goes on, on another instance
-            if call is not None:
-                _wake(call, ("retry", f"retryable error: {msg.content.get('message')}", msg))
-            return
+        if kind == ERR:
+            error = ErrorReply.from_content(msg.content)
+            if error.retryable:
+                call = self.tracker.get(request_id)  # the call goes on, on another instance
+                if call is not None:
+                    _wake(call, ("retry", f"retryable error: {error.message}", msg))
+                return
         call = self.tracker.reply(request_id)
         if call is not None:
             _wake(call, ("reply", kind, msg))
@@ -500,7 +524,7 @@ class Caller:
         last_error: ProcessingMessage | None = None  # the last retryable ERR, raised if nobody else can try
         try:
             try:
-                await self.broker._ensure_ready(max(0.0, call.deadline - loop.time()))
+                await self.bus.ensure_ready(max(0.0, call.deadline - loop.time()))
             except BusTimeout as exc:
                 raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
             while True:
@@ -516,8 +540,7 @@ class Caller:
                 md.attempt = call.attempt
                 if call.attempt > 1:
                     self.retries += 1
-                frame = head + self.broker._codec.encode(message, head, self.broker.client_id, 0,
-                                                         self.broker.name)
+                frame = head + self.bus.codec.encode(message, head, self.bus.client_id, 0, self.bus.name)
                 fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
                 call.waiter = fut  # resolved by a reply, the sweep (timeout) or a lost instance
                 if self._router.send(inst.peer, frame):
@@ -557,9 +580,7 @@ class Caller:
 
     def _result(self, service: str, kind: bytes, msg: ProcessingMessage) -> ProcessingMessage:
         if kind == ERR:
-            c = msg.content if isinstance(msg.content, dict) else {}
-            raise RemoteError(str(c.get("type", "Error")), str(c.get("message", "")), msg.metadata.correlation_id,
-                              str(c.get("code", "handler_error")), service)
+            raise ErrorReply.from_content(msg.content).to_exception(msg.metadata.correlation_id, service)
         return msg
 
     async def close(self) -> None:
