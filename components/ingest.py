@@ -11,7 +11,7 @@
 The guide's checklist, item by item:
 
 * context and message types: :class:`IngestType` (and the services' names);
-  one :class:`~zmqbus.context.ComponentContext` per workflow, in the manager's
+  one :class:`~zmqbus.workflow.ComponentContext` per workflow, in the manager's
   ``active_processes``;
 * handlers for all message types: ``ingest.request`` (the manager),
   ``ingest.split`` (the handler), ``ingest.analyze`` (the processors);
@@ -41,7 +41,7 @@ from typing import Any
 
 from zmqbus import ProcessingMessage, RetryableError, RetryPolicy
 from zmqbus.component import Handler, Manager, Processor, on, service
-from zmqbus.context import ComponentState
+from zmqbus.workflow import ComponentState
 
 SPLIT_SERVICE = "ingest.split"
 ANALYZE_SERVICE = "ingest.analyze"

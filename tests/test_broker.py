@@ -176,7 +176,7 @@ async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair
 
 async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
     """A blocked subscriber behind a tiny HWM loses messages; every loss shows up as a gap."""
-    from zmqbus import SocketConfig
+    from zmqbus.transport import SocketConfig
     fwd = Forwarder(*tcp_pair, socket_config=SocketConfig(hwm=20), stats_interval=None).start()
     try:
         async with MessageBroker(*tcp_pair) as pub, MessageBroker(*tcp_pair, hwm=20) as sub:
@@ -282,7 +282,7 @@ async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: p
 def test_errors_users_can_see_derive_from_zmqbus_error(tcp_pair: tuple[str, str]) -> None:
     """The error boundary: a forwarder on a taken port, a misused one, a bad workflow transition."""
     from zmqbus import ZmqbusError
-    from zmqbus.context import ComponentContext, ComponentState, InvalidTransition
+    from zmqbus.workflow import ComponentContext, ComponentState, InvalidTransition
 
     with Forwarder(*tcp_pair, stats_interval=None) as fwd:
         with pytest.raises(TransportError, match="bind"):

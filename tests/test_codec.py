@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqbus import Codec, DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage, TopicError
-from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, pack, split_request, unpack
+from zmqbus import DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage, TopicError
+from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, Codec, pack, split_request, unpack
 
 
 class Kind(enum.Enum):

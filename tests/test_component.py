@@ -8,7 +8,7 @@ from typing import Any
 
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, RetryableError
 from zmqbus.component import Component, Manager, on, service
-from zmqbus.context import ComponentState
+from zmqbus.workflow import ComponentState
 
 from conftest import Collector, wait_until
 

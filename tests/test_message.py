@@ -64,3 +64,21 @@ def test_rate_limited_log(caplog: pytest.LogCaptureFixture) -> None:
         assert rl.log(logging.WARNING, "k", "bad %s", 3)
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["bad 1", "other key", "bad 3 (5 more like this suppressed)"]
+
+
+def test_public_surface_and_a_pure_core_without_zmq() -> None:
+    """`zmqbus` exports what users write code with, lazily: the pure core loads neither pyzmq nor asyncio."""
+    import subprocess
+    import sys
+
+    code = ("import sys, zmqbus.topics, zmqbus.message, zmqbus.codec, zmqbus.retry, zmqbus.reqrep, "
+            "zmqbus.workflow, zmqbus.control, zmqbus.errors, zmqbus.ids\n"
+            "assert 'zmq' not in sys.modules and 'asyncio' not in sys.modules, sorted(sys.modules)\n"
+            "import zmqbus\n"
+            "for name in zmqbus.__all__:\n"
+            "    getattr(zmqbus, name)\n"
+            "for internal in ('Codec', 'Pattern', 'SocketConfig', 'Subscription', 'compile_pattern'):\n"
+            "    assert not hasattr(zmqbus, internal), internal\n"
+            "assert zmqbus.Handler.__module__ == 'zmqbus.component'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

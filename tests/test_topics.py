@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqbus import TopicError, compile_pattern, validate_topic
+from zmqbus import TopicError, validate_topic
+from zmqbus.topics import compile_pattern
 
 
 def reference_match(pattern: list[str], topic: list[str]) -> bool:

@@ -44,11 +44,12 @@ from .rpc import Caller, Responder, RpcOptions, ServiceHandler
 from .topics import RESERVED_PREFIX, Pattern, compile_pattern, validate_topic
 from .transport import BusLink, SocketConfig
 
-__all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "Handler"]
+__all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "MessageHandler"]
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[ProcessingMessage], Awaitable[Any] | None]
+#: A subscription handler: called with each matching message, sync or async.
+MessageHandler = Callable[[ProcessingMessage], Awaitable[Any] | None]
 
 _RESERVED = RESERVED_PREFIX
 _PROBE_TYPE = "_zmqbus.probe"
@@ -68,7 +69,7 @@ class Subscription:
 
     component_name: str
     pattern: Pattern
-    handler: Handler
+    handler: MessageHandler
     is_async: bool = field(repr=False)
     internal: bool = field(default=False, repr=False)
 
@@ -282,7 +283,7 @@ class MessageBroker:
 
     # -- subscriptions -----------------------------------------------------
 
-    def subscribe(self, component_name: str, pattern: str, handler: Handler) -> Subscription:
+    def subscribe(self, component_name: str, pattern: str, handler: MessageHandler) -> Subscription:
         """Call ``handler(message)`` for every message whose topic matches ``pattern``.
 
         A plain call, usable before the broker is started (as the guide does
@@ -298,7 +299,7 @@ class MessageBroker:
         self._sub_generation += 1
         return self._add_subscription(component_name, pattern, handler)
 
-    def _add_subscription(self, component_name: str, pattern: str, handler: Handler) -> Subscription:
+    def _add_subscription(self, component_name: str, pattern: str, handler: MessageHandler) -> Subscription:
         compiled = compile_pattern(pattern)
         sub = Subscription(component_name, compiled, handler, is_async_callable(handler),
                            internal=pattern.startswith(RESERVED_PREFIX))
@@ -308,7 +309,7 @@ class MessageBroker:
         return sub
 
     def unsubscribe(self, component_name: str | Subscription, pattern: str | None = None,
-                    handler: Handler | None = None) -> int:
+                    handler: MessageHandler | None = None) -> int:
         """Remove subscriptions; return how many were removed.
 
         Pass the :class:`Subscription` that ``subscribe`` returned, or a

@@ -36,10 +36,10 @@ from typing import Any, ClassVar, TypeVar
 
 from .aio import to_thread
 from .broker import MessageBroker
-from .context import ComponentContext, ComponentMetrics, ComponentState, ContextStore
 from .errors import RemoteError, is_retryable
 from .message import MessageMetadata, MessageTypeLike, ProcessingMessage, register_message_types
 from .retry import RetryPolicy
+from .workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore
 
 __all__ = ["Component", "Manager", "Handler", "Processor", "on", "service", "ERROR_PREFIX", "STATUS_PREFIX",
            "DEADLETTER_PREFIX"]

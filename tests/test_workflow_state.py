@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from zmqbus.context import ALLOWED, ComponentContext, ComponentMetrics, ComponentState, ContextStore, InvalidTransition
+from zmqbus.workflow import ALLOWED, ComponentContext, ComponentMetrics, ComponentState, ContextStore, InvalidTransition
 
 
 def test_transitions_are_validated() -> None:
