@@ -11,7 +11,7 @@ import collections
 from typing import Any
 
 from zmqbus import MessageMetadata, ProcessingMessage
-from zmqbus.component import Component, on, service
+from zmqbus.framework.component import Component, on, service
 
 
 class ErrorHandler(Component):

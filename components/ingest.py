@@ -11,7 +11,7 @@
 The guide's checklist, item by item:
 
 * context and message types: :class:`IngestType` (and the services' names);
-  one :class:`~zmqbus.workflow.ComponentContext` per workflow, in the manager's
+  one :class:`~zmqbus.core.workflow.ComponentContext` per workflow, in the manager's
   ``active_processes``;
 * handlers for all message types: ``ingest.request`` (the manager),
   ``ingest.split`` (the handler), ``ingest.analyze`` (the processors);
@@ -40,8 +40,8 @@ from enum import Enum
 from typing import Any
 
 from zmqbus import ProcessingMessage, RetryableError, RetryPolicy
-from zmqbus.component import Handler, Manager, Processor, on, service
-from zmqbus.workflow import ComponentState
+from zmqbus.core.workflow import ComponentState
+from zmqbus.framework.component import Handler, Manager, Processor, on, service
 
 SPLIT_SERVICE = "ingest.split"
 ANALYZE_SERVICE = "ingest.analyze"

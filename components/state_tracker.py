@@ -15,7 +15,7 @@ import os
 from typing import Any, TextIO
 
 from zmqbus import ProcessingMessage
-from zmqbus.component import Component, on, service
+from zmqbus.framework.component import Component, on, service
 
 
 class StateTracker(Component):

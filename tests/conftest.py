@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from zmqbus import Forwarder
-from zmqbus.config import ipc_endpoints
-from zmqbus.procs import forwarder_process, stop_process, tcp_endpoints
+from zmqbus.core.config import ipc_endpoints
+from zmqbus.framework.procs import forwarder_process, stop_process, tcp_endpoints
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zmqbus.component import Processor, service
+from zmqbus.framework.component import Processor, service
 
 
 class SlowProcessor(Processor):

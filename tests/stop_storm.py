@@ -22,8 +22,8 @@ import subprocess
 import sys
 import time
 
-from zmqbus.forwarder import Forwarder
-from zmqbus.procs import tcp_endpoints
+from zmqbus.bus.forwarder import Forwarder
+from zmqbus.framework.procs import tcp_endpoints
 
 _CHILD = """
 import sys, time, zmq

@@ -13,10 +13,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from zmqbus.bench.common import percentiles, sized_content
+from zmqbus.bench.common import sized_content
 from zmqbus.bench.peers import run_peers
 from zmqbus.bench.report import to_markdown
 from zmqbus.bench.suite import check_targets, machine
+from zmqbus.core.stats import percentiles
 
 
 def test_percentiles_nearest_rank() -> None:
@@ -62,3 +63,16 @@ def test_a_peer_server_that_will_not_start_is_reported_not_raised(tmp_path: Path
         assert ("failed" in entry and "did not start (exit code 3)" in entry["failed"]) or \
             ("skipped" in entry and "not installed" in entry["skipped"]), entry
     assert len(said) == 2
+
+
+def test_text_reports_of_the_single_sections() -> None:
+    from zmqbus.bench.report import format_pubsub, format_reqrep
+
+    text = format_pubsub({"count": 1000, "transport": "tcp loopback", "rounds": 3, "raw_msgs_per_s": 200_000,
+                          "zmqbus_msgs_per_s": 150_000, "ratio": 0.75, "zmqbus": {"lost": 0, "gaps_counted": 0}}, 180)
+    assert "1,000 messages of ~180 B" in text and "150,000 msg/s" in text and "0.75" in text
+    r = {"transport": "tcp loopback", "rounds": 1, "p50_ratio": 1.5, "throughput_ratio": 0.6}
+    for key in ("sync_", "raw_", ""):
+        r.update({key + "p50_us": 100.0, key + "p99_us": 200.0, key + "throughput_req_s": 40_000})
+    text = format_reqrep(r)
+    assert "raw asyncio echo" in text and "1.50x" in text and "40,000" in text

@@ -116,7 +116,7 @@ async def test_handler_errors_are_counted_and_dispatch_goes_on(forwarder: Forwar
         b.subscribe("bad", "h.#", boom)
         b.subscribe("good", "h.#", coll)
         await b.ready()
-        with caplog.at_level(logging.ERROR, logger="zmqbus.broker"):
+        with caplog.at_level(logging.ERROR, logger="zmqbus.bus.broker"):
             for i in range(50):
                 await b.publish(msg("h.x", {"i": i}))
             await coll.wait_for(50)
@@ -176,7 +176,7 @@ async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair
 
 async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
     """A blocked subscriber behind a tiny HWM loses messages; every loss shows up as a gap."""
-    from zmqbus.transport import SocketConfig
+    from zmqbus.io.transport import SocketConfig
     fwd = Forwarder(*tcp_pair, socket_config=SocketConfig(hwm=20), stats_interval=None).start()
     try:
         async with MessageBroker(*tcp_pair) as pub, MessageBroker(*tcp_pair, hwm=20) as sub:
@@ -228,7 +228,7 @@ async def test_inproc_forwarder_in_the_same_process() -> None:
 
 
 async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]) -> None:
-    from zmqbus.forwarder import STATS_TOPIC
+    from zmqbus.bus.forwarder import STATS_TOPIC
     fwd = Forwarder(*tcp_pair, stats_interval=0.1).start()
     try:
         async with MessageBroker(*tcp_pair) as b:
@@ -263,7 +263,7 @@ def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
 
 
 async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zmqbus.broker as broker_module
+    import zmqbus.bus.broker as broker_module
     monkeypatch.setattr(broker_module, "_SEQ_TOPICS_LIMIT", 10)
     async with broker_for(forwarder) as b:
         coll = Collector()
@@ -282,7 +282,7 @@ async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: p
 def test_errors_users_can_see_derive_from_zmqbus_error(tcp_pair: tuple[str, str]) -> None:
     """The error boundary: a forwarder on a taken port, a misused one, a bad workflow transition."""
     from zmqbus import ZmqbusError
-    from zmqbus.workflow import ComponentContext, ComponentState, InvalidTransition
+    from zmqbus.core.workflow import ComponentContext, ComponentState, InvalidTransition
 
     with Forwarder(*tcp_pair, stats_interval=None) as fwd:
         with pytest.raises(TransportError, match="bind"):

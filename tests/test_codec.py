@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqbus import DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage, TopicError
-from zmqbus.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, Codec, pack, split_request, unpack
+from zmqbus.core.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, Codec, pack, split_request, unpack
 
 
 class Kind(enum.Enum):
@@ -224,7 +224,7 @@ def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
 
 
 def test_request_and_reply_frames_split_back() -> None:
-    from zmqbus.codec import BUSY, ERR, REP, reply_frame, request_head, split_reply, split_request
+    from zmqbus.core.codec import BUSY, ERR, REP, reply_frame, request_head, split_reply, split_request
 
     payload = msgpack.packb(envelope())
     assert split_request(request_head("calc.add") + payload) == (b"calc.add", payload)
@@ -238,18 +238,18 @@ def test_request_and_reply_frames_split_back() -> None:
 @pytest.mark.parametrize("body", [b"", b"REQ", b"REQ\x00", b"REQ\x00\x00payload", b"REP\x00x", b"HELLO\x00a\x00b",
                                   b"REQ\x00" + b"s" * 300 + b"\x00payload"])
 def test_malformed_request_frames(body: bytes) -> None:
-    from zmqbus.codec import split_request
+    from zmqbus.core.codec import split_request
     assert split_request(body) is None
 
 
 @pytest.mark.parametrize("body", [b"", b"REP", b"REQ\x00x", b"\x00x", b"BUSYX\x00x"])
 def test_malformed_reply_frames(body: bytes) -> None:
-    from zmqbus.codec import split_reply
+    from zmqbus.core.codec import split_reply
     assert split_reply(body) is None
 
 
 def test_a_service_name_is_checked_like_a_topic() -> None:
-    from zmqbus.codec import request_head
+    from zmqbus.core.codec import request_head
     for bad in ("", "a\x00b", "a..b", "a.*"):
         with pytest.raises(TopicError):
             request_head(bad)

@@ -7,8 +7,8 @@ from enum import Enum
 from typing import Any
 
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, RetryableError
-from zmqbus.component import Component, Manager, on, service
-from zmqbus.workflow import ComponentState
+from zmqbus.core.workflow import ComponentState
+from zmqbus.framework.component import Component, Manager, on, service
 
 from conftest import Collector, wait_until
 

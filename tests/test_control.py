@@ -1,4 +1,4 @@
-"""Typed control contents (zmqbus.control): to and from the wire maps of PROTOCOL.md sections 8.1 and 8.2."""
+"""Typed control contents (zmqbus.core.control): to and from the wire maps of PROTOCOL.md sections 8.1 and 8.2."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ import msgpack
 import pytest
 
 from zmqbus import DecodeError, RemoteError
-from zmqbus.control import ErrorReply, Presence, discover_content, discovered_service
+from zmqbus.core.control import ErrorReply, Presence, discover_content, discovered_service
 
 PRESENCE = {"instance": "a1-2", "endpoint": "tcp://10.0.0.5:41234", "services": ["calc.add", "calc.mul"],
             "interval": 1.0, "liveness": 3, "load": 2, "leaving": False}

@@ -17,7 +17,7 @@ import pytest
 import zmq
 
 from zmqbus import MessageBroker, ProcessingMessage
-from zmqbus.forwarder import STATS_TOPIC
+from zmqbus.bus.forwarder import STATS_TOPIC
 
 from conftest import Collector, pid_alive, wait_until
 

@@ -1,4 +1,5 @@
-"""The code passes its own linters: ruff (pyproject.toml's rule set) and mypy --strict (setup.cfg)."""
+"""The code passes its own linters: ruff (pyproject.toml's rule set), mypy --strict and the layer
+contracts of import-linter (both in setup.cfg)."""
 from __future__ import annotations
 
 import subprocess
@@ -24,3 +25,11 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     done = run("mypy", "--no-incremental")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_layers_hold() -> None:
+    """No upward import between the layers, and no zmq, asyncio or click in the pure core."""
+    done = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
+                           "sys.exit(lint_imports_command())"], cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 broken" in done.stdout

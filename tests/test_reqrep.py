@@ -23,7 +23,7 @@ from zmqbus import (
     RequestTimeout,
     RetryPolicy,
 )
-from zmqbus.procs import spawn, stop_process
+from zmqbus.framework.procs import spawn, stop_process
 
 from conftest import pid_alive, wait_until
 
@@ -258,7 +258,7 @@ async def test_a_bad_service_name_fails_at_once(forwarder: Forwarder) -> None:
 
 
 def test_bind_and_advertised_address_are_separate() -> None:
-    from zmqbus.rpc import _advertised
+    from zmqbus.bus.rpc import _advertised
     assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"
     assert _advertised("tcp://0.0.0.0:4000", "10.1.2.3") == "tcp://10.1.2.3:4000"
     assert _advertised("tcp://0.0.0.0:4000", "tcp://gateway:9000") == "tcp://gateway:9000"
@@ -396,7 +396,7 @@ async def test_responder_restart_and_none_left(ipc_pair: tuple[str, str], spawn_
 
 
 async def test_sync_handlers_see_their_request_as_the_current_message(forwarder: Forwarder) -> None:
-    from zmqbus.message import current_message
+    from zmqbus.core.message import current_message
 
     def who(m: ProcessingMessage) -> list[str]:  # runs in a worker thread
         current = current_message.get()

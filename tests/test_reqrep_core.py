@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from zmqbus.reqrep import CallTracker, Directory, GiveUp, ReplyCache, Retry
-from zmqbus.retry import NO_RETRY, RetryPolicy
+from zmqbus.core.reqrep import CallTracker, Directory, GiveUp, ReplyCache, Retry
+from zmqbus.core.retry import NO_RETRY, RetryPolicy
 
 
 def test_backoff_doubles_is_capped_and_jittered() -> None:

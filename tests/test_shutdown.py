@@ -30,8 +30,8 @@ from zmqbus import (
     RequestTimeout,
     RetryPolicy,
 )
-from zmqbus.errors import TransportError
-from zmqbus.procs import free_port, tcp_endpoints
+from zmqbus.core.errors import TransportError
+from zmqbus.framework.procs import free_port, tcp_endpoints
 
 from conftest import wait_until
 
@@ -305,7 +305,7 @@ async def test_close_confirms_what_was_published(tcp_pair: tuple[str, str], spaw
     """While the forwarder is down, messages queue and are delivered when it is back (those the
     dead connection had already taken are lost and counted as gaps); if it never comes back,
     close() counts exactly what it could not confirm."""
-    from zmqbus.procs import stop_process
+    from zmqbus.framework.procs import stop_process
 
     fwd = spawn_forwarder(*tcp_pair, stats_interval=None)
     got: list[Any] = []

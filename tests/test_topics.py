@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqbus import TopicError, validate_topic
-from zmqbus.topics import compile_pattern
+from zmqbus.core.topics import compile_pattern
 
 
 def reference_match(pattern: list[str], topic: list[str]) -> bool:

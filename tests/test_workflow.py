@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from zmqbus import MessageBroker, ProcessingMessage
-from zmqbus.config import ipc_endpoints
-from zmqbus.demo import demo_topology, make_document, submit_and_wait
-from zmqbus.runner import Supervisor, load_topology
+from zmqbus.core.config import ipc_endpoints
+from zmqbus.framework.demo import demo_topology, make_document, submit_and_wait
+from zmqbus.framework.runner import Supervisor, load_topology
 
 from conftest import wait_until
 
@@ -159,7 +159,7 @@ def test_topology_file(tmp_path: Any) -> None:
 
 
 def test_supervisor_gives_up_on_a_crash_loop(tmp_path: Any) -> None:
-    from zmqbus.runner import ComponentSpec, Topology
+    from zmqbus.framework.runner import ComponentSpec, Topology
     events: list[str] = []
     pub, sub = ipc_endpoints(str(tmp_path))
     sup = Supervisor(Topology(pub, sub, False, [ComponentSpec("crashy:Crashy")]), crash_limit=2,

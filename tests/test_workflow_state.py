@@ -5,7 +5,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from zmqbus.workflow import ALLOWED, ComponentContext, ComponentMetrics, ComponentState, ContextStore, InvalidTransition
+from zmqbus.core.workflow import (
+    ALLOWED,
+    ComponentContext,
+    ComponentMetrics,
+    ComponentState,
+    ContextStore,
+    InvalidTransition,
+)
 
 
 def test_transitions_are_validated() -> None:

@@ -2,7 +2,7 @@
 
 What users write code with is exported here (see README.md and
 docs/PROTOCOL.md); internals stay in their modules. Names are imported
-lazily, on first use, so ``import zmqbus.topics`` (the pure core) loads
+lazily, on first use, so ``import zmqbus.core.topics`` (the pure core) loads
 neither pyzmq nor asyncio.
 """
 from __future__ import annotations
@@ -12,26 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# name -> the module that defines it
-_EXPORTS = {
-    # the client and the forwarder
-    "MessageBroker": "broker", "BrokerStatistics": "broker",
-    "Forwarder": "forwarder", "ForwarderStatistics": "forwarder", "run_forwarder": "forwarder",
-    # messages
-    "ProcessingMessage": "message", "MessageMetadata": "message", "register_message_types": "message",
-    "PROTOCOL_VERSION": "codec", "DEFAULT_MAX_MESSAGE_SIZE": "codec", "validate_topic": "topics",
-    # requests
-    "RetryPolicy": "retry", "NO_RETRY": "retry",
-    # components
-    "Component": "component", "Manager": "component", "Handler": "component", "Processor": "component",
-    "on": "component", "service": "component",
-    "ComponentState": "workflow", "ComponentContext": "workflow", "InvalidTransition": "workflow",
-    # errors
-    "ZmqbusError": "errors", "TopicError": "errors", "ProtocolError": "errors", "EncodeError": "errors",
-    "MessageTooLarge": "errors", "DecodeError": "errors", "TransportError": "errors", "BusTimeout": "errors",
-    "ClosedError": "errors", "RequestError": "errors", "RemoteError": "errors", "NoResponder": "errors",
-    "RequestTimeout": "errors", "RetryableError": "errors",
+# module -> the names it exports here
+_MODULES = {
+    "bus.broker": ("MessageBroker", "BrokerStatistics"),
+    "bus.forwarder": ("Forwarder", "ForwarderStatistics", "run_forwarder"),
+    "core.message": ("ProcessingMessage", "MessageMetadata", "register_message_types"),
+    "core.codec": ("PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE"),
+    "core.topics": ("validate_topic",),
+    "core.retry": ("RetryPolicy", "NO_RETRY"),
+    "framework.component": ("Component", "Manager", "Handler", "Processor", "on", "service"),
+    "core.workflow": ("ComponentState", "ComponentContext", "InvalidTransition"),
+    "core.errors": ("ZmqbusError", "TopicError", "ProtocolError", "EncodeError", "MessageTooLarge", "DecodeError",
+                    "TransportError", "BusTimeout", "ClosedError", "RequestError", "RemoteError", "NoResponder",
+                    "RequestTimeout", "RetryableError"),
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [*_EXPORTS, "__version__"]
 
@@ -50,10 +45,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
-    from .broker import BrokerStatistics, MessageBroker
-    from .codec import DEFAULT_MAX_MESSAGE_SIZE, PROTOCOL_VERSION
-    from .component import Component, Handler, Manager, Processor, on, service
-    from .errors import (
+    from .bus.broker import BrokerStatistics, MessageBroker
+    from .bus.forwarder import Forwarder, ForwarderStatistics, run_forwarder
+    from .core.codec import DEFAULT_MAX_MESSAGE_SIZE, PROTOCOL_VERSION
+    from .core.errors import (
         BusTimeout,
         ClosedError,
         DecodeError,
@@ -69,8 +64,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         TransportError,
         ZmqbusError,
     )
-    from .forwarder import Forwarder, ForwarderStatistics, run_forwarder
-    from .message import MessageMetadata, ProcessingMessage, register_message_types
-    from .retry import NO_RETRY, RetryPolicy
-    from .topics import validate_topic
-    from .workflow import ComponentContext, ComponentState, InvalidTransition
+    from .core.message import MessageMetadata, ProcessingMessage, register_message_types
+    from .core.retry import NO_RETRY, RetryPolicy
+    from .core.topics import validate_topic
+    from .core.workflow import ComponentContext, ComponentState, InvalidTransition
+    from .framework.component import Component, Handler, Manager, Processor, on, service

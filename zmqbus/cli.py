@@ -1,7 +1,7 @@
 """The ``zmqbus`` command line.
 
 Every command takes its endpoints from ``--pub``/``--sub``, else from
-``$ZMQBUS_PUB``/``$ZMQBUS_SUB``, else the defaults in :mod:`zmqbus.config`.
+``$ZMQBUS_PUB``/``$ZMQBUS_SUB``, else the defaults in :mod:`zmqbus.core.config`.
 zmqbus errors are turned into a one-line message and exit status 1 here, at
 the edge, and nowhere else.
 """
@@ -16,8 +16,9 @@ from typing import Any
 
 import click
 
-from . import __version__, config
-from .errors import ZmqbusError
+from . import __version__
+from .core import config
+from .core.errors import ZmqbusError
 
 __all__ = ["main"]
 
@@ -57,8 +58,8 @@ def main(log_level: str) -> None:
 def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
               log_interval: float) -> None:
     """Run a forwarder until Ctrl-C or SIGTERM."""
-    from .forwarder import run_forwarder
-    from .transport import SocketConfig
+    from .bus.forwarder import run_forwarder
+    from .io.transport import SocketConfig
 
     logging.getLogger("zmqbus").setLevel(min(logging.getLogger().level, logging.INFO))
     click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
@@ -84,9 +85,9 @@ def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: fl
 
 
 async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
-    from .aio import wait_event
-    from .broker import MessageBroker
-    from .message import ProcessingMessage
+    from .bus.broker import MessageBroker
+    from .core.message import ProcessingMessage
+    from .io.aio import wait_event
 
     seen = 0
     done = asyncio.Event()
@@ -142,8 +143,8 @@ def send(message_type: str, pub: str, sub: str, content: str, source: str, targe
 
 async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, target: str | None,
                 correlation_id: str, topic: str | None, repeat: int, timeout: float) -> None:
-    from .broker import MessageBroker
-    from .message import MessageMetadata, ProcessingMessage
+    from .bus.broker import MessageBroker
+    from .core.message import MessageMetadata, ProcessingMessage
 
     async with MessageBroker(pub, sub, name=source, publish_timeout=timeout) as broker:
         for _ in range(repeat):
@@ -163,10 +164,10 @@ def stats(pub: str, sub: str, timeout: float) -> None:
 
 
 async def _stats(pub: str, sub: str, timeout: float) -> None:
-    from .broker import MessageBroker
-    from .errors import BusTimeout
-    from .forwarder import STATS_TOPIC
-    from .message import ProcessingMessage
+    from .bus.broker import MessageBroker
+    from .bus.forwarder import STATS_TOPIC
+    from .core.errors import BusTimeout
+    from .core.message import ProcessingMessage
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -196,7 +197,7 @@ def demo(workflows: int, analyzers: int, timeout: float) -> None:
     An ingest manager, a document handler and ANALYZERS chunk analyzers process
     WORKFLOWS documents, with the error handler and the state tracker watching.
     """
-    from .demo import run_demo
+    from .framework.demo import run_demo
 
     summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout)
     if summary["completed"] != workflows:
@@ -220,7 +221,7 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
     Exits 1 with a one-line error if it cannot start (no forwarder within
     --startup-timeout) or, with --replicas, when a replica crash-loops.
     """
-    from .runner import ComponentSpec, Supervisor, Topology, component_main, load_component
+    from .framework.runner import ComponentSpec, Supervisor, Topology, component_main, load_component
 
     try:
         load_component(spec)
@@ -245,8 +246,8 @@ def up(topology: str | None, keep_going: bool, crash_limit: int) -> None:
     then everything is stopped and `up` exits 1 with the reason (for a
     component, unless --keep-going). Ctrl-C or SIGTERM stops everything cleanly.
     """
-    from .demo import demo_topology
-    from .runner import Supervisor, load_topology
+    from .framework.demo import demo_topology
+    from .framework.runner import Supervisor, load_topology
 
     try:
         topo = load_topology(topology) if topology else demo_topology(config.pub_endpoint(), config.sub_endpoint())
@@ -368,12 +369,9 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int)
     if as_json:
         click.echo(json.dumps(result))
         return
-    click.echo(f"pub/sub through a forwarder, {result['count']:,} messages of ~{size} B content, "
-               f"{result['transport']}, median of {result['rounds']} rounds:")
-    click.echo(f"  raw pyzmq + msgpack : {result['raw_msgs_per_s']:>10,} msg/s")
-    click.echo(f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
-               f"  (lost {result['zmqbus']['lost']}, gaps counted {result['zmqbus']['gaps_counted']})")
-    click.echo(f"  ratio zmqbus/raw    : {result['ratio']:.2f}")
+    from .bench.report import format_pubsub
+
+    click.echo(format_pubsub(result, size))
 
 
 @bench.command("reqrep")
@@ -389,13 +387,9 @@ def bench_reqrep(quick: bool, as_json: bool, rounds: int) -> None:
     if as_json:
         click.echo(json.dumps(r))
         return
-    click.echo(f"request/reply, {r['transport']}, best of {r['rounds']} rounds:")
-    click.echo(f"  {'':28} {'p50 us':>9} {'p99 us':>9} {'req/s (100 in flight)':>22}")
-    for label, key in (("raw sync echo (limit)", "sync_"), ("raw asyncio echo", "raw_"), ("zmqbus", "")):
-        click.echo(f"  {label:28} {r[key + 'p50_us']:>9.0f} {r[key + 'p99_us']:>9.0f} "
-                   f"{r[key + 'throughput_req_s']:>22,}")
-    click.echo(f"  p50 zmqbus/raw asyncio: {r['p50_ratio']:.2f}x   throughput zmqbus/raw asyncio: "
-               f"{r['throughput_ratio']:.2f}")
+    from .bench.report import format_reqrep
+
+    click.echo(format_reqrep(r))
 
 
 if __name__ == "__main__":  # pragma: no cover

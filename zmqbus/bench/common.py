@@ -9,10 +9,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..aio import wait_event
-from ..procs import stop_process
+from ..framework.procs import stop_process
+from ..io.aio import wait_event
 
-__all__ = ["Progress", "percentiles", "pace", "guide_content", "sized_content", "collect", "DATA_TOPIC",
+__all__ = ["Progress", "pace", "guide_content", "sized_content", "collect", "DATA_TOPIC",
            "keep_best", "rounded", "wait_readable", "wait_idle"]
 
 #: The topic every pub/sub benchmark publishes on.
@@ -34,19 +34,6 @@ def sized_content(size: int) -> dict[str, Any]:
     n = max(0, size - 7)
     header = 1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5
     return {"text": "x" * max(0, size - 6 - header)}
-
-
-def percentiles(samples: Sequence[float], scale: float = 1e6) -> dict[str, float]:
-    """p50, p99 and p99.9 (nearest rank) and the max of ``samples``, times ``scale``."""
-    if not samples:
-        return {"p50": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0}
-    ordered = sorted(samples)
-    n = len(ordered)
-
-    def rank(q: float) -> float:
-        return round(ordered[min(n - 1, max(0, int(q * n + 0.5) - 1))] * scale, 1)
-
-    return {"p50": rank(0.50), "p99": rank(0.99), "p999": rank(0.999), "max": round(ordered[-1] * scale, 1)}
 
 
 def pace(start: float, sent: int, rate: float, clock: Callable[[], float] = time.perf_counter) -> None:

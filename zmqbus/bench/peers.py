@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ..procs import free_port, spawn
+from ..framework.procs import free_port, spawn
 from .common import DATA_TOPIC, Progress, collect, guide_content, keep_best, rounded, wait_idle
 
 __all__ = ["run_peers", "peer_status"]

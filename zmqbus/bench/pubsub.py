@@ -25,14 +25,14 @@ import multiprocessing
 import time
 from typing import Any
 
-from ..procs import forwarder_process, spawn, tcp_endpoints
+from ..core.stats import percentiles
+from ..framework.procs import forwarder_process, spawn, tcp_endpoints
 from .common import (
     DATA_TOPIC,
     Progress,
     collect,
     guide_content,
     pace,
-    percentiles,
     sized_content,
     wait_idle,
     wait_readable,
@@ -151,8 +151,8 @@ def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any) 
 
 async def _zb_publish(pub: str, sub: str, count: int, size: int, shape: str, rate: float,
                       gos: list[Any]) -> None:
-    from ..broker import MessageBroker
-    from ..message import MessageMetadata, ProcessingMessage
+    from ..bus.broker import MessageBroker
+    from ..core.message import MessageMetadata, ProcessingMessage
 
     async with MessageBroker(pub, sub, name="manager", linger=5.0) as broker:
         for go in gos:
@@ -175,8 +175,8 @@ def _zb_publisher(pub: str, sub: str, count: int, size: int, shape: str, rate: f
 
 
 async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, stamped: bool) -> dict[str, Any]:
-    from ..broker import MessageBroker
-    from ..message import ProcessingMessage
+    from ..bus.broker import MessageBroker
+    from ..core.message import ProcessingMessage
 
     tally = _Tally(stamped)
     lat = tally.lat

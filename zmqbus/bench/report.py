@@ -5,7 +5,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["to_markdown", "plot", "write_report"]
+__all__ = ["to_markdown", "plot", "write_report", "format_pubsub", "format_reqrep"]
 
 
 def _size(n: int) -> str:
@@ -179,3 +179,28 @@ def write_report(report: dict[str, Any], out_dir: str) -> list[str]:
     if plot(report, path):
         written.append(path)
     return written
+
+
+def format_pubsub(result: dict[str, Any], size: int) -> str:
+    """``zmqbus bench pubsub``'s text report."""
+    z = result["zmqbus"]
+    return "\n".join([
+        f"pub/sub through a forwarder, {result['count']:,} messages of ~{size} B content, "
+        f"{result['transport']}, median of {result['rounds']} rounds:",
+        f"  raw pyzmq + msgpack : {result['raw_msgs_per_s']:>10,} msg/s",
+        f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
+        f"  (lost {z['lost']}, gaps counted {z['gaps_counted']})",
+        f"  ratio zmqbus/raw    : {result['ratio']:.2f}",
+    ])
+
+
+def format_reqrep(r: dict[str, Any]) -> str:
+    """``zmqbus bench reqrep``'s text report."""
+    lines = [f"request/reply, {r['transport']}, best of {r['rounds']} rounds:",
+             f"  {'':28} {'p50 us':>9} {'p99 us':>9} {'req/s (100 in flight)':>22}"]
+    for label, key in (("raw sync echo (limit)", "sync_"), ("raw asyncio echo", "raw_"), ("zmqbus", "")):
+        lines.append(f"  {label:28} {r[key + 'p50_us']:>9.0f} {r[key + 'p99_us']:>9.0f} "
+                     f"{r[key + 'throughput_req_s']:>22,}")
+    lines.append(f"  p50 zmqbus/raw asyncio: {r['p50_ratio']:.2f}x   throughput zmqbus/raw asyncio: "
+                 f"{r['throughput_ratio']:.2f}")
+    return "\n".join(lines)

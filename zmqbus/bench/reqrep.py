@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
-from .common import Progress, guide_content, keep_best, percentiles, rounded, wait_readable
+from ..core.stats import percentiles
+from ..framework.procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
+from .common import Progress, guide_content, keep_best, rounded, wait_readable
 
 __all__ = ["run_reqrep", "measure"]
 
@@ -195,7 +196,7 @@ def _raw_client_main(kind: str, endpoint: str, latency_n: int, throughput_n: int
 # -- zmqbus ---------------------------------------------------------------------
 
 def _zb_responder(pub: str, sub: str) -> None:
-    from ..broker import MessageBroker
+    from ..bus.broker import MessageBroker
 
     async def main() -> None:
         broker = MessageBroker(pub, sub, name="echo")
@@ -211,8 +212,8 @@ def _zb_responder(pub: str, sub: str) -> None:
 
 
 async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
-    from ..broker import MessageBroker
-    from ..message import MessageMetadata, ProcessingMessage
+    from ..bus.broker import MessageBroker
+    from ..core.message import MessageMetadata, ProcessingMessage
 
     content = guide_content()
     async with MessageBroker(pub, sub, name="bench") as broker:

@@ -48,7 +48,7 @@ def machine() -> dict[str, Any]:
     import zmq
 
     from .. import __version__
-    from ..codec import PROTOCOL_VERSION
+    from ..core.codec import PROTOCOL_VERSION
 
     return {"zmqbus": __version__, "protocol": PROTOCOL_VERSION, "python": platform.python_version(),
             "implementation": platform.python_implementation(), "pyzmq": zmq.__version__,
@@ -118,7 +118,7 @@ def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
 
 
 def _workflow(workflows: int, say: Progress) -> dict[str, Any]:
-    from ..demo import run_demo
+    from ..framework.demo import run_demo
 
     summary = run_demo(workflows=workflows, echo=lambda s: None)
     keep = ("workflows", "completed", "failed", "missing", "seconds", "workflows_per_s", "latency_p50_ms",

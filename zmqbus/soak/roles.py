@@ -15,9 +15,9 @@ import random
 import time
 from typing import Any
 
-from ..broker import MessageBroker
-from ..errors import RemoteError, ZmqbusError
-from ..message import ProcessingMessage
+from ..bus.broker import MessageBroker
+from ..core.errors import RemoteError, ZmqbusError
+from ..core.message import ProcessingMessage
 
 SERVICE = "soak.work"
 TOPICS_PER_PUBLISHER = 2

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..procs import forwarder_process, spawn, stop_process, tcp_endpoints
-from . import roles
+from ..framework.procs import forwarder_process, spawn, stop_process, tcp_endpoints
+from ..soak import roles
 from .classify import classify_pubsub, classify_requests, longest_pauses
 
 __all__ = ["SoakOptions", "SoakError", "run_soak", "format_report"]

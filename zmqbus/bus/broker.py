@@ -32,17 +32,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config
-from .aio import TaskOwner, is_async_callable, resume, wait_event
-from .codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
-from .errors import BusTimeout, ClosedError, DecodeError, ZmqbusError
-from .ids import new_id
-from .message import MessageMetadata, ProcessingMessage, current_message
-from .ratelog import RateLimitedLog
-from .retry import RetryPolicy
+from ..core import config
+from ..core.codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
+from ..core.errors import BusTimeout, ClosedError, DecodeError, ZmqbusError
+from ..core.ids import new_id
+from ..core.message import MessageMetadata, ProcessingMessage, current_message
+from ..core.ratelog import RateLimitedLog
+from ..core.retry import RetryPolicy
+from ..core.topics import RESERVED_PREFIX, Pattern, compile_pattern, validate_topic
+from ..io.aio import TaskOwner, is_async_callable, resume, wait_event
+from ..io.transport import BusLink, SocketConfig
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
-from .topics import RESERVED_PREFIX, Pattern, compile_pattern, validate_topic
-from .transport import BusLink, SocketConfig
 
 __all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "MessageHandler"]
 

@@ -26,12 +26,12 @@ from dataclasses import asdict, dataclass
 
 import zmq
 
-from . import config
-from .codec import Codec
-from .errors import ClosedError, TransportError, ZmqbusError
-from .ids import new_id
-from .message import MessageMetadata, ProcessingMessage
-from .transport import SocketConfig, get_context, mapped_errors
+from ..core import config
+from ..core.codec import Codec
+from ..core.errors import ClosedError, TransportError, ZmqbusError
+from ..core.ids import new_id
+from ..core.message import MessageMetadata, ProcessingMessage
+from ..io.transport import SocketConfig, get_context, mapped_errors
 
 __all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC"]
 

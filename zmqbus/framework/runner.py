@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import config
+from ..core import config
 from .procs import forwarder_process, spawn, stop_process
 
 __all__ = ["ComponentSpec", "Topology", "Supervisor", "load_topology", "load_component", "component_main"]
@@ -67,7 +67,7 @@ def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: i
     component cannot start (no forwarder within ``startup_timeout``, a
     failing ``setup``). Signals are honoured at any moment, start-up included.
     """
-    from .errors import ZmqbusError
+    from ..core.errors import ZmqbusError
 
     label = name or spec
     logging.basicConfig(level=log_level, format=f"%(asctime)s {label} %(levelname)s %(message)s")
@@ -81,7 +81,7 @@ def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: i
 
 async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float,
                          startup_timeout: float) -> int:
-    from .broker import MessageBroker
+    from ..bus.broker import MessageBroker
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

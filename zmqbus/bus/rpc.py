@@ -18,7 +18,7 @@ responder's reply cache instead of being executed again.
 Both classes belong to one client and see it only through :class:`BusPort`
 (publish, subscribe, readiness, codec, socket settings, task owner): they
 never import the broker nor reach into it. Presence, discovery and error
-contents are the typed objects of :mod:`zmqbus.control`.
+contents are the typed objects of :mod:`zmqbus.core.control`.
 """
 from __future__ import annotations
 
@@ -31,10 +31,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .aio import TaskOwner, is_async_callable, start_eagerly, to_thread, wait_event
-from .codec import BUSY, ERR, REP, Codec, pack, reply_frame, request_head, split_reply, split_request, unpack
-from .control import DISCOVER_TOPIC, PRESENCE_TOPIC, ErrorReply, Presence, discover_content, discovered_service
-from .errors import (
+from ..core.codec import BUSY, ERR, REP, Codec, pack, reply_frame, request_head, split_reply, split_request, unpack
+from ..core.control import DISCOVER_TOPIC, PRESENCE_TOPIC, ErrorReply, Presence, discover_content, discovered_service
+from ..core.errors import (
     BusTimeout,
     ClosedError,
     DecodeError,
@@ -44,11 +43,12 @@ from .errors import (
     ZmqbusError,
     is_retryable,
 )
-from .message import MessageMetadata, ProcessingMessage, current_message
-from .ratelog import RateLimitedLog
-from .reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
-from .retry import RetryPolicy
-from .transport import RouterLink, SocketConfig
+from ..core.message import MessageMetadata, ProcessingMessage, current_message
+from ..core.ratelog import RateLimitedLog
+from ..core.reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
+from ..core.retry import RetryPolicy
+from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread, wait_event
+from ..io.transport import RouterLink, SocketConfig
 
 __all__ = ["Responder", "Caller", "BusPort", "RpcOptions", "ServiceHandler", "PRESENCE_TOPIC", "DISCOVER_TOPIC"]
 

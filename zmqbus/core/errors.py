@@ -18,7 +18,7 @@ never reach a user::
     │   ├── NoResponder       no live instance of the service
     │   └── RequestTimeout    deadline or tries ran out (also TimeoutError)
     └── InvalidTransition     a workflow state change the state machine does not allow
-                              (defined in zmqbus.workflow; also ValueError)
+                              (defined in zmqbus.core.workflow; also ValueError)
 
     RetryableError            raise it in a handler: the work may succeed if tried again
 

@@ -17,11 +17,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .aio import wait_event
-from .bench.common import percentiles
-from .broker import MessageBroker
-from .config import ipc_endpoints
-from .message import MessageMetadata, ProcessingMessage
+from ..bus.broker import MessageBroker
+from ..core.config import ipc_endpoints
+from ..core.message import MessageMetadata, ProcessingMessage
+from ..core.stats import percentiles
+from ..io.aio import wait_event
 from .runner import ComponentSpec, Supervisor, Topology
 
 __all__ = ["run_demo", "demo_topology", "make_document"]

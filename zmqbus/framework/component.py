@@ -10,7 +10,7 @@ A component talks only through messages. Two styles work, and mix:
 Every handler registered either way by the component runs *guarded*: it is
 timed and counted, the message it handles becomes the cause of everything it
 publishes or requests (correlation and causation ids follow by themselves),
-and an exception is classified (:func:`zmqbus.errors.is_retryable`):
+and an exception is classified (:func:`zmqbus.core.errors.is_retryable`):
 retryable work is tried again with the component's ``retry_policy``; fatal or
 exhausted work is reported to the error handler (topic ``error.<component>``)
 and dead-lettered (``deadletter.<component>``). State changes go to the state
@@ -34,12 +34,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
-from .aio import to_thread
-from .broker import MessageBroker
-from .errors import RemoteError, is_retryable
-from .message import MessageMetadata, MessageTypeLike, ProcessingMessage, register_message_types
-from .retry import RetryPolicy
-from .workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore
+from ..bus.broker import MessageBroker
+from ..core.errors import RemoteError, is_retryable
+from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage, register_message_types
+from ..core.retry import RetryPolicy
+from ..core.workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore
+from ..io.aio import to_thread
 
 __all__ = ["Component", "Manager", "Handler", "Processor", "on", "service", "ERROR_PREFIX", "STATUS_PREFIX",
            "DEADLETTER_PREFIX"]
@@ -203,7 +203,7 @@ class Component:
     async def start(self, timeout: float = 10.0) -> None:
         """Set up, connect, and return once subscriptions are live at the forwarder.
 
-        Raises :class:`~zmqbus.errors.BusTimeout` if the forwarder does not
+        Raises :class:`~zmqbus.core.errors.BusTimeout` if the forwarder does not
         answer within ``timeout`` seconds.
         """
         await self.setup()

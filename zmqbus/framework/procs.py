@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from .transport import SocketConfig
+from ..io.transport import SocketConfig
 
 __all__ = ["spawn", "stop_process", "forwarder_process", "free_port", "tcp_endpoints"]
 
@@ -43,7 +43,7 @@ def stop_process(proc: multiprocessing.process.BaseProcess, timeout: float = 5.0
 
 
 def _forwarder_main(pub: str, sub: str, hwm: int, stats_interval: float | None, log_level: int) -> None:
-    from .forwarder import run_forwarder
+    from ..bus.forwarder import run_forwarder
 
     logging.basicConfig(level=log_level, format="%(asctime)s forwarder %(levelname)s %(message)s")
     run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm), stats_interval=stats_interval)

@@ -30,7 +30,7 @@ from typing import Any
 
 import zmq
 
-from .errors import ClosedError, TransportError
+from ..core.errors import ClosedError, TransportError
 
 __all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "fast_send"]
 
