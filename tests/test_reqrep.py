@@ -430,7 +430,7 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
             dealer.send(b"REQ\x00hold\x00" + msgpack.packb(
                 [2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i]))
         await wait_until(lambda: srv.statistics().rpc["served_executed"] == 1 and
-                         len(srv._responder._queue) == 2, what="two queued")  # type: ignore[union-attr]
+                         srv._responder.core.load == 3, what="two queued")  # type: ignore[union-attr]
         closing = asyncio.ensure_future(srv.close())
         replies = []
         for _ in range(2):

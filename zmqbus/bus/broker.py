@@ -696,7 +696,7 @@ class MessageBroker:
                        failovers=self._caller.failovers, late_replies=self._caller.tracker.late_replies,
                        instances_known=len(self._caller.directory))
         if self._responder is not None:
-            out.update({f"served_{k}": v for k, v in vars(self._responder.stats).items()})
+            out.update({f"served_{k}": v for k, v in self._responder.statistics().items()})
         return out
 
 

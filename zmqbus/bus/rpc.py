@@ -1,4 +1,4 @@
-"""Request/reply, peer to peer over ROUTER sockets: the IO shell around reqrep.py.
+"""Request/reply, peer to peer over ROUTER sockets: the IO shell around core.serving and core.reqrep.
 
 A :class:`Responder` binds a ROUTER, serves named services and announces
 itself on the bus (``_zmqbus.presence``) every ``heartbeat`` seconds. A
@@ -23,7 +23,6 @@ contents are the typed objects of :mod:`zmqbus.core.control`.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 import time
@@ -45,8 +44,9 @@ from ..core.errors import (
 )
 from ..core.message import MessageMetadata, ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
-from ..core.reqrep import Call, CallTracker, Directory, GiveUp, ReplyCache
+from ..core.reqrep import Call, CallTracker, Directory, GiveUp
 from ..core.retry import RetryPolicy
+from ..core.serving import Cached, Refuse, ResponderCore, Start
 from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread, wait_event
 from ..io.transport import RouterLink, SocketConfig
 
@@ -102,35 +102,32 @@ class RpcOptions:
 
 @dataclass
 class ResponderStatistics:
-    requests: int = 0
-    executed: int = 0
+    """What only the shell sees; the protocol's own counters are the core's (:class:`ServingStatistics`)."""
+
     failed: int = 0
-    duplicates_cached: int = 0
-    duplicates_in_flight: int = 0
-    expired: int = 0
     malformed: int = 0
     undeliverable: int = 0
-    interrupted: int = 0
 
 
 class Responder:
-    """Serves requests for one broker: one ROUTER socket, any number of services."""
+    """Serves requests for one client: one ROUTER socket, any number of services.
 
-    def __init__(self, bus: BusPort, options: RpcOptions) -> None:
+    The IO shell of :class:`~zmqbus.core.serving.ResponderCore`: it decodes
+    frames, asks the core what to do, runs handlers and sends what the core
+    decided. It owns no protocol decision of its own.
+    """
+
+    def __init__(self, bus: BusPort, options: RpcOptions, clock: Callable[[], float] = time.time) -> None:
         self.bus = bus
         self.heartbeat = options.heartbeat
         self.liveness = options.liveness
         self.instance_id = bus.client_id
-        self.services: dict[str, tuple[ServiceHandler, bool]] = {}
+        self.handlers: dict[str, tuple[ServiceHandler, bool]] = {}
+        self.core: ResponderCore[ProcessingMessage] = ResponderCore(
+            self.instance_id, max_concurrency=options.max_concurrency, cache_size=options.cache_size)
         self.stats = ResponderStatistics()
-        self._cache: ReplyCache[bytes] = ReplyCache(options.cache_size)
-        # request id -> (caller, started, request): queued ones too
-        self._in_flight: dict[str, tuple[bytes, float, ProcessingMessage]] = {}
+        self._clock = clock
         self._tasks: set[asyncio.Task[None]] = set()
-        self._max_concurrency = options.max_concurrency
-        self._queue: collections.deque[tuple[bytes, str, tuple[ServiceHandler, bool], ProcessingMessage]] = \
-            collections.deque()
-        self._closing = False
         self._faults = RateLimitedLog(log)
         self._router = RouterLink(bus.socket_config)
         try:
@@ -143,6 +140,13 @@ class Responder:
         self._last_announce = 0.0
         self._announce_pending = False
 
+    @property
+    def services(self) -> set[str]:
+        return self.core.services
+
+    def statistics(self) -> dict[str, int]:
+        return {**vars(self.core.stats), **vars(self.stats)}
+
     async def start(self) -> None:
         owner = self.bus.owner
         self.bus.subscribe(self.bus.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
@@ -153,15 +157,15 @@ class Responder:
         log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
 
     def add(self, service: str, handler: ServiceHandler) -> None:
-        self.services[service] = (handler, is_async_callable(handler))
+        self.handlers[service] = (handler, is_async_callable(handler))
+        self.core.services.add(service)
 
     # -- presence ----------------------------------------------------------
 
     async def announce(self, leaving: bool = False, timeout: float | None = None) -> None:
         self._last_announce = time.monotonic()
         presence = Presence(instance=self.instance_id, endpoint=self.endpoint, services=tuple(sorted(self.services)),
-                            interval=self.heartbeat, liveness=self.liveness, load=len(self._in_flight),
-                            leaving=leaving)
+                            interval=self.heartbeat, liveness=self.liveness, load=self.core.load, leaving=leaving)
         await self.bus.publish(ProcessingMessage(PRESENCE_TOPIC, presence.to_content(), MessageMetadata(
             source_component=self.bus.name or "zmqbus")), timeout=timeout)
 
@@ -208,10 +212,8 @@ class Responder:
                 self._faults.log(logging.WARNING, "announce", "presence announcement failed: %s", exc)
             # A handler that runs long keeps its caller informed, so the caller
             # does not give up on a slow but alive responder.
-            now = time.monotonic()
-            for request_id, (caller, started, _) in list(self._in_flight.items()):
-                if now - started >= self.heartbeat:
-                    self._router.send(caller, reply_frame(BUSY, pack([request_id])))
+            for busy in self.core.busy(self._clock(), self.heartbeat):
+                self._router.send(busy.caller, reply_frame(BUSY, pack([busy.request_id])))
             await asyncio.sleep(self.heartbeat)
 
     # -- requests ----------------------------------------------------------
@@ -228,7 +230,6 @@ class Responder:
                               "expected one frame: REQ, NUL, service, NUL, payload", False,
                               request_id=_salvage(body))
             return
-        self.stats.requests += 1
         try:
             msg = self.bus.codec.decode(parts[0], parts[1], len(body))  # its topic is the service
         except DecodeError as exc:
@@ -239,49 +240,26 @@ class Responder:
             return
         service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
-        cached = self._cache.get(md.message_id)
-        if cached is not None:  # a retry: answer from the cache, never execute twice
-            self.stats.duplicates_cached += 1
-            self._router.send(caller, cached)
-            return
-        if md.message_id in self._in_flight:
-            self.stats.duplicates_in_flight += 1  # its reply is on the way
-            return
-        if self._closing:
-            self._reply_error(caller, msg, service, "shutting_down", "ShuttingDown",
-                              f"instance {self.instance_id} is shutting down", True)
-            return
-        entry = self.services.get(service)
-        if entry is None:
-            self._reply_error(caller, msg, service, "unknown_service", "UnknownService",
-                              f"instance {self.instance_id} does not serve {service!r}", True)
-            return
-        if self._expired(caller, service, msg):
-            return
-        self._in_flight[md.message_id] = (caller, time.monotonic(), msg)
-        if len(self._in_flight) > self._max_concurrency:
-            self._queue.append((caller, service, entry, msg))  # started when a slot frees up
+        action = self.core.request(caller, service, md.message_id, md.deadline, msg, self._clock())
+        if action is not None:
+            self._act(action)
+
+    def _act(self, action: Start[ProcessingMessage] | Refuse[ProcessingMessage] | Cached) -> None:
+        """Carry out one decision of the core."""
+        if isinstance(action, Start):
+            self._start(action.caller, action.service, action.request)
+        elif isinstance(action, Cached):  # a retry: answered from the cache, never executed twice
+            self._send(action.caller, action.frame)
         else:
-            self._start(caller, service, entry, msg)
+            e = action.error
+            self._reply_error(action.caller, action.request, action.service, e.code, e.type, e.message, e.retryable)
 
-    def _expired(self, caller: bytes, service: str, msg: ProcessingMessage) -> bool:
-        """Answer ``expired`` (and return True) if the request's deadline has passed: it must not start."""
-        deadline = msg.metadata.deadline
-        if deadline is None or time.time() <= deadline:
-            return False
-        self.stats.expired += 1
-        self._reply_error(caller, msg, service, "expired", "DeadlineExpired",
-                          "the request's deadline passed before it could start", False)
-        return True
-
-    def _start(self, caller: bytes, service: str, entry: tuple[ServiceHandler, bool],
-               msg: ProcessingMessage) -> None:
-        handler, is_async = entry
-        self.stats.executed += 1
+    def _start(self, caller: bytes, service: str, msg: ProcessingMessage) -> None:
+        handler, is_async = self.handlers[service]
         # Started eagerly, with the request as the current message so whatever
         # the handler publishes or requests inherits its ids. A handler that
         # completes without suspending is answered at once, with no Task; a
-        # sync one goes to a worker thread (to_thread carries the context), so
+        # sync one goes to a daemon worker thread (the context carried), so
         # the loop keeps heartbeating.
         token = current_message.set(msg)
         try:
@@ -313,7 +291,6 @@ class Responder:
             self._done(caller, service, msg, REP, result)
 
     def _done(self, caller: bytes, service: str, msg: ProcessingMessage, kind: bytes, result: Any) -> None:
-        md = msg.metadata
         if kind == ERR:
             self.stats.failed += 1
             self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
@@ -324,21 +301,15 @@ class Responder:
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
         frame = reply_frame(kind, payload)
-        if not (kind == ERR and is_retryable(result)):  # a retry of retryable work runs again
-            self._cache.put(md.message_id, frame)
-        self._in_flight.pop(md.message_id, None)
+        self._send(caller, frame)
+        # A retryable failure is not cached: a retry of it runs again.
+        cacheable = None if kind == ERR and is_retryable(result) else frame
+        for action in self.core.done(msg.metadata.message_id, cacheable, self._clock()):
+            self._act(action)
+
+    def _send(self, caller: bytes, frame: bytes) -> None:
         if not self._router.send(caller, frame):
             self.stats.undeliverable += 1
-        self._start_queued()
-
-    def _start_queued(self) -> None:
-        """Start queued requests while there is room; those whose deadline passed in the queue never start."""
-        while self._queue and len(self._in_flight) - len(self._queue) < self._max_concurrency:
-            caller, service, entry, msg = self._queue.popleft()
-            if self._expired(caller, service, msg):
-                self._in_flight.pop(msg.metadata.message_id, None)
-                continue
-            self._start(caller, service, entry, msg)
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
         codec = self.bus.codec
@@ -356,8 +327,7 @@ class Responder:
             message_id=request_id, correlation_id=request_id))
         payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
                                ErrorReply(code=code, type=error_type, message=text, retryable=retryable).to_content())
-        if not self._router.send(caller, reply_frame(ERR, payload)):
-            self.stats.undeliverable += 1
+        self._send(caller, reply_frame(ERR, payload))
 
     async def close(self, grace: float = 5.0, linger: float = 1.0) -> None:
         """Shut down within about ``grace + linger`` seconds.
@@ -370,23 +340,15 @@ class Responder:
         announcement waits at most ``linger`` and is skipped if this client
         never reached the forwarder (nobody knows it).
         """
-        self._closing = True
-        while self._queue:  # never started: hand them back, so callers retry elsewhere at once
-            caller, service, _, msg = self._queue.popleft()
-            self._in_flight.pop(msg.metadata.message_id, None)
-            self._reply_error(caller, msg, service, "shutting_down", "ShuttingDown",
-                              f"instance {self.instance_id} is shutting down", True)
+        for action in self.core.close():  # queued, never started: callers retry elsewhere at once
+            self._act(action)
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(grace, 0.0))
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for caller, _, msg in list(self._in_flight.values()):  # cancelled, or a thread still running
-            self.stats.interrupted += 1
-            self._reply_error(caller, msg, msg.topic or "", "shutting_down", "ShuttingDown",
-                              f"instance {self.instance_id} shut down while running the request; "
-                              "it may have been partly done", False)
-        self._in_flight.clear()
+        for action in self.core.interrupt():  # cancelled, or a sync handler's thread still running
+            self._act(action)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -504,7 +466,7 @@ class Caller:
             if error.retryable:
                 call = self.tracker.get(request_id)  # the call goes on, on another instance
                 if call is not None:
-                    _wake(call, ("retry", f"retryable error: {error.message}", msg))
+                    _wake(call, ("retry", f"retryable error: {error.message}"))
                 return
         call = self.tracker.reply(request_id)
         if call is not None:
@@ -521,7 +483,6 @@ class Caller:
         head = request_head(service)  # validated: a service name is a topic
         call = self.tracker.begin(md.message_id, service, loop.time(), timeout, policy)
         reason = "no reply"
-        last_error: ProcessingMessage | None = None  # the last retryable ERR, raised if nobody else can try
         try:
             try:
                 await self.bus.ensure_ready(max(0.0, call.deadline - loop.time()))
@@ -530,12 +491,7 @@ class Caller:
             while True:
                 inst = self.tracker.assign(call, loop.time())
                 if inst is None:
-                    try:
-                        await self._wait_for_instance(service, call.deadline)
-                    except NoResponder:
-                        if last_error is not None:
-                            return self._result(service, ERR, last_error)
-                        raise
+                    await self._wait_for_instance(service, call.deadline)
                     continue
                 md.attempt = call.attempt
                 if call.attempt > 1:
@@ -553,8 +509,6 @@ class Caller:
                 if outcome[0] == "closed" or self._closed:
                     raise ClosedError(f"request to {service!r}: the broker was closed")
                 reason = outcome[1]
-                if len(outcome) > 2:
-                    last_error = outcome[2]
                 step = self.tracker.next_step(call, loop.time())
                 if isinstance(step, GiveUp):
                     raise RequestTimeout(service, call.attempt, loop.time() - call.started,

@@ -100,7 +100,7 @@ class RemoteError(RequestError):
         self.correlation_id = correlation_id
         self.code = code
         self.service = service
-        #: True when another instance might have succeeded (raised only when none was left to try).
+        #: What the responder said: True when another instance might succeed.
         self.retryable = retryable
 
 

@@ -1,0 +1,208 @@
+"""The responder's protocol decisions, sans IO (PROTOCOL.md sections 8.2 and 8.3).
+
+:class:`ResponderCore` takes each request as plain values (caller routing
+id, service, message id, deadline, the current time) and returns what the IO
+shell must do: answer from the reply cache, refuse with an error, start the
+handler, or nothing (a duplicate whose reply is on the way, or a request
+queued behind ``max_concurrency``). When a handler ends, :meth:`done` caches
+the reply and hands back the queued requests that may start now. Time is a
+number passed in (wall-clock seconds, as deadlines are); nothing here sleeps,
+sends or runs a handler.
+
+Rules it keeps:
+
+* a request whose id is in the reply cache is answered from it, never run again;
+* one whose id is running or queued is ignored (its reply is on the way);
+* a closing responder refuses new requests, retryably (another instance may serve them);
+* an unknown service is refused retryably; a passed deadline is refused, never started,
+  whether it passed on arrival or in the queue;
+* at most ``max_concurrency`` requests run at once; the rest wait in arrival order;
+* on close, queued requests are refused retryably (they never started) and running ones
+  not retryably (their work may have been partly done).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from .control import ErrorReply
+from .reqrep import ReplyCache
+
+__all__ = ["ResponderCore", "ServingStatistics", "Start", "Refuse", "Cached", "Busy"]
+
+R = TypeVar("R")  # the shell's request object, carried through untouched
+
+
+@dataclass(frozen=True, slots=True)
+class Start(Generic[R]):
+    """Run the handler of ``service`` for ``request`` now."""
+
+    caller: bytes
+    service: str
+    request_id: str
+    request: R
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse(Generic[R]):
+    """Answer ``request`` with an ``ERR`` carrying ``error``; it does not run."""
+
+    caller: bytes
+    service: str
+    request: R
+    error: ErrorReply
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """Answer a retried request with the reply already sent for it."""
+
+    caller: bytes
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Busy:
+    """Tell ``caller`` that ``request_id`` is still running."""
+
+    caller: bytes
+    request_id: str
+
+
+@dataclass
+class ServingStatistics:
+    requests: int = 0
+    executed: int = 0
+    duplicates_cached: int = 0
+    duplicates_in_flight: int = 0
+    expired: int = 0
+    refused: int = 0
+    interrupted: int = 0
+
+
+@dataclass(slots=True)
+class _Entry(Generic[R]):
+    caller: bytes
+    service: str
+    request: R
+    deadline: float | None
+    started: float | None  # None while queued
+
+
+class ResponderCore(Generic[R]):
+    """The decisions of one responder instance (see the module docstring)."""
+
+    def __init__(self, instance_id: str, *, max_concurrency: int = 100, cache_size: int = 10_000) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.instance_id = instance_id
+        self.max_concurrency = max_concurrency
+        self.services: set[str] = set()
+        self.stats = ServingStatistics()
+        self.closing = False
+        self._cache: ReplyCache[bytes] = ReplyCache(cache_size)
+        self._entries: dict[str, _Entry[R]] = {}  # running and queued, by request id
+        self._queue: deque[str] = deque()
+        self._running = 0
+
+    @property
+    def load(self) -> int:
+        """Requests running or queued (what presence announces)."""
+        return len(self._entries)
+
+    def request(self, caller: bytes, service: str, request_id: str, deadline: float | None, request: R,
+                now: float) -> Start[R] | Refuse[R] | Cached | None:
+        """A request arrived: what to do with it (None: nothing now)."""
+        self.stats.requests += 1
+        cached = self._cache.get(request_id)
+        if cached is not None:
+            self.stats.duplicates_cached += 1
+            return Cached(caller, cached)
+        if request_id in self._entries:
+            self.stats.duplicates_in_flight += 1
+            return None
+        if self.closing:
+            return self._refuse(caller, service, request, "shutting_down", "ShuttingDown",
+                                f"instance {self.instance_id} is shutting down", True)
+        if service not in self.services:
+            return self._refuse(caller, service, request, "unknown_service", "UnknownService",
+                                f"instance {self.instance_id} does not serve {service!r}", True)
+        if deadline is not None and now > deadline:
+            return self._expired(caller, service, request)
+        entry = _Entry(caller, service, request, deadline, None)
+        self._entries[request_id] = entry
+        if self._running >= self.max_concurrency:
+            self._queue.append(request_id)
+            return None
+        return self._start(request_id, entry, now)
+
+    def done(self, request_id: str, frame: bytes | None, now: float) -> list[Start[R] | Refuse[R]]:
+        """The handler of ``request_id`` ended; ``frame`` is its reply to cache (None: do not cache).
+
+        Returns the queued requests to start now, and refusals for those whose
+        deadline passed while they waited.
+        """
+        entry = self._entries.pop(request_id, None)
+        if frame is not None:
+            self._cache.put(request_id, frame)
+        if entry is not None and entry.started is not None:
+            self._running -= 1
+        out: list[Start[R] | Refuse[R]] = []
+        while self._queue and self._running < self.max_concurrency:
+            queued_id = self._queue.popleft()
+            queued = self._entries.get(queued_id)
+            if queued is None:
+                continue
+            if queued.deadline is not None and now > queued.deadline:
+                del self._entries[queued_id]
+                out.append(self._expired(queued.caller, queued.service, queued.request))
+            else:
+                out.append(self._start(queued_id, queued, now))
+        return out
+
+    def busy(self, now: float, interval: float) -> list[Busy]:
+        """The running requests that have run for at least ``interval`` seconds (PROTOCOL.md 8.2, BUSY)."""
+        return [Busy(e.caller, rid) for rid, e in self._entries.items()
+                if e.started is not None and now - e.started >= interval]
+
+    def close(self) -> list[Refuse[R]]:
+        """Start closing: refuse new requests; return the refusals of the queued ones (retryable)."""
+        self.closing = True
+        out = []
+        while self._queue:
+            entry = self._entries.pop(self._queue.popleft(), None)
+            if entry is not None:
+                out.append(self._refuse(entry.caller, entry.service, entry.request, "shutting_down", "ShuttingDown",
+                                        f"instance {self.instance_id} is shutting down", True))
+        return out
+
+    def interrupt(self) -> list[Refuse[R]]:
+        """The grace period is over: refusals for the requests still running (not retryable)."""
+        out = []
+        for entry in self._entries.values():
+            self.stats.interrupted += 1
+            out.append(self._refuse(entry.caller, entry.service, entry.request, "shutting_down", "ShuttingDown",
+                                    f"instance {self.instance_id} shut down while running the request; "
+                                    "it may have been partly done", False))
+        self._entries.clear()
+        self._queue.clear()
+        self._running = 0
+        return out
+
+    def _start(self, request_id: str, entry: _Entry[R], now: float) -> Start[R]:
+        entry.started = now
+        self._running += 1
+        self.stats.executed += 1
+        return Start(entry.caller, entry.service, request_id, entry.request)
+
+    def _expired(self, caller: bytes, service: str, request: R) -> Refuse[R]:
+        self.stats.expired += 1
+        return self._refuse(caller, service, request, "expired", "DeadlineExpired",
+                            "the request's deadline passed before it could start", False)
+
+    def _refuse(self, caller: bytes, service: str, request: R, code: str, error_type: str, message: str,
+                retryable: bool) -> Refuse[R]:
+        self.stats.refused += 1
+        return Refuse(caller, service, request, ErrorReply(code=code, type=error_type, message=message,
+                                                           retryable=retryable))
