@@ -692,8 +692,9 @@ class MessageBroker:
     def _rpc_counters(self) -> dict[str, int]:
         out: dict[str, int] = {}
         if self._caller is not None:
-            out.update(in_flight=len(self._caller.tracker), retries=self._caller.retries,
-                       failovers=self._caller.failovers, late_replies=self._caller.tracker.late_replies,
+            core = self._caller.core
+            out.update(in_flight=len(core.tracker), retries=core.retries,
+                       failovers=core.failovers, late_replies=core.tracker.late_replies,
                        instances_known=len(self._caller.directory))
         if self._responder is not None:
             out.update({f"served_{k}": v for k, v in self._responder.statistics().items()})

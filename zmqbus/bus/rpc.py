@@ -26,10 +26,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..core.calling import CallerCore, Connect, Disconnect, Wake
 from ..core.codec import BUSY, ERR, REP, Codec, pack, reply_frame, request_head, split_reply, split_request, unpack
 from ..core.control import DISCOVER_TOPIC, PRESENCE_TOPIC, ErrorReply, Presence, discover_content, discovered_service
 from ..core.errors import (
@@ -360,27 +361,66 @@ class Responder:
         self._router.close()
 
 class Caller:
-    """Sends requests for one broker; keeps the directory of live instances."""
+    """Sends requests for one client: the IO shell of :class:`~zmqbus.core.calling.CallerCore`.
+
+    It parses presence and replies, hands them to the core, and carries out
+    the core's actions: connect, disconnect, wake a waiting request. One
+    timer, set for the core's next deadline, replaces polling.
+    """
 
     def __init__(self, bus: BusPort, discover_timeout: float = 0.5) -> None:
         self.bus = bus
         self.discover_timeout = discover_timeout
-        self.directory = Directory()
-        self.tracker = CallTracker(self.directory, random.random)
+        self.core = CallerCore(random.random)
         self._router = RouterLink(bus.socket_config, bus.client_id.encode(), mandatory=True)
         self._announced = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._faults = RateLimitedLog(log)
-        self.retries = 0
-        self.failovers = 0
         self._closed = False
+
+    @property
+    def directory(self) -> Directory:
+        return self.core.directory
+
+    @property
+    def tracker(self) -> CallTracker:
+        return self.core.tracker
 
     async def start(self) -> None:
         """Subscribe to presence and start reading replies (each request waits for the bus itself)."""
-        owner = self.bus.owner
         self.bus.subscribe(self.bus.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
-        self._loops = [owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-caller"),
-                       owner.spawn(self._expiry_loop(), name="zmqbus-directory")]
+        self._loops = [self.bus.owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-caller")]
+
+    # -- the core's actions and its timer -------------------------------------
+
+    def _act(self, actions: Sequence[Connect | Disconnect | Wake]) -> None:
+        for action in actions:
+            if isinstance(action, Wake):
+                _wake(action.call, ("retry", action.reason))
+            elif isinstance(action, Connect):
+                self._router.connect(action.endpoint, action.routing_id)
+                self._announced.set()
+            else:
+                self._router.disconnect(action.endpoint)
+
+    def _schedule(self, when: float | None) -> None:
+        """Make sure the timer fires by ``when`` (the core's clock is the loop's)."""
+        if when is None or self._closed:
+            return
+        if self._timer is None or when < self._timer.when():
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = asyncio.get_running_loop().call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        actions = self.core.tick(asyncio.get_running_loop().time())
+        for action in actions:
+            if isinstance(action, Disconnect):
+                log.info("the instance at %s stopped announcing; failing over its calls", action.endpoint)
+        self._act(actions)
+        self._schedule(self.core.next_deadline())
 
     # -- directory ---------------------------------------------------------
 
@@ -391,41 +431,10 @@ class Caller:
             self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc,
                              msg.content)
             return
-        instance, endpoint, services, leaving = p.instance, p.endpoint, p.services, p.leaving
-        if leaving:
-            gone = self.directory.leave(instance)
-            if gone is not None:
-                self._lost(gone.instance_id, gone.endpoint, "left")
-            return
-        known = self.directory.get(instance) is not None
-        log.debug("presence: %s %s at %s (known: %s)", instance, services, endpoint, known)
-        _, replaced = self.directory.announce(instance, endpoint, services, p.interval, p.liveness,
-                                              time.monotonic())
-        if replaced is not None:
-            self._lost(replaced.instance_id, replaced.endpoint, "replaced")
-        if not known:
-            self._router.connect(endpoint, p.routing_id)
-            log.debug("instance %s of %s at %s", instance, services, endpoint)
-            self._announced.set()
-
-    def _lost(self, instance_id: str, endpoint: str, why: str) -> None:
-        self._router.disconnect(endpoint)
-        for call in self.tracker.on_instance(instance_id):
-            self.failovers += 1
-            _wake(call, ("retry", f"instance {why}"))
-
-    async def _expiry_loop(self) -> None:
-        # One sweep every 50 ms instead of a timer per try: tries time out
-        # within 50 ms of their deadline, and a request costs no timer.
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(0.05)
-            for inst in self.directory.expire(time.monotonic()):
-                log.info("instance %s at %s stopped announcing; failing over its calls", inst.instance_id,
-                         inst.endpoint)
-                self._lost(inst.instance_id, inst.endpoint, "silent")
-            for call in self.tracker.expired_tries(loop.time()):
-                _wake(call, ("retry", "attempt timed out"))
+        now = asyncio.get_running_loop().time()
+        self._act(self.core.presence(p, now))
+        if not p.leaving:
+            self._schedule(now + p.interval * p.liveness)
 
     async def _wait_for_instance(self, service: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -454,23 +463,18 @@ class Caller:
         try:
             if kind == BUSY:
                 (request_id,) = unpack(payload)
-                self.tracker.busy(str(request_id), time.monotonic())
+                self.core.busy(str(request_id), asyncio.get_running_loop().time())
                 return
             msg = self.bus.codec.decode(b"_zmqbus.reply", payload)
         except (DecodeError, ValueError, TypeError) as exc:
             self._faults.log(logging.WARNING, "decode", "malformed reply: %s", exc)
             return
-        request_id = msg.metadata.causation_id or ""
-        if kind == ERR:
-            error = ErrorReply.from_content(msg.content)
-            if error.retryable:
-                call = self.tracker.get(request_id)  # the call goes on, on another instance
-                if call is not None:
-                    _wake(call, ("retry", f"retryable error: {error.message}"))
-                return
-        call = self.tracker.reply(request_id)
-        if call is not None:
-            _wake(call, ("reply", kind, msg))
+        error = ErrorReply.from_content(msg.content) if kind == ERR else None
+        action = self.core.reply(msg.metadata.causation_id or "", error)
+        if isinstance(action, Wake):
+            _wake(action.call, ("retry", action.reason))
+        elif action is not None:
+            _wake(action.call, ("reply", kind, msg))
 
     # -- requests ----------------------------------------------------------
 
@@ -481,7 +485,8 @@ class Caller:
         if md.deadline is None:
             md.deadline = time.time() + timeout
         head = request_head(service)  # validated: a service name is a topic
-        call = self.tracker.begin(md.message_id, service, loop.time(), timeout, policy)
+        core = self.core
+        call = core.begin(md.message_id, service, loop.time(), timeout, policy)
         reason = "no reply"
         try:
             try:
@@ -489,16 +494,15 @@ class Caller:
             except BusTimeout as exc:
                 raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
             while True:
-                inst = self.tracker.assign(call, loop.time())
+                inst = core.assign(call, loop.time())
                 if inst is None:
                     await self._wait_for_instance(service, call.deadline)
                     continue
                 md.attempt = call.attempt
-                if call.attempt > 1:
-                    self.retries += 1
                 frame = head + self.bus.codec.encode(message, head, self.bus.client_id, 0, self.bus.name)
                 fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-                call.waiter = fut  # resolved by a reply, the sweep (timeout) or a lost instance
+                call.waiter = fut  # resolved by a reply, the timer (timeout) or a lost instance
+                self._schedule(call.attempt_deadline)
                 if self._router.send(inst.peer, frame):
                     outcome = await fut
                 else:
@@ -509,13 +513,13 @@ class Caller:
                 if outcome[0] == "closed" or self._closed:
                     raise ClosedError(f"request to {service!r}: the broker was closed")
                 reason = outcome[1]
-                step = self.tracker.next_step(call, loop.time())
+                step = core.after_failure(call, loop.time())
                 if isinstance(step, GiveUp):
                     raise RequestTimeout(service, call.attempt, loop.time() - call.started,
                                          f"{step.reason}; last try: {reason}")
                 await asyncio.sleep(step.delay)
         finally:
-            self.tracker.finish(call)
+            core.finish(call)
 
     async def _send_slowly(self, call: Call, peer: bytes, frame: bytes) -> tuple[Any, ...]:
         """The instance is unreachable: right after discovery that means "still connecting"."""
@@ -542,6 +546,9 @@ class Caller:
         for call in self.tracker.calls():
             _wake(call, ("closed", "the broker was closed"))  # no request waits forever
         self._announced.set()  # nor one still looking for an instance
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

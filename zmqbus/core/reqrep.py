@@ -93,6 +93,9 @@ class Directory:
     def get(self, instance_id: str) -> Instance | None:
         return self._instances.get(instance_id)
 
+    def instances(self) -> list[Instance]:
+        return list(self._instances.values())
+
     def live(self, service: str) -> list[Instance]:
         return [i for i in self._instances.values() if service in i.services]
 
