@@ -267,3 +267,18 @@ def test_content_keys_decode_as_documented() -> None:
     """PROTOCOL.md section 3: any scalar key decodes; an array key becomes a tuple (not validated)."""
     out = Codec().decode(b"a.b", msgpack.packb(envelope(content={(1, 2): "array key", b"k": 1, 2: 3})))
     assert out.content == {(1, 2): "array key", b"k": 1, 2: 3}
+
+
+def test_every_metadata_field_survives_a_round_trip() -> None:
+    """Decoding builds messages field by field (for speed): a field added to MessageMetadata
+    without being carried would be caught here, since every field is compared by name."""
+    import dataclasses
+
+    md = MessageMetadata(correlation_id="c-1", source_component="s", target_component="t", causation_id="m-0",
+                         attempt=3, deadline=2e9, headers={"h": 1})
+    msg = ProcessingMessage("a.b", [1], md)
+    topic, payload = frames(msg, seq=5)
+    got = Codec().decode(topic, payload).metadata
+    sent = dataclasses.replace(md, publisher_id="pub-1", sequence=5)  # set by the encoder
+    for f in dataclasses.fields(MessageMetadata):
+        assert getattr(got, f.name) == getattr(sent, f.name), f.name
