@@ -122,7 +122,7 @@ async def test_stop_lets_running_work_finish_and_kill_does_not(forwarder: Forwar
         await comp.start()
         async with bus(forwarder) as client:
             await client.publish(ProcessingMessage("slow.x", work))
-        await wait_until(lambda: bool(comp._tasks), what="work running")
+        await wait_until(lambda: len(comp._zmqbus_tasks) > 0, what="work running")
         return comp
 
     graceful = await busy_component("graceful")

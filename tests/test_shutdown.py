@@ -385,3 +385,22 @@ asyncio.run(main())
         finally:
             watcher.close()
             warm.close()
+
+
+def test_exit_never_hangs_on_a_socket_dropped_without_close() -> None:
+    """A socket garbage-collected unclosed (its ResourceWarning made an error, so pyzmq never closed it)
+    would hold the exit flush's term() forever: it is bounded (EXIT_FLUSH_TIMEOUT, 5 s). Bounded from outside."""
+    script = """
+import gc, warnings, zmq
+from zmqbus.io.transport import get_context
+warnings.simplefilter("error")
+s = get_context().socket(zmq.PUB)
+s.connect("tcp://127.0.0.1:9")  # nobody there: the message below stays queued, LINGER is infinite
+s.send(b"x")
+del s
+gc.collect()
+"""
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - t0 < 15
+    assert "did not terminate within 5 s" in done.stderr, done.stderr

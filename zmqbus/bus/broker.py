@@ -182,7 +182,7 @@ class MessageBroker:
         self._caller: Caller | None = None
         self._caller_lock: asyncio.Lock | None = None
         self.max_pending_handlers = max_pending_handlers
-        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._handlers = TaskOwner()  # subscription handlers that went on as tasks
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -229,10 +229,7 @@ class MessageBroker:
         if self._caller is not None:
             await self._caller.close()
             self._caller = None
-        for task in list(self._handler_tasks):
-            task.cancel()
-        if self._handler_tasks:
-            await asyncio.gather(*self._handler_tasks, return_exceptions=True)
+        await self._handlers.cancel()
         if self._link is not None and self._reader is not None and not self._reader.done():
             await self._confirm_published(linger)
         await self._owner.cancel()
@@ -614,19 +611,17 @@ class MessageBroker:
                     else:
                         continue
                     self._continue_handler(sub, rest)
-                    if len(self._handler_tasks) >= self.max_pending_handlers:
+                    if len(self._handlers) >= self.max_pending_handlers:
                         n.dispatched += dispatched  # before waiting: statistics() stays current
                         dispatched = 0
-                        await asyncio.wait(set(self._handler_tasks), return_when=asyncio.FIRST_COMPLETED)
+                        await self._handlers.wait_any()
                 except Exception as exc:  # a handler's fault must not stop dispatch
                     self._handler_error(sub, exc)
         n.dispatched += dispatched
         set_current(None)
 
     def _continue_handler(self, sub: Subscription, rest: Any) -> None:
-        task = asyncio.get_running_loop().create_task(self._finish_handler(sub, rest))
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
+        self._handlers.spawn(self._finish_handler(sub, rest), name="zmqbus-handler", fatal=False)
 
     async def _finish_handler(self, sub: Subscription, running: Any) -> None:
         try:

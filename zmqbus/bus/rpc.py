@@ -128,7 +128,7 @@ class Responder:
             self.instance_id, max_concurrency=options.max_concurrency, cache_size=options.cache_size)
         self.stats = ResponderStatistics()
         self._clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._work = TaskOwner()  # requests whose handler went on as a task
         self._faults = RateLimitedLog(log)
         self._router = RouterLink(bus.socket_config)
         try:
@@ -277,9 +277,7 @@ class Responder:
             current_message.reset(token)
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._work.spawn(coro, name="zmqbus-request", fatal=False)
 
     async def _finish(self, caller: bytes, service: str, msg: ProcessingMessage, running: Awaitable[Any]) -> None:
         try:
@@ -343,11 +341,8 @@ class Responder:
         """
         for action in self.core.close():  # queued, never started: callers retry elsewhere at once
             self._act(action)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=max(grace, 0.0))
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._work.drain(grace)
+        await self._work.cancel()
         for action in self.core.interrupt():  # cancelled, or a sync handler's thread still running
             self._act(action)
         for task in self._loops:

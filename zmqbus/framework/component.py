@@ -39,7 +39,7 @@ from ..core.errors import RemoteError, is_retryable
 from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage, register_message_types
 from ..core.retry import RetryPolicy
 from ..core.workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore
-from ..io.aio import to_thread
+from ..io.aio import TaskOwner, to_thread
 
 __all__ = ["Component", "Manager", "Handler", "Processor", "on", "service", "ERROR_PREFIX", "STATUS_PREFIX",
            "DEADLETTER_PREFIX"]
@@ -92,7 +92,7 @@ class Component:
             message_broker.name = self.component_name
         self.active_processes = ContextStore(self.context_ttl)
         self.metrics = ComponentMetrics()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._zmqbus_tasks = TaskOwner()  # what spawn() started: stop waits for it, kill cancels it
         self._stopping = False
         self._janitor: asyncio.Task[None] | None = None
         register_message_types(*self.message_types)
@@ -223,10 +223,9 @@ class Component:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
         self._stopping = True
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=grace)
+        await self._zmqbus_tasks.drain(grace)
         self.kill()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._zmqbus_tasks.cancel()
         await self.teardown()
         await self.message_broker.close(grace=max(0.0, deadline - loop.time()))
         log.info("component %s stopped", self.component_name)
@@ -236,20 +235,11 @@ class Component:
         self._stopping = True
         if self._janitor is not None:
             self._janitor.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._zmqbus_tasks.cancel_now()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the component tracks (stop waits for it, kill cancels it)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: background task failed: %r", self.component_name, task.exception())
+        """Run ``coro`` as a task the component tracks (stop waits for it, kill cancels it; a failure is logged)."""
+        return self._zmqbus_tasks.spawn(coro, name=f"{self.component_name}-task", fatal=False)
 
     async def _clean_loop(self) -> None:
         while True:

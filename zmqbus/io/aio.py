@@ -83,15 +83,16 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
 
 
 class TaskOwner:
-    """Owns the background tasks of one client: none is ever left unwatched.
+    """Owns a set of tasks: none is ever left unwatched (the one task-tracking mechanism of zmqbus).
 
     Every task started with :meth:`spawn` is tracked until it ends. One that
     ends with an exception is logged once; if it was started ``fatal``,
-    ``on_fatal(exc)`` is called (the owner then closes itself, and its next
-    call raises). :meth:`cancel` cancels and awaits them all.
+    ``on_fatal(exc)`` is called (a client then closes itself, and its next
+    call raises). :meth:`drain` waits for them (tasks they start included),
+    :meth:`cancel` cancels and awaits them all.
     """
 
-    def __init__(self, on_fatal: Callable[[BaseException], None]) -> None:
+    def __init__(self, on_fatal: Callable[[BaseException], None] | None = None) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_fatal = on_fatal
 
@@ -112,11 +113,32 @@ class TaskOwner:
         exc = task.exception()
         if exc is None:
             return
-        if fatal:
+        if fatal and self._on_fatal is not None:
             log.error("background task %s failed: %s: %s", task.get_name(), type(exc).__name__, exc)
             self._on_fatal(exc)
         else:
             log.warning("background task %s failed: %s: %s", task.get_name(), type(exc).__name__, exc)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until every owned task has ended; True if they all did."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        while self._tasks:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            await asyncio.wait(set(self._tasks), timeout=left)
+        return True
+
+    async def wait_any(self) -> None:
+        """Wait until at least one owned task ends (at once if there are none)."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    def cancel_now(self) -> None:
+        """Ask every owned task to stop (without waiting: :meth:`cancel` waits)."""
+        for task in list(self._tasks):
+            task.cancel()
 
     async def cancel(self) -> None:
         """Cancel every owned task and wait until all have ended (tasks they spawn included)."""

@@ -67,7 +67,11 @@ def _flush_at_exit() -> None:
     runs) are closed here first, with their linger, and a warning says so:
     their queue gets the same chance to leave, unconfirmed. Termination is
     skipped while any other socket is still open (a running forwarder), since
-    the context would then wait for it forever.
+    the context would then wait for it forever; and it is bounded by
+    :data:`EXIT_FLUSH_TIMEOUT` in any case: a socket that was garbage-collected
+    without being closed (pyzmq's ``__del__`` closes it only if its
+    ResourceWarning is not turned into an error) is invisible here and would
+    hold ``term()`` forever (seen under pytest's ``-W error``).
     """
     ctx = _ctx
     if ctx is None or ctx.closed or _ctx_pid != os.getpid():
@@ -81,8 +85,17 @@ def _flush_at_exit() -> None:
     sockets = getattr(ctx, "_sockets", None)
     if sockets is None or any(not s.closed for s in list(sockets)):
         return
-    ctx.term()
+    # term() releases the GIL while it waits, so a helper thread bounds it.
+    terminator = threading.Thread(target=ctx.term, name="zmqbus-exit-flush", daemon=True)
+    terminator.start()
+    terminator.join(EXIT_FLUSH_TIMEOUT)
+    if terminator.is_alive():
+        log.warning("exit: the ZeroMQ context did not terminate within %g s (a socket dropped without close()?); "
+                    "exiting without waiting for it", EXIT_FLUSH_TIMEOUT)
 
+
+#: Seconds the exit flush may take at the most (each socket's linger is 1 s by default).
+EXIT_FLUSH_TIMEOUT = 5.0
 
 atexit.register(_flush_at_exit)
 

@@ -1,0 +1,57 @@
+"""zmqbus.io.aio: the task owner and the daemon-thread runner."""
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+
+from zmqbus.io.aio import TaskOwner, to_thread
+
+
+async def test_drain_waits_for_tasks_started_while_draining() -> None:
+    owner = TaskOwner()
+    done: list[str] = []
+
+    async def child() -> None:
+        await asyncio.sleep(0.02)
+        done.append("child")
+
+    async def parent() -> None:
+        await asyncio.sleep(0.01)
+        owner.spawn(child(), name="child", fatal=False)
+        done.append("parent")
+
+    owner.spawn(parent(), name="parent", fatal=False)
+    assert await owner.drain(5.0) is True
+    assert done == ["parent", "child"] and len(owner) == 0
+
+
+async def test_drain_times_out_then_cancel_ends_everything() -> None:
+    owner = TaskOwner()
+    task = owner.spawn(asyncio.sleep(60), name="slow", fatal=False)
+    assert await owner.drain(0.05) is False
+    await owner.cancel()
+    assert task.cancelled() and len(owner) == 0
+
+
+async def test_a_fatal_failure_is_reported_once_and_a_plain_one_only_logged() -> None:
+    failures: list[BaseException] = []
+    owner = TaskOwner(failures.append)
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    owner.spawn(boom(), name="plain", fatal=False)
+    owner.spawn(boom(), name="fatal")
+    await owner.drain(5.0)
+    assert [str(e) for e in failures] == ["boom"]
+
+
+async def test_to_thread_carries_context_and_uses_daemon_threads() -> None:
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    var.set("the caller's")
+
+    def where() -> tuple[bool, str]:
+        return threading.current_thread().daemon, var.get()
+
+    assert await to_thread(where) == (True, "the caller's")
