@@ -168,6 +168,7 @@ class MessageBroker:
         self._closed = False
         self._failure: BaseException | None = None
         self._close_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # set by the first close()
         self._owner = TaskOwner(self._fail)
         self._probe_count = 0
         self._is_ready = False
@@ -219,9 +220,19 @@ class MessageBroker:
         forwarder is unreachable) is counted in ``statistics().unconfirmed``
         and logged as a warning: it may be lost.
         """
-        if self._closed:
+        if self._closing is not None:
+            # Closed, or closing in another task (a fatal failure closes the broker
+            # by itself): wait until that has finished, so no socket outlives close().
+            if not self._closing.done():
+                await asyncio.shield(self._closing)
             return
-        linger = self._socket_config.linger if linger is None else linger
+        self._closing = asyncio.get_running_loop().create_future()
+        try:
+            await self._close(self._socket_config.linger if linger is None else linger, grace)
+        finally:
+            self._closing.set_result(None)
+
+    async def _close(self, linger: float, grace: float) -> None:
         if self._responder is not None:
             await self._responder.close(grace, linger)  # finishes running requests, says goodbye on the bus
             self._responder = None
