@@ -50,6 +50,7 @@ def test_error_reply_round_trip_and_leniency() -> None:
     assert ErrorReply.from_content({"retryable": "yes"}) == ErrorReply(code="handler_error", type="Error",
                                                                        message="", retryable=False)
     assert ErrorReply.from_content(None).code == "handler_error"
+    assert ErrorReply.from_content({"code": "x"}).retryable is False
     exc = e.to_exception("wf-1", "calc.add")
     assert isinstance(exc, RemoteError)
     assert (exc.code, exc.error_type, exc.remote_message, exc.correlation_id, exc.service, exc.retryable) == (

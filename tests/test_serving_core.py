@@ -18,7 +18,7 @@ def test_start_queue_and_run_in_arrival_order() -> None:
     assert c.load == 3
     assert c.done("r1", b"REP-1", now=1.0) == [Start(b"B", "calc.add", "r2", "req2")]
     assert c.done("r2", b"REP-2", now=2.0) == [Start(b"C", "calc.add", "r3", "req3")]
-    assert c.done("r3", b"REP-3", now=3.0) == [] and c.load == 0
+    assert list(c.done("r3", b"REP-3", now=3.0)) == [] and c.load == 0
     assert c.stats.executed == 3
 
 
@@ -80,4 +80,4 @@ def test_close_refuses_queued_retryably_and_interrupts_running_not_retryably() -
     running = c.interrupt()
     assert [(r.caller, r.error.code, r.error.retryable) for r in running] == [(b"A", "shutting_down", False)]
     assert c.load == 0 and c.stats.interrupted == 1
-    assert c.done("r1", b"REP", now=5.0) == []  # a thread that finished after all: nothing more to do
+    assert list(c.done("r1", b"REP", now=5.0)) == []  # a thread that finished after all: nothing more to do

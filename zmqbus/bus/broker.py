@@ -167,7 +167,7 @@ class MessageBroker:
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
         self._failure: BaseException | None = None
-        self._close_task: asyncio.Task[None] | None = None
+        self._close_task: asyncio.Task[None] | None = None  # holds the task a failure starts (asyncio keeps weak refs)
         self._closing: asyncio.Future[None] | None = None  # set by the first close()
         self._owner = TaskOwner(self._fail)
         self._probe_count = 0
@@ -184,6 +184,7 @@ class MessageBroker:
         self._caller_lock: asyncio.Lock | None = None
         self.max_pending_handlers = max_pending_handlers
         self._handlers = TaskOwner()  # subscription handlers that went on as tasks
+        self._port = _Port(self)  # what its Responder and Caller see of it
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -370,10 +371,9 @@ class MessageBroker:
         await self.start()
         await self._probe(timeout)
 
-    async def _ensure_ready(self, timeout: float) -> None:
-        """:meth:`ready`, unless it already proved every subscription made so far."""
-        if not (self._is_ready and self._ready_generation >= self._sub_generation):
-            await self.ready(timeout)
+    def _subscriptions_live(self) -> bool:
+        """True once :meth:`ready` has proven every subscription made so far."""
+        return self._is_ready and self._ready_generation >= self._sub_generation
 
     async def _probe(self, timeout: float) -> None:
         generation, published = self._sub_generation, self._n.published
@@ -434,7 +434,7 @@ class MessageBroker:
     async def _start_responder(self) -> None:
         if self._responder is not None:
             return
-        responder = Responder(_Port(self), self._rpc_options)
+        responder = Responder(self._port, self._rpc_options)
         for service, handler in self._services.items():
             responder.add(service, handler)
         self._responder = responder
@@ -470,7 +470,7 @@ class MessageBroker:
             self._caller_lock = asyncio.Lock()
         async with self._caller_lock:
             if self._caller is None:
-                caller = Caller(_Port(self))
+                caller = Caller(self._port)
                 await caller.start()
                 self._caller = caller
         return self._caller
@@ -709,36 +709,32 @@ class MessageBroker:
 
 
 class _Port:
-    """The narrow view of a :class:`MessageBroker` that its Responder and Caller get (:class:`rpc.BusPort`)."""
+    """The narrow view of a :class:`MessageBroker` that its Responder and Caller get (:class:`rpc.BusPort`).
 
-    __slots__ = ("_broker",)
+    What never changes for the broker's life is a plain attribute (read on
+    every request); the rest is read through.
+    """
+
+    __slots__ = ("_broker", "client_id", "codec", "socket_config", "owner")
 
     def __init__(self, broker: MessageBroker) -> None:
         self._broker = broker
+        self.client_id = broker.client_id
+        self.codec = broker._codec
+        self.socket_config = broker._socket_config
+        self.owner = broker._owner
 
     @property
     def name(self) -> str:
         return self._broker.name
 
     @property
-    def client_id(self) -> str:
-        return self._broker.client_id
-
-    @property
-    def codec(self) -> Codec:
-        return self._broker._codec
-
-    @property
-    def socket_config(self) -> SocketConfig:
-        return self._broker._socket_config
-
-    @property
-    def owner(self) -> TaskOwner:
-        return self._broker._owner
-
-    @property
     def is_ready(self) -> bool:
         return self._broker._is_ready
+
+    @property
+    def subscriptions_live(self) -> bool:
+        return self._broker._subscriptions_live()
 
     def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any:
         return self._broker.subscribe(component_name, pattern, handler)
@@ -748,6 +744,3 @@ class _Port:
 
     async def ready(self, timeout: float) -> None:
         await self._broker.ready(timeout)
-
-    async def ensure_ready(self, timeout: float) -> None:
-        await self._broker._ensure_ready(timeout)

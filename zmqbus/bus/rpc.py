@@ -63,8 +63,9 @@ class BusPort(Protocol):
 
     ``name`` is the client's component name ("" if none), ``client_id`` its
     unique id, ``owner`` the owner of its background tasks; ``ready`` proves
-    the client's subscriptions live (:class:`BusTimeout` otherwise) and
-    ``ensure_ready`` skips that when nothing changed since.
+    the client's subscriptions live (:class:`BusTimeout` otherwise), and
+    ``subscriptions_live`` says whether every subscription made so far has
+    been proven so (then a request need not wait for ``ready``).
     """
 
     @property
@@ -79,14 +80,14 @@ class BusPort(Protocol):
     def owner(self) -> TaskOwner: ...
     @property
     def is_ready(self) -> bool: ...
+    @property
+    def subscriptions_live(self) -> bool: ...
 
     def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any: ...
 
     async def publish(self, message: ProcessingMessage, *, timeout: float | None = None) -> None: ...
 
     async def ready(self, timeout: float) -> None: ...
-
-    async def ensure_ready(self, timeout: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -426,10 +427,8 @@ class Caller:
             self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc,
                              msg.content)
             return
-        now = asyncio.get_running_loop().time()
-        self._act(self.core.presence(p, now))
-        if not p.leaving:
-            self._schedule(now + p.interval * p.liveness)
+        self._act(self.core.presence(p, asyncio.get_running_loop().time()))
+        self._schedule(self.core.next_deadline())
 
     async def _wait_for_instance(self, service: str, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -484,10 +483,11 @@ class Caller:
         call = core.begin(md.message_id, service, loop.time(), timeout, policy)
         reason = "no reply"
         try:
-            try:
-                await self.bus.ensure_ready(max(0.0, call.deadline - loop.time()))
-            except BusTimeout as exc:
-                raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
+            if not self.bus.subscriptions_live:  # the presence subscription (once; a property read after)
+                try:
+                    await self.bus.ready(max(0.0, call.deadline - loop.time()))
+                except BusTimeout as exc:
+                    raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
             while True:
                 inst = core.assign(call, loop.time())
                 if inst is None:

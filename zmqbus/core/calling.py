@@ -21,6 +21,7 @@ Rules it keeps:
 """
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +124,9 @@ class CallerCore:
         out: list[Connect | Disconnect | Wake] = []
         for inst in self.directory.expire(now):
             out.extend(self._lost(inst, "silent"))
-        out.extend(Wake(call, "attempt timed out") for call in self.tracker.expired_tries(now))
+        for call in self.tracker.expired_tries(now):
+            call.attempt_deadline = math.inf  # this try is over: reported once, never again
+            out.append(Wake(call, "attempt timed out"))
         return out
 
     def next_deadline(self) -> float | None:

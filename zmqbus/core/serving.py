@@ -23,6 +23,7 @@ Rules it keeps:
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -137,7 +138,7 @@ class ResponderCore(Generic[R]):
             return None
         return self._start(request_id, entry, now)
 
-    def done(self, request_id: str, frame: bytes | None, now: float) -> list[Start[R] | Refuse[R]]:
+    def done(self, request_id: str, frame: bytes | None, now: float) -> Sequence[Start[R] | Refuse[R]]:
         """The handler of ``request_id`` ended; ``frame`` is its reply to cache (None: do not cache).
 
         Returns the queued requests to start now, and refusals for those whose
@@ -148,6 +149,8 @@ class ResponderCore(Generic[R]):
             self._cache.put(request_id, frame)
         if entry is not None and entry.started is not None:
             self._running -= 1
+        if not self._queue:
+            return ()  # the common case: nothing waits (no list made per request)
         out: list[Start[R] | Refuse[R]] = []
         while self._queue and self._running < self.max_concurrency:
             queued_id = self._queue.popleft()
