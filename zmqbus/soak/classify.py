@@ -62,7 +62,8 @@ def classify_pubsub(publishers: list[dict[str, Any]], subscribers: list[dict[str
     return {**{k: totals.get(k, 0) for k in ("delivered", "duplicated", "refused", "lost_counted",
                                              "lost_reported", "lost_silently", "unexpected")},
             "gaps_counted_by_subscribers": sum(s["gaps"] for s in subscribers),
-            "sequence_resets": sum(s["sequence_resets"] for s in subscribers)}
+            "sequence_resets": sum(s["sequence_resets"] for s in subscribers),
+            "end_markers_missing": sum(s.get("end_markers_missing", 0) for s in subscribers)}
 
 
 def classify_requests(outcomes: dict[str, str], executions: dict[str, list[str]]) -> dict[str, Any]:

@@ -81,19 +81,24 @@ async def _publisher(pub: str, sub: str, index: int, rate: float, workdir: str, 
                                            "unconfirmed": broker.statistics().unconfirmed})
 
 
-def subscriber(pub: str, sub: str, index: int, workdir: str, ready: Any, stop: Any) -> None:
+def subscriber(pub: str, sub: str, index: int, topics: int, workdir: str, ready: Any, stop: Any) -> None:
     _quiet()
-    asyncio.run(_subscriber(pub, sub, index, workdir, ready, stop))
+    asyncio.run(_subscriber(pub, sub, index, topics, workdir, ready, stop))
 
 
-async def _subscriber(pub: str, sub: str, index: int, workdir: str, ready: Any, stop: Any) -> None:
+async def _subscriber(pub: str, sub: str, index: int, topics: int, workdir: str, ready: Any, stop: Any) -> None:
+    """Record every soak message; once told to stop, wait (up to 30 s) for each of the ``topics``
+    last messages ({"end": true}) the publishers send when they stop, rather than guess a settling time."""
     received: dict[str, list[int]] = {}
     arrivals: list[float] = []
+    ended: set[str] = set()
     now = time.monotonic
 
     def on_message(msg: ProcessingMessage) -> None:
         received.setdefault(msg.topic or "", []).append(msg.metadata.sequence)
         arrivals.append(now())
+        if isinstance(msg.content, dict) and msg.content.get("end"):
+            ended.add(msg.topic or "")
 
     broker = MessageBroker(pub, sub, name=f"soak-subscriber-{index}")
     broker.subscribe("soak", "soak.#", on_message)
@@ -101,8 +106,12 @@ async def _subscriber(pub: str, sub: str, index: int, workdir: str, ready: Any, 
         await broker.ready(30.0)
         ready.set()
         await _wait(stop)
+        deadline = time.monotonic() + 30.0
+        while len(ended) < topics and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         stats = broker.statistics()
     _write(workdir, f"subscriber-{index}", {"received": received, "arrivals": [round(t, 4) for t in arrivals],
+                                            "end_markers_missing": topics - len(ended),
                                             "gaps": stats.gaps, "sequence_resets": stats.sequence_resets,
                                             "decode_errors": stats.decode_errors})
 

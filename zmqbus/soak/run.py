@@ -47,7 +47,7 @@ class SoakOptions:
     kill_responder_every: float = 0.0
     rate: float = 500.0  # messages per second per publisher
     request_rate: float = 50.0  # requests per second
-    settle: float = 2.0  # seconds between the last fault and the end
+    settle: float = 2.0  # seconds between the last fault and stopping the publishers (reconnections finish)
 
 
 def _rss_kb(pid: int | None) -> int | None:
@@ -119,7 +119,7 @@ class _Run:
         self.start_role(f"responder-{index}", roles.responder, f"responder-{index}")
         self.progress(f"killed {victim.label} (pid {victim.proc.pid}), started responder-{index}")
 
-    def stop_roles(self, prefix: str, timeout: float = 30.0) -> None:
+    def stop_roles(self, prefix: str, timeout: float = 45.0) -> None:
         group = [p for p in self.procs if p.label.startswith(prefix) and p.proc.is_alive()]
         for p in group:
             p.rss_end = _rss_kb(p.proc.pid)
@@ -150,7 +150,7 @@ def _drive(run: _Run) -> None:
     opts = run.opts
     run.start_forwarder()
     for i in range(opts.subscribers):
-        run.start_role(f"subscriber-{i}", roles.subscriber, i)
+        run.start_role(f"subscriber-{i}", roles.subscriber, i, opts.publishers * roles.TOPICS_PER_PUBLISHER)
     for i in range(opts.responders):
         run.start_role(f"responder-{i}", roles.responder, f"responder-{i}")
     for i in range(opts.publishers):
@@ -180,7 +180,6 @@ def _drive(run: _Run) -> None:
     run.progress("stopping: publishers and caller first")
     run.stop_roles("publisher")
     run.stop_roles("caller")
-    time.sleep(opts.settle)  # the publishers' last messages arrive
     assert run.forwarder is not None
     run.forwarder.rss_end = _rss_kb(run.forwarder.proc.pid)
     run.stop_roles("subscriber")
