@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -103,3 +106,23 @@ def pid_alive(pid: int) -> bool:
         return False
     return True
 
+
+
+@pytest.fixture
+def run_cli() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start ``zmqbus`` command lines as real processes (tests/ on their path); each is ended by pid."""
+    procs: list[subprocess.Popen[str]] = []
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "zmqbus.cli", *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)

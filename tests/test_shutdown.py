@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +39,6 @@ pytestmark = pytest.mark.timeout(120)
 TESTS = Path(__file__).parent
 
 
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[str]]]:
-    """Child processes of a test: each is ended by its pid at teardown."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=10)
-
-
-def cli(children: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.Popen([sys.executable, "-m", "zmqbus.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
-    children.append(proc)
-    return proc
-
-
 def test_forwarder_stop_never_hangs_in_a_disconnect_storm() -> None:
     """200 peers killed with SIGKILL right before stop(), 25 times; bounded from outside.
 
@@ -75,10 +55,10 @@ def test_forwarder_stop_never_hangs_in_a_disconnect_storm() -> None:
 
 
 async def test_run_grace_holds_with_a_busy_sync_handler(forwarder: Forwarder, tmp_path: Path,
-                                                        children: list[subprocess.Popen[str]]) -> None:
+                                                        run_cli: Any) -> None:
     """`zmqbus run --grace 1` exits about 1 s after SIGTERM though a sync handler runs for 12 s;
     the caller of the interrupted request gets a `shutting_down` error, not a timeout."""
-    proc = cli(children, "run", "slow_components:SlowProcessor", "--pub", forwarder.pub_endpoint,
+    proc = run_cli("run", "slow_components:SlowProcessor", "--pub", forwarder.pub_endpoint,
                "--sub", forwarder.sub_endpoint, "--grace", "1")
     started = tmp_path / "started"
     async with MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, name="caller") as caller:
@@ -221,7 +201,9 @@ async def test_queued_requests_never_start_after_their_deadline(forwarder: Forwa
         results = await asyncio.gather(*(caller.request("q.slow", ProcessingMessage("q.slow", i), timeout=0.5,
                                                         retry=RetryPolicy(attempts=1)) for i in range(5)),
                                        return_exceptions=True)
-        await asyncio.sleep(1.0)  # anything queued would have started by now
+        # every request has now either started or been answered `expired` from the queue
+        await wait_until(lambda: (lambda r: r["served_executed"] + r["served_expired"])(srv.statistics().rpc) == 5,
+                         10, "each request started or expired")
     assert late_starts == []
     assert starts <= 2
     assert sum(1 for r in results if isinstance(r, ProcessingMessage)) >= 1
@@ -241,18 +223,18 @@ async def test_request_timeout_holds_without_a_forwarder() -> None:
         assert time.monotonic() - t0 < 1.2
 
 
-def test_stats_timeout_holds_without_a_forwarder(children: list[subprocess.Popen[str]]) -> None:
+def test_stats_timeout_holds_without_a_forwarder(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = cli(children, "stats", "--pub", pub, "--sub", sub, "--timeout", "2")
+    proc = run_cli("stats", "--pub", pub, "--sub", sub, "--timeout", "2")
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1 and time.monotonic() - t0 < 4.5, err
     assert "BusTimeout" in err and "Traceback" not in err
 
 
-def test_run_without_a_forwarder_fails_in_one_line(children: list[subprocess.Popen[str]]) -> None:
+def test_run_without_a_forwarder_fails_in_one_line(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = cli(children, "run", "components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub,
+    proc = run_cli("run", "components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub,
                "--startup-timeout", "1")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
@@ -260,11 +242,14 @@ def test_run_without_a_forwarder_fails_in_one_line(children: list[subprocess.Pop
     assert [line for line in err.splitlines() if "BusTimeout" in line], err
 
 
-def test_run_honours_sigterm_during_start_up(children: list[subprocess.Popen[str]]) -> None:
+def test_run_honours_sigterm_during_start_up(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = cli(children, "run", "components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub,
-               "--startup-timeout", "60")
-    time.sleep(1.5)  # let it reach its start-up wait (there is no event to wait on from outside)
+    proc = run_cli("--log-level", "INFO", "run", "components.error_handler:ErrorHandler", "--pub", pub,
+                   "--sub", sub, "--startup-timeout", "60")
+    assert proc.stderr is not None
+    for line in proc.stderr:  # its signal handlers are in place once it says it is starting
+        if "SIGTERM stops it at any moment" in line:
+            break
     os.kill(proc.pid, signal.SIGTERM)
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=30)
@@ -273,7 +258,7 @@ def test_run_honours_sigterm_during_start_up(children: list[subprocess.Popen[str
 
 
 def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path,
-                                                         children: list[subprocess.Popen[str]]) -> None:
+                                                         run_cli: Any) -> None:
     """The forwarder cannot bind (its port is taken): `up` gives up on it, stops the components, exits 1."""
     import socket
 
@@ -284,7 +269,7 @@ def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path,
         topo = tmp_path / "topo.toml"
         topo.write_text(f'[bus]\npub = "{pub}"\nsub = "tcp://127.0.0.1:{free_port()}"\n\n'
                         '[[component]]\nclass = "components.error_handler:ErrorHandler"\n')
-        proc = cli(children, "up", str(topo), "--crash-limit", "1")
+        proc = run_cli("up", str(topo), "--crash-limit", "1")
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     last = err.strip().splitlines()[-1]
@@ -292,11 +277,11 @@ def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path,
     assert "all processes stopped" in err
 
 
-def test_up_exits_when_a_component_gives_up(tmp_path: Path, children: list[subprocess.Popen[str]]) -> None:
+def test_up_exits_when_a_component_gives_up(tmp_path: Path, run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
     topo = tmp_path / "topo.toml"
     topo.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\n\n[[component]]\nclass = "crashy:Crashy"\n')
-    proc = cli(children, "up", str(topo), "--crash-limit", "1")
+    proc = run_cli("up", str(topo), "--crash-limit", "1")
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
     assert err.strip().splitlines()[-1].startswith("Error: Crashy#1 crash-loops"), err
@@ -368,7 +353,9 @@ asyncio.run(main())
         warm.setsockopt(zmq.LINGER, 0)
         warm.connect(tcp_pair[0])
         try:
+            deadline = time.monotonic() + 10
             while True:  # until the watcher's subscription is live at the forwarder
+                assert time.monotonic() < deadline, "the watcher's subscription never reached the forwarder"
                 warm.send(b"tail.warmup\0")
                 if watcher.poll(50):
                     break
@@ -405,3 +392,20 @@ gc.collect()
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30)
     assert time.monotonic() - t0 < 15
     assert "did not terminate within 5 s" in done.stderr, done.stderr
+
+
+def test_up_keep_going_carries_on_when_a_component_gives_up(tmp_path: Path, run_cli: Any) -> None:
+    """With --keep-going, a crash-looping component is given up on and `up` keeps running until SIGTERM."""
+    pub, sub = tcp_endpoints()
+    topo = tmp_path / "topo.toml"
+    topo.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\n\n[[component]]\nclass = "crashy:Crashy"\n')
+    proc = run_cli("up", str(topo), "--crash-limit", "1", "--keep-going")
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "giving up on it" in line:
+            break
+    assert proc.poll() is None, "up exited although --keep-going was given"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "all processes stopped" in err

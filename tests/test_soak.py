@@ -45,8 +45,28 @@ def test_short_soak_with_faults_passes() -> None:
     assert report["passed"] and report["forwarder_restarts"] == 2 and report["responder_kills"] >= 1
     ps, rq = report["pubsub"], report["requests"]
     assert ps["lost_silently"] == 0 and ps["duplicated"] == 0 and ps["delivered"] > 5000
+    assert ps["end_markers_missing"] == 0  # every subscriber saw each publisher's last message
     # every loss the subscribers counted is one the classification found, and the reverse
     assert ps["gaps_counted_by_subscribers"] == ps["lost_counted"] + ps["refused"]
     assert rq["executed_twice_on_one_instance"] == 0 and rq["undocumented"] == 0
     assert rq["outcomes"].get("ok", 0) > 100
     assert all(len(v) == 2 for v in report["rss_kb"].values())
+
+
+def test_soak_exits_1_on_a_failed_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command's exit status follows the verdict (the checker itself is the short soak above)."""
+    from click.testing import CliRunner
+
+    from zmqbus.cli import main
+    from zmqbus.soak import run
+
+    report = {"options": {"duration": 1.0}, "passed": False, "forwarder_restarts": 0, "responder_kills": 0,
+              "pubsub": {"delivered": 9, "lost_counted": 0, "lost_reported": 0, "refused": 0, "lost_silently": 1,
+                         "duplicated": 0, "gaps_counted_by_subscribers": 0, "sequence_resets": 0},
+              "requests": {"sent": 0, "outcomes": {}, "undocumented": 0, "executed_twice_on_one_instance": 0,
+                           "executed_on_several_instances": 0},
+              "pause_after_restart_s": {"each": [], "max": 0.0}, "rss_kb": {}}
+    monkeypatch.setattr(run, "run_soak", lambda opts, progress: report)
+    result = CliRunner().invoke(main, ["soak", "--duration", "1"])
+    assert result.exit_code == 1
+    assert "LOST SILENTLY 1" in result.output and "FAILED" in result.output

@@ -96,6 +96,7 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    log.info("starting %s (publishers -> %s, subscribers -> %s); SIGTERM stops it at any moment", spec, pub, sub)
     cls = load_component(spec)
     component = cls(MessageBroker(pub, sub), name=name)
     starting = asyncio.ensure_future(component.start(startup_timeout))
