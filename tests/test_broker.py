@@ -262,10 +262,9 @@ def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
         fwd.stop()
 
 
-async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: pytest.MonkeyPatch) -> None:
-    import zmqbus.bus.broker as broker_module
-    monkeypatch.setattr(broker_module, "_SEQ_TOPICS_LIMIT", 10)
+async def test_sequence_tables_stay_bounded(forwarder: Forwarder) -> None:
     async with broker_for(forwarder) as b:
+        b._sequencer.topics_limit = b._receiver.sequences.topics_limit = 10
         coll = Collector()
         b.subscribe("c", "many.#", coll)
         await b.ready()
@@ -274,8 +273,8 @@ async def test_sequence_tables_stay_bounded(forwarder: Forwarder, monkeypatch: p
         for i in range(25):
             await b.publish(msg(f"many.t{i}"))  # second round: some tables were reset meanwhile
         await coll.wait_for(50)
-        assert len(b._next_seq) <= 10
-        assert all(len(t) <= 10 for t in b._last_seq.values())
+        assert len(b._sequencer) <= 10
+        assert b._receiver.sequences.tracked()[1] <= 10
         assert b.statistics().gaps == 0  # a reset is not a loss
 
 

@@ -22,56 +22,44 @@ Contracts:
   to ``publish_timeout`` seconds for room, then raises :class:`BusTimeout`.
 * Malformed input (wrong frame count, bad msgpack, unknown version, oversized)
   is counted by reason in :meth:`statistics`, logged rate-limited, and dropped.
+
+``MessageBroker`` is a façade over small parts, each readable alone: the
+subscription table and the sequence numbers are pure code
+(:mod:`zmqbus.core.subscriptions`, :mod:`zmqbus.core.sequence`); reading and
+dispatch are :mod:`zmqbus.bus.receiver`; request/reply is :mod:`zmqbus.bus.rpc`
+over the sans-IO cores; sockets are :mod:`zmqbus.io.transport`. What stays
+here: the life cycle (start, ready, close), publishing, and the counters.
 """
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..core import config
 from ..core.codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
-from ..core.errors import BusTimeout, ClosedError, DecodeError, ZmqbusError
+from ..core.errors import BusTimeout, ClosedError, ZmqbusError
 from ..core.ids import new_id
-from ..core.message import MessageMetadata, ProcessingMessage, current_message
+from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
-from ..core.topics import RESERVED_PREFIX, Pattern, compile_pattern, validate_topic
-from ..io.aio import TaskOwner, is_async_callable, resume, wait_event
+from ..core.sequence import Sequencer
+from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
+from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
+from ..io.aio import TaskOwner, is_async_callable, wait_event
 from ..io.transport import BusLink, SocketConfig
+from .receiver import Receiver
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
 
 __all__ = ["MessageBroker", "Subscription", "BrokerStatistics", "MessageHandler"]
 
 log = logging.getLogger(__name__)
 
-#: A subscription handler: called with each matching message, sync or async.
-MessageHandler = Callable[[ProcessingMessage], Awaitable[Any] | None]
-
-_RESERVED = RESERVED_PREFIX
 _PROBE_TYPE = "_zmqbus.probe"
-_BATCH = 256
 _CACHE_LIMIT = 10_000
 _DEFAULT_RETRY = RetryPolicy()
-set_current = current_message.set
-_SEQ_TOPICS_LIMIT = 100_000  # topics whose sequence numbers one client tracks per publisher
-#: A forward jump of more sequence numbers than this is not believed to be loss
-#: (PROTOCOL.md section 4.2): it is counted as a restart of that publisher.
-MAX_PLAUSIBLE_GAP = 1 << 24
-
-
-@dataclass(eq=False)
-class Subscription:
-    """One ``subscribe`` call: who, which pattern, which handler."""
-
-    component_name: str
-    pattern: Pattern
-    handler: MessageHandler
-    is_async: bool = field(repr=False)
-    internal: bool = field(default=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -96,13 +84,10 @@ class BrokerStatistics:
 
 
 class _Counters:
-    __slots__ = ("published", "published_bytes", "publish_waits", "received", "received_bytes",
-                 "dispatched", "unmatched", "handler_errors", "gaps", "sequence_resets", "unconfirmed")
+    __slots__ = ("published", "published_bytes", "publish_waits", "unconfirmed")
 
     def __init__(self) -> None:
-        self.published = self.published_bytes = self.publish_waits = 0
-        self.received = self.received_bytes = self.dispatched = self.unmatched = 0
-        self.handler_errors = self.gaps = self.sequence_resets = self.unconfirmed = 0
+        self.published = self.published_bytes = self.publish_waits = self.unconfirmed = 0
 
 
 class MessageBroker:
@@ -155,13 +140,9 @@ class MessageBroker:
         self.client_id = new_id()
         self._socket_config = SocketConfig(hwm=hwm, linger=linger, max_message_size=max_message_size)
         self._codec = Codec(max_message_size)
-        self._subs: list[Subscription] = []
-        self._prefix_refs: dict[bytes, int] = {}
-        self._dispatch_cache: dict[str, tuple[Subscription, ...]] = {}
-        self._next_seq: dict[bytes, int] = {}
+        self._table = SubscriptionTable(_CACHE_LIMIT)
+        self._sequencer = Sequencer()
         self._type_frames: dict[Any, bytes] = {}
-        self._last_seq: dict[str, dict[str, int]] = {}
-        self._decode_errors: dict[str, int] = {}
         self._n = _Counters()
         self._link: BusLink | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -176,14 +157,13 @@ class MessageBroker:
         self._ready_generation = 0  # ... of which ready() has proven live
         self._confirmed = 0  # published messages known to have reached the forwarder
         self._faults = RateLimitedLog(log)
+        self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults)
         self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
                                        max_concurrency)
         self._services: dict[str, ServiceHandler] = {}
         self._responder: Responder | None = None
         self._caller: Caller | None = None
         self._caller_lock: asyncio.Lock | None = None
-        self.max_pending_handlers = max_pending_handlers
-        self._handlers = TaskOwner()  # subscription handlers that went on as tasks
         self._port = _Port(self)  # what its Responder and Caller see of it
 
     # -- lifecycle ---------------------------------------------------------
@@ -203,9 +183,9 @@ class MessageBroker:
             link.close(0)
             raise
         self._link = link
-        for prefix in self._prefix_refs:
+        for prefix in self._table.prefixes:
             link.subscribe(prefix)
-        self._reader = self._owner.spawn(self._read_loop(), name="zmqbus-reader")
+        self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
         if self._services:
             await self._start_responder()
         log.debug("client %s connected to %s / %s", self.client_id, self.pub_endpoint, self.sub_endpoint)
@@ -241,7 +221,7 @@ class MessageBroker:
         if self._caller is not None:
             await self._caller.close()
             self._caller = None
-        await self._handlers.cancel()
+        await self._receiver.handlers.cancel()
         if self._link is not None and self._reader is not None and not self._reader.done():
             await self._confirm_published(linger)
         await self._owner.cancel()
@@ -301,7 +281,7 @@ class MessageBroker:
         only patterns that name that first word literally.
         """
         self._check_open()
-        compiled = compile_pattern(pattern)
+        compiled = compile_pattern(pattern)  # raises TopicError before anything changes
         if compiled.receives_all:
             log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
                      "and filters it in Python (see statistics().unmatched)", pattern)
@@ -309,12 +289,9 @@ class MessageBroker:
         return self._add_subscription(component_name, pattern, handler)
 
     def _add_subscription(self, component_name: str, pattern: str, handler: MessageHandler) -> Subscription:
-        compiled = compile_pattern(pattern)
-        sub = Subscription(component_name, compiled, handler, is_async_callable(handler),
-                           internal=pattern.startswith(RESERVED_PREFIX))
-        self._subs.append(sub)
-        self._add_prefix(compiled.prefix)
-        self._dispatch_cache.clear()
+        sub, prefix = self._table.add(component_name, pattern, handler, is_async=is_async_callable(handler))
+        if prefix is not None and self._link is not None:
+            self._link.subscribe(prefix)
         return sub
 
     def unsubscribe(self, component_name: str | Subscription, pattern: str | None = None,
@@ -324,38 +301,14 @@ class MessageBroker:
         Pass the :class:`Subscription` that ``subscribe`` returned, or a
         component name with an optional pattern and handler to narrow it.
         """
-        if isinstance(component_name, Subscription):
-            gone = [s for s in self._subs if s is component_name]
-        else:
-            gone = [s for s in self._subs if s.component_name == component_name
-                    and (pattern is None or s.pattern.text == pattern)
-                    and (handler is None or s.handler == handler)]
-        for sub in gone:
-            self._subs.remove(sub)
-            self._remove_prefix(sub.pattern.prefix)
-        if gone:
-            self._dispatch_cache.clear()
+        gone = self._table.select(component_name, pattern, handler)
+        for prefix in self._table.remove(gone):
+            if self._link is not None:
+                self._link.unsubscribe(prefix)
+            # Messages on these topics published while unsubscribed are not
+            # losses: forget their sequence numbers (and only theirs).
+            self._receiver.sequences.forget(prefix.rstrip(b"\x00").decode())
         return len(gone)
-
-    def _add_prefix(self, prefix: bytes) -> None:
-        count = self._prefix_refs.get(prefix, 0)
-        self._prefix_refs[prefix] = count + 1
-        if count == 0 and self._link is not None:
-            self._link.subscribe(prefix)
-
-    def _remove_prefix(self, prefix: bytes) -> None:
-        count = self._prefix_refs.pop(prefix) - 1
-        if count:
-            self._prefix_refs[prefix] = count
-            return
-        if self._link is not None:
-            self._link.unsubscribe(prefix)
-        # Messages on these topics published while unsubscribed are not
-        # losses: forget their sequence numbers (and only theirs).
-        text = prefix.rstrip(b"\x00").decode()
-        for per_pub in self._last_seq.values():
-            for topic in [t for t in per_pub if t.startswith(text)]:
-                del per_pub[topic]
 
     async def ready(self, timeout: float = 10.0) -> None:
         """Return once every subscription made so far is live at the forwarder.
@@ -508,17 +461,8 @@ class MessageBroker:
                 head = self._type_frame(message)
         else:
             head = self._codec.frame_head(message, topic)
-        # The sequence is per (publisher, topic): a subscriber sees only the
-        # topics it subscribed to, so a per-publisher counter would show gaps
-        # that are not losses.
-        next_seq = self._next_seq
-        seq = next_seq.get(head, 0) + 1
+        seq = self._sequencer.next(head)  # per (publisher, topic): PROTOCOL.md section 4.2
         frame = head + self._codec.encode(message, head, self.client_id, seq, self.name)
-        if seq == 1 and len(next_seq) >= _SEQ_TOPICS_LIMIT:
-            # Bounded memory with high-cardinality topics: start every topic
-            # over at 1; subscribers treat a smaller number as a restart, not a loss.
-            next_seq.clear()
-        next_seq[head] = seq
         if not link.send(frame):
             await self._publish_slow(link, frame, timeout)
         n = self._n
@@ -547,151 +491,19 @@ class MessageBroker:
             if link.send(frame):
                 return
 
-    # -- receiving ---------------------------------------------------------
-
-    async def _read_loop(self) -> None:
-        link = self._link
-        assert link is not None
-        waits = 0
-        while True:
-            batch = link.recv_batch(_BATCH)
-            if batch:
-                await self._dispatch_batch(batch)
-                if len(batch) == _BATCH:
-                    await asyncio.sleep(0)  # let publishers on this loop run
-                    continue
-            # Empty, or a short batch that ended in Again: drained either way,
-            # so wait (wait() reads EVENTS first) rather than pay for another Again.
-            waits += 1
-            if waits % 8 == 0:
-                link.drain_control()  # subscription notices pile up on the XPUB otherwise
-            # Bounded wait: a lost FD edge can delay us by at most one second.
-            await link.sub.wait(1, 1.0)  # zmq.POLLIN
-
-    async def _dispatch_batch(self, batch: list[bytes]) -> None:
-        n = self._n
-        decode = self._codec.decode_frame
-        cache = self._dispatch_cache
-        last_seq = self._last_seq
-        n.received += len(batch)  # counted up front, once per batch: never behind what handlers see
-        n.received_bytes += sum(map(len, batch))
-        dispatched = 0
-        for frame in batch:
-            try:
-                msg = decode(frame)
-            except DecodeError as exc:
-                self._decode_error(exc)
-                continue
-            md = msg.metadata
-            topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
-            # Gap detection, per (publisher, topic): inlined, it runs per message.
-            per_pub = last_seq.get(md.publisher_id)
-            if per_pub is not None:
-                last = per_pub.get(topic)
-                if last is None and len(per_pub) >= _SEQ_TOPICS_LIMIT:
-                    per_pub.clear()  # bounded memory; only loss detection restarts
-                per_pub[topic] = md.sequence
-                if last is not None and md.sequence != last + 1 and md.sequence:
-                    self._sequence_jump(md, topic, last)
-            else:
-                self._first_from(md, topic)
-            subs = cache.get(topic)
-            if subs is None:
-                subs = self._match(topic)
-            if not subs:
-                n.unmatched += 1
-                continue
-            set_current(msg)  # reset once per batch, below: what handlers publish inherits its ids
-            dispatched += len(subs)
-            for sub in subs:
-                try:
-                    # Started eagerly (aio.start_eagerly, inlined: this runs per
-                    # message): a handler that completes without suspending
-                    # costs no Task; one that awaits goes on as a Task, so it
-                    # never holds up later messages (nor the presence updates
-                    # its own requests need).
-                    result: Any = sub.handler(msg)
-                    if sub.is_async or inspect.iscoroutine(result):
-                        try:
-                            yielded = result.send(None)
-                        except StopIteration:
-                            continue
-                        rest: Any = resume(result, yielded)
-                    elif result is not None and inspect.isawaitable(result):
-                        rest = result  # a sync handler that returned a future
-                    else:
-                        continue
-                    self._continue_handler(sub, rest)
-                    if len(self._handlers) >= self.max_pending_handlers:
-                        n.dispatched += dispatched  # before waiting: statistics() stays current
-                        dispatched = 0
-                        await self._handlers.wait_any()
-                except Exception as exc:  # a handler's fault must not stop dispatch
-                    self._handler_error(sub, exc)
-        n.dispatched += dispatched
-        set_current(None)
-
-    def _continue_handler(self, sub: Subscription, rest: Any) -> None:
-        self._handlers.spawn(self._finish_handler(sub, rest), name="zmqbus-handler", fatal=False)
-
-    async def _finish_handler(self, sub: Subscription, running: Any) -> None:
-        try:
-            await running
-        except Exception as exc:
-            self._handler_error(sub, exc)
-
-    def _handler_error(self, sub: Subscription, exc: Exception) -> None:
-        self._n.handler_errors += 1
-        self._faults.log(logging.ERROR, f"handler:{sub.component_name}:{sub.pattern.text}",
-                         "handler %s for %r (component %s) raised %s: %s",
-                         getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
-                         sub.component_name, type(exc).__name__, exc)
-
-    def _match(self, topic: str) -> tuple[Subscription, ...]:
-        reserved = topic.startswith(_RESERVED)
-        subs = tuple(s for s in self._subs if (s.internal or not reserved) and s.pattern.match(topic))
-        if len(self._dispatch_cache) >= _CACHE_LIMIT:
-            self._dispatch_cache.clear()
-        self._dispatch_cache[topic] = subs
-        return subs
-
-    def _first_from(self, md: MessageMetadata, topic: str) -> None:
-        if len(self._last_seq) >= _CACHE_LIMIT:
-            self._last_seq.clear()
-        self._last_seq[md.publisher_id] = {topic: md.sequence}
-
-    def _sequence_jump(self, md: MessageMetadata, topic: str, last: int) -> None:
-        """A sequence number that is not the next one: loss, or a restart of the publisher."""
-        missing = md.sequence - last - 1
-        if missing < 0 or missing > MAX_PLAUSIBLE_GAP:
-            # Back to a smaller number (the publisher restarted its counters) or
-            # an implausible jump (a corrupt or forged number): not loss.
-            self._n.sequence_resets += 1
-            self._faults.log(logging.INFO, f"reset:{topic!r}", "publisher %s restarted its sequence on topic %r "
-                             "(%d after %d)", md.publisher_id, topic, md.sequence, last)
-            return
-        self._n.gaps += missing
-        self._faults.log(logging.WARNING, f"gap:{topic!r}",
-                         "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
-                         missing, topic, md.publisher_id, md.sequence, last)
-
-    def _decode_error(self, exc: DecodeError) -> None:
-        self._decode_errors[exc.reason] = self._decode_errors.get(exc.reason, 0) + 1
-        self._faults.log(logging.WARNING, f"decode:{exc.reason}", "dropped a malformed message: %s", exc)
-
     # -- observability -----------------------------------------------------
 
     def statistics(self) -> BrokerStatistics:
         """A consistent snapshot of this client's counters."""
-        n = self._n
+        n, r = self._n, self._receiver
         return BrokerStatistics(
             published=n.published, published_bytes=n.published_bytes, publish_waits=n.publish_waits,
-            received=n.received, received_bytes=n.received_bytes, dispatched=n.dispatched,
-            unmatched=n.unmatched, handler_errors=n.handler_errors, gaps=n.gaps,
-            sequence_resets=n.sequence_resets, unconfirmed=n.unconfirmed,
-            decode_errors=dict(self._decode_errors),
-            subscriptions=len(self._subs),
-            receives_all=sum(1 for s in self._subs if s.pattern.receives_all),
+            received=r.received, received_bytes=r.received_bytes, dispatched=r.dispatched,
+            unmatched=r.unmatched, handler_errors=r.handler_errors, gaps=r.sequences.gaps,
+            sequence_resets=r.sequences.resets, unconfirmed=n.unconfirmed,
+            decode_errors=dict(r.decode_errors),
+            subscriptions=len(self._table),
+            receives_all=self._table.receives_all,
             rpc=self._rpc_counters(),
         )
 

@@ -1,0 +1,154 @@
+"""The receiving half of a :class:`~zmqbus.bus.broker.MessageBroker`: read, decode, count gaps, dispatch.
+
+Contracts (the broker's module docstring states them for users):
+
+* Frames are read in batches of up to 256 and decoded one by one; a
+  malformed one is counted by reason, logged rate-limited, and dropped.
+* Every decoded message goes through the :class:`GapDetector` (per
+  publisher and topic) before dispatch, matched or not.
+* Handlers start one at a time, in arrival order. One that completes without
+  awaiting costs no task; one that awaits goes on as a task (owned here) and
+  does not hold up later messages, up to ``max_pending`` at once, after which
+  reading waits for one to end. A handler that raises is counted and logged;
+  dispatch goes on.
+* While a handler runs, :data:`~zmqbus.core.message.current_message` is the
+  message it was given, so what it publishes inherits the message's ids.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any
+
+from ..core.codec import Codec
+from ..core.errors import DecodeError
+from ..core.message import current_message
+from ..core.ratelog import RateLimitedLog
+from ..core.sequence import GapDetector, SequenceJump
+from ..core.subscriptions import Subscription, SubscriptionTable
+from ..io.aio import TaskOwner, resume
+from ..io.transport import BusLink
+
+__all__ = ["Receiver"]
+
+log = logging.getLogger("zmqbus.bus.broker")  # users filter the client's log by one name
+
+BATCH = 256
+_set_current = current_message.set
+
+
+class Receiver:
+    """Reads one :class:`BusLink`'s subscriber socket and dispatches to a :class:`SubscriptionTable`."""
+
+    def __init__(self, table: SubscriptionTable, codec: Codec, max_pending: int, faults: RateLimitedLog) -> None:
+        self.table = table
+        self.sequences = GapDetector()
+        self.max_pending = max_pending
+        self.handlers = TaskOwner()  # handlers that went on as tasks
+        self.received = self.received_bytes = self.dispatched = self.unmatched = self.handler_errors = 0
+        self.decode_errors: dict[str, int] = {}
+        self._decode = codec.decode_frame
+        self._faults = faults
+
+    async def run(self, link: BusLink) -> None:
+        """Read and dispatch until cancelled."""
+        waits = 0
+        while True:
+            batch = link.recv_batch(BATCH)
+            if batch:
+                await self.dispatch(batch)
+                if len(batch) == BATCH:
+                    await asyncio.sleep(0)  # let publishers on this loop run
+                    continue
+            # Empty, or a short batch that ended in Again: drained either way,
+            # so wait (wait() reads EVENTS first) rather than pay for another Again.
+            waits += 1
+            if waits % 8 == 0:
+                link.drain_control()  # subscription notices pile up on the XPUB otherwise
+            # Bounded wait: a lost FD edge can delay us by at most one second.
+            await link.sub.wait(1, 1.0)  # zmq.POLLIN
+
+    async def dispatch(self, batch: list[bytes]) -> None:
+        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose)."""
+        decode = self._decode
+        cache = self.table.cache
+        observe = self.sequences.observe
+        self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
+        self.received_bytes += sum(map(len, batch))
+        dispatched = 0
+        for frame in batch:
+            try:
+                msg = decode(frame)
+            except DecodeError as exc:
+                self._decode_error(exc)
+                continue
+            md = msg.metadata
+            topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
+            jump = observe(md.publisher_id, topic, md.sequence)
+            if jump is not None:
+                self._report(jump)
+            subs = cache.get(topic)
+            if subs is None:
+                subs = self.table.match(topic)
+            if not subs:
+                self.unmatched += 1
+                continue
+            _set_current(msg)  # reset once per batch, below
+            dispatched += len(subs)
+            for sub in subs:
+                try:
+                    if self._start(sub, msg) and len(self.handlers) >= self.max_pending:
+                        self.dispatched += dispatched  # before waiting: statistics() stays current
+                        dispatched = 0
+                        await self.handlers.wait_any()
+                except Exception as exc:  # a handler's fault must not stop dispatch
+                    self.handler_error(sub, exc)
+        self.dispatched += dispatched
+        _set_current(None)
+
+    def _start(self, sub: Subscription, msg: Any) -> bool:
+        """Run ``sub``'s handler eagerly; return True if it went on as a task."""
+        # aio.start_eagerly, specialised: a handler that completes without suspending
+        # costs no Task; one that awaits goes on as a Task, so it never holds up later
+        # messages (nor the presence updates its own requests need).
+        result: Any = sub.handler(msg)
+        if sub.is_async or inspect.iscoroutine(result):
+            try:
+                yielded = result.send(None)
+            except StopIteration:
+                return False
+            rest: Any = resume(result, yielded)
+        elif result is not None and inspect.isawaitable(result):
+            rest = result  # a sync handler that returned a future
+        else:
+            return False
+        self.handlers.spawn(self._finish(sub, rest), name="zmqbus-handler", fatal=False)
+        return True
+
+    async def _finish(self, sub: Subscription, running: Any) -> None:
+        try:
+            await running
+        except Exception as exc:
+            self.handler_error(sub, exc)
+
+    def handler_error(self, sub: Subscription, exc: Exception) -> None:
+        """Count and log (rate-limited) a handler that raised."""
+        self.handler_errors += 1
+        self._faults.log(logging.ERROR, f"handler:{sub.component_name}:{sub.pattern.text}",
+                         "handler %s for %r (component %s) raised %s: %s",
+                         getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
+                         sub.component_name, type(exc).__name__, exc)
+
+    def _report(self, jump: SequenceJump) -> None:
+        if jump.is_reset:
+            self._faults.log(logging.INFO, f"reset:{jump.topic!r}", "publisher %s restarted its sequence on "
+                             "topic %r (%d after %d)", jump.publisher_id, jump.topic, jump.sequence, jump.last)
+        else:
+            self._faults.log(logging.WARNING, f"gap:{jump.topic!r}",
+                             "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
+                             jump.missing, jump.topic, jump.publisher_id, jump.sequence, jump.last)
+
+    def _decode_error(self, exc: DecodeError) -> None:
+        self.decode_errors[exc.reason] = self.decode_errors.get(exc.reason, 0) + 1
+        self._faults.log(logging.WARNING, f"decode:{exc.reason}", "dropped a malformed message: %s", exc)
