@@ -5,8 +5,11 @@ here asserts a speed.
 """
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +79,13 @@ def test_text_reports_of_the_single_sections() -> None:
         r.update({key + "p50_us": 100.0, key + "p99_us": 200.0, key + "throughput_req_s": 40_000})
     text = format_reqrep(r)
     assert "raw asyncio echo" in text and "1.50x" in text and "40,000" in text
+
+
+def test_secure_pubsub_bench_runs_every_side_over_curve() -> None:
+    """`zmqbus bench pubsub --secure`: three sides, each delivers everything (it asserts no speed)."""
+    done = subprocess.run([sys.executable, "-m", "zmqbus", "bench", "pubsub", "--secure", "--quick", "--count",
+                           "3000", "--json"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["lost"] == {"raw_curve": 0, "zmqbus_curve": 0, "zmqbus_clear": 0}
+    assert min(out["raw_curve_msgs_per_s"], out["zmqbus_curve_msgs_per_s"], out["zmqbus_clear_msgs_per_s"]) > 0

@@ -33,3 +33,15 @@ def test_layers_hold() -> None:
                            "sys.exit(lint_imports_command())"], cwd=ROOT, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
+
+
+def test_user_code_importing_the_public_names_passes_mypy_strict(tmp_path: Path) -> None:
+    """Every name `zmqbus` exports is an explicit re-export: a user's `mypy --strict` accepts
+    `from zmqbus import MessageBroker` (implicit re-exports are off under --strict)."""
+    import zmqbus
+
+    user = tmp_path / "user_code.py"
+    user.write_text(f"from zmqbus import {', '.join(n for n in zmqbus.__all__ if n != '__version__')}\n")
+    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stdout + done.stderr

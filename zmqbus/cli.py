@@ -41,9 +41,45 @@ def _run(coro: Any) -> Any:
 @click.version_option(__version__, prog_name="zmqbus")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(log_level: str) -> None:
+@click.option("--keys", envvar="ZMQBUS_KEYS", default=None, metavar="DIR",
+              help="CURVE key folder: encrypt and authenticate every socket (docs/SECURITY.md). [env: ZMQBUS_KEYS]")
+@click.option("--key-name", envvar="ZMQBUS_KEY_NAME", default=None, metavar="NAME",
+              help=f"This member's key pair in --keys (default: {config.DEFAULT_KEY_NAME}; the forwarder always "
+                   "uses 'forwarder'). [env: ZMQBUS_KEY_NAME]")
+@click.option("--insecure", is_flag=True, envvar="ZMQBUS_INSECURE",
+              help="Allow tcp beyond loopback without keys (traffic in clear). [env: ZMQBUS_INSECURE]")
+def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool) -> None:
     """zmqbus: a brokerless ZeroMQ message bus for components that talk only through messages."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The environment is the one place security settings live: the library and
+    # every process a command starts read them from there.
+    settings = {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": key_name, "ZMQBUS_INSECURE": "1" if insecure else None}
+    for var, value in settings.items():
+        if value:
+            os.environ[var] = value
+
+
+@main.command()
+@click.argument("name")
+@click.option("--dir", "directory", default="keys", show_default=True, help="The key folder.")
+@click.option("--allow/--no-allow", default=None,
+              help="Also put the public key in DIR/allowed/ (default: yes, except for 'forwarder').")
+@click.option("--force", is_flag=True, help="Replace an existing pair.")
+def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
+    """Write a CURVE key pair NAME.key / NAME.key_secret (owner-only) into DIR.
+
+    Name the forwarder's pair 'forwarder'; give each member (or each kind of
+    member) its own name and select it with --key-name / $ZMQBUS_KEY_NAME.
+    """
+    from .io.security import FORWARDER_KEY_NAME
+    from .io.security import keygen as make_keys
+
+    try:
+        public, secret = make_keys(directory, name, allow=name != FORWARDER_KEY_NAME if allow is None else allow,
+                                   force=force)
+    except ZmqbusError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    click.echo(f"wrote {public} and {secret}")
 
 
 @main.command()
@@ -184,14 +220,19 @@ async def _stats(pub: str, sub: str, timeout: float) -> None:
             raise BusTimeout(f"no statistics from a forwarder at {sub} within {timeout:g} s")
         report = got.result()
     for key, value in report.items():
-        click.echo(f"{key:>24}: {value:,.2f}" if isinstance(value, float) else f"{key:>24}: {value:,}")
+        if isinstance(value, dict):  # counts by reason
+            text = ", ".join(f"{k} {v:,}" for k, v in value.items()) or "none"
+        else:
+            text = f"{value:,.2f}" if isinstance(value, float) else f"{value:,}"
+        click.echo(f"{key:>24}: {text}")
 
 
 @main.command()
 @click.option("--workflows", "-n", default=10, show_default=True, help="Documents to ingest.")
 @click.option("--analyzers", default=3, show_default=True, help="ChunkAnalyzer processes.")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for every workflow.")
-def demo(workflows: int, analyzers: int, timeout: float) -> None:
+@click.option("--secure", is_flag=True, help="CURVE on every socket, with keys made for the run.")
+def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
     """Run the example workflow end to end: a forwarder and every component as processes, no setup.
 
     An ingest manager, a document handler and ANALYZERS chunk analyzers process
@@ -199,7 +240,10 @@ def demo(workflows: int, analyzers: int, timeout: float) -> None:
     """
     from .framework.demo import run_demo
 
-    summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout)
+    try:
+        summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout, secure=secure)
+    except ZmqbusError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     if summary["completed"] != workflows:
         raise click.ClickException(f"only {summary['completed']} of {workflows} workflows completed")
 
@@ -253,6 +297,18 @@ def up(topology: str | None, keep_going: bool, crash_limit: int) -> None:
         topo = load_topology(topology) if topology else demo_topology(config.pub_endpoint(), config.sub_endpoint())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    os.environ.update(topo.environment())  # every process it starts inherits the security settings
+    from .core.security import check_endpoint
+    from .io.security import config_keys
+
+    try:  # bad keys or a plaintext endpoint beyond loopback: one line now, not a crash loop later
+        member_keys = config_keys()
+        if topo.forwarder:
+            config_keys(server=False)
+        for endpoint in (topo.pub, topo.sub):
+            check_endpoint(endpoint, member_keys, config.insecure(), "connect to")
+    except ZmqbusError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
     _supervise(Supervisor(topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going,
                           crash_limit=crash_limit))
@@ -360,11 +416,27 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
 @click.option("--count", default=0, help="Messages per round (default 200,000; 20,000 with --quick).")
 @click.option("--size", default=180, show_default=True, help="Approximate content size in bytes.")
 @click.option("--rounds", default=0, help="Rounds per side, the median reported (default 3; 1 with --quick).")
-def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int) -> None:
+@click.option("--secure", is_flag=True, help="What CURVE costs: raw and zmqbus with CURVE, and zmqbus in clear.")
+def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
-    from .bench.pubsub import run_pubsub
+    from .bench.pubsub import run_pubsub, run_pubsub_secure
 
     progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
+    if secure:
+        result = run_pubsub_secure(quick=quick, count=count or None, size=size, rounds=rounds or None,
+                                   progress=progress)
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            click.echo(f"pub/sub with CURVE, {result['count']:,} messages of ~{size} B, median of "
+                       f"{result['rounds']} round(s):\n"
+                       f"  raw pyzmq + CURVE   {result['raw_curve_msgs_per_s']:>9,} msg/s\n"
+                       f"  zmqbus + CURVE      {result['zmqbus_curve_msgs_per_s']:>9,} msg/s  "
+                       f"(ratio {result['ratio']:.2f})\n"
+                       f"  zmqbus in clear     {result['zmqbus_clear_msgs_per_s']:>9,} msg/s  "
+                       f"(CURVE keeps {result['curve_cost']:.0%} of it)\n"
+                       f"  lost: {result['lost']}")
+        return
     result = run_pubsub(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
     if as_json:
         click.echo(json.dumps(result))

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from ..core.stats import percentiles
-from ..framework.procs import forwarder_process, spawn, tcp_endpoints
+from ..framework.procs import environment, forwarder_process, spawn, tcp_endpoints
 from .common import (
     DATA_TOPIC,
     Progress,
@@ -38,7 +38,7 @@ from .common import (
     wait_readable,
 )
 
-__all__ = ["run_pubsub", "pubsub_once", "guide_content"]
+__all__ = ["run_pubsub", "run_pubsub_secure", "pubsub_once", "guide_content", "bench_keys"]
 
 _IDLE = 2.0  # a subscriber stops after this long without a message: the rest is lost
 _PROBE = "bench.probe"
@@ -66,24 +66,47 @@ class _Tally:
 
 # -- raw pyzmq ----------------------------------------------------------------
 
-def _raw_forwarder(pub: str, sub: str) -> None:
+#: (server public, server secret, client public, client secret), Z85: CURVE on the raw side too.
+Curve = tuple[bytes, bytes, bytes, bytes] | None
+
+
+def _raw_curve(sock: Any, curve: Curve, server: bool) -> None:
+    """The raw side's CURVE: the same cipher as zmqbus's, without an allow-list (a ZAP handler
+    costs only at the handshake, not per message)."""
+    if curve is None:
+        return
+    import zmq
+
+    if server:
+        sock.curve_server = True
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
+    else:
+        sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[2])
+        sock.setsockopt(zmq.CURVE_SECRETKEY, curve[3])
+
+
+def _raw_forwarder(pub: str, sub: str, curve: Curve = None) -> None:
     import zmq
 
     ctx = zmq.Context()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
     for s in (xsub, xpub):
         s.sndhwm = s.rcvhwm = 100_000
+        _raw_curve(s, curve, server=True)
     xsub.bind(pub)
     xpub.bind(sub)
     zmq.proxy(xsub, xpub)
 
 
-def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
+def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos: list[Any],
+                   curve: Curve = None) -> None:
     import msgpack
     import zmq
 
     sock = zmq.Context().socket(zmq.PUB)
     sock.sndhwm = 100_000
+    _raw_curve(sock, curve, server=False)
     sock.connect(pub)
     topic = DATA_TOPIC.encode()
     content = _content(size, shape)
@@ -106,12 +129,13 @@ def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos
     sock.close(linger=5000)
 
 
-async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool) -> dict[str, Any]:
+async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool, curve: Curve = None) -> dict[str, Any]:
     import msgpack
     import zmq
 
     sock = zmq.Context().socket(zmq.SUB)
     sock.rcvhwm = 100_000
+    _raw_curve(sock, curve, server=False)
     sock.connect(sub)
     sock.subscribe(b"bench")
     loop = asyncio.get_running_loop()
@@ -143,8 +167,8 @@ async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool) -> dict[s
     return tally.result()
 
 
-def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any) -> None:
-    results.put(asyncio.run(_raw_subscribe(sub, count, go, stamped)))
+def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any, curve: Curve = None) -> None:
+    results.put(asyncio.run(_raw_subscribe(sub, count, go, stamped, curve)))
 
 
 # -- zmqbus -------------------------------------------------------------------
@@ -211,18 +235,47 @@ def _zb_subscriber(pub: str, sub: str, count: int, go: Any, stamped: bool, resul
 # -- driver -------------------------------------------------------------------
 
 def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", subscribers: int = 1,
-                rate: float = 0.0) -> dict[str, Any]:
-    """One run of one side (``"raw"`` or ``"zmqbus"``); see the module docstring."""
+                rate: float = 0.0, keys: str | None = None) -> dict[str, Any]:
+    """One run of one side (``"raw"`` or ``"zmqbus"``); see the module docstring.
+
+    ``keys``: a key folder (``forwarder`` and ``client`` pairs): CURVE on every socket of that side.
+    """
+    if keys is None:
+        return _pubsub_once(kind, count, size, shape, subscribers, rate, None)
+    if kind == "raw":
+        return _pubsub_once(kind, count, size, shape, subscribers, rate, _curve_of(keys))
+    with environment({"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}):  # every zmqbus process reads them
+        return _pubsub_once(kind, count, size, shape, subscribers, rate, None)
+
+
+def _curve_of(keys: str) -> Curve:
+    from ..io.security import load_keys
+
+    server, client = load_keys(keys, "forwarder", server=False), load_keys(keys, "client")
+    return server.public, server.secret, client.public, client.secret
+
+
+def bench_keys(folder: str) -> str:
+    """Make a key folder for a secure benchmark run (the forwarder's pair and a ``client`` pair)."""
+    from ..io.security import keygen
+
+    keygen(folder, "forwarder", allow=False)
+    keygen(folder, "client")
+    return folder
+
+
+def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int, rate: float,
+                 curve: Curve) -> dict[str, Any]:
     mp = multiprocessing.get_context("spawn")
     pub, sub = tcp_endpoints()
     gos = [mp.Event() for _ in range(subscribers)]
     results = mp.Queue()
     stamped = rate > 0
     if kind == "raw":
-        procs = [spawn(_raw_forwarder, pub, sub, name="raw-forwarder")]
-        procs += [spawn(_raw_subscriber, sub, count, go, stamped, results, name=f"raw-sub-{i}")
+        procs = [spawn(_raw_forwarder, pub, sub, curve, name="raw-forwarder")]
+        procs += [spawn(_raw_subscriber, sub, count, go, stamped, results, curve, name=f"raw-sub-{i}")
                   for i, go in enumerate(gos)]
-        procs.append(spawn(_raw_publisher, pub, count, size, shape, rate, gos, name="raw-pub"))
+        procs.append(spawn(_raw_publisher, pub, count, size, shape, rate, gos, curve, name="raw-pub"))
     else:
         procs = [forwarder_process(pub, sub, stats_interval=None)]
         procs += [spawn(_zb_subscriber, pub, sub, count, go, stamped, results, name=f"zmqbus-sub-{i}")
@@ -289,3 +342,35 @@ def run_latency(rate: float, seconds: float, size: int = 180, progress: Progress
                  f"({res['lost']} lost)")
         out[kind] = res
     return out
+
+
+def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
+                      progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
+    """What CURVE costs: raw pyzmq with CURVE, zmqbus with CURVE and zmqbus in clear, in alternating
+    rounds of the same run (median round of each). ``ratio`` compares the two CURVE sides;
+    ``curve_cost`` is zmqbus with CURVE over zmqbus in clear."""
+    import tempfile
+
+    count = count or (20_000 if quick else 200_000)
+    rounds = rounds or (1 if quick else 3)
+    sides = {"raw_curve": ("raw", True), "zmqbus_curve": ("zmqbus", True), "zmqbus_clear": ("zmqbus", False)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory(prefix="zmqbus-bench-keys-") as tmp:
+        keys = bench_keys(f"{tmp}/keys")
+        for r in range(rounds):
+            for name, (kind, secure) in sides.items():
+                res = pubsub_once(kind, count, size, "guide", 1, keys=keys if secure else None)
+                progress(f"{label}round {r + 1}/{rounds}: {name} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
+                runs[name].append(res)
+    mid = {name: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
+    rate = {name: m["msgs_per_s"] for name, m in mid.items()}
+    return {
+        "benchmark": "pubsub_secure", "count": count, "content_bytes": size, "rounds": rounds,
+        "transport": "tcp loopback, CURVE",
+        "raw_curve_msgs_per_s": rate["raw_curve"], "zmqbus_curve_msgs_per_s": rate["zmqbus_curve"],
+        "zmqbus_clear_msgs_per_s": rate["zmqbus_clear"],
+        "ratio": round(rate["zmqbus_curve"] / rate["raw_curve"], 3) if rate["raw_curve"] else 0.0,
+        "curve_cost": round(rate["zmqbus_curve"] / rate["zmqbus_clear"], 3) if rate["zmqbus_clear"] else 0.0,
+        "lost": {name: m["lost"] for name, m in mid.items()},
+        "rounds_msgs_per_s": {name: [x["msgs_per_s"] for x in rs] for name, rs in runs.items()},
+    }

@@ -45,10 +45,12 @@ from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
+from ..core.security import KeyRing, check_endpoint
 from ..core.sequence import Sequencer
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
 from ..io.aio import TaskOwner, is_async_callable, wait_event
+from ..io.security import HandshakeWatch, config_keys, secure_link
 from ..io.transport import BusLink, SocketConfig
 from .receiver import Receiver
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
@@ -113,6 +115,12 @@ class MessageBroker:
     :param max_concurrency: requests the responder executes at once.
     :param max_pending_handlers: subscription handlers that may be suspended
         (awaiting something) at once; past it, receiving waits for one to end.
+    :param keys: CURVE keys (:func:`zmqbus.load_keys`); default: read from the
+        folder ``$ZMQBUS_KEYS`` under the name ``$ZMQBUS_KEY_NAME`` (``client``)
+        when that is set. With keys every socket is encrypted and authenticated
+        (docs/SECURITY.md).
+    :param insecure: allow a non-loopback tcp endpoint without keys (default:
+        ``$ZMQBUS_INSECURE``); without it such a client refuses to start.
     """
 
     def __init__(
@@ -132,12 +140,17 @@ class MessageBroker:
         reply_cache_size: int = 10_000,
         max_concurrency: int = 100,
         max_pending_handlers: int = 1000,
+        keys: KeyRing | None = None,
+        insecure: bool | None = None,
     ) -> None:
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
         self.name = name
         self.publish_timeout = publish_timeout
         self.client_id = new_id()
+        self.keys = keys if keys is not None else config_keys()
+        self.insecure = config.insecure() if insecure is None else insecure
+        self._watch: HandshakeWatch | None = None
         self._socket_config = SocketConfig(hwm=hwm, linger=linger, max_message_size=max_message_size)
         self._codec = Codec(max_message_size)
         self._table = SubscriptionTable(_CACHE_LIMIT)
@@ -159,7 +172,7 @@ class MessageBroker:
         self._faults = RateLimitedLog(log)
         self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults)
         self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
-                                       max_concurrency)
+                                       max_concurrency, self.insecure)
         self._services: dict[str, ServiceHandler] = {}
         self._responder: Responder | None = None
         self._caller: Caller | None = None
@@ -176,13 +189,19 @@ class MessageBroker:
         self._check_open()
         if self._link is not None:
             return
+        for endpoint in (self.pub_endpoint, self.sub_endpoint):
+            check_endpoint(endpoint, self.keys, self.insecure, "connect to")
         link = BusLink(self._socket_config)
         try:
+            if self.keys is not None:
+                self._watch = secure_link(link, self.keys)
             link.connect(self.pub_endpoint, self.sub_endpoint)
         except BaseException:
             link.close(0)
             raise
         self._link = link
+        if self._watch is not None:
+            self._owner.spawn(self._watch.run(), name="zmqbus-handshakes", fatal=False)
         for prefix in self._table.prefixes:
             link.subscribe(prefix)
         self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
@@ -229,6 +248,9 @@ class MessageBroker:
         if self._link is not None:
             self._link.close(linger)
             self._link = None
+        if self._watch is not None:
+            await self._watch.close(linger + 1.0)
+            self._watch = None
 
     async def _confirm_published(self, timeout: float) -> None:
         """Prove with a probe that every published message reached the forwarder, or count the rest."""
@@ -339,6 +361,8 @@ class MessageBroker:
         interval = 0.005
         try:
             while not arrived.is_set():
+                if self._watch is not None:
+                    self._watch.check()  # a refused key: say so now, not at the timeout
                 left = deadline - loop.time()
                 if left <= 0:
                     raise BusTimeout(f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
@@ -547,6 +571,10 @@ class _Port:
     @property
     def subscriptions_live(self) -> bool:
         return self._broker._subscriptions_live()
+
+    @property
+    def keys(self) -> KeyRing | None:
+        return self._broker.keys
 
     def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any:
         return self._broker.subscribe(component_name, pattern, handler)

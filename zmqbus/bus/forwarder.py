@@ -17,12 +17,13 @@ clients live in the same process).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import struct
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import zmq
 
@@ -31,6 +32,9 @@ from ..core.codec import Codec
 from ..core.errors import ClosedError, TransportError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
+from ..core.ratelog import RateLimitedLog
+from ..core.security import KeyRing, check_endpoint
+from ..io.security import allowed_keys, apply_server, config_keys, zap_handler
 from ..io.transport import SocketConfig, get_context, mapped_errors
 
 __all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC"]
@@ -69,6 +73,8 @@ class ForwarderStatistics:
     subscriber_disconnects: int
     handshake_failures: int
     uptime: float
+    #: Handshakes the allow-list refused, by reason (``unknown_key``...); empty without keys.
+    refused: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -82,6 +88,11 @@ class Forwarder:
     :param socket_config: high-water marks, linger and ``MAXMSGSIZE``.
     :param stats_interval: seconds between statistics messages on the bus
         (``None``: do not publish them).
+    :param keys: the forwarder's CURVE keys (:func:`zmqbus.load_keys` with
+        ``server=False``): both endpoints become CURVE servers that accept
+        only the allow-list's keys (docs/SECURITY.md). Default: the key folder
+        ``$ZMQBUS_KEYS``, if set.
+    :param insecure: allow binding a non-loopback tcp endpoint without keys.
 
     ``start()`` binds (raising :class:`TransportError` at once for a busy
     port or a bad endpoint) and returns; ``stop()`` ends the proxy and closes
@@ -95,7 +106,12 @@ class Forwarder:
         *,
         socket_config: SocketConfig | None = None,
         stats_interval: float | None = 5.0,
+        keys: KeyRing | None = None,
+        insecure: bool | None = None,
     ) -> None:
+        self.keys = keys if keys is not None else config_keys(server=False)
+        self.insecure = config.insecure(insecure)
+        self._zap_domain: str | None = None
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
         self.socket_config = socket_config or SocketConfig()
@@ -111,6 +127,7 @@ class Forwarder:
         self._started_at = 0.0
         self._control: zmq.Socket[bytes] | None = None
         self._proxy_error: BaseException | None = None
+        self._faults = RateLimitedLog(log)
 
     def start(self) -> Forwarder:
         """Bind both endpoints and start forwarding. Returns ``self``."""
@@ -118,6 +135,8 @@ class Forwarder:
             raise ZmqbusError("forwarder already started")
         if self._stop.is_set():
             raise ClosedError("forwarder was stopped")
+        for endpoint in (self.pub_endpoint, self.sub_endpoint):
+            check_endpoint(endpoint, self.keys, self.insecure, "bind the forwarder at")
         ctx = self._ctx
         with mapped_errors("create the forwarder's sockets"):
             xsub = ctx.socket(zmq.XSUB)
@@ -127,6 +146,12 @@ class Forwarder:
             with mapped_errors("configure the forwarder's sockets"):
                 for sock in (xsub, xpub):
                     self.socket_config.apply(sock)
+            if self.keys is not None:
+                # The ZAP handler answers before the first bind (a CURVE server
+                # with ZAP_ENFORCE_DOMAIN and no handler refuses everyone).
+                self._zap_domain = zap_handler().register(dict(self.keys.allowed), "forwarder")
+                for sock in (xsub, xpub):
+                    apply_server(sock, self.keys, self._zap_domain)
             with mapped_errors(f"bind {self.pub_endpoint}"):
                 xsub.bind(self.pub_endpoint)
             with mapped_errors(f"bind {self.sub_endpoint}"):
@@ -149,6 +174,7 @@ class Forwarder:
             xpub.close(0)
             if control is not None:
                 control.close(0)
+            self._forget_domain()
             raise
         self._control = control
         self._started_at = time.monotonic()
@@ -158,8 +184,33 @@ class Forwarder:
         ]
         for thread in self._threads:
             thread.start()
-        log.info("forwarder up: publishers -> %s, subscribers -> %s", self.pub_endpoint, self.sub_endpoint)
+        log.info("forwarder up: publishers -> %s, subscribers -> %s%s", self.pub_endpoint, self.sub_endpoint,
+                 "" if self.keys is None else f" (CURVE, {len(self.keys.allowed)} key(s) allowed)")
         return self
+
+    def reload_keys(self) -> tuple[list[str], list[str]]:
+        """Read the allow-list folder again; return the key names (added, removed).
+
+        New connections see the new list at once (a removed key's next
+        handshake is refused). Raises :class:`SecurityError` if the folder
+        cannot be read (the old list stays in force).
+        """
+        keys, domain = self.keys, self._zap_domain
+        if keys is None or keys.allowed_dir is None or domain is None:
+            raise ZmqbusError("this forwarder has no allow-list to reload (it was started without keys)")
+        fresh = allowed_keys(keys.allowed_dir)
+        added = sorted(fresh[k] for k in fresh.keys() - keys.allowed.keys())
+        removed = sorted(keys.allowed[k] for k in keys.allowed.keys() - fresh.keys())
+        zap_handler().update(domain, fresh)
+        self.keys = dataclasses.replace(keys, allowed=fresh)
+        log.info("allow-list reloaded from %s: %d key(s); added %s, removed %s", keys.allowed_dir, len(fresh),
+                 added or "none", removed or "none")
+        return added, removed
+
+    def _forget_domain(self) -> None:
+        if self._zap_domain is not None:
+            zap_handler().unregister(self._zap_domain)
+            self._zap_domain = None
 
     def _run_proxy(self, xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes]) -> None:
         control = self._ctx.socket(zmq.PAIR)
@@ -238,10 +289,13 @@ class Forwarder:
         elif event & zmq.EVENT_DISCONNECTED:
             self._events[side + "d"] += 1
             log.debug("a %s disconnected", "publisher" if publisher_side else "subscriber")
+        elif event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            self._events["hf"] += 1  # the ZAP handler logged who and why
         elif event & _HANDSHAKE_FAILED:
             self._events["hf"] += 1
-            log.warning("handshake failed on the %s side (garbage bytes or a non-ZMTP peer?): %d so far",
-                        "publisher" if publisher_side else "subscriber", self._events["hf"])
+            self._faults.log(logging.WARNING, "handshake", "handshake failed on the %s side (garbage bytes, a "
+                             "non-ZMTP peer, or a client without the right CURVE keys?): %d so far",
+                             "publisher" if publisher_side else "subscriber", self._events["hf"])
         return False
 
     def _publish_stats(self, sock: zmq.Socket[bytes], codec: Codec, seq: int) -> None:
@@ -271,6 +325,7 @@ class Forwarder:
             publisher_connects=ev["pc"], publisher_disconnects=ev["pd"],
             subscriber_connects=ev["sc"], subscriber_disconnects=ev["sd"],
             handshake_failures=ev["hf"], uptime=time.monotonic() - self._started_at,
+            refused={} if self._zap_domain is None else zap_handler().refused(self._zap_domain),
         )
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -295,6 +350,7 @@ class Forwarder:
             thread.join(max(0.0, deadline - time.monotonic()))
         if control is not None:
             control.close(0)
+        self._forget_domain()
         log.info("forwarder stopped")
 
     def __enter__(self) -> Forwarder:
@@ -312,22 +368,48 @@ def run_forwarder(
     stats_interval: float | None = 5.0,
     log_interval: float | None = None,
     ready: threading.Event | None = None,
+    keys: KeyRing | None = None,
+    insecure: bool | None = None,
 ) -> ForwarderStatistics | None:
     """Run a forwarder in this process until SIGINT or SIGTERM; return its last counters.
 
     Must be called from the main thread (it installs signal handlers).
-    ``log_interval`` logs the counters at INFO every so many seconds.
+    ``log_interval`` logs the counters at INFO every so many seconds. SIGHUP
+    reloads the allow-list of a forwarder with keys.
     """
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval)
+    reload = threading.Event()
+    wake = threading.Event()
+
+    def on_stop(*_: object) -> None:
+        stop.set()
+        wake.set()
+
+    def on_hup(*_: object) -> None:
+        reload.set()
+        wake.set()
+
+    previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval,
+                    keys=keys, insecure=insecure)
     last: ForwarderStatistics | None = None
+    next_log = time.monotonic() + (log_interval or 0)
     try:
         fwd.start()
         if ready is not None:
             ready.set()
-        while not stop.wait(log_interval or 0.5):
-            if log_interval:
+        while not stop.is_set():
+            wake.wait(0.5)
+            wake.clear()
+            if reload.is_set():
+                reload.clear()
+                try:
+                    fwd.reload_keys()
+                except ZmqbusError as exc:
+                    log.error("SIGHUP: the allow-list was not reloaded: %s", exc)
+            if log_interval and time.monotonic() >= next_log:
+                next_log += log_interval
                 last = fwd.statistics()
                 log.info("forwarder: %s", last)
         last = fwd.statistics()

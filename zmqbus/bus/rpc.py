@@ -47,8 +47,10 @@ from ..core.message import MessageMetadata, ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.reqrep import Call, CallTracker, Directory, GiveUp
 from ..core.retry import RetryPolicy
+from ..core.security import KeyRing, check_endpoint
 from ..core.serving import Cached, Refuse, ResponderCore, Start
 from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread, wait_event
+from ..io.security import apply_client, apply_server, zap_handler
 from ..io.transport import RouterLink, SocketConfig
 
 __all__ = ["Responder", "Caller", "BusPort", "RpcOptions", "ServiceHandler", "PRESENCE_TOPIC", "DISCOVER_TOPIC"]
@@ -82,6 +84,8 @@ class BusPort(Protocol):
     def is_ready(self) -> bool: ...
     @property
     def subscriptions_live(self) -> bool: ...
+    @property
+    def keys(self) -> KeyRing | None: ...
 
     def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any: ...
 
@@ -100,6 +104,7 @@ class RpcOptions:
     liveness: int = 3
     cache_size: int = 10_000
     max_concurrency: int = 100
+    insecure: bool = False
 
 
 @dataclass
@@ -132,11 +137,21 @@ class Responder:
         self._work = TaskOwner()  # requests whose handler went on as a task
         self._faults = RateLimitedLog(log)
         self._router = RouterLink(bus.socket_config)
+        self._zap_domain: str | None = None
         try:
+            keys = bus.keys
+            if keys is not None:
+                # A CURVE server with the bus's allow-list: only the holder of this
+                # client's secret can answer its callers, only allowed keys can call.
+                self._zap_domain = zap_handler().register(dict(keys.allowed), "rpc")
+                apply_server(self._router.channel.sock, keys, self._zap_domain)
+            else:
+                check_endpoint(options.bind, None, options.insecure, "bind the responder at")
             bound = self._router.bind(options.bind)
             self.endpoint = _advertised(bound, options.advertise)
         except BaseException:
             self._router.close(0)
+            self._forget_domain()
             raise
         self._loops: list[asyncio.Task[None]] = []
         self._last_announce = 0.0
@@ -167,7 +182,8 @@ class Responder:
     async def announce(self, leaving: bool = False, timeout: float | None = None) -> None:
         self._last_announce = time.monotonic()
         presence = Presence(instance=self.instance_id, endpoint=self.endpoint, services=tuple(sorted(self.services)),
-                            interval=self.heartbeat, liveness=self.liveness, load=self.core.load, leaving=leaving)
+                            interval=self.heartbeat, liveness=self.liveness, load=self.core.load, leaving=leaving,
+                            key=None if self.bus.keys is None else self.bus.keys.public.decode())
         await self.bus.publish(ProcessingMessage(PRESENCE_TOPIC, presence.to_content(), MessageMetadata(
             source_component=self.bus.name or "zmqbus")), timeout=timeout)
 
@@ -355,6 +371,12 @@ class Responder:
             except ZmqbusError:
                 pass
         self._router.close()
+        self._forget_domain()
+
+    def _forget_domain(self) -> None:
+        if self._zap_domain is not None:
+            zap_handler().unregister(self._zap_domain)
+            self._zap_domain = None
 
 class Caller:
     """Sends requests for one client: the IO shell of :class:`~zmqbus.core.calling.CallerCore`.
@@ -369,6 +391,9 @@ class Caller:
         self.discover_timeout = discover_timeout
         self.core = CallerCore(random.random)
         self._router = RouterLink(bus.socket_config, bus.client_id.encode(), mandatory=True)
+        if bus.keys is not None:
+            apply_client(self._router.channel.sock, bus.keys, None)  # each responder's key at its connect
+        self.presence_refused = 0
         self._announced = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -395,7 +420,8 @@ class Caller:
             if isinstance(action, Wake):
                 _wake(action.call, ("retry", action.reason))
             elif isinstance(action, Connect):
-                self._router.connect(action.endpoint, action.routing_id)
+                self._router.connect(action.endpoint, action.routing_id,
+                                     None if action.server_key is None else action.server_key.encode())
                 self._announced.set()
             else:
                 self._router.disconnect(action.endpoint)
@@ -426,6 +452,12 @@ class Caller:
         except DecodeError as exc:
             self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc,
                              msg.content)
+            return
+        refusal = _presence_refusal(p, self.bus.keys)
+        if refusal is not None:
+            self.presence_refused += 1
+            self._faults.log(logging.WARNING, "presence-key", "ignored the presence of instance %s at %s: %s",
+                             p.instance, p.endpoint, refusal)
             return
         self._act(self.core.presence(p, asyncio.get_running_loop().time()))
         self._schedule(self.core.next_deadline())
@@ -563,6 +595,18 @@ async def _serve_router(router: RouterLink, on_frames: Callable[[list[bytes]], N
             # once (wait() reads EVENTS first) instead of paying for another
             # Again (about 4 us: pyzmq builds an exception).
             await router.channel.wait(1, 1.0)  # zmq.POLLIN; bounded in case an FD edge was lost
+
+
+def _presence_refusal(p: Presence, keys: KeyRing | None) -> str | None:
+    """Why a caller must not use this instance (None: it may): on a secure bus only allowed keys
+    may answer, and a plaintext caller cannot reach a CURVE server."""
+    if keys is None:
+        return None if p.key is None else "it is a CURVE server and this client has no keys"
+    if p.key is None:
+        return "it announced no CURVE key on a secure bus"
+    if not keys.allows(p.key.encode()):
+        return "its key is not in the allow-list"
+    return None
 
 
 def _wake(call: Call, outcome: tuple[Any, ...]) -> None:

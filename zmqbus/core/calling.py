@@ -39,6 +39,7 @@ class Connect:
 
     endpoint: str
     routing_id: bytes
+    server_key: str | None = None  # the instance's CURVE public key, on a secure bus
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ class CallerCore:
         _, replaced = self.directory.announce(p.instance, p.endpoint, p.services, p.interval, p.liveness, now)
         out: list[Connect | Disconnect | Wake] = [] if replaced is None else self._lost(replaced, "replaced")
         if not known:
-            out.append(Connect(p.endpoint, p.routing_id))
+            out.append(Connect(p.endpoint, p.routing_id, p.key))
         return out
 
     def busy(self, request_id: str, now: float) -> None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_PUB", "DEFAULT_SUB", "pub_endpoint", "sub_endpoint", "ipc_endpoints"]
+__all__ = ["DEFAULT_PUB", "DEFAULT_SUB", "DEFAULT_KEY_NAME", "pub_endpoint", "sub_endpoint", "ipc_endpoints",
+           "keys_dir", "key_name", "insecure"]
 
 DEFAULT_PUB = "tcp://127.0.0.1:5570"
 DEFAULT_SUB = "tcp://127.0.0.1:5571"
+#: The key name a member uses when ``$ZMQBUS_KEY_NAME`` is not set (docs/SECURITY.md).
+DEFAULT_KEY_NAME = "client"
 
 
 def pub_endpoint(value: str | None = None) -> str:
@@ -28,3 +31,20 @@ def ipc_endpoints(directory: str, name: str = "bus") -> tuple[str, str]:
     """A pair of ipc endpoints in ``directory`` (for one-host deployments and tests)."""
     base = os.path.join(os.path.abspath(directory), name)
     return f"ipc://{base}.pub", f"ipc://{base}.sub"
+
+
+def keys_dir(value: str | None = None) -> str | None:
+    """``value``, else ``$ZMQBUS_KEYS`` (a key folder, docs/SECURITY.md), else None (no CURVE)."""
+    return value or os.environ.get("ZMQBUS_KEYS") or None
+
+
+def key_name(value: str | None = None) -> str:
+    """``value``, else ``$ZMQBUS_KEY_NAME``, else :data:`DEFAULT_KEY_NAME`."""
+    return value or os.environ.get("ZMQBUS_KEY_NAME") or DEFAULT_KEY_NAME
+
+
+def insecure(value: bool | None = None) -> bool:
+    """``value``, else whether ``$ZMQBUS_INSECURE`` is set to 1/true/yes."""
+    if value is not None:
+        return value
+    return os.environ.get("ZMQBUS_INSECURE", "").strip().lower() in ("1", "true", "yes")

@@ -42,10 +42,15 @@ class Presence:
     liveness: int
     load: int = 0
     leaving: bool = False
+    #: The responder's CURVE public key (Z85) on a secure bus: callers connect with it as the server key.
+    key: str | None = None
 
     def to_content(self) -> dict[str, Any]:
-        return {"instance": self.instance, "endpoint": self.endpoint, "services": list(self.services),
-                "interval": self.interval, "liveness": self.liveness, "load": self.load, "leaving": self.leaving}
+        out = {"instance": self.instance, "endpoint": self.endpoint, "services": list(self.services),
+               "interval": self.interval, "liveness": self.liveness, "load": self.load, "leaving": self.leaving}
+        if self.key is not None:
+            out["key"] = self.key
+        return out
 
     @property
     def routing_id(self) -> bytes:
@@ -62,7 +67,7 @@ class Presence:
         instance, endpoint = _field(content, "instance"), _field(content, "endpoint")
         services, interval, liveness = _field(content, "services"), _field(content, "interval"), \
             _field(content, "liveness")
-        load, leaving = content.get("load", 0), content.get("leaving", False)
+        load, leaving, key = content.get("load", 0), content.get("leaving", False), content.get("key")
         if not (isinstance(instance, str) and isinstance(endpoint, str) and isinstance(services, list | tuple)
                 and all(isinstance(s, str) for s in services)):
             raise DecodeError("field", "presence: instance, endpoint and services must be strings")
@@ -72,6 +77,8 @@ class Presence:
             raise DecodeError("field", "presence: liveness must be a positive integer")
         if isinstance(load, bool) or not isinstance(load, int) or not isinstance(leaving, bool):
             raise DecodeError("field", "presence: load must be an integer and leaving a boolean")
+        if key is not None and not (isinstance(key, str) and len(key) == 40 and key.isascii()):
+            raise DecodeError("field", "presence: key must be a 40-character Z85 CURVE public key")
         try:
             routing_id = instance.encode()
         except UnicodeEncodeError:
@@ -79,7 +86,7 @@ class Presence:
         if not 0 < len(routing_id) <= 255 or routing_id[0] == 0:
             raise DecodeError("field", "presence: instance is not a usable routing id")
         return cls(instance=instance, endpoint=endpoint, services=tuple(services), interval=float(interval),
-                   liveness=liveness, load=load, leaving=leaving)
+                   liveness=liveness, load=load, leaving=leaving, key=key)
 
 
 def discover_content(service: str) -> dict[str, str]:

@@ -13,6 +13,9 @@ never reach a user::
     ├── TransportError        a socket-level failure (bind, connect, closed context)
     ├── BusTimeout            a wait ran out of time (also TimeoutError)
     ├── ClosedError           the client or forwarder is already closed
+    ├── SecurityError         keys missing, unreadable or malformed (docs/SECURITY.md)
+    │   ├── InsecureEndpoint  a non-loopback tcp endpoint without keys (fail closed)
+    │   └── AuthenticationRefused  the forwarder refused this member's key, or it has the wrong one
     ├── RequestError          a request produced no reply
     │   ├── RemoteError       the responder's handler raised (type, message, correlation id)
     │   ├── NoResponder       no live instance of the service
@@ -122,6 +125,18 @@ class RequestTimeout(RequestError, TimeoutError):
         self.attempts = attempts
         self.elapsed = elapsed
         self.reason = reason
+
+
+class SecurityError(ZmqbusError):
+    """Keys are missing, unreadable or malformed, or a setting would leave a socket open to anyone."""
+
+
+class InsecureEndpoint(SecurityError):
+    """A non-loopback tcp endpoint without keys (pass ``insecure=True`` / ``--insecure`` to allow it)."""
+
+
+class AuthenticationRefused(SecurityError):
+    """A forwarder refused this member's public key (or this member has the wrong server key)."""
 
 
 class RetryableError(Exception):

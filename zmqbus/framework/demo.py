@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -22,12 +23,21 @@ from ..core.config import ipc_endpoints
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.stats import percentiles
 from ..io.aio import wait_event
+from ..io.security import FORWARDER_KEY_NAME, keygen
+from .procs import environment, tcp_endpoints
 from .runner import ComponentSpec, Supervisor, Topology
 
 __all__ = ["run_demo", "demo_topology", "make_document"]
 
 _WORDS = ("message broker component manager handler processor context state error retry queue topic "
           "subscriber publisher forwarder correlation workflow chunk document latency throughput").split()
+
+
+def _secure_env(tmp: str) -> dict[str, str]:
+    folder = os.path.join(tmp, "keys")
+    keygen(folder, FORWARDER_KEY_NAME, allow=False)
+    keygen(folder, "demo")
+    return {"ZMQBUS_KEYS": folder, "ZMQBUS_KEY_NAME": "demo"}
 
 
 def demo_topology(pub: str, sub: str, analyzers: int = 3) -> Topology:
@@ -144,11 +154,19 @@ async def _until_up(client: MessageBroker, components: list[str], timeout: float
 
 
 def run_demo(workflows: int = 10, analyzers: int = 3, echo: Callable[[str], None] = print,
-             timeout: float = 120.0) -> dict[str, Any]:
-    """Run the example workflow end to end and return the summary."""
-    with tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp:
-        pub, sub = ipc_endpoints(tmp)
-        echo(f"zmqbus demo: forwarder and {4 + analyzers} component processes on {pub} / {sub}")
+             timeout: float = 120.0, secure: bool = False) -> dict[str, Any]:
+    """Run the example workflow end to end and return the summary.
+
+    ``secure``: CURVE on every socket (tcp loopback), with a key folder made
+    for the run: the forwarder's pair and one member pair every process uses.
+    """
+    with tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp, environment(_secure_env(tmp) if secure else {}):
+        if secure:
+            pub, sub = tcp_endpoints()
+        else:
+            pub, sub = ipc_endpoints(tmp)
+        echo(f"zmqbus demo: forwarder and {4 + analyzers} component processes on {pub} / {sub}"
+             + (" (CURVE: encrypted, allowed keys only)" if secure else ""))
         sup = Supervisor(demo_topology(pub, sub, analyzers), log_level=logging.ERROR,
                          on_event=lambda text: None)
         stop = threading.Event()

@@ -5,18 +5,19 @@ no socket or context ever crosses a process boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.process
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..io.transport import SocketConfig
 
-__all__ = ["spawn", "stop_process", "forwarder_process", "free_port", "tcp_endpoints"]
+__all__ = ["spawn", "stop_process", "forwarder_process", "free_port", "tcp_endpoints", "environment"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,21 @@ def spawn(target: Callable[..., Any], *args: Any, name: str | None = None) -> mu
     proc = _mp.Process(target=target, args=args, name=name, daemon=True)
     proc.start()
     return proc
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for this block: processes spawned in it inherit them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def stop_process(proc: multiprocessing.process.BaseProcess, timeout: float = 5.0) -> int | None:

@@ -14,6 +14,9 @@
       pub = "tcp://127.0.0.1:5570"     # optional, else $ZMQBUS_PUB or the default
       sub = "tcp://127.0.0.1:5571"
       forwarder = true                  # start one (default true)
+      keys = "keys"                     # optional: CURVE key folder, relative to this file
+      key_name = "client"               #   (docs/SECURITY.md); else $ZMQBUS_KEYS / $ZMQBUS_KEY_NAME
+      insecure = false                  # optional: plaintext beyond loopback
 
       [[component]]
       class = "components.ingest:ChunkAnalyzer"
@@ -129,6 +132,15 @@ class Topology:
     sub: str
     forwarder: bool = True
     components: list[ComponentSpec] = field(default_factory=list)
+    keys: str | None = None
+    key_name: str | None = None
+    insecure: bool = False
+
+    def environment(self) -> dict[str, str]:
+        """The security settings as the environment variables every process reads (docs/SECURITY.md)."""
+        env = {"ZMQBUS_KEYS": self.keys, "ZMQBUS_KEY_NAME": self.key_name,
+               "ZMQBUS_INSECURE": "1" if self.insecure else None}
+        return {k: v for k, v in env.items() if v}
 
 
 def load_topology(path: str) -> Topology:
@@ -148,8 +160,11 @@ def load_topology(path: str) -> Topology:
             raise ValueError(f"{path}: component {entry['class']}: replicas must be >= 1")
         load_component(entry["class"])  # fail now, not in a child process
         comps.append(ComponentSpec(entry["class"], entry.get("name"), replicas))
+    keys = bus.get("keys")
+    if keys is not None:
+        keys = os.path.join(os.path.dirname(os.path.abspath(path)), str(keys))
     return Topology(config.pub_endpoint(bus.get("pub")), config.sub_endpoint(bus.get("sub")),
-                    bool(bus.get("forwarder", True)), comps)
+                    bool(bus.get("forwarder", True)), comps, keys, bus.get("key_name"), bool(bus.get("insecure")))
 
 
 @dataclass(eq=False)

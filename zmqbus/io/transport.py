@@ -367,9 +367,12 @@ class RouterLink:
             last = self.channel.sock.getsockopt(zmq.LAST_ENDPOINT)
         return last.decode() if isinstance(last, bytes) else str(last)
 
-    def connect(self, endpoint: str, peer_id: bytes) -> None:
+    def connect(self, endpoint: str, peer_id: bytes, server_key: bytes | None = None) -> None:
+        """Connect to a peer, naming it ``peer_id``; ``server_key``: its CURVE public key (a secure bus)."""
         with mapped_errors(f"connect to {endpoint}"):
             self.channel.sock.setsockopt(zmq.CONNECT_ROUTING_ID, peer_id)
+            if server_key is not None:
+                self.channel.sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
             self.channel.sock.connect(endpoint)
 
     def disconnect(self, endpoint: str) -> None:

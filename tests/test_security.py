@@ -1,0 +1,231 @@
+"""CURVE security over real sockets: allowed members work; strangers, plaintext peers and revoked keys
+get nothing and reach nothing; misconfiguration fails closed with one clear line."""
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from zmqbus import (
+    AuthenticationRefused,
+    Forwarder,
+    InsecureEndpoint,
+    KeyRing,
+    MessageBroker,
+    ProcessingMessage,
+    SecurityError,
+    keygen,
+    load_keys,
+)
+from zmqbus.core.security import check_endpoint, needs_keys, zap_decide
+from zmqbus.io.transport import get_context
+
+from conftest import wait_until
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Path:
+    """A key folder: the forwarder's pair, two allowed members, one stranger (not allowed)."""
+    folder = tmp_path / "keys"
+    keygen(folder, "forwarder", allow=False)
+    keygen(folder, "alice")
+    keygen(folder, "bob")
+    keygen(folder, "mallory", allow=False)
+    return folder
+
+
+@pytest.fixture
+def secure_forwarder(keys: Path, tcp_pair: tuple[str, str]) -> Any:
+    fwd = Forwarder(*tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False)).start()
+    yield fwd
+    fwd.stop()
+
+
+def member(fwd: Forwarder, keys: Path, name: str, **kwargs: Any) -> MessageBroker:
+    return MessageBroker(fwd.pub_endpoint, fwd.sub_endpoint, name=name, keys=load_keys(keys, name), **kwargs)
+
+
+# -- the pure part -----------------------------------------------------------------
+
+@pytest.mark.parametrize("endpoint,local", [
+    ("tcp://127.0.0.1:5570", True), ("tcp://127.8.9.1:1", True), ("tcp://[::1]:5570", True),
+    ("tcp://localhost:1", True), ("ipc:///tmp/x", True), ("inproc://x", True), ("bogus://x", True),
+    ("tcp://0.0.0.0:5570", False), ("tcp://*:5570", False), ("tcp://10.0.0.5:1", False),
+    ("tcp://eth0:1", False), ("tcp://bus.example.com:1", False), ("tcp://127.0.0.1;10.0.0.5:1", False),
+    ("ws://127.0.0.1:1", False), ("epgm://eth0;239.1.1.1:5555", False),
+])
+def test_which_endpoints_need_keys(endpoint: str, local: bool) -> None:
+    assert needs_keys(endpoint) is not local
+
+
+def test_a_non_local_endpoint_without_keys_fails_closed_and_names_the_opt_out() -> None:
+    with pytest.raises(InsecureEndpoint, match="--insecure"):
+        check_endpoint("tcp://0.0.0.0:5570", None, False, "bind the forwarder at")
+    check_endpoint("tcp://0.0.0.0:5570", None, True, "bind")  # explicitly insecure
+    check_endpoint("tcp://127.0.0.1:5570", None, False, "bind")
+
+
+def test_zap_decisions() -> None:
+    key = b"k" * 32
+    request = [b"1.0", b"id-1", b"dom", b"10.0.0.1", b"", b"CURVE", key]
+    ok = zap_decide(request, {key: "alice"})
+    assert ok.denied is None and ok.reply == [b"1.0", b"id-1", b"200", b"OK", b"alice", b""]
+    assert zap_decide(request, {b"x" * 32: "bob"}).denied == "unknown_key"
+    assert zap_decide(request, None).denied == "unknown_domain"
+    assert zap_decide([b"1.0", b"id", b"dom", b"a", b"", b"NULL"], {key: "a"}).denied == "mechanism"
+    assert zap_decide([b"2.0", *request[1:]], {key: "a"}).reply[2] == b"400"
+    assert zap_decide([b"1.0"], {}).reply == []  # nothing to answer to
+
+
+def test_a_keyring_refuses_malformed_keys() -> None:
+    with pytest.raises(SecurityError, match="40-character"):
+        KeyRing("x", b"short", b"s" * 40)
+
+
+# -- key files ---------------------------------------------------------------------
+
+def test_keygen_writes_an_owner_only_secret_and_fills_the_allow_list(tmp_path: Path) -> None:
+    folder = tmp_path / "k"
+    public, secret = keygen(folder, "alice")
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert (folder / "allowed" / "alice.key").read_bytes() == public.read_bytes()
+    assert zmq.auth.load_certificate(str(secret))[1] is not None  # pyzmq's own format
+    with pytest.raises(SecurityError, match="already exists"):
+        keygen(folder, "alice")
+    keygen(folder, "alice", force=True)
+
+
+def test_bad_key_files_are_one_line_errors(keys: Path) -> None:
+    with pytest.raises(SecurityError, match=r"not found .*zmqbus keygen carol"):
+        load_keys(keys, "carol")
+    os.chmod(keys / "alice.key_secret", 0o644)
+    with pytest.raises(SecurityError, match="readable by others"):
+        load_keys(keys, "alice")
+    os.chmod(keys / "alice.key_secret", 0o600)
+    (keys / "allowed" / "broken.key").write_text('public-key = "not-a-key"\n')
+    with pytest.raises(SecurityError, match="malformed"):
+        load_keys(keys, "alice")
+
+
+def test_keys_come_from_the_environment(keys: Path, monkeypatch: pytest.MonkeyPatch,
+                                        tcp_pair: tuple[str, str]) -> None:
+    monkeypatch.setenv("ZMQBUS_KEYS", str(keys))
+    monkeypatch.setenv("ZMQBUS_KEY_NAME", "bob")
+    b = MessageBroker(*tcp_pair)
+    assert b.keys is not None and b.keys.name == "bob" and b.keys.server == load_keys(keys, "bob").server
+    f = Forwarder(*tcp_pair)
+    assert f.keys is not None and f.keys.name == "forwarder" and set(f.keys.allowed.values()) == {"alice", "bob"}
+
+
+# -- over real sockets ---------------------------------------------------------------
+
+async def test_allowed_members_publish_subscribe_and_call(secure_forwarder: Forwarder, keys: Path) -> None:
+    got: list[Any] = []
+    async with member(secure_forwarder, keys, "alice") as alice, member(secure_forwarder, keys, "bob") as bob:
+        bob.subscribe("bob", "pay.#", lambda m: got.append(m.content))
+        bob.serve("bob.echo", lambda m: m.content)
+        await bob.ready(5)
+        await alice.publish(ProcessingMessage("pay.run", {"salary": 1}))
+        await wait_until(lambda: got == [{"salary": 1}], 5, "the message between allowed members")
+        reply = await alice.request("bob.echo", ProcessingMessage("q", 42), timeout=5)
+        assert reply.content == 42
+    assert secure_forwarder.statistics().refused == {}
+
+
+async def test_a_stranger_is_refused_at_once_and_reaches_nothing(secure_forwarder: Forwarder, keys: Path) -> None:
+    got: list[Any] = []
+    async with member(secure_forwarder, keys, "bob") as bob:
+        bob.subscribe("bob", "pay.#", lambda m: got.append(m.content))
+        await bob.ready(5)
+        mallory = member(secure_forwarder, keys, "mallory")
+        t0 = time.monotonic()
+        with pytest.raises(AuthenticationRefused, match=r"refused this key.*mallory"):
+            await mallory.publish(ProcessingMessage("pay.run", "forged"))
+        assert time.monotonic() - t0 < 3
+        await mallory.close(0)
+        # plaintext pyzmq peers: a PUB's message and a SUB's subscription go nowhere
+        ctx = get_context()
+        pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        try:
+            for s in (pub, sub):
+                s.setsockopt(zmq.LINGER, 0)
+            sub.subscribe(b"")
+            pub.connect(secure_forwarder.pub_endpoint)
+            sub.connect(secure_forwarder.sub_endpoint)
+            for _ in range(20):
+                pub.send(b"pay.run\x00" + msgpack.packb([2, "pay.run"]))
+                await asyncio.sleep(0.01)
+            await bob.publish(ProcessingMessage("pay.run", "genuine"))
+            await wait_until(lambda: got == ["genuine"], 5, "the genuine message")
+            assert not sub.poll(200)  # the plaintext SUB read nothing
+        finally:
+            pub.close(0)
+            sub.close(0)
+    stats = secure_forwarder.statistics()
+    assert stats.refused.get("unknown_key", 0) >= 1 and stats.handshake_failures >= 1
+
+
+async def test_the_wrong_server_key_is_a_clear_error(secure_forwarder: Forwarder, keys: Path) -> None:
+    alice = load_keys(keys, "alice")
+    wrong = KeyRing("alice", alice.public, alice.secret, server=load_keys(keys, "bob").public, allowed=alice.allowed)
+    b = MessageBroker(secure_forwarder.pub_endpoint, secure_forwarder.sub_endpoint, keys=wrong)
+    try:
+        with pytest.raises(AuthenticationRefused, match="handshake failed"):
+            await b.ready(5)
+    finally:
+        await b.close(0)
+
+
+async def test_a_revoked_key_is_refused_after_a_reload(secure_forwarder: Forwarder, keys: Path) -> None:
+    (keys / "allowed" / "bob.key").unlink()
+    added, removed = secure_forwarder.reload_keys()
+    assert (added, removed) == ([], ["bob"])
+    bob = member(secure_forwarder, keys, "bob")
+    try:
+        with pytest.raises(AuthenticationRefused):
+            await bob.ready(5)
+    finally:
+        await bob.close(0)
+    async with member(secure_forwarder, keys, "alice") as alice:
+        await alice.ready(5)  # the others are unaffected
+
+
+async def test_callers_ignore_responders_whose_key_is_not_allowed(secure_forwarder: Forwarder, keys: Path) -> None:
+    """A forged presence (an allowed member announcing a key the caller does not allow, or no key)
+    is ignored and counted; the caller never connects there."""
+    async with member(secure_forwarder, keys, "alice") as alice, member(secure_forwarder, keys, "bob") as bob:
+        bob.serve("svc.work", lambda m: "from bob")
+        await alice.ready(5)
+        assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=5)).content == "from bob"
+        mallory_key = load_keys(keys, "mallory").public.decode()
+        for key in (mallory_key, None):
+            forged = {"instance": f"forged-{key}", "endpoint": "tcp://127.0.0.1:9", "services": ["svc.work"],
+                      "interval": 1.0, "liveness": 3, "load": 0, "leaving": False}
+            if key is not None:
+                forged["key"] = key
+            await bob.publish(ProcessingMessage("_zmqbus.presence", forged))
+        await wait_until(lambda: alice._caller is not None and alice._caller.presence_refused >= 2, 5,
+                         "the forged announcements to be refused")
+        for _ in range(5):
+            assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=5)).content == "from bob"
+
+
+async def test_non_local_endpoints_without_keys_fail_closed() -> None:
+    with pytest.raises(InsecureEndpoint, match="--insecure"):
+        Forwarder("tcp://0.0.0.0:1", "tcp://127.0.0.1:2", stats_interval=None).start()
+    b = MessageBroker("tcp://192.0.2.1:1", "tcp://192.0.2.1:2")
+    with pytest.raises(InsecureEndpoint):
+        await b.start()
+    await b.close(0)
+    server = MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", rpc_bind="tcp://0.0.0.0:*")
+    server.serve("x.y", lambda m: None)
+    with pytest.raises(InsecureEndpoint):
+        await server.start()  # binds its responder
+    await server.close(0)
