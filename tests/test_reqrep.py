@@ -446,3 +446,30 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
         assert all(b[13]["code"] == "shutting_down" and b[13]["retryable"] for b in bodies)
     finally:
         dealer.close(0)
+
+
+async def test_a_full_queue_refuses_retryably_and_keeps_memory_bounded(forwarder: Forwarder) -> None:
+    """max_concurrency=1, max_queue=2, a 0.1 s handler, 10 requests at once: the responder keeps at
+    most 3 (1 running, 2 waiting) and answers the rest `overloaded` (retryable); callers retry, and
+    each request either completes (run exactly once) or fails with RequestTimeout saying why."""
+    ran: list[int] = []
+
+    async def slow(m: ProcessingMessage) -> Any:
+        ran.append(m.content)
+        await asyncio.sleep(0.1)
+        return m.content
+
+    async with MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, max_concurrency=1,
+                             max_queue=2) as srv, \
+            MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as cli:
+        srv.serve("slow.work", slow)
+        await srv.ready()
+        results = await asyncio.gather(*(cli.request("slow.work", ProcessingMessage("q", i), timeout=5)
+                                         for i in range(10)), return_exceptions=True)
+        ok = sorted(r.content for r in results if isinstance(r, ProcessingMessage))
+        failed = [r for r in results if not isinstance(r, ProcessingMessage)]
+        assert ok and sorted(ran) == ok  # everything that ran answered, once
+        assert all(isinstance(r, RequestTimeout) and "waiting" in str(r) for r in failed), failed
+        stats = srv.statistics().rpc
+        assert stats["served_overloaded"] >= len(failed) > 0
+        assert stats["served_executed"] == len(ok)

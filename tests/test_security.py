@@ -15,6 +15,7 @@ import zmq
 
 from zmqbus import (
     AuthenticationRefused,
+    BusTimeout,
     Forwarder,
     InsecureEndpoint,
     KeyRing,
@@ -24,7 +25,7 @@ from zmqbus import (
     keygen,
     load_keys,
 )
-from zmqbus.core.security import check_endpoint, needs_keys, zap_decide
+from zmqbus.core.security import ZapDomain, check_endpoint, needs_keys, zap_decide
 from zmqbus.io.transport import get_context
 
 from conftest import wait_until
@@ -75,13 +76,20 @@ def test_a_non_local_endpoint_without_keys_fails_closed_and_names_the_opt_out() 
 def test_zap_decisions() -> None:
     key = b"k" * 32
     request = [b"1.0", b"id-1", b"dom", b"10.0.0.1", b"", b"CURVE", key]
-    ok = zap_decide(request, {key: "alice"})
+    curve = ZapDomain({key: "alice"})
+    ok = zap_decide(request, curve)
     assert ok.denied is None and ok.reply == [b"1.0", b"id-1", b"200", b"OK", b"alice", b""]
-    assert zap_decide(request, {b"x" * 32: "bob"}).denied == "unknown_key"
+    assert zap_decide(request, ZapDomain({b"x" * 32: "bob"})).denied == "unknown_key"
     assert zap_decide(request, None).denied == "unknown_domain"
-    assert zap_decide([b"1.0", b"id", b"dom", b"a", b"", b"NULL"], {key: "a"}).denied == "mechanism"
-    assert zap_decide([b"2.0", *request[1:]], {key: "a"}).reply[2] == b"400"
-    assert zap_decide([b"1.0"], {}).reply == []  # nothing to answer to
+    null = [b"1.0", b"id", b"dom", b"a", b"", b"NULL"]
+    assert zap_decide(null, curve).denied == "mechanism"  # a plaintext client on a CURVE server
+    assert zap_decide(null, ZapDomain(None)).denied is None  # a plaintext server admits it
+    assert zap_decide(request, ZapDomain(None)).denied == "mechanism"
+    limited = zap_decide(request, curve, admit="connection_limit")
+    assert limited.denied == "connection_limit" and limited.reply[2] == b"400"
+    assert zap_decide(request, ZapDomain({}), admit="connection_limit").denied == "unknown_key"  # who first
+    assert zap_decide([b"2.0", *request[1:]], curve).reply[2] == b"400"
+    assert zap_decide([b"1.0"], curve).reply == []  # nothing to answer to
 
 
 def test_a_keyring_refuses_malformed_keys() -> None:
@@ -229,3 +237,56 @@ async def test_non_local_endpoints_without_keys_fail_closed() -> None:
     with pytest.raises(InsecureEndpoint):
         await server.start()  # binds its responder
     await server.close(0)
+
+
+# -- limits ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("secure", [False, True], ids=["clear", "curve"])
+async def test_the_connection_limit_refuses_new_clients_and_frees_up(tcp_pair: tuple[str, str], keys: Path,
+                                                                     secure: bool) -> None:
+    fkeys = load_keys(keys, "forwarder", server=False) if secure else None
+    mkeys = load_keys(keys, "alice") if secure else None
+    with Forwarder(*tcp_pair, stats_interval=None, keys=fkeys, max_connections=2) as fwd:
+        first = MessageBroker(*tcp_pair, keys=mkeys)  # its two connections fill the limit
+        await first.ready(5)
+        second = MessageBroker(*tcp_pair, keys=mkeys)
+        try:
+            if secure:
+                with pytest.raises(AuthenticationRefused, match="connection limit"):
+                    await second.ready(5)
+            else:
+                with pytest.raises(BusTimeout, match="connection limit"):
+                    await second.ready(1)
+        finally:
+            await second.close(0)
+        assert fwd.statistics().refused.get("connection_limit", 0) >= 1
+        await first.close()
+        await wait_until(lambda: fwd.statistics().publisher_connects == fwd.statistics().publisher_disconnects
+                         and fwd.statistics().subscriber_connects == fwd.statistics().subscriber_disconnects, 10,
+                         "every connection to be counted closed")
+        third = MessageBroker(*tcp_pair, keys=mkeys)  # room again
+        await third.ready(10)
+        await third.close()
+
+
+def test_idle_connections_are_dropped_after_the_handshake_interval(tcp_pair: tuple[str, str]) -> None:
+    """TCP connections that never speak ZMTP (a stranger holding file descriptors) are closed by the
+    forwarder after handshake_ivl, so they cannot lock legitimate clients out."""
+    import socket
+
+    from zmqbus.io.transport import SocketConfig
+
+    host, port = tcp_pair[0].rsplit("/", 1)[1].split(":")
+    with Forwarder(*tcp_pair, stats_interval=None, socket_config=SocketConfig(handshake_ivl=0.5)):
+        idle = [socket.create_connection((host, int(port)), timeout=5) for _ in range(20)]
+        try:
+            t0 = time.monotonic()
+            for s in idle:
+                s.settimeout(5)
+                data = s.recv(64)  # the greeting, if any, then EOF when the forwarder drops us
+                while data:
+                    data = s.recv(64)
+            assert time.monotonic() - t0 < 4
+        finally:
+            for s in idle:
+                s.close()

@@ -81,3 +81,21 @@ def test_close_refuses_queued_retryably_and_interrupts_running_not_retryably() -
     assert [(r.caller, r.error.code, r.error.retryable) for r in running] == [(b"A", "shutting_down", False)]
     assert c.load == 0 and c.stats.interrupted == 1
     assert list(c.done("r1", b"REP", now=5.0)) == []  # a thread that finished after all: nothing more to do
+
+
+def test_the_queue_is_bounded_in_count_and_bytes() -> None:
+    """Past max_queue waiting requests, or max_queued_bytes of them, a request is refused retryably
+    (overloaded) and never kept; room frees as the queue drains."""
+    c: ResponderCore[str] = ResponderCore("inst-1", max_concurrency=1, max_queue=2, max_queued_bytes=100)
+    c.services.add("s")
+    assert isinstance(c.request(b"A", "s", "r1", None, "q", 0.0, size=90), Start)  # running: not queued
+    assert c.request(b"A", "s", "r2", None, "q", 0.0, size=60) is None
+    refused = c.request(b"A", "s", "r3", None, "q", 0.0, size=50)  # 60 + 50 bytes > 100
+    assert isinstance(refused, Refuse) and refused.error.code == "overloaded" and refused.error.retryable
+    assert c.request(b"A", "s", "r4", None, "q", 0.0, size=40) is None  # 100 bytes: fits
+    count = c.request(b"A", "s", "r5", None, "q", 0.0, size=0)  # 2 waiting already
+    assert isinstance(count, Refuse) and count.error.code == "overloaded"
+    assert c.stats.overloaded == 2 and c.load == 3
+    assert c.done("r1", b"R", 1.0) == [Start(b"A", "s", "r2", "q")]
+    assert c.request(b"A", "s", "r6", None, "q", 1.0, size=60) is None  # r2's 60 bytes left the queue
+    assert isinstance(c.request(b"A", "s", "r3", None, "q", 1.0, size=50), Refuse)  # 100 + 50 > 100

@@ -91,8 +91,10 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
 @click.option("--stats-interval", default=5.0, show_default=True,
               help="Seconds between statistics messages on _zmqbus.forwarder.stats (0: off).")
 @click.option("--log-interval", default=0.0, help="Log the counters every so many seconds (0: off).")
+@click.option("--max-connections", default=10_000, show_default=True,
+              help="Live connections (both endpoints) past which new clients are refused.")
 def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
-              log_interval: float) -> None:
+              log_interval: float, max_connections: int) -> None:
     """Run a forwarder until Ctrl-C or SIGTERM."""
     from .bus.forwarder import run_forwarder
     from .io.transport import SocketConfig
@@ -101,7 +103,8 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
     click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
     try:
         last = run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
-                             stats_interval=stats_interval or None, log_interval=log_interval or None)
+                             stats_interval=stats_interval or None, log_interval=log_interval or None,
+                             max_connections=max_connections)
     except ZmqbusError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     if last is not None:

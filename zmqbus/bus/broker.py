@@ -113,6 +113,10 @@ class MessageBroker:
     :param reply_cache_size: replies kept to answer retried requests without
         executing them again.
     :param max_concurrency: requests the responder executes at once.
+    :param max_queue: requests that may wait for a free slot; past it (or past
+        ``max_queued_bytes`` of them) a request is refused with a retryable
+        ``overloaded`` error, so memory stays bounded whatever callers send.
+    :param max_queued_bytes: bytes of waiting requests, at most.
     :param max_pending_handlers: subscription handlers that may be suspended
         (awaiting something) at once; past it, receiving waits for one to end.
     :param keys: CURVE keys (:func:`zmqbus.load_keys`); default: read from the
@@ -139,6 +143,8 @@ class MessageBroker:
         liveness: int = 3,
         reply_cache_size: int = 10_000,
         max_concurrency: int = 100,
+        max_queue: int = 1000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
         max_pending_handlers: int = 1000,
         keys: KeyRing | None = None,
         insecure: bool | None = None,
@@ -150,7 +156,7 @@ class MessageBroker:
         self.client_id = new_id()
         self.keys = keys if keys is not None else config_keys()
         self.insecure = config.insecure() if insecure is None else insecure
-        self._watch: HandshakeWatch | None = None
+        self._watches: list[HandshakeWatch] = []  # CURVE handshakes of the bus sockets
         self._socket_config = SocketConfig(hwm=hwm, linger=linger, max_message_size=max_message_size)
         self._codec = Codec(max_message_size)
         self._table = SubscriptionTable(_CACHE_LIMIT)
@@ -172,7 +178,7 @@ class MessageBroker:
         self._faults = RateLimitedLog(log)
         self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults)
         self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
-                                       max_concurrency, self.insecure)
+                                       max_concurrency, self.insecure, max_queue, max_queued_bytes)
         self._services: dict[str, ServiceHandler] = {}
         self._responder: Responder | None = None
         self._caller: Caller | None = None
@@ -194,14 +200,14 @@ class MessageBroker:
         link = BusLink(self._socket_config)
         try:
             if self.keys is not None:
-                self._watch = secure_link(link, self.keys)
+                self._watches = secure_link(link, self.keys)
             link.connect(self.pub_endpoint, self.sub_endpoint)
         except BaseException:
             link.close(0)
             raise
         self._link = link
-        if self._watch is not None:
-            self._owner.spawn(self._watch.run(), name="zmqbus-handshakes", fatal=False)
+        for watch in self._watches:
+            self._owner.spawn(watch.run(), name="zmqbus-handshakes", fatal=False)
         for prefix in self._table.prefixes:
             link.subscribe(prefix)
         self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
@@ -248,9 +254,8 @@ class MessageBroker:
         if self._link is not None:
             self._link.close(linger)
             self._link = None
-        if self._watch is not None:
-            await self._watch.close(linger + 1.0)
-            self._watch = None
+        await asyncio.gather(*(watch.close(linger + 1.0) for watch in self._watches))
+        self._watches = []
 
     async def _confirm_published(self, timeout: float) -> None:
         """Prove with a probe that every published message reached the forwarder, or count the rest."""
@@ -361,12 +366,13 @@ class MessageBroker:
         interval = 0.005
         try:
             while not arrived.is_set():
-                if self._watch is not None:
-                    self._watch.check()  # a refused key: say so now, not at the timeout
+                for watch in self._watches:
+                    watch.check()  # a refused key: say so now, not at the timeout
                 left = deadline - loop.time()
                 if left <= 0:
                     raise BusTimeout(f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
-                                     f"{self.sub_endpoint} within {timeout:g} s")
+                                     f"{self.sub_endpoint} within {timeout:g} s (is it up? does it need "
+                                     f"CURVE keys, or is it at its connection limit?)")
                 await self._send_probe(topic)
                 if not await wait_event(arrived, min(interval, left)):
                     interval = min(interval * 2, 0.25)

@@ -93,6 +93,10 @@ class Forwarder:
         only the allow-list's keys (docs/SECURITY.md). Default: the key folder
         ``$ZMQBUS_KEYS``, if set.
     :param insecure: allow binding a non-loopback tcp endpoint without keys.
+    :param max_connections: live connections (both endpoints together) past
+        which new clients are refused, with a log line; counted in
+        ``statistics().refused["connection_limit"]``. Connections that never
+        complete a handshake are dropped after ``socket_config.handshake_ivl``.
 
     ``start()`` binds (raising :class:`TransportError` at once for a busy
     port or a bad endpoint) and returns; ``stop()`` ends the proxy and closes
@@ -108,8 +112,10 @@ class Forwarder:
         stats_interval: float | None = 5.0,
         keys: KeyRing | None = None,
         insecure: bool | None = None,
+        max_connections: int = 10_000,
     ) -> None:
         self.keys = keys if keys is not None else config_keys(server=False)
+        self.max_connections = max_connections
         self.insecure = config.insecure(insecure)
         self._zap_domain: str | None = None
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
@@ -146,12 +152,13 @@ class Forwarder:
             with mapped_errors("configure the forwarder's sockets"):
                 for sock in (xsub, xpub):
                     self.socket_config.apply(sock)
-            if self.keys is not None:
-                # The ZAP handler answers before the first bind (a CURVE server
-                # with ZAP_ENFORCE_DOMAIN and no handler refuses everyone).
-                self._zap_domain = zap_handler().register(dict(self.keys.allowed), "forwarder")
-                for sock in (xsub, xpub):
-                    apply_server(sock, self.keys, self._zap_domain)
+            # Every client is admitted by the ZAP handler, registered before the
+            # first bind (a server with ZAP_ENFORCE_DOMAIN and no handler refuses
+            # everyone): the allow-list with keys, the connection limit always.
+            self._zap_domain = zap_handler().register(
+                None if self.keys is None else dict(self.keys.allowed), "forwarder", self._admit)
+            for sock in (xsub, xpub):
+                apply_server(sock, self.keys, self._zap_domain)
             with mapped_errors(f"bind {self.pub_endpoint}"):
                 xsub.bind(self.pub_endpoint)
             with mapped_errors(f"bind {self.sub_endpoint}"):
@@ -187,6 +194,17 @@ class Forwarder:
         log.info("forwarder up: publishers -> %s, subscribers -> %s%s", self.pub_endpoint, self.sub_endpoint,
                  "" if self.keys is None else f" (CURVE, {len(self.keys.allowed)} key(s) allowed)")
         return self
+
+    def _admit(self) -> str | None:
+        """Called by the ZAP handler for each client it would accept: a limit reached, or None."""
+        ev = self._events
+        live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"]  # this client's connection is counted already
+        if live > self.max_connections:
+            self._faults.log(logging.WARNING, "connection-limit", "connection limit reached (%d live, "
+                             "max_connections %d): refusing new clients until some disconnect", live,
+                             self.max_connections)
+            return "connection_limit"
+        return None
 
     def reload_keys(self) -> tuple[list[str], list[str]]:
         """Read the allow-list folder again; return the key names (added, removed).
@@ -370,13 +388,16 @@ def run_forwarder(
     ready: threading.Event | None = None,
     keys: KeyRing | None = None,
     insecure: bool | None = None,
+    max_connections: int = 10_000,
 ) -> ForwarderStatistics | None:
     """Run a forwarder in this process until SIGINT or SIGTERM; return its last counters.
 
     Must be called from the main thread (it installs signal handlers).
     ``log_interval`` logs the counters at INFO every so many seconds. SIGHUP
-    reloads the allow-list of a forwarder with keys.
+    reloads the allow-list of a forwarder with keys. The process's open-file
+    limit is raised to its hard limit first: each connection holds a file.
     """
+    _raise_file_limit()
     stop = threading.Event()
     reload = threading.Event()
     wake = threading.Event()
@@ -392,7 +413,7 @@ def run_forwarder(
     previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval,
-                    keys=keys, insecure=insecure)
+                    keys=keys, insecure=insecure, max_connections=max_connections)
     last: ForwarderStatistics | None = None
     next_log = time.monotonic() + (log_interval or 0)
     try:
@@ -418,3 +439,19 @@ def run_forwarder(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return last
+
+
+def _raise_file_limit() -> None:
+    """Raise this process's soft limit of open files to the hard one (a forwarder holds one per connection)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            log.info("open-file limit raised from %d to %d", soft, target)
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d: %s", soft, exc)

@@ -105,6 +105,8 @@ class RpcOptions:
     cache_size: int = 10_000
     max_concurrency: int = 100
     insecure: bool = False
+    max_queue: int = 1000
+    max_queued_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass
@@ -131,7 +133,8 @@ class Responder:
         self.instance_id = bus.client_id
         self.handlers: dict[str, tuple[ServiceHandler, bool]] = {}
         self.core: ResponderCore[ProcessingMessage] = ResponderCore(
-            self.instance_id, max_concurrency=options.max_concurrency, cache_size=options.cache_size)
+            self.instance_id, max_concurrency=options.max_concurrency, cache_size=options.cache_size,
+            max_queue=options.max_queue, max_queued_bytes=options.max_queued_bytes)
         self.stats = ResponderStatistics()
         self._clock = clock
         self._work = TaskOwner()  # requests whose handler went on as a task
@@ -258,7 +261,7 @@ class Responder:
             return
         service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
-        action = self.core.request(caller, service, md.message_id, md.deadline, msg, self._clock())
+        action = self.core.request(caller, service, md.message_id, md.deadline, msg, self._clock(), len(body))
         if action is not None:
             self._act(action)
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from .errors import InsecureEndpoint, SecurityError
 
-__all__ = ["KeyRing", "check_endpoint", "needs_keys", "NETWORK_SCHEMES", "zap_decide", "ZapOutcome", "ZAP_VERSION"]
+__all__ = ["KeyRing", "check_endpoint", "needs_keys", "NETWORK_SCHEMES", "zap_decide", "ZapOutcome", "ZapDomain",
+           "ZAP_VERSION"]
 
 ZAP_VERSION = b"1.0"
 Z85_KEY_LENGTH = 40
@@ -104,12 +105,21 @@ class ZapOutcome:
     user: str | None
 
 
-def zap_decide(frames: list[bytes], allowed: Mapping[bytes, str] | None) -> ZapOutcome:
+@dataclass(frozen=True)
+class ZapDomain:
+    """What one server socket accepts: CURVE clients whose *binary* (32-byte) public key is in
+    ``allowed`` (key -> name), or, with ``allowed`` None, plaintext (NULL) clients only."""
+
+    allowed: Mapping[bytes, str] | None
+
+
+def zap_decide(frames: list[bytes], domain: ZapDomain | None, admit: str | None = None) -> ZapOutcome:
     """Answer one ZAP request (RFC 27).
 
-    ``frames`` is the request; ``allowed`` maps *binary* (32-byte) public keys
-    to names (``None``: the domain is unknown, so deny). The reply carries
-    status 200 and the key's name as user id, or 400 with a reason.
+    ``domain`` is the policy of the request's domain (``None``: unknown, so
+    deny). ``admit`` is a reason to refuse even an acceptable client (a limit
+    reached, e.g. ``connection_limit``). The reply carries status 200 and the
+    key's name as user id, or 400 with a reason.
     """
     if len(frames) < 6:
         return ZapOutcome([], "malformed", None)  # no request id to answer: dropped
@@ -121,11 +131,21 @@ def zap_decide(frames: list[bytes], allowed: Mapping[bytes, str] | None) -> ZapO
 
     if version != ZAP_VERSION:
         return ZapOutcome(reply(b"400", b"unsupported ZAP version"), "malformed", None)
-    if allowed is None:
+    if domain is None:
         return ZapOutcome(reply(b"400", b"unknown domain"), "unknown_domain", None)
-    if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
-        return ZapOutcome(reply(b"400", b"CURVE required"), "mechanism", None)
-    name = allowed.get(credentials[0])
-    if name is None:
-        return ZapOutcome(reply(b"400", b"key not allowed"), "unknown_key", None)
+    if domain.allowed is None:
+        if mechanism != b"NULL":
+            return ZapOutcome(reply(b"400", b"plaintext only"), "mechanism", None)
+        name = ""
+    else:
+        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+            return ZapOutcome(reply(b"400", b"CURVE required"), "mechanism", None)
+        found = domain.allowed.get(credentials[0])
+        if found is None:
+            return ZapOutcome(reply(b"400", b"key not allowed"), "unknown_key", None)
+        name = found
+    if admit is not None:
+        # 400, not 300 ("try later"): only a 400 reaches the client (a CURVE client's monitor), so it
+        # learns why at once instead of reconnecting silently.
+        return ZapOutcome(reply(b"400", admit.encode()), admit, None)
     return ZapOutcome(reply(b"200", b"OK", name), None, name)

@@ -16,7 +16,9 @@ Rules it keeps:
 * a closing responder refuses new requests, retryably (another instance may serve them);
 * an unknown service is refused retryably; a passed deadline is refused, never started,
   whether it passed on arrival or in the queue;
-* at most ``max_concurrency`` requests run at once; the rest wait in arrival order;
+* at most ``max_concurrency`` requests run at once; the rest wait in arrival order, at most
+  ``max_queue`` of them and ``max_queued_bytes`` in all: past either, a request is refused
+  retryably (``overloaded``: another instance, or a later try, may take it);
 * on close, queued requests are refused retryably (they never started) and running ones
   not retryably (their work may have been partly done).
 """
@@ -80,6 +82,7 @@ class ServingStatistics:
     expired: int = 0
     refused: int = 0
     interrupted: int = 0
+    overloaded: int = 0
 
 
 @dataclass(slots=True)
@@ -89,16 +92,21 @@ class _Entry(Generic[R]):
     request: R
     deadline: float | None
     started: float | None  # None while queued
+    size: int = 0
 
 
 class ResponderCore(Generic[R]):
     """The decisions of one responder instance (see the module docstring)."""
 
-    def __init__(self, instance_id: str, *, max_concurrency: int = 100, cache_size: int = 10_000) -> None:
-        if max_concurrency < 1:
-            raise ValueError("max_concurrency must be at least 1")
+    def __init__(self, instance_id: str, *, max_concurrency: int = 100, cache_size: int = 10_000,
+                 max_queue: int = 1000, max_queued_bytes: int = 64 * 1024 * 1024) -> None:
+        if max_concurrency < 1 or max_queue < 0 or max_queued_bytes < 0:
+            raise ValueError("max_concurrency must be at least 1, and the queue limits at least 0")
         self.instance_id = instance_id
         self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
         self.services: set[str] = set()
         self.stats = ServingStatistics()
         self.closing = False
@@ -113,8 +121,8 @@ class ResponderCore(Generic[R]):
         return len(self._entries)
 
     def request(self, caller: bytes, service: str, request_id: str, deadline: float | None, request: R,
-                now: float) -> Start[R] | Refuse[R] | Cached | None:
-        """A request arrived: what to do with it (None: nothing now)."""
+                now: float, size: int = 0) -> Start[R] | Refuse[R] | Cached | None:
+        """A request arrived (``size``: its bytes on the wire): what to do with it (None: nothing now)."""
         self.stats.requests += 1
         cached = self._cache.get(request_id)
         if cached is not None:
@@ -131,11 +139,18 @@ class ResponderCore(Generic[R]):
                                 f"instance {self.instance_id} does not serve {service!r}", True)
         if deadline is not None and now > deadline:
             return self._expired(caller, service, request)
-        entry = _Entry(caller, service, request, deadline, None)
-        self._entries[request_id] = entry
         if self._running >= self.max_concurrency:
+            if len(self._queue) >= self.max_queue or self._queued_bytes + size > self.max_queued_bytes:
+                self.stats.overloaded += 1
+                return self._refuse(caller, service, request, "overloaded", "Overloaded",
+                                    f"instance {self.instance_id} has {len(self._queue)} request(s) "
+                                    f"({self._queued_bytes} bytes) waiting", True)
+            self._entries[request_id] = _Entry(caller, service, request, deadline, None, size)
             self._queue.append(request_id)
+            self._queued_bytes += size
             return None
+        entry = _Entry(caller, service, request, deadline, None, size)
+        self._entries[request_id] = entry
         return self._start(request_id, entry, now)
 
     def done(self, request_id: str, frame: bytes | None, now: float) -> Sequence[Start[R] | Refuse[R]]:
@@ -157,6 +172,7 @@ class ResponderCore(Generic[R]):
             queued = self._entries.get(queued_id)
             if queued is None:
                 continue
+            self._queued_bytes -= queued.size
             if queued.deadline is not None and now > queued.deadline:
                 del self._entries[queued_id]
                 out.append(self._expired(queued.caller, queued.service, queued.request))
@@ -173,6 +189,7 @@ class ResponderCore(Generic[R]):
         """Start closing: refuse new requests; return the refusals of the queued ones (retryable)."""
         self.closing = True
         out = []
+        self._queued_bytes = 0
         while self._queue:
             entry = self._entries.pop(self._queue.popleft(), None)
             if entry is not None:
@@ -191,6 +208,7 @@ class ResponderCore(Generic[R]):
         self._entries.clear()
         self._queue.clear()
         self._running = 0
+        self._queued_bytes = 0
         return out
 
     def _start(self, request_id: str, entry: _Entry[R], now: float) -> Start[R]:

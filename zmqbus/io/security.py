@@ -35,6 +35,7 @@ import shutil
 import stat
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -44,8 +45,8 @@ from zmq.utils import z85
 from ..core import config
 from ..core.errors import AuthenticationRefused, SecurityError
 from ..core.ratelog import RateLimitedLog
-from ..core.security import KeyRing, zap_decide
-from .transport import BusLink, Channel, get_context, mapped_errors
+from ..core.security import KeyRing, ZapDomain, zap_decide
+from .transport import BusLink, Channel, get_context, mapped_errors, mark_background
 
 __all__ = ["load_keys", "keygen", "allowed_keys", "zap_handler", "ZapHandler", "apply_server", "apply_client",
            "HandshakeWatch", "FORWARDER_KEY_NAME", "config_keys", "secure_link"]
@@ -149,33 +150,41 @@ class ZapHandler:
     def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
         self._ctx = ctx
         self._lock = threading.Lock()
-        self._domains: dict[str, dict[bytes, str]] = {}  # domain -> binary public key -> name
+        self._domains: dict[str, ZapDomain] = {}
+        self._admit: dict[str, Callable[[], str | None]] = {}
         self._ids = itertools.count(1)
         self._faults = RateLimitedLog(log)
         self.denied: dict[str, dict[str, int]] = {}  # domain -> reason -> count
         self.accepted: dict[str, int] = {}  # domain -> count
         sock = ctx.socket(zmq.REP)
         sock.setsockopt(zmq.LINGER, 0)
+        mark_background(sock)
         with mapped_errors(f"bind the ZAP handler at {_ZAP_ENDPOINT}"):
             sock.bind(_ZAP_ENDPOINT)
         self._thread = threading.Thread(target=self._run, args=(sock,), name="zmqbus-zap", daemon=True)
         self._thread.start()
 
-    def register(self, allowed: dict[bytes, str], label: str) -> str:
-        """A new ZAP domain with this allow-list (Z85 key -> name); returns its name."""
+    def register(self, allowed: dict[bytes, str] | None, label: str,
+                 admit: Callable[[], str | None] | None = None) -> str:
+        """A new ZAP domain; returns its name. ``allowed``: the allow-list (Z85 key -> name), or None
+        for plaintext clients; ``admit``: called for each acceptable client, returns a reason to
+        refuse it anyway (a limit) or None."""
         domain = f"zmqbus-{label}-{next(self._ids)}"
         self.update(domain, allowed)
+        if admit is not None:
+            self._admit[domain] = admit
         return domain
 
-    def update(self, domain: str, allowed: dict[bytes, str]) -> None:
+    def update(self, domain: str, allowed: dict[bytes, str] | None) -> None:
         """Replace a domain's allow-list (new handshakes see it at once)."""
-        binary = {z85.decode(key): name for key, name in allowed.items()}
+        policy = ZapDomain(None if allowed is None else {z85.decode(key): name for key, name in allowed.items()})
         with self._lock:
-            self._domains[domain] = binary
+            self._domains[domain] = policy
 
     def unregister(self, domain: str) -> None:
         with self._lock:
             self._domains.pop(domain, None)
+            self._admit.pop(domain, None)
 
     def refused(self, domain: str) -> dict[str, int]:
         """Handshakes refused on ``domain`` so far, by reason (``unknown_key``, ``mechanism``, ...)."""
@@ -187,15 +196,15 @@ class ZapHandler:
                 frames = sock.recv_multipart()
                 domain = frames[2].decode(errors="replace") if len(frames) > 2 else ""
                 with self._lock:
-                    allowed = self._domains.get(domain)
-                outcome = zap_decide(frames, allowed)
+                    policy, admit = self._domains.get(domain), self._admit.get(domain)
+                outcome = zap_decide(frames, policy, None if admit is None else admit())
                 if outcome.denied is None:
                     self.accepted[domain] = self.accepted.get(domain, 0) + 1
                 else:
                     counts = self.denied.setdefault(domain, {})
                     counts[outcome.denied] = counts.get(outcome.denied, 0) + 1
                     address = frames[3].decode(errors="replace") if len(frames) > 3 else "?"
-                    key = z85.encode(frames[6]).decode() if len(frames) > 6 and len(frames[6]) == 32 else "-"
+                    key = z85.encode(frames[6]).decode() if len(frames) > 6 and len(frames[6]) == 32 else "none"
                     self._faults.log(logging.WARNING, f"zap:{domain}:{outcome.denied}",
                                      "refused a connection to %s from %s (%s, public key %s)",
                                      domain, address, outcome.denied.replace("_", " "), key)
@@ -223,11 +232,13 @@ def zap_handler() -> ZapHandler:
         return handler
 
 
-def apply_server(sock: zmq.Socket[bytes], keys: KeyRing, domain: str) -> None:
-    """Make ``sock`` a CURVE server that asks the ZAP handler about every client (before it binds)."""
-    with mapped_errors("configure CURVE (server)"):
-        sock.setsockopt(zmq.CURVE_SERVER, 1)
-        sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+def apply_server(sock: zmq.Socket[bytes], keys: KeyRing | None, domain: str) -> None:
+    """Make ``sock`` ask the ZAP handler about every client (before it binds): a CURVE server with
+    ``keys``, else a plaintext server whose clients ZAP still admits (its limits)."""
+    with mapped_errors("configure the server's security"):
+        if keys is not None:
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
         sock.setsockopt(zmq.ZAP_DOMAIN, domain.encode())
         sock.setsockopt(_ZAP_ENFORCE_DOMAIN, 1)
 
@@ -242,13 +253,15 @@ def apply_client(sock: zmq.Socket[bytes], keys: KeyRing, server_key: bytes | Non
             sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
 
 
-def secure_link(link: BusLink, keys: KeyRing) -> HandshakeWatch:
-    """Make a client's two bus sockets CURVE clients of the forwarder; watch their handshakes."""
+def secure_link(link: BusLink, keys: KeyRing) -> list[HandshakeWatch]:
+    """Make a client's two bus sockets CURVE clients of the forwarder; watch both sockets' handshakes
+    (either may be refused alone, by a connection limit)."""
     if keys.server is None:
         raise SecurityError(f"keys {keys.name!r} have no forwarder public key ({FORWARDER_KEY_NAME}.key)")
     apply_client(link.pub.sock, keys, keys.server)
     apply_client(link.sub.sock, keys, keys.server)
-    return HandshakeWatch(link.sub.sock, "the forwarder at", keys)
+    return [HandshakeWatch(link.pub.sock, "the forwarder at", keys),
+            HandshakeWatch(link.sub.sock, "the forwarder at", keys)]
 
 
 # -- a client's handshakes ------------------------------------------------------------
@@ -296,8 +309,10 @@ class HandshakeWatch:
                 self.refusal = None
             else:
                 self.failed += 1
-                why = ("the server refused this key" if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH
-                       else "the handshake failed (a wrong server key, or a server without CURVE)")
+                if not event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    why = "the handshake failed (a wrong server key, or a server without CURVE)"
+                else:  # the server's log and statistics().refused say which
+                    why = "the server refused this key (not in its allow-list) or is at its connection limit"
                 self.refusal = (f"{self.what} {endpoint}: {why} (public key {self.keys.public.decode()}, "
                                 f"key name {self.keys.name!r}; status {value})")
 

@@ -32,7 +32,8 @@ import zmq
 
 from ..core.errors import ClosedError, TransportError
 
-__all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "fast_send"]
+__all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "fast_send",
+           "mark_background"]
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _flush_at_exit() -> None:
         for ch in abandoned:
             ch.sock.close()  # with the LINGER its SocketConfig set
     sockets = getattr(ctx, "_sockets", None)
-    if sockets is None or any(not s.closed for s in list(sockets)):
+    if sockets is None or any(not s.closed and s not in _background for s in list(sockets)):
         return
     # term() releases the GIL while it waits, so a helper thread bounds it.
     terminator = threading.Thread(target=ctx.term, name="zmqbus-exit-flush", daemon=True)
@@ -92,6 +93,15 @@ def _flush_at_exit() -> None:
     if terminator.is_alive():
         log.warning("exit: the ZeroMQ context did not terminate within %g s (a socket dropped without close()?); "
                     "exiting without waiting for it", EXIT_FLUSH_TIMEOUT)
+
+
+_background: weakref.WeakSet[zmq.Socket[bytes]] = weakref.WeakSet()
+
+
+def mark_background(sock: zmq.Socket[bytes]) -> None:
+    """A socket of a service thread that closes itself when the context terminates (the ZAP
+    handler's): it does not hold back the exit flush."""
+    _background.add(sock)
 
 
 #: Seconds the exit flush may take at the most (each socket's linger is 1 s by default).
@@ -143,6 +153,9 @@ class SocketConfig:
     max_message_size: int = 1024 * 1024
     reconnect_ivl: float = 0.1
     reconnect_ivl_max: float = 2.0
+    #: A connection that has not completed its ZMTP (and CURVE) handshake by then is dropped:
+    #: idle TCP connections cannot pile up (ZeroMQ's default is 30 s).
+    handshake_ivl: float = 10.0
 
     def apply(self, sock: zmq.Socket[bytes]) -> None:
         sock.setsockopt(zmq.SNDHWM, self.hwm)
@@ -151,6 +164,7 @@ class SocketConfig:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.setsockopt(zmq.RECONNECT_IVL, int(self.reconnect_ivl * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_ivl_max * 1000))
+        sock.setsockopt(zmq.HANDSHAKE_IVL, int(self.handshake_ivl * 1000))
 
 
 class Channel:
