@@ -290,3 +290,110 @@ def test_idle_connections_are_dropped_after_the_handshake_interval(tcp_pair: tup
         finally:
             for s in idle:
                 s.close()
+
+
+# -- per-key permissions ---------------------------------------------------------------------
+
+POLICY_TOML = """
+[keys.alice]
+publish = ["order.#"]
+subscribe = ["order.#"]
+call = ["order.#"]
+serve = ["order.#"]
+
+[keys.bob]
+publish = ["payroll.#", "order.#"]
+subscribe = ["#"]
+serve = ["payroll.#"]
+call = ["#"]
+"""
+
+
+@pytest.fixture
+def policed(keys: Path, tcp_pair: tuple[str, str], tmp_path: Path) -> Any:
+    from zmqbus import load_policy
+
+    (tmp_path / "policy.toml").write_text(POLICY_TOML)
+    policy = load_policy(tmp_path / "policy.toml")
+    fwd = Forwarder(*tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False),
+                    policy=policy).start()
+    yield fwd, policy
+    fwd.stop()
+
+
+async def test_the_forwarder_enforces_publish_and_subscribe_permissions(policed: Any, keys: Path) -> None:
+    fwd, policy = policed
+    to_alice: list[str] = []
+    to_bob: list[str] = []
+    async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        alice.subscribe("alice", "order.#", lambda m: to_alice.append(m.topic or ""))
+        alice.subscribe("alice", "payroll.#", lambda m: to_alice.append(m.topic or ""))  # not allowed
+        bob.subscribe("bob", "#", lambda m: to_bob.append(m.topic or ""))
+        await alice.ready(5)
+        await bob.ready(5)
+        await alice.publish(ProcessingMessage("payroll.run", "forged"))  # not allowed: dropped
+        await alice.publish(ProcessingMessage("order.start", 1))
+        await bob.publish(ProcessingMessage("payroll.run", "salaries"))
+        await bob.publish(ProcessingMessage("orderly.x", "not order.#"))  # also not allowed for bob
+        await bob.publish(ProcessingMessage("order.done", 2))
+        await wait_until(lambda: "order.done" in to_alice and "order.done" in to_bob, 5, "the allowed messages")
+        await bob.ready(5)  # a probe behind everything bob sent
+        # (two publishers: no order between them)
+        assert sorted(to_alice) == ["order.done", "order.start"]  # never payroll: the subscription was refused
+        assert sorted(to_bob) == ["order.done", "order.start", "payroll.run"]  # never alice's forged payroll
+        assert alice.statistics().unmatched == 0  # "order.#" was narrowed: nothing else reached the socket
+    refused = fwd.statistics().refused
+    assert refused["publish_denied"] >= 2 and refused["subscribe_denied"] >= 1
+
+
+async def test_responders_enforce_call_permissions_and_callers_serve_permissions(policed: Any,
+                                                                                   keys: Path) -> None:
+    from zmqbus import RemoteError
+
+    fwd, policy = policed
+    async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        bob.serve("payroll.compute", lambda m: "secret")
+        alice.serve("payroll.steal", lambda m: "hijacked")  # alice may not serve payroll.*
+        await alice.ready(5)
+        await bob.ready(5)
+        with pytest.raises(RemoteError) as info:
+            await alice.request("payroll.compute", ProcessingMessage("q", 1), timeout=5)
+        assert info.value.code == "forbidden"
+        assert (await bob.request("payroll.compute", ProcessingMessage("q", 1), timeout=5)).content == "secret"
+        from zmqbus import NoResponder
+
+        with pytest.raises(NoResponder):
+            await bob.request("payroll.steal", ProcessingMessage("q", 1), timeout=2)
+        assert bob._caller is not None and bob._caller.presence_refused >= 1
+        assert bob.statistics().rpc["served_forbidden"] == 1
+
+
+def test_subscription_limits_bite_and_are_counted(tcp_pair: tuple[str, str]) -> None:
+    """max_subscriptions_per_connection=3: a raw SUB subscribing 6 topics gets 3 of them."""
+    with Forwarder(*tcp_pair, stats_interval=None, max_subscriptions_per_connection=3) as fwd:
+        ctx = get_context()
+        pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
+        try:
+            for s in (pub, sub):
+                s.setsockopt(zmq.LINGER, 0)
+            sub.connect(fwd.sub_endpoint)
+            for i in range(6):
+                sub.subscribe(f"t{i}\x00".encode())
+            pub.connect(fwd.pub_endpoint)
+            seen: set[bytes] = set()
+            deadline = time.monotonic() + 10
+            while len(seen) < 3 and time.monotonic() < deadline:
+                for i in range(6):
+                    pub.send(f"t{i}\x00x".encode())
+                while sub.poll(20):
+                    seen.add(sub.recv().split(b"\x00")[0])
+            for _ in range(3):  # the rest never come
+                for i in range(6):
+                    pub.send(f"t{i}\x00x".encode())
+                while sub.poll(50):
+                    seen.add(sub.recv().split(b"\x00")[0])
+            assert seen == {b"t0", b"t1", b"t2"}
+            assert fwd.statistics().refused["subscription_limit"] == 3
+        finally:
+            pub.close(0)
+            sub.close(0)

@@ -27,7 +27,7 @@ _MODULES = {
                     "RequestTimeout", "RetryableError", "SecurityError", "InsecureEndpoint",
                     "AuthenticationRefused"),
     "core.security": ("KeyRing",),
-    "io.security": ("load_keys", "keygen"),
+    "io.security": ("load_keys", "keygen", "load_policy"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
@@ -154,3 +154,4 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from .io.security import keygen as keygen
     from .io.security import load_keys as load_keys
+    from .io.security import load_policy as load_policy

@@ -48,12 +48,15 @@ def _run(coro: Any) -> Any:
                    "uses 'forwarder'). [env: ZMQBUS_KEY_NAME]")
 @click.option("--insecure", is_flag=True, envvar="ZMQBUS_INSECURE",
               help="Allow tcp beyond loopback without keys (traffic in clear). [env: ZMQBUS_INSECURE]")
-def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool) -> None:
+@click.option("--policy", envvar="ZMQBUS_POLICY", default=None, metavar="FILE",
+              help="Per-key permissions (TOML, docs/SECURITY.md); needs --keys. [env: ZMQBUS_POLICY]")
+def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool, policy: str | None) -> None:
     """zmqbus: a brokerless ZeroMQ message bus for components that talk only through messages."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The environment is the one place security settings live: the library and
     # every process a command starts read them from there.
-    settings = {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": key_name, "ZMQBUS_INSECURE": "1" if insecure else None}
+    settings = {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": key_name, "ZMQBUS_INSECURE": "1" if insecure else None,
+                "ZMQBUS_POLICY": os.path.abspath(policy) if policy else None}
     for var, value in settings.items():
         if value:
             os.environ[var] = value

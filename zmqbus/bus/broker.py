@@ -40,9 +40,10 @@ from typing import Any
 
 from ..core import config
 from ..core.codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
-from ..core.errors import BusTimeout, ClosedError, ZmqbusError
+from ..core.errors import BusTimeout, ClosedError, SecurityError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
+from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
 from ..core.security import KeyRing, check_endpoint
@@ -50,7 +51,7 @@ from ..core.sequence import Sequencer
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
 from ..io.aio import TaskOwner, is_async_callable, wait_event
-from ..io.security import HandshakeWatch, config_keys, secure_link
+from ..io.security import HandshakeWatch, config_keys, config_policy, secure_link
 from ..io.transport import BusLink, SocketConfig
 from .receiver import Receiver
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
@@ -125,6 +126,10 @@ class MessageBroker:
         (docs/SECURITY.md).
     :param insecure: allow a non-loopback tcp endpoint without keys (default:
         ``$ZMQBUS_INSECURE``); without it such a client refuses to start.
+    :param policy: per-key permissions (default: the file ``$ZMQBUS_POLICY``,
+        if set): its responder refuses calls the caller's key may not make
+        (``forbidden``), its caller ignores instances announcing services their
+        key may not serve.
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class MessageBroker:
         max_pending_handlers: int = 1000,
         keys: KeyRing | None = None,
         insecure: bool | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
@@ -156,6 +162,9 @@ class MessageBroker:
         self.client_id = new_id()
         self.keys = keys if keys is not None else config_keys()
         self.insecure = config.insecure() if insecure is None else insecure
+        self.policy = policy if policy is not None else config_policy()
+        if self.policy is not None and self.keys is None:
+            raise SecurityError("a policy names keys: it needs CURVE keys (keys=, $ZMQBUS_KEYS)")
         self._watches: list[HandshakeWatch] = []  # CURVE handshakes of the bus sockets
         self._socket_config = SocketConfig(hwm=hwm, linger=linger, max_message_size=max_message_size)
         self._codec = Codec(max_message_size)
@@ -581,6 +590,10 @@ class _Port:
     @property
     def keys(self) -> KeyRing | None:
         return self._broker.keys
+
+    @property
+    def policy(self) -> Policy | None:
+        return self._broker.policy
 
     def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any:
         return self._broker.subscribe(component_name, pattern, handler)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import struct
 import threading
@@ -29,13 +30,15 @@ import zmq
 
 from ..core import config
 from ..core.codec import Codec
-from ..core.errors import ClosedError, TransportError, ZmqbusError
+from ..core.errors import ClosedError, SecurityError, TransportError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
+from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.security import KeyRing, check_endpoint
-from ..io.security import allowed_keys, apply_server, config_keys, zap_handler
+from ..io.security import allowed_keys, apply_server, config_keys, config_policy, load_policy, zap_handler
 from ..io.transport import SocketConfig, get_context, mapped_errors
+from .guarded import PolicyGuard, run_guarded_proxy
 
 __all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC"]
 
@@ -93,6 +96,13 @@ class Forwarder:
         only the allow-list's keys (docs/SECURITY.md). Default: the key folder
         ``$ZMQBUS_KEYS``, if set.
     :param insecure: allow binding a non-loopback tcp endpoint without keys.
+    :param policy: per-key permissions (:func:`zmqbus.load_policy`; default:
+        the file ``$ZMQBUS_POLICY``, if set). Needs keys. Enforced in the
+        guarded proxy (Python sees every message: slower; see SECURITY.md).
+    :param max_subscriptions_per_connection: with ``max_subscriptions``,
+        subscription limits (default 10,000 per connection and 1,000,000 in
+        all once either is given, or a policy is); they too need the guarded
+        proxy.
     :param max_connections: live connections (both endpoints together) past
         which new clients are refused, with a log line; counted in
         ``statistics().refused["connection_limit"]``. Connections that never
@@ -113,8 +123,19 @@ class Forwarder:
         keys: KeyRing | None = None,
         insecure: bool | None = None,
         max_connections: int = 10_000,
+        policy: Policy | None = None,
+        max_subscriptions_per_connection: int | None = None,
+        max_subscriptions: int | None = None,
     ) -> None:
         self.keys = keys if keys is not None else config_keys(server=False)
+        self.policy = policy if policy is not None else config_policy()
+        if self.policy is not None and self.keys is None:
+            raise SecurityError("a policy names keys: it needs CURVE keys (--keys) to know who is who")
+        limits = max_subscriptions_per_connection is not None or max_subscriptions is not None
+        self.guard: PolicyGuard | None = None
+        if self.policy is not None or limits:
+            self.guard = PolicyGuard(self.policy, max_subscriptions_per_connection or 10_000,
+                                     max_subscriptions or 1_000_000)
         self.max_connections = max_connections
         self.insecure = config.insecure(insecure)
         self._zap_domain: str | None = None
@@ -134,6 +155,7 @@ class Forwarder:
         self._control: zmq.Socket[bytes] | None = None
         self._proxy_error: BaseException | None = None
         self._faults = RateLimitedLog(log)
+        self._admissions = 0  # clients the ZAP handler asked _admit about
 
     def start(self) -> Forwarder:
         """Bind both endpoints and start forwarding. Returns ``self``."""
@@ -198,7 +220,13 @@ class Forwarder:
     def _admit(self) -> str | None:
         """Called by the ZAP handler for each client it would accept: a limit reached, or None."""
         ev = self._events
-        live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"]  # this client's connection is counted already
+        # Every connection that reaches ZAP was accepted first, but the watch thread may not have
+        # read that event yet: wait (briefly, bounded) until it has, so this one is counted.
+        self._admissions += 1
+        deadline = time.monotonic() + 0.2
+        while ev["pc"] + ev["sc"] < self._admissions and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"]
         if live > self.max_connections:
             self._faults.log(logging.WARNING, "connection-limit", "connection limit reached (%d live, "
                              "max_connections %d): refusing new clients until some disconnect", live,
@@ -207,7 +235,7 @@ class Forwarder:
         return None
 
     def reload_keys(self) -> tuple[list[str], list[str]]:
-        """Read the allow-list folder again; return the key names (added, removed).
+        """Read the allow-list folder (and the policy file, if any) again; return the key names (added, removed).
 
         New connections see the new list at once (a removed key's next
         handshake is refused). Raises :class:`SecurityError` if the folder
@@ -219,8 +247,14 @@ class Forwarder:
         fresh = allowed_keys(keys.allowed_dir)
         added = sorted(fresh[k] for k in fresh.keys() - keys.allowed.keys())
         removed = sorted(keys.allowed[k] for k in keys.allowed.keys() - fresh.keys())
+        policy = self.policy
+        if policy is not None and policy.source and os.path.isfile(policy.source):
+            policy = load_policy(policy.source)  # read before anything changes: all or nothing
         zap_handler().update(domain, fresh)
         self.keys = dataclasses.replace(keys, allowed=fresh)
+        if policy is not None and self.guard is not None:
+            self.policy = policy
+            self.guard.replace_policy(policy)
         log.info("allow-list reloaded from %s: %d key(s); added %s, removed %s", keys.allowed_dir, len(fresh),
                  added or "none", removed or "none")
         return added, removed
@@ -234,7 +268,10 @@ class Forwarder:
         control = self._ctx.socket(zmq.PAIR)
         control.connect(self._control_addr)
         try:
-            zmq.proxy_steerable(xsub, xpub, None, control)
+            if self.guard is None:
+                zmq.proxy_steerable(xsub, xpub, None, control)
+            else:
+                run_guarded_proxy(xsub, xpub, control, self.guard)
         except zmq.ContextTerminated:
             pass
         except BaseException as exc:  # reported by stop() and statistics()
@@ -306,6 +343,8 @@ class Forwarder:
             self._events[side + "c"] += 1
         elif event & zmq.EVENT_DISCONNECTED:
             self._events[side + "d"] += 1
+            if self.guard is not None and not publisher_side:
+                self.guard.closed(struct.unpack("=hi", frames[0][:6])[1])  # the value is the connection's fd
             log.debug("a %s disconnected", "publisher" if publisher_side else "subscriber")
         elif event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._events["hf"] += 1  # the ZAP handler logged who and why
@@ -343,7 +382,8 @@ class Forwarder:
             publisher_connects=ev["pc"], publisher_disconnects=ev["pd"],
             subscriber_connects=ev["sc"], subscriber_disconnects=ev["sd"],
             handshake_failures=ev["hf"], uptime=time.monotonic() - self._started_at,
-            refused={} if self._zap_domain is None else zap_handler().refused(self._zap_domain),
+            refused={**({} if self._zap_domain is None else zap_handler().refused(self._zap_domain)),
+                     **({} if self.guard is None else self.guard.refused)},
         )
 
     def stop(self, timeout: float = 5.0) -> None:

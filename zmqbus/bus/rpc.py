@@ -44,6 +44,7 @@ from ..core.errors import (
     is_retryable,
 )
 from ..core.message import MessageMetadata, ProcessingMessage, current_message
+from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.reqrep import Call, CallTracker, Directory, GiveUp
 from ..core.retry import RetryPolicy
@@ -86,6 +87,8 @@ class BusPort(Protocol):
     def subscriptions_live(self) -> bool: ...
     @property
     def keys(self) -> KeyRing | None: ...
+    @property
+    def policy(self) -> Policy | None: ...
 
     def subscribe(self, component_name: str, pattern: str, handler: Callable[[ProcessingMessage], Any]) -> Any: ...
 
@@ -116,6 +119,7 @@ class ResponderStatistics:
     failed: int = 0
     malformed: int = 0
     undeliverable: int = 0
+    forbidden: int = 0
 
 
 class Responder:
@@ -139,7 +143,7 @@ class Responder:
         self._clock = clock
         self._work = TaskOwner()  # requests whose handler went on as a task
         self._faults = RateLimitedLog(log)
-        self._router = RouterLink(bus.socket_config)
+        self._router = RouterLink(bus.socket_config, with_users=bus.policy is not None)
         self._zap_domain: str | None = None
         try:
             keys = bus.keys
@@ -239,7 +243,7 @@ class Responder:
 
     # -- requests ----------------------------------------------------------
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], user: str = "") -> None:
         caller = frames[0]
         body = frames[1] if len(frames) == 2 else b""
         parts = split_request(body)
@@ -261,6 +265,13 @@ class Responder:
             return
         service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
+        policy = self.bus.policy
+        if policy is not None and not policy.may_call(user, service):
+            self.stats.forbidden += 1
+            self._faults.log(logging.WARNING, f"forbidden:{user}", "key %r may not call %r: refused", user, service)
+            self._reply_error(caller, msg, service, "forbidden", "Forbidden",
+                              f"key {user!r} may not call {service!r}", False)
+            return
         action = self.core.request(caller, service, md.message_id, md.deadline, msg, self._clock(), len(body))
         if action is not None:
             self._act(action)
@@ -456,7 +467,7 @@ class Caller:
             self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc,
                              msg.content)
             return
-        refusal = _presence_refusal(p, self.bus.keys)
+        refusal = _presence_refusal(p, self.bus.keys, self.bus.policy)
         if refusal is not None:
             self.presence_refused += 1
             self._faults.log(logging.WARNING, "presence-key", "ignored the presence of instance %s at %s: %s",
@@ -481,7 +492,7 @@ class Caller:
 
     # -- replies -----------------------------------------------------------
 
-    def _on_frames(self, frames: list[bytes]) -> None:
+    def _on_frames(self, frames: list[bytes], user: str = "") -> None:
         body = frames[1] if len(frames) == 2 else b""
         parts = split_reply(body)
         if parts is None:
@@ -585,12 +596,18 @@ class Caller:
         self._router.close(0)
 
 
-async def _serve_router(router: RouterLink, on_frames: Callable[[list[bytes]], None]) -> None:
-    """Hand every message arriving on ``router`` to ``on_frames``, draining in batches."""
+async def _serve_router(router: RouterLink, on_frames: Callable[[list[bytes], str], None]) -> None:
+    """Hand every message arriving on ``router`` to ``on_frames`` (with its key name when the router
+    records them), draining in batches."""
     while True:
         batch = router.recv_batch(256)
-        for frames in batch:
-            on_frames(frames)
+        users = router.users
+        if users:
+            for frames, user in zip(batch, users, strict=True):
+                on_frames(frames, user)
+        else:
+            for frames in batch:
+                on_frames(frames, "")
         if len(batch) == 256:
             await asyncio.sleep(0)  # let the rest of the loop run
         else:
@@ -600,15 +617,20 @@ async def _serve_router(router: RouterLink, on_frames: Callable[[list[bytes]], N
             await router.channel.wait(1, 1.0)  # zmq.POLLIN; bounded in case an FD edge was lost
 
 
-def _presence_refusal(p: Presence, keys: KeyRing | None) -> str | None:
+def _presence_refusal(p: Presence, keys: KeyRing | None, policy: Policy | None = None) -> str | None:
     """Why a caller must not use this instance (None: it may): on a secure bus only allowed keys
     may answer, and a plaintext caller cannot reach a CURVE server."""
     if keys is None:
         return None if p.key is None else "it is a CURVE server and this client has no keys"
     if p.key is None:
         return "it announced no CURVE key on a secure bus"
-    if not keys.allows(p.key.encode()):
+    name = keys.allowed.get(p.key.encode())
+    if name is None:
         return "its key is not in the allow-list"
+    if policy is not None:
+        denied = [s for s in p.services if not policy.may_serve(name, s)]
+        if denied:
+            return f"key {name!r} may not serve {denied}"
     return None
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 __all__ = ["DEFAULT_PUB", "DEFAULT_SUB", "DEFAULT_KEY_NAME", "pub_endpoint", "sub_endpoint", "ipc_endpoints",
-           "keys_dir", "key_name", "insecure"]
+           "keys_dir", "key_name", "insecure", "policy_file"]
 
 DEFAULT_PUB = "tcp://127.0.0.1:5570"
 DEFAULT_SUB = "tcp://127.0.0.1:5571"
@@ -48,3 +48,8 @@ def insecure(value: bool | None = None) -> bool:
     if value is not None:
         return value
     return os.environ.get("ZMQBUS_INSECURE", "").strip().lower() in ("1", "true", "yes")
+
+
+def policy_file(value: str | None = None) -> str | None:
+    """``value``, else ``$ZMQBUS_POLICY`` (a per-key permissions file, docs/SECURITY.md), else None."""
+    return value or os.environ.get("ZMQBUS_POLICY") or None

@@ -21,7 +21,8 @@ PRESENCE_TOPIC = "_zmqbus.presence"
 #: Callers ask for a service here.
 DISCOVER_TOPIC = "_zmqbus.discover"
 #: The ``code`` of an error reply (PROTOCOL.md section 8.2).
-ERROR_CODES = ("handler_error", "malformed", "unknown_service", "expired", "shutting_down", "overloaded")
+ERROR_CODES = ("handler_error", "malformed", "unknown_service", "expired", "shutting_down", "overloaded",
+               "forbidden")
 
 
 def _field(content: Any, key: str) -> Any:

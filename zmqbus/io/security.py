@@ -44,12 +44,13 @@ from zmq.utils import z85
 
 from ..core import config
 from ..core.errors import AuthenticationRefused, SecurityError
+from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.security import KeyRing, ZapDomain, zap_decide
 from .transport import BusLink, Channel, get_context, mapped_errors, mark_background
 
 __all__ = ["load_keys", "keygen", "allowed_keys", "zap_handler", "ZapHandler", "apply_server", "apply_client",
-           "HandshakeWatch", "FORWARDER_KEY_NAME", "config_keys", "secure_link"]
+           "HandshakeWatch", "FORWARDER_KEY_NAME", "config_keys", "secure_link", "load_policy", "config_policy"]
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,24 @@ def config_keys(server: bool = True) -> KeyRing | None:
     if folder is None:
         return None
     return load_keys(folder, config.key_name(None if server else FORWARDER_KEY_NAME), server=server)
+
+
+def load_policy(path: str | os.PathLike[str]) -> Policy:
+    """Read a policy file (TOML, docs/SECURITY.md); raise :class:`SecurityError` in one line."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SecurityError(f"cannot read the policy {path}: {exc}") from None
+    return Policy.from_dict(data, str(path))
+
+
+def config_policy() -> Policy | None:
+    """The policy the environment names (``$ZMQBUS_POLICY``), or None."""
+    path = config.policy_file()
+    return None if path is None else load_policy(path)
 
 
 # -- the ZAP handler ----------------------------------------------------------------

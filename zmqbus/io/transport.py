@@ -261,6 +261,15 @@ class Channel:
 _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
+def _user_id(frame: zmq.Frame) -> str:
+    """The ZAP user id (a key name) of the connection a frame came from; "" if none."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        return ""
+    return user if isinstance(user, str) else ""
+
+
 def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
     if not fut.done():
         fut.set_result(value)
@@ -362,7 +371,8 @@ class RouterLink:
     names each responder with ``CONNECT_ROUTING_ID`` when it connects.
     """
 
-    def __init__(self, config: SocketConfig, routing_id: bytes | None = None, *, mandatory: bool = False) -> None:
+    def __init__(self, config: SocketConfig, routing_id: bytes | None = None, *, mandatory: bool = False,
+                 with_users: bool = False) -> None:
         with mapped_errors("create ROUTER socket"):
             sock = get_context().socket(zmq.ROUTER)
             config.apply(sock)
@@ -373,6 +383,8 @@ class RouterLink:
         self.config = config
         self.channel = Channel(sock)
         self._send = fast_send(sock)
+        #: With ``with_users``: the ZAP user id (key name) of each message of the last batch, in order.
+        self.users: list[str] | None = [] if with_users else None
 
     def bind(self, endpoint: str) -> str:
         """Bind (``tcp://host:*`` picks a free port) and return the endpoint actually bound."""
@@ -421,6 +433,9 @@ class RouterLink:
         """
         out: list[list[bytes]] = []
         recv = self.channel.sock.recv
+        users = self.users
+        if users is not None:
+            users.clear()
         try:
             for _ in range(limit):
                 try:
@@ -432,6 +447,8 @@ class RouterLink:
                     frame = recv(1, copy=False)
                     frames.append(frame.bytes)
                 out.append(frames)
+                if users is not None:
+                    users.append(_user_id(frame))
         except zmq.ZMQError as exc:
             with mapped_errors("receive"):
                 raise exc

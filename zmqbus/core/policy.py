@@ -1,0 +1,145 @@
+"""Per-key permissions: which topics a key may publish and subscribe, which services it may serve and call.
+
+A policy file (TOML) names keys (the names of their files in the allow-list)::
+
+    [keys.orders]
+    publish = ["order.#", "status.orders"]
+    subscribe = ["order.#", "payment.done"]
+    serve = ["orders.*"]
+    call = ["state.query", "payment.#"]
+
+Contracts:
+
+* **What a policy does not allow is denied**: a key the policy does not name
+  may do nothing; a missing list allows nothing. ``"#"`` allows everything.
+* Publishing and calling check the topic or service against the patterns
+  (AMQP wildcards, as subscriptions use them).
+* Subscribing is granted on literal prefixes, the only thing ZeroMQ filters
+  on: a permitted pattern ``L.#`` grants the socket prefixes ``L.`` and
+  ``L\\0`` (what ``L.#`` matches, exactly) and anything longer that starts
+  with ``L.``; a permitted topic ``L`` grants ``L\\0``; ``#`` grants all.
+  A zmqbus client subscribing ``L.#`` sends the prefix ``L`` (which would
+  also receive ``Lx...``): :meth:`Policy.grant` narrows it to ``L.`` and
+  ``L\\0``. A pattern with ``*`` grants nothing to subscribe (no prefix
+  covers it exactly); permit a broader ``L.#`` instead.
+* Control traffic (``_zmqbus.``: presence, discovery, probes) is allowed to
+  every named key; without it no member could work. Permissions on it are
+  the responders' and callers' concern (``serve``, ``call``).
+
+Pure code: no sockets, no event loop.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import SecurityError, TopicError
+from .topics import RESERVED_PREFIX, Pattern, compile_pattern
+
+__all__ = ["Permissions", "Policy"]
+
+_RESERVED = RESERVED_PREFIX.encode()
+_ACTIONS = ("publish", "subscribe", "serve", "call")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """What one key may do (compiled patterns)."""
+
+    publish: tuple[Pattern, ...] = ()
+    subscribe: tuple[Pattern, ...] = ()
+    serve: tuple[Pattern, ...] = ()
+    call: tuple[Pattern, ...] = ()
+
+
+def _allows(patterns: tuple[Pattern, ...], topic: str) -> bool:
+    return any(p.match(topic) for p in patterns)
+
+
+class Policy:
+    """A parsed policy (see the module docstring)."""
+
+    def __init__(self, keys: Mapping[str, Permissions], source: str = "") -> None:
+        self.keys = dict(keys)
+        self.source = source
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "policy") -> Policy:
+        """Read a policy from its TOML table; raise :class:`SecurityError` naming what is wrong."""
+        if not isinstance(data, dict) or not isinstance(data.get("keys", {}), dict):
+            raise SecurityError(f"{source}: expected [keys.NAME] tables")
+        unknown = set(data) - {"keys"}
+        if unknown:
+            raise SecurityError(f"{source}: unknown section(s) {sorted(unknown)} (only [keys.NAME])")
+        keys: dict[str, Permissions] = {}
+        for name, table in data.get("keys", {}).items():
+            if not isinstance(table, dict):
+                raise SecurityError(f"{source}: [keys.{name}] must be a table")
+            wrong = set(table) - set(_ACTIONS)
+            if wrong:
+                raise SecurityError(f"{source}: [keys.{name}] has unknown key(s) {sorted(wrong)} "
+                                    f"(allowed: {', '.join(_ACTIONS)})")
+            compiled: dict[str, tuple[Pattern, ...]] = {}
+            for action in _ACTIONS:
+                patterns = table.get(action, [])
+                if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+                    raise SecurityError(f"{source}: [keys.{name}] {action} must be a list of patterns")
+                try:
+                    compiled[action] = tuple(compile_pattern(p) for p in patterns)
+                except TopicError as exc:
+                    raise SecurityError(f"{source}: [keys.{name}] {action}: {exc}") from None
+            keys[name] = Permissions(**compiled)
+        return cls(keys, source)
+
+    @property
+    def restricts_publishing(self) -> bool:
+        """False when every named key may publish everything (the forwarder then skips the check)."""
+        return not all(any(p.text == "#" for p in perms.publish) for perms in self.keys.values())
+
+    def may_publish(self, key: str, topic: str) -> bool:
+        perms = self.keys.get(key)
+        return perms is not None and (topic.startswith(RESERVED_PREFIX) or _allows(perms.publish, topic))
+
+    def may_call(self, key: str, service: str) -> bool:
+        perms = self.keys.get(key)
+        return perms is not None and _allows(perms.call, service)
+
+    def may_serve(self, key: str, service: str) -> bool:
+        perms = self.keys.get(key)
+        return perms is not None and _allows(perms.serve, service)
+
+    def grant(self, key: str, prefix: bytes) -> list[bytes]:
+        """The socket prefixes to apply for ``key``'s subscription to ``prefix`` (empty: denied)."""
+        perms = self.keys.get(key)
+        if perms is None:
+            return []
+        if prefix.startswith(_RESERVED):
+            return [prefix]
+        out: list[bytes] = []
+        for p in perms.subscribe:
+            granted = _grant_one(p, prefix)
+            if granted is None:
+                continue
+            if granted == [prefix]:
+                return [prefix]  # granted as asked
+            out.extend(g for g in granted if g not in out)
+        return out
+
+
+def _grant_one(p: Pattern, prefix: bytes) -> list[bytes] | None:
+    """What pattern ``p`` grants of a subscription to ``prefix``: all of it, a narrowing, or None."""
+    if p.text == "#":
+        return [prefix]
+    if p.prefix.endswith(b"\x00"):  # an exact topic
+        return [prefix] if prefix == p.prefix else None
+    if not p.text.endswith(".#") or b"*" in p.text.encode() or p.text.count("#") != 1:
+        return None  # only L.# and exact topics translate into prefixes
+    literal = p.prefix  # b"L"
+    if prefix.startswith(literal + b".") or prefix == literal + b"\x00":
+        return [prefix]
+    if prefix == literal:
+        return [literal + b".", literal + b"\x00"]  # what "L.#" matches, exactly
+    if literal.startswith(prefix) and prefix:
+        return None  # broader than allowed (e.g. "ord" for "order.#")
+    return None
