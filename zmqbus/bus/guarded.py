@@ -30,6 +30,7 @@ import zmq
 
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
+from ..io.transport import user_id
 
 __all__ = ["Guard", "PolicyGuard", "run_guarded_proxy"]
 
@@ -90,7 +91,7 @@ def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard
         if guard is not None:
             head = bytes(frame.buffer[:256])
             cut = head.find(b"\x00")
-            if not guard.may_publish(_user(frame), head[:cut] if cut >= 0 else head):
+            if not guard.may_publish(user_id(frame), head[:cut] if cut >= 0 else head):
                 continue
         for p in parts[:-1]:
             send(p, zmq.SNDMORE, copy=False)
@@ -119,20 +120,11 @@ def _subscriptions(xpub: zmq.Socket[bytes], xsub: zmq.Socket[bytes], guard: Guar
                 xsub.send(data)
             continue
         option, flag = (zmq.SUBSCRIBE, b"\x01") if subscribe else (zmq.UNSUBSCRIBE, b"\x00")
-        for granted in guard.subscription(_user(frame), connection, prefix, subscribe):
+        for granted in guard.subscription(user_id(frame), connection, prefix, subscribe):
             xpub.setsockopt(option, granted)  # for that connection only (XPUB_MANUAL: the last sender)
             xsub.send(flag + granted)
             counts[2] += 1
             counts[3] += 1 + len(granted)
-
-
-def _user(frame: zmq.Frame) -> str:
-    """The key name the ZAP handler gave the frame's connection ("" on a plaintext bus)."""
-    try:
-        user = frame.get("User-Id")
-    except zmq.ZMQError:
-        return ""
-    return user if isinstance(user, str) else ""
 
 
 def _connection(frame: zmq.Frame) -> int:

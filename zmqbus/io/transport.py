@@ -33,7 +33,7 @@ import zmq
 from ..core.errors import ClosedError, TransportError
 
 __all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "fast_send",
-           "mark_background"]
+           "mark_background", "user_id"]
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class Channel:
 _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
-def _user_id(frame: zmq.Frame) -> str:
+def user_id(frame: zmq.Frame) -> str:
     """The ZAP user id (a key name) of the connection a frame came from; "" if none."""
     try:
         user = frame.get("User-Id")
@@ -448,7 +448,7 @@ class RouterLink:
                     frames.append(frame.bytes)
                 out.append(frames)
                 if users is not None:
-                    users.append(_user_id(frame))
+                    users.append(user_id(frame))
         except zmq.ZMQError as exc:
             with mapped_errors("receive"):
                 raise exc
