@@ -191,3 +191,56 @@ def test_bench_out_dir_that_cannot_be_written_fails_before_measuring(run_cli: An
     code, _out, err = finish(run_cli("bench", "--quick", "--out", str(blocker / "report")), timeout=30)
     assert code == 1 and "cannot write the report" in err
     assert "pubsub (1/" not in err  # nothing was measured
+
+
+def test_up_runs_a_secure_topology(tmp_path: Any, run_cli: Any) -> None:
+    """keys, key_name and policy in the topology file reach every process `zmqbus up` starts:
+    CURVE over tcp loopback, a policed forwarder, a component serving under its own key."""
+    import asyncio
+
+    from zmqbus import MessageBroker, ProcessingMessage, keygen, load_keys, load_policy
+    from zmqbus.framework.procs import tcp_endpoints
+
+    keys = tmp_path / "keys"
+    for name in ("forwarder", "worker", "client"):
+        keygen(keys, name, allow=name != "forwarder")
+    (tmp_path / "policy.toml").write_text(
+        '[keys.worker]\npublish = ["#"]\nsubscribe = ["#"]\nserve = ["#"]\ncall = ["#"]\n'
+        '[keys.client]\npublish = ["#"]\nsubscribe = ["#"]\ncall = ["ingest.#"]\n')
+    pub, sub = tcp_endpoints()
+    topology = tmp_path / "topology.toml"
+    topology.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\nkeys = "keys"\nkey_name = "worker"\n'
+                        f'policy = "policy.toml"\n\n[[component]]\nclass = "components.ingest:ChunkAnalyzer"\n')
+    proc = run_cli("up", str(topology))
+
+    async def ask() -> Any:
+        async with MessageBroker(pub, sub, keys=load_keys(keys, "client"),
+                                 policy=load_policy(tmp_path / "policy.toml")) as b:
+            await b.ready(30)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    return (await b.request("ingest.analyze", ProcessingMessage("ingest.analyze", {
+                        "document_id": "d", "index": 0, "text": "two words"}), timeout=10)).content
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+
+    assert asyncio.run(ask())["words"] == 2
+    proc.send_signal(signal.SIGINT)
+    code, _, err = finish(proc, timeout=30)
+    assert code == 0, err
+
+
+def test_up_with_a_bad_policy_says_so_in_one_line(tmp_path: Any, run_cli: Any) -> None:
+    (tmp_path / "policy.toml").write_text('[keys.x]\npublsh = ["#"]\n')
+    keygen_dir = tmp_path / "keys"
+    from zmqbus import keygen
+
+    keygen(keygen_dir, "forwarder", allow=False)
+    keygen(keygen_dir, "client")
+    topology = tmp_path / "topology.toml"
+    topology.write_text('[bus]\nkeys = "keys"\npolicy = "policy.toml"\n')
+    code, _, err = finish(run_cli("up", str(topology)), timeout=30)
+    assert code == 1 and "unknown key(s) ['publsh']" in err and len(err.strip().splitlines()) == 1, err

@@ -397,3 +397,26 @@ def test_subscription_limits_bite_and_are_counted(tcp_pair: tuple[str, str]) -> 
         finally:
             pub.close(0)
             sub.close(0)
+
+
+async def test_revoking_a_key_cuts_its_live_connections(secure_forwarder: Forwarder, keys: Path) -> None:
+    """bob is connected and receiving; his key is removed and the allow-list reloaded: every live
+    connection is cut, bob's reconnection is refused (he receives nothing more, and his next ready()
+    says why), alice reconnects and goes on."""
+    to_bob: list[Any] = []
+    to_alice: list[Any] = []
+    async with member(secure_forwarder, keys, "alice") as alice, member(secure_forwarder, keys, "bob") as bob:
+        bob.subscribe("bob", "news.#", lambda m: to_bob.append(m.content))
+        alice.subscribe("alice", "news.#", lambda m: to_alice.append(m.content))
+        await bob.ready(5)
+        await alice.publish(ProcessingMessage("news.a", 1))
+        await wait_until(lambda: to_bob == [1] and to_alice == [1], 5, "the first message to both")
+        (keys / "allowed" / "bob.key").unlink()
+        assert secure_forwarder.reload_keys() == ([], ["bob"])
+        with pytest.raises(AuthenticationRefused):
+            await bob.ready(5)
+        await alice.ready(10)  # reconnected, handshake accepted again
+        await alice.publish(ProcessingMessage("news.a", 2))
+        await wait_until(lambda: to_alice[-1] == 2, 5, "alice's next message after the cut")
+        await alice.ready(5)
+        assert to_bob == [1]

@@ -305,12 +305,13 @@ def up(topology: str | None, keep_going: bool, crash_limit: int) -> None:
         raise click.ClickException(str(exc)) from None
     os.environ.update(topo.environment())  # every process it starts inherits the security settings
     from .core.security import check_endpoint
-    from .io.security import config_keys
+    from .io.security import config_keys, config_policy
 
-    try:  # bad keys or a plaintext endpoint beyond loopback: one line now, not a crash loop later
+    try:  # bad keys or policy, or plaintext beyond loopback: one line now, not a crash loop later
         member_keys = config_keys()
         if topo.forwarder:
             config_keys(server=False)
+        config_policy()
         for endpoint in (topo.pub, topo.sub):
             check_endpoint(endpoint, member_keys, config.insecure(), "connect to")
     except ZmqbusError as exc:

@@ -156,6 +156,7 @@ class Forwarder:
         self._proxy_error: BaseException | None = None
         self._faults = RateLimitedLog(log)
         self._admissions = 0  # clients the ZAP handler asked _admit about
+        self._live_fds: set[int] = set()  # accepted connections not yet disconnected (monitor events)
 
     def start(self) -> Forwarder:
         """Bind both endpoints and start forwarding. Returns ``self``."""
@@ -237,9 +238,13 @@ class Forwarder:
     def reload_keys(self) -> tuple[list[str], list[str]]:
         """Read the allow-list folder (and the policy file, if any) again; return the key names (added, removed).
 
-        New connections see the new list at once (a removed key's next
-        handshake is refused). Raises :class:`SecurityError` if the folder
-        cannot be read (the old list stays in force).
+        New connections see the new list at once. When a key was removed,
+        every live connection is cut (its socket shut down, which libzmq sees
+        as the peer leaving): members reconnect within about 100 ms and
+        handshake again, and the removed key's handshake is refused. What was
+        in flight on those connections is lost and counted as gaps, as in a
+        forwarder restart. Raises :class:`SecurityError` if the folder cannot
+        be read (the old list stays in force).
         """
         keys, domain = self.keys, self._zap_domain
         if keys is None or keys.allowed_dir is None or domain is None:
@@ -257,7 +262,22 @@ class Forwarder:
             self.guard.replace_policy(policy)
         log.info("allow-list reloaded from %s: %d key(s); added %s, removed %s", keys.allowed_dir, len(fresh),
                  added or "none", removed or "none")
+        if removed:
+            cut = _cut_connections(list(self._live_fds), self._local_addresses())
+            log.warning("cut %d live connection(s) so that the removed key(s) %s must handshake again", cut,
+                        removed)
         return added, removed
+
+    def _local_addresses(self) -> set[object]:
+        """What an accepted connection's local address is (a tcp port, an ipc path): to cut only ours."""
+        out: set[object] = set()
+        for endpoint in (self.pub_endpoint, self.sub_endpoint):
+            scheme, _, rest = endpoint.partition("://")
+            if scheme == "tcp" and rest.rsplit(":", 1)[-1].isdigit():
+                out.add(int(rest.rsplit(":", 1)[-1]))
+            elif scheme == "ipc":
+                out.add(rest)
+        return out
 
     def _forget_domain(self) -> None:
         if self._zap_domain is not None:
@@ -339,12 +359,15 @@ class Forwarder:
         side = "p" if publisher_side else "s"
         if event & zmq.EVENT_MONITOR_STOPPED:
             return True
+        fd = struct.unpack("=hi", frames[0][:6])[1]  # ACCEPTED's and DISCONNECTED's value: the connection's fd
         if event & zmq.EVENT_ACCEPTED:
             self._events[side + "c"] += 1
+            self._live_fds.add(fd)
         elif event & zmq.EVENT_DISCONNECTED:
             self._events[side + "d"] += 1
+            self._live_fds.discard(fd)
             if self.guard is not None and not publisher_side:
-                self.guard.closed(struct.unpack("=hi", frames[0][:6])[1])  # the value is the connection's fd
+                self.guard.closed(fd)
             log.debug("a %s disconnected", "publisher" if publisher_side else "subscriber")
         elif event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             self._events["hf"] += 1  # the ZAP handler logged who and why
@@ -495,3 +518,28 @@ def _raise_file_limit() -> None:
             log.info("open-file limit raised from %d to %d", soft, target)
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
+def _cut_connections(fds: list[int], local: set[object]) -> int:
+    """Shut down these accepted connections (libzmq owns the descriptors: it sees the peer leave and
+    closes them itself). A descriptor whose local address is not one of ``local`` (closed and reused
+    meanwhile) is left alone. Returns how many were cut."""
+    import socket
+
+    cut = 0
+    for fd in fds:
+        try:
+            dup = socket.socket(fileno=os.dup(fd))  # a duplicate: closing it never closes libzmq's
+        except OSError:
+            continue  # gone meanwhile, or not a socket
+        try:
+            name = dup.getsockname()
+            if (name[1] if isinstance(name, tuple) else name) not in local:
+                continue
+            dup.shutdown(socket.SHUT_RDWR)
+            cut += 1
+        except OSError:
+            pass
+        finally:
+            dup.close()
+    return cut

@@ -17,6 +17,7 @@
       keys = "keys"                     # optional: CURVE key folder, relative to this file
       key_name = "client"               #   (docs/SECURITY.md); else $ZMQBUS_KEYS / $ZMQBUS_KEY_NAME
       insecure = false                  # optional: plaintext beyond loopback
+      policy = "policy.toml"            # optional: per-key permissions, relative to this file
 
       [[component]]
       class = "components.ingest:ChunkAnalyzer"
@@ -135,11 +136,12 @@ class Topology:
     keys: str | None = None
     key_name: str | None = None
     insecure: bool = False
+    policy: str | None = None
 
     def environment(self) -> dict[str, str]:
         """The security settings as the environment variables every process reads (docs/SECURITY.md)."""
         env = {"ZMQBUS_KEYS": self.keys, "ZMQBUS_KEY_NAME": self.key_name,
-               "ZMQBUS_INSECURE": "1" if self.insecure else None}
+               "ZMQBUS_INSECURE": "1" if self.insecure else None, "ZMQBUS_POLICY": self.policy}
         return {k: v for k, v in env.items() if v}
 
 
@@ -160,11 +162,12 @@ def load_topology(path: str) -> Topology:
             raise ValueError(f"{path}: component {entry['class']}: replicas must be >= 1")
         load_component(entry["class"])  # fail now, not in a child process
         comps.append(ComponentSpec(entry["class"], entry.get("name"), replicas))
-    keys = bus.get("keys")
-    if keys is not None:
-        keys = os.path.join(os.path.dirname(os.path.abspath(path)), str(keys))
+    here = os.path.dirname(os.path.abspath(path))
+    keys, policy = bus.get("keys"), bus.get("policy")
     return Topology(config.pub_endpoint(bus.get("pub")), config.sub_endpoint(bus.get("sub")),
-                    bool(bus.get("forwarder", True)), comps, keys, bus.get("key_name"), bool(bus.get("insecure")))
+                    bool(bus.get("forwarder", True)), comps,
+                    None if keys is None else os.path.join(here, str(keys)), bus.get("key_name"),
+                    bool(bus.get("insecure")), None if policy is None else os.path.join(here, str(policy)))
 
 
 @dataclass(eq=False)
