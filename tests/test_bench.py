@@ -89,3 +89,13 @@ def test_secure_pubsub_bench_runs_every_side_over_curve() -> None:
     out = json.loads(done.stdout)
     assert out["lost"] == {"raw_curve": 0, "zmqbus_curve": 0, "zmqbus_clear": 0}
     assert min(out["raw_curve_msgs_per_s"], out["zmqbus_curve_msgs_per_s"], out["zmqbus_clear_msgs_per_s"]) > 0
+
+
+def test_secure_reqrep_bench_runs_every_side_over_curve() -> None:
+    """`zmqbus bench reqrep --secure --quick`: three sides report figures (it asserts no speed)."""
+    done = subprocess.run([sys.executable, "-m", "zmqbus", "bench", "reqrep", "--secure", "--quick", "--json"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    for side in ("raw_curve", "zmqbus_curve", "zmqbus_clear"):
+        assert out[side]["p50_us"] > 0 and out[side]["throughput_req_s"] > 0

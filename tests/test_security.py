@@ -420,3 +420,33 @@ async def test_revoking_a_key_cuts_its_live_connections(secure_forwarder: Forwar
         await wait_until(lambda: to_alice[-1] == 2, 5, "alice's next message after the cut")
         await alice.ready(5)
         assert to_bob == [1]
+
+
+async def test_strangers_cannot_call_a_secure_responder(secure_forwarder: Forwarder, keys: Path) -> None:
+    """A raw DEALER at a responder's endpoint, with no key or an unknown one, gets no answer; an
+    allowed member's raw DEALER (with the responder's key from its presence) does."""
+    from zmqbus.core.codec import Codec, request_head
+    from zmqbus.io.security import apply_client
+
+    async with member(secure_forwarder, keys, "bob") as bob:
+        bob.serve("state.query", lambda m: {"secret": True})
+        await bob.ready(5)
+        assert bob._responder is not None
+        endpoint, server_key = bob._responder.endpoint, load_keys(keys, "bob").public
+        codec = Codec()
+        msg = ProcessingMessage("state.query", {})
+        head = request_head("state.query")
+        frame = head + codec.encode(msg, head, "stranger", 0)
+        answers = {}
+        for who in (None, "mallory", "alice"):
+            dealer = get_context().socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            if who is not None:
+                apply_client(dealer, load_keys(keys, who), server_key)
+            dealer.connect(endpoint)
+            try:
+                dealer.send(frame)
+                answers[who] = await asyncio.to_thread(dealer.poll, 1500)
+            finally:
+                dealer.close(0)
+        assert answers == {None: 0, "mallory": 0, "alice": zmq.POLLIN}

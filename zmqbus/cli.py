@@ -457,11 +457,27 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
 @click.option("--quick", is_flag=True, help="Small run (checks that the benchmark works; figures are rough).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--rounds", default=0, help="Rounds per side, best kept (default 3; 1 with --quick).")
-def bench_reqrep(quick: bool, as_json: bool, rounds: int) -> None:
+@click.option("--secure", is_flag=True, help="What CURVE costs: raw and zmqbus with CURVE, and zmqbus in clear.")
+def bench_reqrep(quick: bool, as_json: bool, rounds: int, secure: bool) -> None:
     """Request/reply latency (1 in flight) and throughput (100 in flight), zmqbus vs raw DEALER/ROUTER."""
-    from .bench.reqrep import run_reqrep
+    from .bench.reqrep import run_reqrep, run_reqrep_secure
 
     progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
+    if secure:
+        out = run_reqrep_secure(quick=quick, rounds=rounds or None, progress=progress)
+        if as_json:
+            click.echo(json.dumps(out))
+            return
+        lines = [f"request/reply with CURVE, best of {out['rounds']} round(s):"]
+        for name in ("raw_curve", "zmqbus_curve", "zmqbus_clear"):
+            side = out[name]
+            lines.append(f"  {name:<13} p50 {side['p50_us']:>7,.0f} us   100 in flight "
+                         f"{side['throughput_req_s']:>8,.0f} req/s")
+        lines.append(f"  zmqbus/raw with CURVE: p50 {out['p50_ratio']:.2f}x, throughput {out['throughput_ratio']:.2f}; "
+                     f"CURVE costs zmqbus {out['curve_p50_cost']:.2f}x p50 and keeps "
+                     f"{out['curve_throughput_kept']:.0%} of its throughput")
+        click.echo("\n".join(lines))
+        return
     r = run_reqrep(quick=quick, rounds=rounds or None, progress=progress)
     if as_json:
         click.echo(json.dumps(r))

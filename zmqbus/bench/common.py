@@ -108,3 +108,30 @@ async def wait_idle(done: asyncio.Event, count: Callable[[], int], idle: float) 
     while not done.is_set() and seen != count():
         seen = count()
         await wait_event(done, idle)
+
+
+#: A key folder (``forwarder`` and ``client`` pairs): the raw sides use CURVE too (``--secure``).
+RAW_CURVE_ENV = "ZMQBUS_BENCH_CURVE"
+
+
+def raw_curve(sock: Any, server: bool) -> None:
+    """Make a raw side's socket a CURVE server or client when ``$ZMQBUS_BENCH_CURVE`` names a key
+    folder (the same cipher as zmqbus's; no allow-list, which costs only at the handshake)."""
+    import os
+
+    folder = os.environ.get(RAW_CURVE_ENV)
+    if not folder:
+        return
+    import zmq
+
+    from ..io.security import load_keys
+
+    fwd = load_keys(folder, "forwarder", server=False)
+    if server:
+        sock.curve_server = True
+        sock.setsockopt(zmq.CURVE_SECRETKEY, fwd.secret)
+    else:
+        client = load_keys(folder, "client")
+        sock.setsockopt(zmq.CURVE_SERVERKEY, fwd.public)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)

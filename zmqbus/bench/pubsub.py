@@ -29,10 +29,12 @@ from ..core.stats import percentiles
 from ..framework.procs import environment, forwarder_process, spawn, tcp_endpoints
 from .common import (
     DATA_TOPIC,
+    RAW_CURVE_ENV,
     Progress,
     collect,
     guide_content,
     pace,
+    raw_curve,
     sized_content,
     wait_idle,
     wait_readable,
@@ -66,47 +68,26 @@ class _Tally:
 
 # -- raw pyzmq ----------------------------------------------------------------
 
-#: (server public, server secret, client public, client secret), Z85: CURVE on the raw side too.
-Curve = tuple[bytes, bytes, bytes, bytes] | None
-
-
-def _raw_curve(sock: Any, curve: Curve, server: bool) -> None:
-    """The raw side's CURVE: the same cipher as zmqbus's, without an allow-list (a ZAP handler
-    costs only at the handshake, not per message)."""
-    if curve is None:
-        return
-    import zmq
-
-    if server:
-        sock.curve_server = True
-        sock.setsockopt(zmq.CURVE_SECRETKEY, curve[1])
-    else:
-        sock.setsockopt(zmq.CURVE_SERVERKEY, curve[0])
-        sock.setsockopt(zmq.CURVE_PUBLICKEY, curve[2])
-        sock.setsockopt(zmq.CURVE_SECRETKEY, curve[3])
-
-
-def _raw_forwarder(pub: str, sub: str, curve: Curve = None) -> None:
+def _raw_forwarder(pub: str, sub: str) -> None:
     import zmq
 
     ctx = zmq.Context()
     xsub, xpub = ctx.socket(zmq.XSUB), ctx.socket(zmq.XPUB)
     for s in (xsub, xpub):
         s.sndhwm = s.rcvhwm = 100_000
-        _raw_curve(s, curve, server=True)
+        raw_curve(s, server=True)
     xsub.bind(pub)
     xpub.bind(sub)
     zmq.proxy(xsub, xpub)
 
 
-def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos: list[Any],
-                   curve: Curve = None) -> None:
+def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
     import msgpack
     import zmq
 
     sock = zmq.Context().socket(zmq.PUB)
     sock.sndhwm = 100_000
-    _raw_curve(sock, curve, server=False)
+    raw_curve(sock, server=False)
     sock.connect(pub)
     topic = DATA_TOPIC.encode()
     content = _content(size, shape)
@@ -129,13 +110,13 @@ def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos
     sock.close(linger=5000)
 
 
-async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool, curve: Curve = None) -> dict[str, Any]:
+async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool) -> dict[str, Any]:
     import msgpack
     import zmq
 
     sock = zmq.Context().socket(zmq.SUB)
     sock.rcvhwm = 100_000
-    _raw_curve(sock, curve, server=False)
+    raw_curve(sock, server=False)
     sock.connect(sub)
     sock.subscribe(b"bench")
     loop = asyncio.get_running_loop()
@@ -167,8 +148,8 @@ async def _raw_subscribe(sub: str, count: int, go: Any, stamped: bool, curve: Cu
     return tally.result()
 
 
-def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any, curve: Curve = None) -> None:
-    results.put(asyncio.run(_raw_subscribe(sub, count, go, stamped, curve)))
+def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any) -> None:
+    results.put(asyncio.run(_raw_subscribe(sub, count, go, stamped)))
 
 
 # -- zmqbus -------------------------------------------------------------------
@@ -241,18 +222,10 @@ def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", su
     ``keys``: a key folder (``forwarder`` and ``client`` pairs): CURVE on every socket of that side.
     """
     if keys is None:
-        return _pubsub_once(kind, count, size, shape, subscribers, rate, None)
-    if kind == "raw":
-        return _pubsub_once(kind, count, size, shape, subscribers, rate, _curve_of(keys))
-    with environment({"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}):  # every zmqbus process reads them
-        return _pubsub_once(kind, count, size, shape, subscribers, rate, None)
-
-
-def _curve_of(keys: str) -> Curve:
-    from ..io.security import load_keys
-
-    server, client = load_keys(keys, "forwarder", server=False), load_keys(keys, "client")
-    return server.public, server.secret, client.public, client.secret
+        return _pubsub_once(kind, count, size, shape, subscribers, rate)
+    env = {RAW_CURVE_ENV: keys} if kind == "raw" else {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}
+    with environment(env):  # every process of that side reads it
+        return _pubsub_once(kind, count, size, shape, subscribers, rate)
 
 
 def bench_keys(folder: str) -> str:
@@ -264,18 +237,17 @@ def bench_keys(folder: str) -> str:
     return folder
 
 
-def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int, rate: float,
-                 curve: Curve) -> dict[str, Any]:
+def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int, rate: float) -> dict[str, Any]:
     mp = multiprocessing.get_context("spawn")
     pub, sub = tcp_endpoints()
     gos = [mp.Event() for _ in range(subscribers)]
     results = mp.Queue()
     stamped = rate > 0
     if kind == "raw":
-        procs = [spawn(_raw_forwarder, pub, sub, curve, name="raw-forwarder")]
-        procs += [spawn(_raw_subscriber, sub, count, go, stamped, results, curve, name=f"raw-sub-{i}")
+        procs = [spawn(_raw_forwarder, pub, sub, name="raw-forwarder")]
+        procs += [spawn(_raw_subscriber, sub, count, go, stamped, results, name=f"raw-sub-{i}")
                   for i, go in enumerate(gos)]
-        procs.append(spawn(_raw_publisher, pub, count, size, shape, rate, gos, curve, name="raw-pub"))
+        procs.append(spawn(_raw_publisher, pub, count, size, shape, rate, gos, name="raw-pub"))
     else:
         procs = [forwarder_process(pub, sub, stats_interval=None)]
         procs += [spawn(_zb_subscriber, pub, sub, count, go, stamped, results, name=f"zmqbus-sub-{i}")

@@ -24,9 +24,9 @@ from typing import Any
 
 from ..core.stats import percentiles
 from ..framework.procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
-from .common import Progress, guide_content, keep_best, rounded, wait_readable
+from .common import RAW_CURVE_ENV, Progress, guide_content, keep_best, raw_curve, rounded, wait_readable
 
-__all__ = ["run_reqrep", "measure"]
+__all__ = ["run_reqrep", "run_reqrep_secure", "measure"]
 
 
 def _figures(lat: list[float], tput: float, many_lat: list[float]) -> dict[str, Any]:
@@ -46,6 +46,7 @@ def _raw_echo(endpoint: str) -> None:
     import zmq
 
     sock = zmq.Context().socket(zmq.ROUTER)
+    raw_curve(sock, server=True)
     sock.bind(endpoint)
     pack, unpack = msgpack.packb, msgpack.unpackb
     while True:
@@ -60,6 +61,7 @@ def _raw_async_echo(endpoint: str) -> None:
 
     async def main() -> None:
         sock = zmq.Context().socket(zmq.ROUTER)
+        raw_curve(sock, server=True)
         sock.bind(endpoint)
         loop = asyncio.get_running_loop()
         woke = asyncio.Event()
@@ -83,6 +85,7 @@ async def _raw_async_client(endpoint: str, latency_n: int, throughput_n: int) ->
     import zmq
 
     sock = zmq.Context().socket(zmq.DEALER)
+    raw_curve(sock, server=False)
     sock.connect(endpoint)
     loop = asyncio.get_running_loop()
     pending: dict[int, asyncio.Future[Any]] = {}
@@ -124,6 +127,7 @@ def _raw_sync_client(endpoint: str, latency_n: int, throughput_n: int) -> dict[s
     import zmq
 
     sock = zmq.Context().socket(zmq.DEALER)
+    raw_curve(sock, server=False)
     sock.connect(endpoint)
     msg = {"id": 0, "type": "echo", "content": guide_content(), "correlation_id": "c-1"}
     pack, unpack = msgpack.packb, msgpack.unpackb
@@ -283,3 +287,38 @@ def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progres
             out[prefix + key] = round(side[key]) if key.endswith("req_s") else round(side[key], 1)
     return out
 
+
+
+def run_reqrep_secure(quick: bool = False, rounds: int | None = None, progress: Progress = lambda s: None,
+                      label: str = "") -> dict[str, Any]:
+    """What CURVE costs request/reply: the raw asyncio echo with CURVE, zmqbus with CURVE and zmqbus in
+    clear, alternating, best of each figure (as :func:`run_reqrep`)."""
+    import tempfile
+
+    from ..framework.procs import environment
+    from .pubsub import bench_keys
+
+    latency_n, throughput_n = (500, 5_000) if quick else (3_000, 30_000)
+    rounds = rounds or (1 if quick else 3)
+    best: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="zmqbus-bench-keys-") as tmp:
+        keys = bench_keys(f"{tmp}/keys")
+        sides = {"raw_curve": ("async", {RAW_CURVE_ENV: keys}),
+                 "zmqbus_curve": ("zmqbus", {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}),
+                 "zmqbus_clear": ("zmqbus", {})}
+        for r in range(rounds):
+            for name, (kind, env) in sides.items():
+                with environment(env):  # the spawned processes read it
+                    res = _one(kind, latency_n, throughput_n)
+                progress(f"{label}round {r + 1}/{rounds}: {name} p50 {res['p50_us']:.0f} us, "
+                         f"{res['throughput_req_s']:,.0f} req/s with 100 in flight")
+                keep_best(best.setdefault(name, dict(res)), res)
+    raw, zb, clear = best["raw_curve"], best["zmqbus_curve"], best["zmqbus_clear"]
+    return {
+        "benchmark": "reqrep_secure", "rounds": rounds, "transport": "tcp loopback, CURVE",
+        "raw_curve": rounded(raw), "zmqbus_curve": rounded(zb), "zmqbus_clear": rounded(clear),
+        "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
+        "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
+        "curve_p50_cost": round(zb["p50_us"] / clear["p50_us"], 2),
+        "curve_throughput_kept": round(zb["throughput_req_s"] / clear["throughput_req_s"], 2),
+    }
