@@ -450,3 +450,36 @@ async def test_strangers_cannot_call_a_secure_responder(secure_forwarder: Forwar
             finally:
                 dealer.close(0)
         assert answers == {None: 0, "mallory": 0, "alice": zmq.POLLIN}
+
+
+async def test_a_responder_reloads_its_allow_list(secure_forwarder: Forwarder, keys: Path) -> None:
+    """mallory's raw DEALER gets no answer from bob's responder until mallory's key is allowed and
+    bob reloads (what `zmqbus run` does on SIGHUP)."""
+    import shutil
+
+    from zmqbus.core.codec import Codec, request_head
+    from zmqbus.io.security import apply_client
+
+    async with member(secure_forwarder, keys, "bob") as bob:
+        bob.serve("state.query", lambda m: "ok")
+        await bob.ready(5)
+        assert bob._responder is not None
+        endpoint, server_key = bob._responder.endpoint, load_keys(keys, "bob").public
+        head = request_head("state.query")
+        frame = head + Codec().encode(ProcessingMessage("state.query", {}), head, "m", 0)
+
+        async def ask() -> int:
+            dealer = get_context().socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            apply_client(dealer, load_keys(keys, "mallory"), server_key)
+            dealer.connect(endpoint)
+            try:
+                dealer.send(frame)
+                return int(await asyncio.to_thread(dealer.poll, 1500))
+            finally:
+                dealer.close(0)
+
+        assert await ask() == 0
+        shutil.copyfile(keys / "mallory.key", keys / "allowed" / "mallory.key")
+        assert bob.reload_keys() == (["mallory"], [])
+        assert await ask() == zmq.POLLIN

@@ -33,7 +33,9 @@ here: the life cycle (start, ready, close), publishing, and the counters.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +53,14 @@ from ..core.sequence import Sequencer
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
 from ..io.aio import TaskOwner, is_async_callable, wait_event
-from ..io.security import HandshakeWatch, config_keys, config_policy, secure_link
+from ..io.security import (
+    HandshakeWatch,
+    allowed_keys,
+    config_keys,
+    config_policy,
+    load_policy,
+    secure_link,
+)
 from ..io.transport import BusLink, SocketConfig
 from .receiver import Receiver
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
@@ -400,6 +409,30 @@ class MessageBroker:
         head = self._codec.frame_head(msg, topic)
         # a probe lost at the high-water mark is simply sent again
         link.send(head + self._codec.encode(msg, head, self.client_id, 0, self.name))
+
+    def reload_keys(self) -> tuple[list[str], list[str]]:
+        """Read the allow-list folder (and ``$ZMQBUS_POLICY``'s file, if a policy came from it) again.
+
+        Its responder accepts only the new list from now on (live connections
+        stay until they reconnect), and its caller trusts responders by it.
+        Returns the key names (added, removed); ``zmqbus run`` calls it on SIGHUP.
+        """
+        keys = self.keys
+        if keys is None or keys.allowed_dir is None:
+            raise ZmqbusError("this client has no allow-list to reload (it was started without keys)")
+        fresh = allowed_keys(keys.allowed_dir)
+        policy = self.policy
+        if policy is not None and policy.source and os.path.isfile(policy.source):
+            policy = load_policy(policy.source)  # read everything before anything changes
+        added = sorted(fresh[k] for k in fresh.keys() - keys.allowed.keys())
+        removed = sorted(keys.allowed[k] for k in keys.allowed.keys() - fresh.keys())
+        self.keys = dataclasses.replace(keys, allowed=fresh)
+        self.policy = policy
+        if self._responder is not None:
+            self._responder.allow(fresh)
+        log.info("client %s reloaded its allow-list: added %s, removed %s", self.client_id, added or "none",
+                 removed or "none")
+        return added, removed
 
     # -- request/reply -----------------------------------------------------
 

@@ -387,6 +387,11 @@ class Responder:
         self._router.close()
         self._forget_domain()
 
+    def allow(self, allowed: dict[bytes, str]) -> None:
+        """A new allow-list for callers (new handshakes see it; live connections stay)."""
+        if self._zap_domain is not None:
+            zap_handler().update(self._zap_domain, allowed)
+
     def _forget_domain(self) -> None:
         if self._zap_domain is not None:
             zap_handler().unregister(self._zap_domain)

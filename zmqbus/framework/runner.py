@@ -86,6 +86,7 @@ def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: i
 async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float,
                          startup_timeout: float) -> int:
     from ..bus.broker import MessageBroker
+    from ..core.errors import ZmqbusError
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -100,9 +101,18 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    broker = MessageBroker(pub, sub)
+
+    def on_hup() -> None:  # reload the allow-list (and policy) of a secure member
+        try:
+            broker.reload_keys()
+        except ZmqbusError as exc:
+            log.error("SIGHUP: keys not reloaded: %s", exc)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
     log.info("starting %s (publishers -> %s, subscribers -> %s); SIGTERM stops it at any moment", spec, pub, sub)
     cls = load_component(spec)
-    component = cls(MessageBroker(pub, sub), name=name)
+    component = cls(broker, name=name)
     starting = asyncio.ensure_future(component.start(startup_timeout))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
