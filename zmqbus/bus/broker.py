@@ -48,7 +48,7 @@ from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
-from ..core.security import KeyRing, check_endpoint
+from ..core.security import KeyRing, allow_list_changes, check_endpoint
 from ..core.sequence import Sequencer
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
@@ -424,8 +424,7 @@ class MessageBroker:
         policy = self.policy
         if policy is not None and policy.source and os.path.isfile(policy.source):
             policy = load_policy(policy.source)  # read everything before anything changes
-        added = sorted(fresh[k] for k in fresh.keys() - keys.allowed.keys())
-        removed = sorted(keys.allowed[k] for k in keys.allowed.keys() - fresh.keys())
+        added, removed = allow_list_changes(keys.allowed, fresh)
         self.keys = dataclasses.replace(keys, allowed=fresh)
         self.policy = policy
         if self._responder is not None:

@@ -35,7 +35,7 @@ from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
-from ..core.security import KeyRing, check_endpoint
+from ..core.security import KeyRing, allow_list_changes, check_endpoint
 from ..io.security import allowed_keys, apply_server, config_keys, config_policy, load_policy, zap_handler
 from ..io.transport import SocketConfig, get_context, mapped_errors
 from .guarded import PolicyGuard, run_guarded_proxy
@@ -250,8 +250,7 @@ class Forwarder:
         if keys is None or keys.allowed_dir is None or domain is None:
             raise ZmqbusError("this forwarder has no allow-list to reload (it was started without keys)")
         fresh = allowed_keys(keys.allowed_dir)
-        added = sorted(fresh[k] for k in fresh.keys() - keys.allowed.keys())
-        removed = sorted(keys.allowed[k] for k in keys.allowed.keys() - fresh.keys())
+        added, removed = allow_list_changes(keys.allowed, fresh)
         policy = self.policy
         if policy is not None and policy.source and os.path.isfile(policy.source):
             policy = load_policy(policy.source)  # read before anything changes: all or nothing

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from .errors import InsecureEndpoint, SecurityError
 
 __all__ = ["KeyRing", "check_endpoint", "needs_keys", "NETWORK_SCHEMES", "zap_decide", "ZapOutcome", "ZapDomain",
-           "ZAP_VERSION"]
+           "ZAP_VERSION", "allow_list_changes"]
 
 ZAP_VERSION = b"1.0"
 Z85_KEY_LENGTH = 40
@@ -64,6 +64,11 @@ class KeyRing:
 
 #: Transports that reach beyond this host (``ipc://`` and ``inproc://`` do not).
 NETWORK_SCHEMES = frozenset({"tcp", "ws", "wss", "udp", "pgm", "epgm", "norm", "tipc", "vmci"})
+
+
+def allow_list_changes(old: Mapping[bytes, str], new: Mapping[bytes, str]) -> tuple[list[str], list[str]]:
+    """The names of the keys an allow-list reload adds and removes, sorted."""
+    return (sorted(new[k] for k in new.keys() - old.keys()), sorted(old[k] for k in old.keys() - new.keys()))
 
 
 def needs_keys(endpoint: str) -> bool:
