@@ -221,13 +221,17 @@ class Forwarder:
     def _admit(self) -> str | None:
         """Called by the ZAP handler for each client it would accept: a limit reached, or None."""
         ev = self._events
-        # Every connection that reaches ZAP was accepted first, but the watch thread may not have
-        # read that event yet: wait (briefly, bounded) until it has, so this one is counted.
         self._admissions += 1
+        # Every connection that reaches ZAP was accepted first, but the watch thread may not have
+        # read all those events yet: count the ones it has not as live (an upper bound), and only
+        # near the limit wait (briefly, bounded) for the exact count.
+        unseen = max(0, self._admissions - ev["pc"] - ev["sc"])
+        live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"] + unseen
         deadline = time.monotonic() + 0.2
-        while ev["pc"] + ev["sc"] < self._admissions and time.monotonic() < deadline:
+        while live > self.max_connections and unseen and time.monotonic() < deadline:
             time.sleep(0.0005)
-        live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"]
+            unseen = max(0, self._admissions - ev["pc"] - ev["sc"])
+            live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"] + unseen
         if live > self.max_connections:
             self._faults.log(logging.WARNING, "connection-limit", "connection limit reached (%d live, "
                              "max_connections %d): refusing new clients until some disconnect", live,

@@ -39,7 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import zmq
-import zmq.auth
 from zmq.utils import z85
 
 from ..core import config
@@ -67,6 +66,8 @@ def _read_cert(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
                             f"--dir {path.parent})")
     if secret and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecurityError(f"secret key file {path} is readable by others: run chmod 600 {path}")
+    import zmq.auth  # here, not at import: it costs tens of milliseconds at every process start
+
     try:
         public, secret_key = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as exc:
@@ -122,6 +123,8 @@ def keygen(directory: str | os.PathLike[str], name: str, *, allow: bool = True,
     if not force and (public_path.exists() or secret_path.exists()):
         raise SecurityError(f"{secret_path} already exists (pass --force to replace it)")
     folder.mkdir(parents=True, exist_ok=True)
+    import zmq.auth
+
     old = os.umask(0o077)  # the secret file is never readable by others, not even for a moment
     try:
         zmq.auth.create_certificates(str(folder), name)
