@@ -171,12 +171,18 @@ def test_up_runs_a_topology_and_stops_cleanly(tmp_path: Any, run_cli: Any) -> No
     assert code == 0, err  # the forwarder it started is up
     import asyncio
 
-    from zmqbus import MessageBroker, ProcessingMessage
+    from zmqbus import MessageBroker, NoResponder, ProcessingMessage
 
     async def ask() -> Any:
         async with MessageBroker(pub, sub) as b:
-            return (await b.request("ingest.analyze", ProcessingMessage("ingest.analyze", {
-                "document_id": "d", "index": 0, "text": "two words"}), timeout=30)).content
+            deadline = time.monotonic() + 60
+            while True:  # the components may still be starting: NoResponder comes after 0.5 s
+                try:
+                    return (await b.request("ingest.analyze", ProcessingMessage("ingest.analyze", {
+                        "document_id": "d", "index": 0, "text": "two words"}), timeout=30)).content
+                except NoResponder:
+                    if time.monotonic() > deadline:
+                        raise
 
     assert asyncio.run(ask())["words"] == 2
     proc.send_signal(signal.SIGINT)
