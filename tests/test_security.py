@@ -369,8 +369,10 @@ async def test_responders_enforce_call_permissions_and_callers_serve_permissions
 
 
 def test_subscription_limits_bite_and_are_counted(tcp_pair: tuple[str, str]) -> None:
-    """max_subscriptions_per_connection=3: a raw SUB subscribing 6 topics gets 3 of them."""
-    with Forwarder(*tcp_pair, stats_interval=None, max_subscriptions_per_connection=3) as fwd:
+    """SubscriptionLimits(per_connection=3): a raw SUB subscribing 6 topics gets 3 of them."""
+    from zmqbus.core.policy import SubscriptionLimits
+
+    with Forwarder(*tcp_pair, stats_interval=None, subscription_limits=SubscriptionLimits(per_connection=3)) as fwd:
         ctx = get_context()
         pub, sub = ctx.socket(zmq.PUB), ctx.socket(zmq.SUB)
         try:
@@ -483,3 +485,37 @@ async def test_a_responder_reloads_its_allow_list(secure_forwarder: Forwarder, k
         shutil.copyfile(keys / "mallory.key", keys / "allowed" / "mallory.key")
         assert bob.reload_keys() == (["mallory"], [])
         assert await ask() == zmq.POLLIN
+
+
+def test_an_exposed_forwarder_limits_subscriptions_by_default(keys: Path, tcp_pair: tuple[str, str]) -> None:
+    """With keys the guarded proxy and its limits are on by default; on a plaintext (local) bus the
+    C proxy runs unless limits are asked for."""
+    from zmqbus import SubscriptionLimits
+
+    assert Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False)).guard is not None
+    assert Forwarder(*tcp_pair).guard is None
+    assert Forwarder(*tcp_pair, subscription_limits=True).guard is not None
+    assert Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False),
+                     subscription_limits=False).guard is None
+    limited = Forwarder(*tcp_pair, subscription_limits=SubscriptionLimits(total=7))
+    assert limited.guard is not None and limited.guard.limits.total == 7
+
+
+def test_the_subscription_bytes_limit_bites(tcp_pair: tuple[str, str]) -> None:
+    """Long prefixes are what costs memory (about 60 bytes of trie per prefix byte): a byte budget of
+    1,000 grants five 200-byte subscriptions of ten."""
+    from zmqbus import SubscriptionLimits
+
+    with Forwarder(*tcp_pair, stats_interval=None, subscription_limits=SubscriptionLimits(total_bytes=1000)) as fwd:
+        sub = get_context().socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        try:
+            sub.connect(fwd.sub_endpoint)
+            for i in range(10):
+                sub.subscribe(f"{i}".encode() + b"x" * 199)
+            deadline = time.monotonic() + 10
+            while fwd.statistics().subscription_frames < 10 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert fwd.statistics().refused.get("subscription_limit") == 5
+        finally:
+            sub.close(0)

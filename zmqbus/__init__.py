@@ -27,6 +27,7 @@ _MODULES = {
                     "RequestTimeout", "RetryableError", "SecurityError", "InsecureEndpoint",
                     "AuthenticationRefused"),
     "core.security": ("KeyRing",),
+    "core.policy": ("SubscriptionLimits",),
     "io.security": ("load_keys", "keygen", "load_policy"),
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
@@ -121,6 +122,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from .core.message import (
         register_message_types as register_message_types,
     )
+    from .core.policy import SubscriptionLimits as SubscriptionLimits
     from .core.retry import NO_RETRY as NO_RETRY
     from .core.retry import RetryPolicy as RetryPolicy
     from .core.security import KeyRing as KeyRing

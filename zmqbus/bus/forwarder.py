@@ -33,7 +33,7 @@ from ..core.codec import Codec
 from ..core.errors import ClosedError, SecurityError, TransportError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
-from ..core.policy import Policy
+from ..core.policy import Policy, SubscriptionLimits
 from ..core.ratelog import RateLimitedLog
 from ..core.security import KeyRing, allow_list_changes, check_endpoint
 from ..io.security import allowed_keys, apply_server, config_keys, config_policy, load_policy, zap_handler
@@ -99,10 +99,12 @@ class Forwarder:
     :param policy: per-key permissions (:func:`zmqbus.load_policy`; default:
         the file ``$ZMQBUS_POLICY``, if set). Needs keys. Enforced in the
         guarded proxy (Python sees every message: slower; see SECURITY.md).
-    :param max_subscriptions_per_connection: with ``max_subscriptions``,
-        subscription limits (default 10,000 per connection and 1,000,000 in
-        all once either is given, or a policy is); they too need the guarded
-        proxy.
+    :param subscription_limits: bounds on subscriptions (per connection, in
+        all, bytes in all: :class:`SubscriptionLimits`). Default: on, with the
+        default bounds, when the forwarder has keys (an exposed bus), off on a
+        plaintext one (local and trusted; libzmq's C proxy, the fastest).
+        ``True``/``False`` force them on or off. They need the guarded proxy,
+        as a policy does.
     :param max_connections: live connections (both endpoints together) past
         which new clients are refused, with a log line; counted in
         ``statistics().refused["connection_limit"]``. Connections that never
@@ -124,18 +126,17 @@ class Forwarder:
         insecure: bool | None = None,
         max_connections: int = 10_000,
         policy: Policy | None = None,
-        max_subscriptions_per_connection: int | None = None,
-        max_subscriptions: int | None = None,
+        subscription_limits: SubscriptionLimits | bool | None = None,
     ) -> None:
         self.keys = keys if keys is not None else config_keys(server=False)
         self.policy = policy if policy is not None else config_policy()
         if self.policy is not None and self.keys is None:
             raise SecurityError("a policy names keys: it needs CURVE keys (--keys) to know who is who")
-        limits = max_subscriptions_per_connection is not None or max_subscriptions is not None
-        self.guard: PolicyGuard | None = None
-        if self.policy is not None or limits:
-            self.guard = PolicyGuard(self.policy, max_subscriptions_per_connection or 10_000,
-                                     max_subscriptions or 1_000_000)
+        if subscription_limits is None:
+            subscription_limits = self.keys is not None
+        limits = subscription_limits if isinstance(subscription_limits, SubscriptionLimits) else \
+            SubscriptionLimits() if subscription_limits or self.policy is not None else None
+        self.guard: PolicyGuard | None = None if limits is None else PolicyGuard(self.policy, limits)
         self.max_connections = max_connections
         self.insecure = config.insecure(insecure)
         self._zap_domain: str | None = None

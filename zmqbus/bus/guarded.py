@@ -28,7 +28,7 @@ from typing import Protocol
 
 import zmq
 
-from ..core.policy import Policy
+from ..core.policy import Policy, SubscriptionLimits
 from ..core.ratelog import RateLimitedLog
 from ..io.transport import user_id
 
@@ -142,11 +142,11 @@ class PolicyGuard:
     Thread-safe: the proxy thread asks, the forwarder's watch thread reports closed connections.
     """
 
-    def __init__(self, policy: Policy | None, max_per_connection: int, max_total: int) -> None:
+    def __init__(self, policy: Policy | None, limits: SubscriptionLimits) -> None:
         self.policy = policy
         self.checks_publish = policy is not None and policy.restricts_publishing
-        self.max_per_connection = max_per_connection
-        self.max_total = max_total
+        self.limits = limits
+        self._bytes = 0  # the granted prefixes' lengths, summed
         self.refused: dict[str, int] = {}
         self._lock = threading.Lock()
         self._subs: dict[int, dict[bytes, list[bytes]]] = {}  # connection -> asked prefix -> granted
@@ -185,6 +185,7 @@ class PolicyGuard:
             if not subscribe:
                 granted = subs.pop(prefix, [])
                 self._total -= len(granted)
+                self._bytes -= sum(map(len, granted))
                 self._held[connection] = self._held.get(connection, 0) - len(granted)
                 return granted
             if prefix in subs:
@@ -193,19 +194,21 @@ class PolicyGuard:
             if not granted:
                 self._refuse("subscribe_denied", "key %r may not subscribe to %r: refused", user, prefix)
                 return []
-            held = self._held.get(connection, 0)
-            if held + len(granted) > self.max_per_connection or self._total + len(granted) > self.max_total:
-                self._refuse("subscription_limit", "subscription limit reached (%d on this connection, %d in "
-                             "all; limits %d and %d): refused %r", held, self._total, self.max_per_connection,
-                             self.max_total, prefix)
+            held, size, limits = self._held.get(connection, 0), sum(map(len, granted)), self.limits
+            if held + len(granted) > limits.per_connection or self._total + len(granted) > limits.total \
+                    or self._bytes + size > limits.total_bytes:
+                self._refuse("subscription_limit", "subscription limit reached (%d on this connection, %d and "
+                             "%d bytes in all; %s): refused %r", held, self._total, self._bytes, limits, prefix[:64])
                 return []
             subs[prefix] = granted
             self._held[connection] = held + len(granted)
             self._total += len(granted)
+            self._bytes += size
             return granted
 
     def closed(self, connection: int) -> None:
         """A subscriber's connection closed: its subscriptions no longer count."""
         with self._lock:
-            self._subs.pop(connection, None)
+            gone = self._subs.pop(connection, {})
             self._total -= self._held.pop(connection, 0)
+            self._bytes -= sum(len(p) for granted in gone.values() for p in granted)
