@@ -87,8 +87,9 @@ def test_secure_pubsub_bench_runs_every_side_over_curve() -> None:
                            "3000", "--json"], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
-    assert out["lost"] == {"raw_curve": 0, "zmqbus_curve": 0, "zmqbus_clear": 0}
-    assert min(out["raw_curve_msgs_per_s"], out["zmqbus_curve_msgs_per_s"], out["zmqbus_clear_msgs_per_s"]) > 0
+    assert out["lost"] == {"raw_curve": 0, "zmqbus_curve": 0, "zmqbus_clear": 0, "zmqbus_policy": 0}
+    assert min(out["raw_curve_msgs_per_s"], out["zmqbus_curve_msgs_per_s"], out["zmqbus_clear_msgs_per_s"],
+               out["zmqbus_policy_msgs_per_s"]) > 0
 
 
 def test_secure_reqrep_bench_runs_every_side_over_curve() -> None:
@@ -99,3 +100,20 @@ def test_secure_reqrep_bench_runs_every_side_over_curve() -> None:
     out = json.loads(done.stdout)
     for side in ("raw_curve", "zmqbus_curve", "zmqbus_clear"):
         assert out[side]["p50_us"] > 0 and out[side]["throughput_req_s"] > 0
+
+
+def test_the_report_shows_the_secure_sections() -> None:
+    sides = {"raw_curve": 0, "zmqbus_curve": 0, "zmqbus_clear": 0, "zmqbus_policy": 0}
+    rr_side = {"p50_us": 200.0, "p99_us": 400.0, "throughput_req_s": 20_000}
+    sections: dict[str, Any] = {
+        "secure_pubsub": {"count": 1000, "rounds": 1, "raw_curve_msgs_per_s": 80_000, "zmqbus_curve_msgs_per_s": 70_000,
+                          "zmqbus_clear_msgs_per_s": 78_000, "zmqbus_policy_msgs_per_s": 50_000, "ratio": 0.875,
+                          "curve_cost": 0.9, "policy_cost": 0.71, "lost": sides},
+        "secure_reqrep": {"rounds": 1, "raw_curve": rr_side, "zmqbus_curve": rr_side, "zmqbus_clear": rr_side,
+                          "p50_ratio": 1.0, "throughput_ratio": 1.0},
+    }
+    report = {"quick": True, "started": "now", "seconds": 1.0, "machine": machine(), "sections": sections,
+              "failed": [], "targets": []}
+    md = to_markdown(report)
+    assert "## Pub/sub with CURVE" in md and "a publish policy keeps 71%" in md
+    assert "## Request/reply with CURVE" in md and "20,000" in md

@@ -383,9 +383,10 @@ def soak(duration: float, publishers: int, subscribers: int, responders: int, re
                                                            "workflow", "peers"]),
               help="Run only these sections (repeatable).")
 @click.option("--rate", default=10_000.0, show_default=True, help="Offered rate of the latency section, msg/s.")
+@click.option("--secure", is_flag=True, help="Also measure what CURVE and a publish policy cost (pub/sub, req/rep).")
 @click.pass_context
 def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, peers: bool, only: tuple[str, ...],
-          rate: float) -> None:
+          rate: float, secure: bool) -> None:
     """Benchmarks of the hot path, each next to raw pyzmq in the same run.
 
     Without a subcommand, runs the whole suite: pub/sub (headline, by size,
@@ -405,7 +406,7 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
         except OSError as exc:
             raise click.ClickException(f"cannot write the report into {out_dir}: {exc}") from None
     report = run_suite(quick=quick, peers=peers or "peers" in only, only=only, rate=rate,
-                       progress=lambda s: click.echo(s, err=True))
+                       progress=lambda s: click.echo(s, err=True), secure=secure)
     if out_dir:
         try:
             for path in write_report(report, out_dir):
@@ -442,6 +443,8 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
                        f"(ratio {result['ratio']:.2f})\n"
                        f"  zmqbus in clear     {result['zmqbus_clear_msgs_per_s']:>9,} msg/s  "
                        f"(CURVE keeps {result['curve_cost']:.0%} of it)\n"
+                       f"  zmqbus + policy     {result['zmqbus_policy_msgs_per_s']:>9,} msg/s  "
+                       f"(a publish policy keeps {result['policy_cost']:.0%} of CURVE alone)\n"
                        f"  lost: {result['lost']}")
         return
     result = run_pubsub(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)

@@ -216,24 +216,33 @@ def _zb_subscriber(pub: str, sub: str, count: int, go: Any, stamped: bool, resul
 # -- driver -------------------------------------------------------------------
 
 def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", subscribers: int = 1,
-                rate: float = 0.0, keys: str | None = None) -> dict[str, Any]:
+                rate: float = 0.0, keys: str | None = None, policy: bool = False) -> dict[str, Any]:
     """One run of one side (``"raw"`` or ``"zmqbus"``); see the module docstring.
 
-    ``keys``: a key folder (``forwarder`` and ``client`` pairs): CURVE on every socket of that side.
+    ``keys``: a key folder (:func:`bench_keys`): CURVE on every socket of that side; ``policy``: the
+    zmqbus side also applies the folder's publish-restricting policy.
     """
     if keys is None:
         return _pubsub_once(kind, count, size, shape, subscribers, rate)
     env = {RAW_CURVE_ENV: keys} if kind == "raw" else {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}
+    if policy and kind != "raw":
+        env["ZMQBUS_POLICY"] = f"{keys}/policy.toml"
     with environment(env):  # every process of that side reads it
         return _pubsub_once(kind, count, size, shape, subscribers, rate)
 
 
 def bench_keys(folder: str) -> str:
-    """Make a key folder for a secure benchmark run (the forwarder's pair and a ``client`` pair)."""
+    """Make a key folder for a secure benchmark run (the forwarder's pair and a ``client`` pair), and a
+    policy beside it (``policy.toml``) that restricts ``client`` to the benchmark's topics."""
+    import os
+
     from ..io.security import keygen
 
     keygen(folder, "forwarder", allow=False)
     keygen(folder, "client")
+    with open(os.path.join(folder, "policy.toml"), "w") as f:
+        f.write('[keys.client]\npublish = ["bench.#"]\nsubscribe = ["bench.#"]\ncall = ["bench.#"]\n'
+                'serve = ["bench.#"]\n')
     return folder
 
 
@@ -318,20 +327,23 @@ def run_latency(rate: float, seconds: float, size: int = 180, progress: Progress
 
 def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
                       progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
-    """What CURVE costs: raw pyzmq with CURVE, zmqbus with CURVE and zmqbus in clear, in alternating
-    rounds of the same run (median round of each). ``ratio`` compares the two CURVE sides;
-    ``curve_cost`` is zmqbus with CURVE over zmqbus in clear."""
+    """What CURVE costs: raw pyzmq with CURVE, zmqbus with CURVE, zmqbus in clear and zmqbus with CURVE
+    and a publish policy, in alternating rounds of the same run (median round of each). ``ratio``
+    compares the two CURVE sides; ``curve_cost`` is zmqbus with CURVE over zmqbus in clear;
+    ``policy_cost`` zmqbus with a policy over zmqbus with CURVE alone."""
     import tempfile
 
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 3)
-    sides = {"raw_curve": ("raw", True), "zmqbus_curve": ("zmqbus", True), "zmqbus_clear": ("zmqbus", False)}
+    sides = {"raw_curve": ("raw", True), "zmqbus_curve": ("zmqbus", True), "zmqbus_clear": ("zmqbus", False),
+             "zmqbus_policy": ("zmqbus", True)}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     with tempfile.TemporaryDirectory(prefix="zmqbus-bench-keys-") as tmp:
         keys = bench_keys(f"{tmp}/keys")
         for r in range(rounds):
             for name, (kind, secure) in sides.items():
-                res = pubsub_once(kind, count, size, "guide", 1, keys=keys if secure else None)
+                res = pubsub_once(kind, count, size, "guide", 1, keys=keys if secure else None,
+                                  policy=name == "zmqbus_policy")
                 progress(f"{label}round {r + 1}/{rounds}: {name} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
                 runs[name].append(res)
     mid = {name: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
@@ -340,7 +352,8 @@ def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int =
         "benchmark": "pubsub_secure", "count": count, "content_bytes": size, "rounds": rounds,
         "transport": "tcp loopback, CURVE",
         "raw_curve_msgs_per_s": rate["raw_curve"], "zmqbus_curve_msgs_per_s": rate["zmqbus_curve"],
-        "zmqbus_clear_msgs_per_s": rate["zmqbus_clear"],
+        "zmqbus_clear_msgs_per_s": rate["zmqbus_clear"], "zmqbus_policy_msgs_per_s": rate["zmqbus_policy"],
+        "policy_cost": round(rate["zmqbus_policy"] / rate["zmqbus_curve"], 3) if rate["zmqbus_curve"] else 0.0,
         "ratio": round(rate["zmqbus_curve"] / rate["raw_curve"], 3) if rate["raw_curve"] else 0.0,
         "curve_cost": round(rate["zmqbus_curve"] / rate["zmqbus_clear"], 3) if rate["zmqbus_clear"] else 0.0,
         "lost": {name: m["lost"] for name, m in mid.items()},

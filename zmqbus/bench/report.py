@@ -87,6 +87,24 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += _table(["side", "1 in flight p50", "p99", "p99.9", "req/s", "100 in flight p50", "p99", "req/s"],
                         rows)
         lines += [f"zmqbus / raw asyncio: p50 {r['p50_ratio']:.2f}x, throughput {r['throughput_ratio']:.2f}.", ""]
+    if "secure_pubsub" in s:
+        p = s["secure_pubsub"]
+        lines += [f"## Pub/sub with CURVE ({p['count']:,} messages, median of {p['rounds']} rounds)", ""]
+        lines += _table(["side", "msg/s", "lost"], [
+            ["raw pyzmq + CURVE", f"{p['raw_curve_msgs_per_s']:,}", p["lost"]["raw_curve"]],
+            ["zmqbus + CURVE", f"{p['zmqbus_curve_msgs_per_s']:,}", p["lost"]["zmqbus_curve"]],
+            ["zmqbus in clear", f"{p['zmqbus_clear_msgs_per_s']:,}", p["lost"]["zmqbus_clear"]],
+            ["zmqbus + CURVE + publish policy", f"{p['zmqbus_policy_msgs_per_s']:,}", p["lost"]["zmqbus_policy"]]])
+        lines += [f"zmqbus/raw with CURVE: **{p['ratio']:.2f}**; CURVE keeps {p['curve_cost']:.0%} of zmqbus in "
+                  f"clear; a publish policy keeps {p['policy_cost']:.0%} of CURVE alone.", ""]
+    if "secure_reqrep" in s:
+        r = s["secure_reqrep"]
+        lines += [f"## Request/reply with CURVE (best of {r['rounds']} rounds; us)", ""]
+        lines += _table(["side", "p50", "p99", "req/s, 100 in flight"], [
+            [name, r[key]["p50_us"], r[key]["p99_us"], f"{r[key]['throughput_req_s']:,.0f}"]
+            for name, key in (("raw asyncio + CURVE", "raw_curve"), ("zmqbus + CURVE", "zmqbus_curve"),
+                              ("zmqbus in clear", "zmqbus_clear"))])
+        lines += [f"zmqbus/raw with CURVE: p50 {r['p50_ratio']:.2f}x, throughput {r['throughput_ratio']:.2f}.", ""]
     if "workflow" in s:
         w = s["workflow"]
         lines += ["## The demo workflow end to end (forwarder + 7 component processes, ipc)", ""]

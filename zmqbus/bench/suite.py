@@ -8,7 +8,9 @@ Sections (``SECTIONS``), each run in its own processes on tcp loopback:
 * ``latency``: one-way latency percentiles at a fixed offered rate;
 * ``reqrep``: request/reply with 1 and 100 requests in flight;
 * ``workflow``: the demo workflow end to end (no raw equivalent exists);
-* ``peers`` (only with ``peers=True``): Redis and NATS, see :mod:`.peers`.
+* ``peers`` (only with ``peers=True``): Redis and NATS, see :mod:`.peers`;
+* ``secure_pubsub`` and ``secure_reqrep`` (only with ``secure=True``): what CURVE and a publish
+  policy cost, raw and zmqbus both encrypted, next to zmqbus in clear.
 
 ``quick`` makes every section small enough for the whole suite to run in well
 under a minute: it checks that the benchmarks work, its figures are rough.
@@ -57,7 +59,7 @@ def machine() -> dict[str, Any]:
 
 
 def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = (), rate: float = 10_000.0,
-              progress: Progress = lambda s: None) -> dict[str, Any]:
+              progress: Progress = lambda s: None, secure: bool = False) -> dict[str, Any]:
     """Run the selected sections (all by default) and return the report as a dict.
 
     A section that fails is reported as ``{"error": ...}`` and named in
@@ -66,6 +68,8 @@ def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = 
     wanted = [s for s in SECTIONS if not only or s in only]
     if peers and (not only or "peers" in only):
         wanted.append("peers")
+    if secure:
+        wanted += [s for s in ("secure_pubsub", "secure_reqrep") if not only or s in only or s[7:] in only]
     t0 = time.monotonic()
     report: dict[str, Any] = {"suite": "zmqbus bench", "quick": quick,
                               "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -94,8 +98,8 @@ def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = 
 def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
     """Run one section and return its part of the report."""
     from .peers import run_peers
-    from .pubsub import run_latency, run_pubsub
-    from .reqrep import run_reqrep
+    from .pubsub import run_latency, run_pubsub, run_pubsub_secure
+    from .reqrep import run_reqrep, run_reqrep_secure
 
     rounds = 1 if quick else 3
     if name == "pubsub":
@@ -114,6 +118,10 @@ def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
         return _workflow(30 if quick else 300, say)
     if name == "peers":
         return run_peers(quick=quick, progress=say)
+    if name == "secure_pubsub":
+        return run_pubsub_secure(quick=quick, progress=say)
+    if name == "secure_reqrep":
+        return run_reqrep_secure(quick=quick, progress=say)
     raise ValueError(f"unknown section {name!r}")
 
 
