@@ -331,6 +331,9 @@ async def test_the_forwarder_enforces_publish_and_subscribe_permissions(policed:
         bob.subscribe("bob", "#", lambda m: to_bob.append(m.topic or ""))
         await alice.ready(5)
         await bob.ready(5)
+        # Again: a publisher sends only what someone subscribed to, so alice's socket must have learnt
+        # bob's subscriptions (forwarded after bob's ready) for her forged message to reach the forwarder.
+        await alice.ready(5)
         await alice.publish(ProcessingMessage("payroll.run", "forged"))  # not allowed: dropped
         await alice.publish(ProcessingMessage("order.start", 1))
         await bob.publish(ProcessingMessage("payroll.run", "salaries"))
