@@ -531,3 +531,32 @@ def test_the_subscription_bytes_limit_bites(tcp_pair: tuple[str, str]) -> None:
             assert fwd.statistics().refused.get("subscription_limit") == 5
         finally:
             sub.close(0)
+
+
+async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(keys: Path, tcp_pair: tuple[str, str],
+                                                                                 tmp_path: Path) -> None:
+    """The guarded proxy reads whether to check publications per batch: a policy that allowed every
+    topic and, after a reload, restricts alice to order.# drops her payroll message from then on."""
+    from zmqbus import load_policy
+
+    path = tmp_path / "policy.toml"
+    path.write_text('[keys.alice]\npublish = ["#"]\nsubscribe = ["#"]\n'
+                    '[keys.bob]\npublish = ["#"]\nsubscribe = ["#"]\n')
+    got: list[Any] = []
+    with Forwarder(*tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False),
+                   policy=load_policy(path)) as fwd:
+        assert fwd.guard is not None and not fwd.guard.checks_publish
+        async with member(fwd, keys, "alice") as alice, member(fwd, keys, "bob") as bob:
+            bob.subscribe("bob", "#", lambda m: got.append(m.content))
+            await bob.ready(5)
+            await alice.ready(5)
+            await alice.publish(ProcessingMessage("payroll.run", 1))
+            await wait_until(lambda: got == [1], 5, "the first payroll message (allowed)")
+            path.write_text('[keys.alice]\npublish = ["order.#"]\nsubscribe = ["#"]\n'
+                            '[keys.bob]\npublish = ["#"]\nsubscribe = ["#"]\n')
+            fwd.reload_keys()
+            await alice.publish(ProcessingMessage("payroll.run", 2))  # denied now
+            await alice.publish(ProcessingMessage("order.x", 3))
+            await wait_until(lambda: got[-1] == 3, 5, "alice's allowed message after the reload")
+            assert got == [1, 3]
+        assert fwd.statistics().refused["publish_denied"] == 1

@@ -135,3 +135,18 @@ def raw_curve(sock: Any, server: bool) -> None:
         sock.setsockopt(zmq.CURVE_SERVERKEY, fwd.public)
         sock.setsockopt(zmq.CURVE_PUBLICKEY, client.public)
         sock.setsockopt(zmq.CURVE_SECRETKEY, client.secret)
+
+
+def bench_keys(folder: str) -> str:
+    """Make a key folder for a secure benchmark run (the forwarder's pair and a ``client`` pair), and a
+    policy beside it (``policy.toml``) that restricts ``client`` to the benchmark's topics."""
+    import os
+
+    from ..io.security import keygen
+
+    keygen(folder, "forwarder", allow=False)
+    keygen(folder, "client")
+    with open(os.path.join(folder, "policy.toml"), "w") as f:
+        f.write('[keys.client]\npublish = ["bench.#"]\nsubscribe = ["bench.#"]\ncall = ["bench.#"]\n'
+                'serve = ["bench.#"]\n')
+    return folder

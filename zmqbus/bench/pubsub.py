@@ -31,6 +31,7 @@ from .common import (
     DATA_TOPIC,
     RAW_CURVE_ENV,
     Progress,
+    bench_keys,
     collect,
     guide_content,
     pace,
@@ -40,7 +41,7 @@ from .common import (
     wait_readable,
 )
 
-__all__ = ["run_pubsub", "run_pubsub_secure", "pubsub_once", "guide_content", "bench_keys"]
+__all__ = ["run_pubsub", "run_pubsub_secure", "pubsub_once", "guide_content"]
 
 _IDLE = 2.0  # a subscriber stops after this long without a message: the rest is lost
 _PROBE = "bench.probe"
@@ -229,21 +230,6 @@ def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", su
         env["ZMQBUS_POLICY"] = f"{keys}/policy.toml"
     with environment(env):  # every process of that side reads it
         return _pubsub_once(kind, count, size, shape, subscribers, rate)
-
-
-def bench_keys(folder: str) -> str:
-    """Make a key folder for a secure benchmark run (the forwarder's pair and a ``client`` pair), and a
-    policy beside it (``policy.toml``) that restricts ``client`` to the benchmark's topics."""
-    import os
-
-    from ..io.security import keygen
-
-    keygen(folder, "forwarder", allow=False)
-    keygen(folder, "client")
-    with open(os.path.join(folder, "policy.toml"), "w") as f:
-        f.write('[keys.client]\npublish = ["bench.#"]\nsubscribe = ["bench.#"]\ncall = ["bench.#"]\n'
-                'serve = ["bench.#"]\n')
-    return folder
 
 
 def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int, rate: float) -> dict[str, Any]:

@@ -24,7 +24,16 @@ from typing import Any
 
 from ..core.stats import percentiles
 from ..framework.procs import forwarder_process, free_port, spawn, stop_process, tcp_endpoints
-from .common import RAW_CURVE_ENV, Progress, guide_content, keep_best, raw_curve, rounded, wait_readable
+from .common import (
+    RAW_CURVE_ENV,
+    Progress,
+    bench_keys,
+    guide_content,
+    keep_best,
+    raw_curve,
+    rounded,
+    wait_readable,
+)
 
 __all__ = ["run_reqrep", "run_reqrep_secure", "measure"]
 
@@ -296,7 +305,6 @@ def run_reqrep_secure(quick: bool = False, rounds: int | None = None, progress: 
     import tempfile
 
     from ..framework.procs import environment
-    from .pubsub import bench_keys
 
     latency_n, throughput_n = (500, 5_000) if quick else (3_000, 30_000)
     rounds = rounds or (1 if quick else 3)

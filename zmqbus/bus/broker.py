@@ -33,9 +33,7 @@ here: the life cycle (start, ready, close), publishing, and the counters.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -48,19 +46,12 @@ from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
-from ..core.security import KeyRing, allow_list_changes, check_endpoint
+from ..core.security import KeyRing, check_endpoint
 from ..core.sequence import Sequencer
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
 from ..io.aio import TaskOwner, is_async_callable, wait_event
-from ..io.security import (
-    HandshakeWatch,
-    allowed_keys,
-    config_keys,
-    config_policy,
-    load_policy,
-    secure_link,
-)
+from ..io.security import HandshakeWatch, config_keys, config_policy, reread_keys, secure_link
 from ..io.transport import BusLink, SocketConfig
 from .receiver import Receiver
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
@@ -420,15 +411,9 @@ class MessageBroker:
         keys = self.keys
         if keys is None or keys.allowed_dir is None:
             raise ZmqbusError("this client has no allow-list to reload (it was started without keys)")
-        fresh = allowed_keys(keys.allowed_dir)
-        policy = self.policy
-        if policy is not None and policy.source and os.path.isfile(policy.source):
-            policy = load_policy(policy.source)  # read everything before anything changes
-        added, removed = allow_list_changes(keys.allowed, fresh)
-        self.keys = dataclasses.replace(keys, allowed=fresh)
-        self.policy = policy
+        self.keys, self.policy, added, removed = reread_keys(keys, self.policy)
         if self._responder is not None:
-            self._responder.allow(fresh)
+            self._responder.allow(dict(self.keys.allowed))
         log.info("client %s reloaded its allow-list: added %s, removed %s", self.client_id, added or "none",
                  removed or "none")
         return added, removed

@@ -17,7 +17,6 @@ clients live in the same process).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import signal
@@ -35,8 +34,8 @@ from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.policy import Policy, SubscriptionLimits
 from ..core.ratelog import RateLimitedLog
-from ..core.security import KeyRing, allow_list_changes, check_endpoint
-from ..io.security import allowed_keys, apply_server, config_keys, config_policy, load_policy, zap_handler
+from ..core.security import KeyRing, check_endpoint
+from ..io.security import apply_server, config_keys, config_policy, reread_keys, zap_handler
 from ..io.transport import SocketConfig, get_context, mapped_errors
 from .guarded import PolicyGuard, run_guarded_proxy
 
@@ -254,18 +253,13 @@ class Forwarder:
         keys, domain = self.keys, self._zap_domain
         if keys is None or keys.allowed_dir is None or domain is None:
             raise ZmqbusError("this forwarder has no allow-list to reload (it was started without keys)")
-        fresh = allowed_keys(keys.allowed_dir)
-        added, removed = allow_list_changes(keys.allowed, fresh)
-        policy = self.policy
-        if policy is not None and policy.source and os.path.isfile(policy.source):
-            policy = load_policy(policy.source)  # read before anything changes: all or nothing
-        zap_handler().update(domain, fresh)
-        self.keys = dataclasses.replace(keys, allowed=fresh)
+        self.keys, policy, added, removed = reread_keys(keys, self.policy)
+        zap_handler().update(domain, dict(self.keys.allowed))
         if policy is not None and self.guard is not None:
             self.policy = policy
             self.guard.replace_policy(policy)
-        log.info("allow-list reloaded from %s: %d key(s); added %s, removed %s", keys.allowed_dir, len(fresh),
-                 added or "none", removed or "none")
+        log.info("allow-list reloaded from %s: %d key(s); added %s, removed %s", keys.allowed_dir,
+                 len(self.keys.allowed), added or "none", removed or "none")
         if removed:
             cut = _cut_connections(list(self._live_fds), self._local_addresses())
             log.warning("cut %d live connection(s) so that the removed key(s) %s must handshake again", cut,
@@ -359,11 +353,10 @@ class Forwarder:
 
     def _on_monitor_event(self, frames: list[bytes], publisher_side: bool) -> bool:
         """Count one monitor event; True when it is the monitor's last (MONITOR_STOPPED)."""
-        event = struct.unpack("=hi", frames[0][:6])[0]
+        event, fd = struct.unpack("=hi", frames[0][:6])  # ACCEPTED's and DISCONNECTED's value: the connection's fd
         side = "p" if publisher_side else "s"
         if event & zmq.EVENT_MONITOR_STOPPED:
             return True
-        fd = struct.unpack("=hi", frames[0][:6])[1]  # ACCEPTED's and DISCONNECTED's value: the connection's fd
         if event & zmq.EVENT_ACCEPTED:
             self._events[side + "c"] += 1
             self._live_fds.add(fd)

@@ -60,7 +60,6 @@ def run_guarded_proxy(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control:
         poller.register(sock, zmq.POLLIN)
     # frames/bytes received and sent, frontend (publishers) then backend (subscribers), as libzmq's proxy
     counts = [0] * 8
-    checks_publish = guard.checks_publish
     while True:
         for sock, _ in poller.poll():
             if sock is control:
@@ -70,7 +69,8 @@ def run_guarded_proxy(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control:
                 if command == b"STATISTICS":
                     control.send_multipart([struct.pack("=Q", v) for v in counts])
             elif sock is xsub:
-                _publications(xsub, xpub, guard if checks_publish else None, counts)
+                # read per batch: a reloaded policy may start (or stop) restricting publishing
+                _publications(xsub, xpub, guard if guard.checks_publish else None, counts)
             else:
                 _subscriptions(xpub, xsub, guard, counts)
 

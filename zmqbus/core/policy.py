@@ -148,13 +148,11 @@ def _grant_one(p: Pattern, prefix: bytes) -> list[bytes] | None:
         return [prefix]
     if p.prefix.endswith(b"\x00"):  # an exact topic
         return [prefix] if prefix == p.prefix else None
-    if not p.text.endswith(".#") or b"*" in p.text.encode() or p.text.count("#") != 1:
+    literal = p.prefix  # b"L" for "L.#"
+    if p.text.encode() != literal + b".#":
         return None  # only L.# and exact topics translate into prefixes
-    literal = p.prefix  # b"L"
     if prefix.startswith(literal + b".") or prefix == literal + b"\x00":
         return [prefix]
     if prefix == literal:
         return [literal + b".", literal + b"\x00"]  # what "L.#" matches, exactly
-    if literal.startswith(prefix) and prefix:
-        return None  # broader than allowed (e.g. "ord" for "order.#")
-    return None
+    return None  # broader than allowed ("ord", "") or beside it ("orderly")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -45,11 +46,12 @@ from ..core import config
 from ..core.errors import AuthenticationRefused, SecurityError
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
-from ..core.security import KeyRing, ZapDomain, zap_decide
+from ..core.security import KeyRing, ZapDomain, allow_list_changes, zap_decide
 from .transport import BusLink, Channel, get_context, mapped_errors, mark_background
 
 __all__ = ["load_keys", "keygen", "allowed_keys", "zap_handler", "ZapHandler", "apply_server", "apply_client",
-           "HandshakeWatch", "FORWARDER_KEY_NAME", "config_keys", "secure_link", "load_policy", "config_policy"]
+           "HandshakeWatch", "FORWARDER_KEY_NAME", "config_keys", "secure_link", "load_policy", "config_policy",
+           "reread_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,19 @@ def load_policy(path: str | os.PathLike[str]) -> Policy:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SecurityError(f"cannot read the policy {path}: {exc}") from None
     return Policy.from_dict(data, str(path))
+
+
+def reread_keys(keys: KeyRing, policy: Policy | None) -> tuple[KeyRing, Policy | None, list[str], list[str]]:
+    """Read ``keys``' allow-list folder, and ``policy``'s file if it came from one, again: all is read
+    before anything changes (a bad file raises and leaves both in force). Returns the new keys, the new
+    policy, and the key names added and removed."""
+    if keys.allowed_dir is None:
+        raise SecurityError(f"keys {keys.name!r} have no allow-list folder to reload")
+    fresh = allowed_keys(keys.allowed_dir)
+    if policy is not None and policy.source and os.path.isfile(policy.source):
+        policy = load_policy(policy.source)
+    added, removed = allow_list_changes(keys.allowed, fresh)
+    return dataclasses.replace(keys, allowed=fresh), policy, added, removed
 
 
 def config_policy() -> Policy | None:
