@@ -96,8 +96,11 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
 @click.option("--log-interval", default=0.0, help="Log the counters every so many seconds (0: off).")
 @click.option("--max-connections", default=10_000, show_default=True,
               help="Live connections (both endpoints) past which new clients are refused.")
+@click.option("--max-queued-bytes", default=128 * 1024 * 1024, show_default=True,
+              help="Bytes that may queue for a subscriber that reads nothing before it is cut (0: no bound "
+                   "but --hwm).")
 def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
-              log_interval: float, max_connections: int) -> None:
+              log_interval: float, max_connections: int, max_queued_bytes: int) -> None:
     """Run a forwarder until Ctrl-C or SIGTERM."""
     from .bus.forwarder import run_forwarder
     from .io.transport import SocketConfig
@@ -107,7 +110,7 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
     try:
         last = run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
                              stats_interval=stats_interval or None, log_interval=log_interval or None,
-                             max_connections=max_connections)
+                             max_connections=max_connections, max_queued_bytes=max_queued_bytes or None)
     except ZmqbusError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     if last is not None:

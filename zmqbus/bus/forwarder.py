@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import struct
 import threading
@@ -28,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import zmq
 
 from ..core import config
+from ..core.backlog import BacklogBound
 from ..core.codec import Codec
 from ..core.errors import ClosedError, SecurityError, TransportError, ZmqbusError
 from ..core.ids import new_id
@@ -44,6 +46,8 @@ __all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC"]
 log = logging.getLogger(__name__)
 
 STATS_TOPIC = "_zmqbus.forwarder.stats"
+DEFAULT_MAX_QUEUED_BYTES = 128 * 1024 * 1024
+_BACKLOG_EVERY = 0.2  # seconds between samples of the subscribers' connections
 
 # MONITOR_STOPPED is the last event libzmq sends, when it destroys the socket:
 # the watch thread reads every monitor until then (see _run_watch).
@@ -77,6 +81,8 @@ class ForwarderStatistics:
     uptime: float
     #: Handshakes the allow-list refused, by reason (``unknown_key``...); empty without keys.
     refused: dict[str, int] = field(default_factory=dict)
+    #: Subscribers cut because more than ``max_queued_bytes`` could be queued for them.
+    slow_subscribers_cut: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -108,6 +114,12 @@ class Forwarder:
         which new clients are refused, with a log line; counted in
         ``statistics().refused["connection_limit"]``. Connections that never
         complete a handshake are dropped after ``socket_config.handshake_ivl``.
+    :param max_queued_bytes: the most that may be queued for one subscriber
+        whose connection takes no more bytes (its kernel buffers are full)
+        before the forwarder cuts it (default 128 MiB; ``None``: no bound but
+        the high-water mark). The cut subscriber reconnects by itself and
+        counts what it missed as gaps; ``statistics().slow_subscribers_cut``
+        counts the cuts. See :mod:`zmqbus.core.backlog` for how it is bounded.
 
     ``start()`` binds (raising :class:`TransportError` at once for a busy
     port or a bad endpoint) and returns; ``stop()`` ends the proxy and closes
@@ -126,6 +138,7 @@ class Forwarder:
         max_connections: int = 10_000,
         policy: Policy | None = None,
         subscription_limits: SubscriptionLimits | bool | None = None,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
         self.keys = keys if keys is not None else config_keys(server=False)
         self.policy = policy if policy is not None else config_policy()
@@ -137,6 +150,7 @@ class Forwarder:
             SubscriptionLimits() if subscription_limits or self.policy is not None else None
         self.guard: PolicyGuard | None = None if limits is None else PolicyGuard(self.policy, limits)
         self.max_connections = max_connections
+        self.backlog = BacklogBound(max_queued_bytes) if max_queued_bytes else None
         self.insecure = config.insecure(insecure)
         self._zap_domain: str | None = None
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
@@ -157,6 +171,7 @@ class Forwarder:
         self._faults = RateLimitedLog(log)
         self._admissions = 0  # clients the ZAP handler asked _admit about
         self._live_fds: set[int] = set()  # accepted connections not yet disconnected (monitor events)
+        self._sub_fds: set[int] = set()  # the subscriber side's among them
 
     def start(self) -> Forwarder:
         """Bind both endpoints and start forwarding. Returns ``self``."""
@@ -327,6 +342,7 @@ class Forwarder:
             stats_pub.connect(self._internal_addr)
             codec = Codec()
         next_stats = time.monotonic() + (self.stats_interval or 0)
+        next_backlog = time.monotonic() + _BACKLOG_EVERY
         try:
             while live:
                 for sock, _ in poller.poll(100):
@@ -334,6 +350,9 @@ class Forwarder:
                         poller.unregister(sock)
                         del live[sock]
                         sock.close(0)
+                if self.backlog is not None and time.monotonic() >= next_backlog and not self._stop.is_set():
+                    next_backlog = time.monotonic() + _BACKLOG_EVERY
+                    self._check_backlog(self.backlog)
                 if stats_pub is not None and codec is not None and not self._stop.is_set() \
                         and time.monotonic() >= next_stats:
                     next_stats += self.stats_interval or 0
@@ -360,9 +379,13 @@ class Forwarder:
         if event & zmq.EVENT_ACCEPTED:
             self._events[side + "c"] += 1
             self._live_fds.add(fd)
+            if not publisher_side:
+                self._sub_fds.add(fd)
         elif event & zmq.EVENT_DISCONNECTED:
             self._events[side + "d"] += 1
             self._live_fds.discard(fd)
+            if not publisher_side:
+                self._sub_fds.discard(fd)
             if self.guard is not None and not publisher_side:
                 self.guard.closed(fd)
             log.debug("a %s disconnected", "publisher" if publisher_side else "subscriber")
@@ -375,6 +398,22 @@ class Forwarder:
                              "publisher" if publisher_side else "subscriber", self._events["hf"])
         return False
 
+    def _check_backlog(self, bound: BacklogBound) -> None:
+        """Sample each subscriber connection's writability; cut those whose queue may pass the bound."""
+        if not self._sub_fds:
+            return
+        try:
+            forwarded = self._counters()[7]
+        except (TransportError, ClosedError):
+            return
+        writable = _writable(self._sub_fds)
+        slow = bound.check(forwarded, writable)
+        if slow:
+            cut = _cut_connections(slow, self._local_addresses())
+            self._faults.log(logging.WARNING, "slow-subscriber", "cut %d subscriber(s) that took nothing while "
+                             "more than %d bytes (max_queued_bytes) could queue for them; they reconnect and "
+                             "count what they missed as gaps (%d cut so far)", cut, bound.max_bytes, bound.cut)
+
     def _publish_stats(self, sock: zmq.Socket[bytes], codec: Codec, seq: int) -> None:
         try:
             stats = self.statistics()
@@ -386,15 +425,7 @@ class Forwarder:
 
     def statistics(self, timeout: float = 2.0) -> ForwarderStatistics:
         """Read the proxy's counters (thread-safe). Raises :class:`ClosedError` once stopped."""
-        with self._lock:
-            control = self._control
-            if control is None or self._stop.is_set() or self._proxy_error is not None:
-                raise ClosedError("forwarder is not running")
-            with mapped_errors("forwarder statistics"):
-                control.send(b"STATISTICS")
-                if not control.poll(int(timeout * 1000)):
-                    raise TransportError("forwarder did not answer STATISTICS in time")
-                values = [struct.unpack("=Q", f)[0] for f in control.recv_multipart()]
+        values = self._counters(timeout)
         ev = self._events
         return ForwarderStatistics(
             frames_in=values[0], bytes_in=values[1], frames_out=values[6], bytes_out=values[7],
@@ -404,7 +435,20 @@ class Forwarder:
             handshake_failures=ev["hf"], uptime=time.monotonic() - self._started_at,
             refused={**({} if self._zap_domain is None else zap_handler().refused(self._zap_domain)),
                      **({} if self.guard is None else self.guard.refused)},
+            slow_subscribers_cut=0 if self.backlog is None else self.backlog.cut,
         )
+
+    def _counters(self, timeout: float = 2.0) -> list[int]:
+        """The proxy's eight counters (zmq_proxy_steerable's STATISTICS)."""
+        with self._lock:
+            control = self._control
+            if control is None or self._stop.is_set() or self._proxy_error is not None:
+                raise ClosedError("forwarder is not running")
+            with mapped_errors("forwarder statistics"):
+                control.send(b"STATISTICS")
+                if not control.poll(int(timeout * 1000)):
+                    raise TransportError("forwarder did not answer STATISTICS in time")
+                return [struct.unpack("=Q", f)[0] for f in control.recv_multipart()]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop forwarding and close the sockets. Idempotent; returns within ``timeout`` seconds.
@@ -449,6 +493,7 @@ def run_forwarder(
     keys: KeyRing | None = None,
     insecure: bool | None = None,
     max_connections: int = 10_000,
+    max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
 ) -> ForwarderStatistics | None:
     """Run a forwarder in this process until SIGINT or SIGTERM; return its last counters.
 
@@ -473,7 +518,8 @@ def run_forwarder(
     previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval,
-                    keys=keys, insecure=insecure, max_connections=max_connections)
+                    keys=keys, insecure=insecure, max_connections=max_connections,
+                    max_queued_bytes=max_queued_bytes)
     last: ForwarderStatistics | None = None
     next_log = time.monotonic() + (log_interval or 0)
     try:
@@ -515,6 +561,21 @@ def _raise_file_limit() -> None:
             log.info("open-file limit raised from %d to %d", soft, target)
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
+def _writable(fds: set[int]) -> dict[int, bool]:
+    """Whether each connection's kernel send buffer can take more bytes now (a look, no I/O).
+
+    A descriptor closed meanwhile (POLLNVAL) or whose peer left counts as
+    writable: libzmq is about to report it gone, and it holds no backlog worth a cut.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLOUT)
+    out = dict.fromkeys(fds, False)
+    for fd, _ in poller.poll(0):
+        out[fd] = True
+    return out
 
 
 def _cut_connections(fds: list[int], local: set[object]) -> int:
