@@ -1,5 +1,5 @@
 """Runnable components: infrastructure (error_handler, state_tracker) and the example workflow (ingest).
 
-Run one with ``zmqbus run components.ingest:IngestManager``, or all of them with
+Run one with ``zmqbus run zmqbus.components.ingest:IngestManager``, or all of them with
 ``zmqbus demo`` / ``zmqbus up``.
 """

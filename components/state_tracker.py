@@ -1,6 +1,11 @@
 """The state tracker: the latest state of every process, per correlation id and per component.
 
-Subscribes to ``status.#`` and answers ``state.query``: with
+Subscribes to ``status.#`` (zmqbus components' updates) and to
+``#.status.update``: the guide's own (``component.status.update`` with
+``{"new_state": value}``; the workflow is the message's correlation id, the
+component its source). That pattern starts with a wildcard, so this process
+receives all pub/sub traffic and filters it; pass ``guide_topics=False`` on a
+busy bus whose components report zmqbus's way. Answers ``state.query``: with
 ``{"correlation_id": id}`` the states of that workflow in every component,
 with ``{"component": name}`` that component's processes, with ``{}`` counts
 by state. With a journal file (``journal=`` or ``$ZMQBUS_STATE_JOURNAL``) it
@@ -21,7 +26,13 @@ from zmqbus.framework.component import Component, on, service
 class StateTracker(Component):
     component_name = "state_tracker"
 
-    def __init__(self, *args: Any, journal: str | None = None, **kwargs: Any) -> None:
+    #: Also take the guide's ``<domain>.status.update`` messages (see the module docstring).
+    guide_topics = True
+
+    def __init__(self, *args: Any, journal: str | None = None, guide_topics: bool | None = None,
+                 **kwargs: Any) -> None:
+        if guide_topics is not None:
+            self.guide_topics = guide_topics
         self.by_correlation: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         self.updates = 0
         self.journal_path = journal or os.environ.get("ZMQBUS_STATE_JOURNAL") or None
@@ -48,9 +59,26 @@ class StateTracker(Component):
         self.by_correlation[str(update["correlation_id"])][str(update["component"])] = {
             "state": update["state"], "updated_at": update.get("updated_at"), "old_state": update.get("old_state")}
 
-    @on("status.#")
-    async def _handle_status_update(self, message: ProcessingMessage) -> None:
+    def _setup_message_handlers(self) -> None:
+        if self.guide_topics:
+            self.subscribe("#.status.update", self._handle_guide_status)
+
+    async def _handle_guide_status(self, message: ProcessingMessage) -> None:
         c = message.content
+        if message.topic.startswith("status."):
+            return  # zmqbus's own topic: _handle_status_update has it
+        if not (isinstance(c, dict) and ("new_state" in c or "state" in c)):
+            raise ValueError(f"invalid status update: {c!r} (the guide sends {{'new_state': value}})")
+        md = message.metadata
+        update = {"correlation_id": c.get("correlation_id") or md.correlation_id,
+                  "component": c.get("component") or md.source_component or "?",
+                  "state": c.get("state", c.get("new_state")), "old_state": c.get("old_state"),
+                  "updated_at": c.get("updated_at")}
+        await self._handle_status_update(message, update)
+
+    @on("status.#")
+    async def _handle_status_update(self, message: ProcessingMessage, update: dict[str, Any] | None = None) -> None:
+        c = message.content if update is None else update
         if not (isinstance(c, dict) and "correlation_id" in c and "component" in c and "state" in c):
             raise ValueError(f"invalid status update: {c!r}")
         self._apply(c)

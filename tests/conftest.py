@@ -1,18 +1,15 @@
 """Shared fixtures: endpoints, forwarders (in a thread or a process), async tests.
 
-``async def`` tests run in a fresh event loop via :func:`pytest_pyfunc_call`
-(no pytest-asyncio needed). Every process a fixture starts is ended by its pid
+``async def`` tests, ``wait_until`` and the recorders come from zmqbus's own
+test kit (``zmqbus.testing``, a pytest plugin installed with zmqbus). Every process a fixture starts is ended by its pid
 in teardown; nothing is ever killed by name.
 """
 from __future__ import annotations
 
-import asyncio
-import inspect
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,15 +18,6 @@ import pytest
 from zmqbus import Forwarder
 from zmqbus.core.config import ipc_endpoints
 from zmqbus.framework.procs import forwarder_process, stop_process, tcp_endpoints
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    if inspect.iscoroutinefunction(pyfuncitem.obj):
-        args = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        asyncio.run(pyfuncitem.obj(**args))
-        return True
-    return None
 
 
 @pytest.fixture
@@ -64,39 +52,6 @@ def spawn_forwarder() -> Iterator[Callable[..., Any]]:
     yield start
     for proc in procs:
         stop_process(proc, timeout=3.0)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` on the event loop until true; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-class Collector:
-    """An async handler that records messages and lets a test await a count."""
-
-    def __init__(self) -> None:
-        self.messages: list[Any] = []
-        self._event = asyncio.Event()
-        self._want = 0
-
-    async def __call__(self, msg: Any) -> None:
-        self.messages.append(msg)
-        if len(self.messages) >= self._want:
-            self._event.set()
-
-    async def wait_for(self, n: int, timeout: float = 10.0) -> list[Any]:
-        self._want = n
-        if len(self.messages) < n:
-            self._event.clear()
-            try:
-                await asyncio.wait_for(self._event.wait(), timeout)
-            except TimeoutError:
-                raise AssertionError(f"got {len(self.messages)} of {n} messages in {timeout} s") from None
-        return self.messages
 
 
 def pid_alive(pid: int) -> bool:

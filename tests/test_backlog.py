@@ -14,8 +14,7 @@ import zmq
 
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage
 from zmqbus.core.backlog import BacklogBound
-
-from conftest import wait_until
+from zmqbus.testing import wait_until
 
 MiB = 1024 * 1024
 

@@ -17,8 +17,7 @@ from zmqbus import (
     TopicError,
     TransportError,
 )
-
-from conftest import Collector, wait_until
+from zmqbus.testing import Recorder, wait_until
 
 
 def broker_for(fwd: Forwarder, **kw: object) -> MessageBroker:
@@ -31,7 +30,7 @@ def msg(topic: str, content: object = None, **md: object) -> ProcessingMessage:
 
 async def test_publish_subscribe_wildcards(forwarder: Forwarder) -> None:
     async with broker_for(forwarder, name="sub") as sub, broker_for(forwarder, name="pub") as pub:
-        exact, hashes, star = Collector(), Collector(), Collector()
+        exact, hashes, star = Recorder(), Recorder(), Recorder()
         sub.subscribe("c", "order.start.request", exact)
         sub.subscribe("c", "order.#", hashes)
         sub.subscribe("c", "*.error", star)
@@ -39,12 +38,12 @@ async def test_publish_subscribe_wildcards(forwarder: Forwarder) -> None:
         for topic in ("order.start.request", "order.start.request.eu", "order", "payment.error",
                       "a.payment.error", "orders.x"):
             await pub.publish(msg(topic, {"t": topic}))
-        await hashes.wait_for(3)
-        await star.wait_for(1)
-        await exact.wait_for(1)
+        await hashes.wait_for(count=3)
+        await star.wait_for(count=1)
+        await exact.wait_for(count=1)
         # a marker published last proves nothing else is still on its way
         await pub.publish(msg("order.end"))
-        await hashes.wait_for(4)
+        await hashes.wait_for(count=4)
         assert [m.topic for m in exact.messages] == ["order.start.request"]
         assert [m.topic for m in hashes.messages] == ["order.start.request", "order.start.request.eu", "order",
                                                        "order.end"]
@@ -62,23 +61,23 @@ async def test_sync_and_async_handlers_and_order(forwarder: Forwarder) -> None:
     seen: list[int] = []
     async with broker_for(forwarder) as b:
         b.subscribe("c", "n.#", lambda m: seen.append(m.content["i"]))
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("c", "n.#", coll)
         await b.ready()
         for i in range(500):
             await b.publish(msg("n.x", {"i": i}))
-        await coll.wait_for(500)
+        await coll.wait_for(count=500)
         assert seen == list(range(500))
         assert [m.metadata.sequence for m in coll.messages] == list(range(1, 501))
 
 
 async def test_subscribe_before_start_as_in_the_guide(forwarder: Forwarder) -> None:
     b = broker_for(forwarder)
-    coll = Collector()
+    coll = Recorder()
     b.subscribe("manager", "x.start.request.#", coll)  # plain call, no loop needed yet
     await b.ready()  # starts the broker
     await b.publish(msg("x.start.request", {"k": 1}))
-    assert (await coll.wait_for(1))[0].content == {"k": 1}
+    assert (await coll.wait_for()).content == {"k": 1}
     await b.close()
     await b.close()  # idempotent
     assert b.closed
@@ -90,17 +89,17 @@ async def test_subscribe_before_start_as_in_the_guide(forwarder: Forwarder) -> N
 
 async def test_unsubscribe(forwarder: Forwarder) -> None:
     async with broker_for(forwarder) as b:
-        a, c = Collector(), Collector()
+        a, c = Recorder(), Recorder()
         sub_a = b.subscribe("one", "u.#", a)
         b.subscribe("two", "u.#", c)
         await b.ready()
         await b.publish(msg("u.1"))
-        await a.wait_for(1)
-        await c.wait_for(1)
+        await a.wait_for(count=1)
+        await c.wait_for(count=1)
         assert b.unsubscribe(sub_a) == 1
         assert b.unsubscribe("nobody") == 0
         await b.publish(msg("u.2"))
-        await c.wait_for(2)
+        await c.wait_for(count=2)
         assert len(a.messages) == 1
         assert b.unsubscribe("two", "u.#") == 1
         assert b.statistics().subscriptions == 0
@@ -112,14 +111,14 @@ async def test_handler_errors_are_counted_and_dispatch_goes_on(forwarder: Forwar
         raise RuntimeError(f"boom {m.content['i']}")
 
     async with broker_for(forwarder) as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("bad", "h.#", boom)
         b.subscribe("good", "h.#", coll)
         await b.ready()
         with caplog.at_level(logging.ERROR, logger="zmqbus.bus.broker"):
             for i in range(50):
                 await b.publish(msg("h.x", {"i": i}))
-            await coll.wait_for(50)
+            await coll.wait_for(count=50)
         assert b.statistics().handler_errors == 50
         # logged once, not 50 times
         assert len([r for r in caplog.records if "boom" in r.getMessage()]) == 1
@@ -128,7 +127,7 @@ async def test_handler_errors_are_counted_and_dispatch_goes_on(forwarder: Forwar
 async def test_invalid_input_is_refused_locally(forwarder: Forwarder) -> None:
     async with broker_for(forwarder, max_message_size=2000) as b:
         with pytest.raises(TopicError):
-            b.subscribe("c", "a..b", Collector())
+            b.subscribe("c", "a..b", Recorder())
         with pytest.raises(TopicError):
             await b.publish(msg("a.*"))
         with pytest.raises(MessageTooLarge):
@@ -218,11 +217,11 @@ async def test_inproc_forwarder_in_the_same_process() -> None:
     fwd = Forwarder("inproc://t-pub", "inproc://t-sub", stats_interval=None).start()
     try:
         async with MessageBroker("inproc://t-pub", "inproc://t-sub") as b:
-            coll = Collector()
+            coll = Recorder()
             b.subscribe("c", "i.#", coll)
             await b.ready()
             await b.publish(msg("i.x", [1, 2, 3]))
-            assert (await coll.wait_for(1))[0].content == [1, 2, 3]
+            assert (await coll.wait_for()).content == [1, 2, 3]
     finally:
         fwd.stop()
 
@@ -232,9 +231,9 @@ async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]
     fwd = Forwarder(*tcp_pair, stats_interval=0.1).start()
     try:
         async with MessageBroker(*tcp_pair) as b:
-            coll = Collector()
+            coll = Recorder()
             b.subscribe("c", STATS_TOPIC, coll)
-            b.subscribe("c", "s.#", Collector())
+            b.subscribe("c", "s.#", Recorder())
             await b.ready()
             for _ in range(10):
                 await b.publish(msg("s.x"))
@@ -242,7 +241,7 @@ async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]
             stats = fwd.statistics()
             assert stats.bytes_in >= stats.frames_in and stats.frames_out >= 20
             assert stats.publisher_connects >= 1 and stats.subscriber_connects >= 1
-            report = (await coll.wait_for(1))[0]
+            report = (await coll.wait_for())
             assert report.content["frames_in"] >= 0 and report.metadata.source_component == "forwarder"
     finally:
         fwd.stop()
@@ -265,14 +264,14 @@ def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
 async def test_sequence_tables_stay_bounded(forwarder: Forwarder) -> None:
     async with broker_for(forwarder) as b:
         b._sequencer.topics_limit = b._receiver.sequences.topics_limit = 10
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("c", "many.#", coll)
         await b.ready()
         for i in range(25):
             await b.publish(msg(f"many.t{i}"))
         for i in range(25):
             await b.publish(msg(f"many.t{i}"))  # second round: some tables were reset meanwhile
-        await coll.wait_for(50)
+        await coll.wait_for(count=50)
         assert len(b._sequencer) <= 10
         assert b._receiver.sequences.tracked()[1] <= 10
         assert b.statistics().gaps == 0  # a reset is not a loss

@@ -143,7 +143,7 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
 def test_run_component_stops_on_sigterm(tcp_pair: tuple[str, str], run_cli: Any, spawn_forwarder: Any) -> None:
     spawn_forwarder(*tcp_pair, stats_interval=None)
     ep = ["--pub", tcp_pair[0], "--sub", tcp_pair[1]]
-    proc = run_cli("--log-level", "INFO", "run", "components.ingest:ChunkAnalyzer", "--name", "analyzer-x", *ep)
+    proc = run_cli("--log-level", "INFO", "run", "zmqbus.components.ingest:ChunkAnalyzer", "--name", "analyzer-x", *ep)
     assert proc.stderr is not None
     deadline = time.monotonic() + 30
     while "component analyzer-x started" not in proc.stderr.readline():
@@ -165,7 +165,7 @@ def test_up_runs_a_topology_and_stops_cleanly(tmp_path: Any, run_cli: Any) -> No
     pub, sub = f"ipc://{tmp_path}/bus.pub", f"ipc://{tmp_path}/bus.sub"
     topology = tmp_path / "topology.toml"
     topology.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\n\n'
-                        '[[component]]\nclass = "components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
+                        '[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
     proc = run_cli("up", str(topology))
     code, _out, err = finish(run_cli("send", "x.y", "--pub", pub, "--sub", sub, "--timeout", "30"), timeout=60)
     assert code == 0, err  # the forwarder it started is up
@@ -216,7 +216,7 @@ def test_up_runs_a_secure_topology(tmp_path: Any, run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
     topology = tmp_path / "topology.toml"
     topology.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\nkeys = "keys"\nkey_name = "worker"\n'
-                        f'policy = "policy.toml"\n\n[[component]]\nclass = "components.ingest:ChunkAnalyzer"\n')
+                        f'policy = "policy.toml"\n\n[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\n')
     proc = run_cli("up", str(topology))
 
     async def ask() -> Any:

@@ -9,8 +9,7 @@ from typing import Any
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, RetryableError
 from zmqbus.core.workflow import ComponentState
 from zmqbus.framework.component import Component, Manager, on, service
-
-from conftest import Collector, wait_until
+from zmqbus.testing import Recorder, wait_until
 
 
 def bus(fwd: Forwarder, **kw: Any) -> MessageBroker:
@@ -63,7 +62,7 @@ async def test_guide_and_decorator_styles_with_state_ids_retries_and_errors(forw
     await worker.start()
     try:
         async with bus(forwarder, name="client") as client:
-            done, states, errors, dead, flaky = Collector(), Collector(), Collector(), Collector(), Collector()
+            done, states, errors, dead, flaky = Recorder(), Recorder(), Recorder(), Recorder(), Recorder()
             client.subscribe("client", "thing.complete", done)
             client.subscribe("client", "status.#", states)
             client.subscribe("client", "error.#", errors)
@@ -73,11 +72,11 @@ async def test_guide_and_decorator_styles_with_state_ids_retries_and_errors(forw
             start = ProcessingMessage(Kind.START, {"n": 21}, MessageMetadata(correlation_id="wf-1",
                                                                                source_component="client"))
             await client.publish(start)
-            result = (await done.wait_for(1))[0]
+            result = (await done.wait_for())
             assert result.content == {"answer": 42} and result.metadata.target_component == "client"
             # ids followed by themselves: same conversation, caused by the start request's handling
             assert result.metadata.correlation_id == "wf-1"
-            await states.wait_for(3)
+            await states.wait_for(count=3)
             assert [m.content["state"] for m in states.messages] == ["processing", "waiting", "completed"]
             assert all(m.metadata.correlation_id == "wf-1" and m.metadata.target_component == "state_tracker"
                        for m in states.messages)
@@ -86,16 +85,16 @@ async def test_guide_and_decorator_styles_with_state_ids_retries_and_errors(forw
 
             # retryable errors in subscribed work are retried with the component's policy
             await client.publish(ProcessingMessage("thing.flaky", {}))
-            assert (await flaky.wait_for(1))[0].content == {"attempt": 3}
+            assert (await flaky.wait_for()).content == {"attempt": 3}
             assert worker.metrics.retried == 2
 
             # fatal errors go to the error handler and the dead-letter topic, with context
             await client.publish(ProcessingMessage("thing.broken", {"x": 1}, MessageMetadata(correlation_id="wf-9")))
-            err = (await errors.wait_for(1))[0]
+            err = (await errors.wait_for())
             assert err.topic == "error.worker" and err.metadata.target_component == "error_handler"
             assert err.content["error_type"] == "KeyError" and err.content["correlation_id"] == "wf-9"
             assert err.content["retryable"] is False and err.content["message_type"] == "thing.broken"
-            letter = (await dead.wait_for(1))[0]
+            letter = (await dead.wait_for())
             assert letter.topic == "deadletter.worker" and letter.content["content"] == {"x": 1}
             # every component answers <name>.status
             status = (await client.request("worker.status", ProcessingMessage("worker.status", {}))).content
@@ -143,7 +142,7 @@ async def test_stale_processes_are_cancelled_and_reported(forwarder: Forwarder) 
     await manager.start()
     try:
         async with bus(forwarder) as client:
-            states = Collector()
+            states = Recorder()
             client.subscribe("client", "status.ttl_manager", states)
             await client.ready()
             ctx = manager.active_processes.create("wf-stale", "r-1")
@@ -151,7 +150,7 @@ async def test_stale_processes_are_cancelled_and_reported(forwarder: Forwarder) 
             assert await manager.expire_stale() == 0
             now[0] = 1000.0 + 3600
             assert await manager.expire_stale() == 1
-            update = (await states.wait_for(1))[0].content
+            update = (await states.wait_for()).content
             assert (update["state"], update["old_state"], update["reason"]) == ("cancelled", "processing", "expired")
             assert "wf-stale" not in manager.active_processes and manager.metrics.expired == 1
     finally:
@@ -159,7 +158,7 @@ async def test_stale_processes_are_cancelled_and_reported(forwarder: Forwarder) 
 
 
 async def test_state_tracker_rebuilds_its_view_from_its_journal(forwarder: Forwarder, tmp_path: Any) -> None:
-    from components.state_tracker import StateTracker
+    from zmqbus.components.state_tracker import StateTracker
 
     journal = str(tmp_path / "state.jsonl")
 
@@ -189,7 +188,7 @@ async def test_state_tracker_rebuilds_its_view_from_its_journal(forwarder: Forwa
 
 
 async def test_error_handler_counts_and_replays_dead_letters(forwarder: Forwarder) -> None:
-    from components.error_handler import ErrorHandler
+    from zmqbus.components.error_handler import ErrorHandler
 
     seen: list[int] = []
 

@@ -18,8 +18,9 @@ import zmq
 
 from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.bus.forwarder import STATS_TOPIC
+from zmqbus.testing import Recorder, wait_until
 
-from conftest import Collector, pid_alive, wait_until
+from conftest import pid_alive
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -47,8 +48,8 @@ def raw_publisher(pub: str, prefix: bytes) -> zmq.Socket:
     raise AssertionError("subscription never reached the raw publisher")
 
 
-async def stats_reader(b: MessageBroker) -> Collector:
-    coll = Collector()
+async def stats_reader(b: MessageBroker) -> Recorder:
+    coll = Recorder()
     b.subscribe("test", STATS_TOPIC, coll)
     return coll
 
@@ -58,11 +59,11 @@ async def test_wrong_frame_counts_and_bad_payloads_back_to_back(ipc_pair: tuple[
     """Malformed messages queued right next to good ones never cost a good one."""
     proc = spawn_forwarder(*ipc_pair, stats_interval=None)
     async with MessageBroker(*ipc_pair) as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("test", "f.#", coll)
         # '#' has the empty prefix: malformed frames that do not start with
         # 'f' (a lone 0x9e frame, a non-UTF-8 topic) must reach the client too.
-        b.subscribe("test", "#", Collector())
+        b.subscribe("test", "#", Recorder())
         await b.ready(timeout=20)
         raw = raw_publisher(ipc_pair[0], b"")
         t = b"f.x\x00"
@@ -84,7 +85,8 @@ async def test_wrong_frame_counts_and_bad_payloads_back_to_back(ipc_pair: tuple[
         ]
         for frames in burst:
             raw.send_multipart(frames)
-        got = await coll.wait_for(8, timeout=20)
+        await coll.wait_for(count=8, timeout=20)
+        got = coll.messages
         assert [m.content["i"] for m in got] == [1, 2, 3, 4, 5, 6, 7, 8]
         stats = b.statistics()
         assert stats.decode_errors == {"topic": 4, "msgpack": 2, "version": 1}
@@ -105,13 +107,13 @@ def send_garbage(endpoints: tuple[str, str]) -> None:
 async def test_garbage_bytes_on_the_forwarder_port(tcp_pair: tuple[str, str], spawn_forwarder: Any) -> None:
     proc = spawn_forwarder(*tcp_pair, stats_interval=0.1)
     async with MessageBroker(*tcp_pair) as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("test", "g.#", coll)
         stats = await stats_reader(b)
         await b.ready(timeout=20)
         await asyncio.to_thread(send_garbage, tcp_pair)
         await b.publish(ProcessingMessage("g.after", {"ok": True}))
-        assert (await coll.wait_for(1))[0].content == {"ok": True}
+        assert (await coll.wait_for()).content == {"ok": True}
         await wait_until(lambda: any(m.content["handshake_failures"] >= 1 for m in stats.messages),
                          what="handshake failures reported")
     assert proc.is_alive()
@@ -121,7 +123,7 @@ async def test_oversized_frame_disconnects_only_its_sender(tcp_pair: tuple[str, 
                                                            spawn_forwarder: Any) -> None:
     proc = spawn_forwarder(*tcp_pair, stats_interval=0.1)
     async with MessageBroker(*tcp_pair) as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("test", "o.#", coll)
         stats = await stats_reader(b)
         await b.ready(timeout=20)
@@ -131,7 +133,8 @@ async def test_oversized_frame_disconnects_only_its_sender(tcp_pair: tuple[str, 
                          what="the oversized sender's disconnection")
         for i in range(3):
             await b.publish(ProcessingMessage("o.ok", {"i": i}))
-        got = await coll.wait_for(3)
+        await coll.wait_for(count=3)
+        got = coll.messages
         assert [m.content["i"] for m in got] == [0, 1, 2]  # the big one never reached anyone
         raw.close(0)
     assert proc.is_alive()
@@ -141,12 +144,12 @@ async def test_forwarder_killed_and_restarted(ipc_pair: tuple[str, str], spawn_f
     """kill -9 the forwarder mid-stream, start a new one: delivery resumes and the loss is counted."""
     first = spawn_forwarder(*ipc_pair, stats_interval=None)
     async with MessageBroker(*ipc_pair, name="sub") as sub, MessageBroker(*ipc_pair, name="pub") as pub:
-        coll = Collector()
+        coll = Recorder()
         sub.subscribe("test", "k.#", coll)
         await sub.ready(timeout=20)
         for i in range(100):
             await pub.publish(ProcessingMessage("k.x", {"i": i}))
-        await coll.wait_for(100)
+        await coll.wait_for(count=100)
         os.kill(first.pid, signal.SIGKILL)
         first.join(5)
         assert not pid_alive(first.pid)
@@ -200,13 +203,14 @@ async def test_publisher_that_exits_right_after_a_burst_loses_nothing(tcp_pair: 
     spawn_forwarder(*tcp_pair, stats_interval=None)
     n = 2000
     async with MessageBroker(*tcp_pair, name="sink") as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("sink", "burst.data", coll)
         await b.ready(timeout=20)
         proc = subprocess.Popen([sys.executable, "-c", _BURST_AND_EXIT, *tcp_pair, str(n)])
         try:
             assert await asyncio.to_thread(proc.wait, 60) == 0
-            got = await coll.wait_for(n, timeout=30)
+            await coll.wait_for(count=n, timeout=30)
+            got = coll.messages
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -219,14 +223,14 @@ async def test_an_implausible_sequence_is_a_reset_never_loss(ipc_pair: tuple[str
     """A frame with a real publisher's id and sequence 2**64-1 must not poison the loss counters."""
     spawn_forwarder(*ipc_pair, stats_interval=None)
     async with MessageBroker(*ipc_pair) as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("test", "poison.#", coll)
         await b.ready()
         raw = raw_publisher(ipc_pair[0], b"poison")
         try:
             for i, seq in enumerate([1, 2**64 - 1, 2, 3, 5 + (1 << 24), 7 + (1 << 24)]):
                 raw.send(good_frame("poison.a", i, seq))
-            await coll.wait_for(6)
+            await coll.wait_for(count=6)
         finally:
             raw.close()
         stats = b.statistics()

@@ -12,8 +12,7 @@ from enum import Enum
 from typing import Any
 
 from zmqbus import Forwarder, MessageBroker, MessageMetadata, ProcessingMessage, register_message_types
-
-from conftest import Collector
+from zmqbus.testing import Recorder
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ async def test_guide_component_on_zmqbus(forwarder: Forwarder) -> None:
     component_broker = MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint)
     component = ComponentName(component_broker)  # subscribes from __init__, before any loop work
     async with component_broker, MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as client:
-        errors, states, done = Collector(), Collector(), Collector()
+        errors, states, done = Recorder(), Recorder(), Recorder()
         client.subscribe("error_handler", "*.error", errors)
         client.subscribe("state_tracker", "component.status.update", states)
         client.subscribe("caller", "component.complete", done)
@@ -146,12 +145,12 @@ async def test_guide_component_on_zmqbus(forwarder: Forwarder) -> None:
                                   MessageMetadata(correlation_id="wf-1", source_component="caller",
                                                   target_component="component"))
         await client.publish(start)
-        result = (await done.wait_for(1))[0]
+        result = (await done.wait_for())
         assert result.message_type is MessageType.COMPONENT_COMPLETE
         assert result.content == {"result": 42}
         assert (result.metadata.correlation_id, result.metadata.source_component,
                 result.metadata.target_component) == ("wf-1", "component", "caller")
-        await states.wait_for(2)
+        await states.wait_for(count=2)
         assert [m.content["new_state"] for m in states.messages] == ["processing", "done"]
         assert all(m.metadata.target_component == "state_tracker" for m in states.messages)
         assert component.active_processes["wf-1"].state is ComponentState.DONE
@@ -159,7 +158,7 @@ async def test_guide_component_on_zmqbus(forwarder: Forwarder) -> None:
         # errors go to the error handler, with the guide's error context
         await client.publish(ProcessingMessage(MessageType.COMPONENT_PROCESS_REQUEST, {"value": -1},
                                                MessageMetadata(correlation_id="wf-2", source_component="caller")))
-        err = (await errors.wait_for(1))[0]
+        err = (await errors.wait_for())
         assert err.content == {"correlation_id": "wf-2", "error_type": "ValueError",
                                "error_message": "negative value"}
         assert err.message_type is MessageType.COMPONENT_ERROR
@@ -170,6 +169,6 @@ async def test_guide_component_on_zmqbus(forwarder: Forwarder) -> None:
                                                MessageMetadata(correlation_id="wf-3", source_component="caller")))
         await client.publish(ProcessingMessage(MessageType.COMPONENT_PROCESS_REQUEST, {"value": 1},
                                                MessageMetadata(correlation_id="wf-4", source_component="caller")))
-        await done.wait_for(2)
+        await done.wait_for(count=2)
         assert done.messages[1].content == {"result": 2}
         assert component_broker.statistics().handler_errors == 0  # the guide's code catches its own errors

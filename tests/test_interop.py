@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
-
-from conftest import Collector
+from zmqbus.testing import Recorder
 
 RAW_PEER = os.path.join(os.path.dirname(__file__), "raw_peer.py")
 
@@ -45,14 +44,15 @@ async def readline(proc: subprocess.Popen[str]) -> str:
 async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], start_raw_peer: Any) -> None:
     raw_peer = start_raw_peer()
     async with MessageBroker(*ipc_pair, name="pytest") as b:
-        coll = Collector()
+        coll = Recorder()
         b.subscribe("pytest", "interop.from_raw.#", coll)
         await b.ready(timeout=20)
         assert await readline(raw_peer) == "ready"
         sent = ProcessingMessage("interop.to_raw", {"n": [1, 2.5, "three", None, b"\x04"]},
                                  MessageMetadata(correlation_id="conv-1", source_component="pytest"))
         await b.publish(sent)
-        got = await coll.wait_for(4, timeout=20)
+        await coll.wait_for(count=4, timeout=20)
+        got = coll.messages
         assert await readline(raw_peer) == "sent"
         first = got[0]
         assert first.content == {"echo": {"n": [1, 2.5, "three", None, b"\x04"]},

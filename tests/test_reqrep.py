@@ -24,8 +24,9 @@ from zmqbus import (
     RetryPolicy,
 )
 from zmqbus.framework.procs import spawn, stop_process
+from zmqbus.testing import wait_until
 
-from conftest import pid_alive, wait_until
+from conftest import pid_alive
 
 pytestmark = pytest.mark.timeout(120)
 

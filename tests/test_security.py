@@ -27,8 +27,7 @@ from zmqbus import (
 )
 from zmqbus.core.security import ZapDomain, check_endpoint, needs_keys, zap_decide
 from zmqbus.io.transport import get_context
-
-from conftest import wait_until
+from zmqbus.testing import wait_until
 
 
 @pytest.fixture

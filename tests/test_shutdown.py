@@ -31,8 +31,7 @@ from zmqbus import (
 )
 from zmqbus.core.errors import TransportError
 from zmqbus.framework.procs import free_port, tcp_endpoints
-
-from conftest import wait_until
+from zmqbus.testing import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -234,7 +233,7 @@ def test_stats_timeout_holds_without_a_forwarder(run_cli: Any) -> None:
 
 def test_run_without_a_forwarder_fails_in_one_line(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = run_cli("run", "components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub,
+    proc = run_cli("run", "zmqbus.components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub,
                "--startup-timeout", "1")
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
@@ -244,7 +243,7 @@ def test_run_without_a_forwarder_fails_in_one_line(run_cli: Any) -> None:
 
 def test_run_honours_sigterm_during_start_up(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = run_cli("--log-level", "INFO", "run", "components.error_handler:ErrorHandler", "--pub", pub,
+    proc = run_cli("--log-level", "INFO", "run", "zmqbus.components.error_handler:ErrorHandler", "--pub", pub,
                    "--sub", sub, "--startup-timeout", "60")
     assert proc.stderr is not None
     for line in proc.stderr:  # its signal handlers are in place once it says it is starting
@@ -268,7 +267,7 @@ def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path,
         pub = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
         topo = tmp_path / "topo.toml"
         topo.write_text(f'[bus]\npub = "{pub}"\nsub = "tcp://127.0.0.1:{free_port()}"\n\n'
-                        '[[component]]\nclass = "components.error_handler:ErrorHandler"\n')
+                        '[[component]]\nclass = "zmqbus.components.error_handler:ErrorHandler"\n')
         proc = run_cli("up", str(topo), "--crash-limit", "1")
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err

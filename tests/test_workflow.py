@@ -17,8 +17,7 @@ from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.core.config import ipc_endpoints
 from zmqbus.framework.demo import demo_topology, make_document, submit_and_wait
 from zmqbus.framework.runner import Supervisor, load_topology
-
-from conftest import wait_until
+from zmqbus.testing import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -146,10 +145,10 @@ async def test_supervisor_restarts_a_crashed_component(running: Running) -> None
 def test_topology_file(tmp_path: Any) -> None:
     path = tmp_path / "topology.toml"
     path.write_text('[bus]\npub = "ipc:///tmp/x.pub"\nsub = "ipc:///tmp/x.sub"\n\n'
-                    '[[component]]\nclass = "components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
+                    '[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
     topo = load_topology(str(path))
     assert (topo.pub, topo.sub, topo.forwarder) == ("ipc:///tmp/x.pub", "ipc:///tmp/x.sub", True)
-    assert [(c.cls, c.replicas) for c in topo.components] == [("components.ingest:ChunkAnalyzer", 2)]
+    assert [(c.cls, c.replicas) for c in topo.components] == [("zmqbus.components.ingest:ChunkAnalyzer", 2)]
     path.write_text('[[component]]\nclass = "nowhere:Nothing"\n')
     with pytest.raises(ValueError, match="cannot load"):
         load_topology(str(path))

@@ -21,7 +21,7 @@ _MODULES = {
     "core.topics": ("validate_topic",),
     "core.retry": ("RetryPolicy", "NO_RETRY"),
     "framework.component": ("Component", "Manager", "Handler", "Processor", "on", "service"),
-    "core.workflow": ("ComponentState", "ComponentContext", "InvalidTransition"),
+    "core.workflow": ("ComponentState", "ComponentContext", "InvalidTransition", "UnknownState"),
     "core.errors": ("ZmqbusError", "TopicError", "ProtocolError", "EncodeError", "MessageTooLarge", "DecodeError",
                     "TransportError", "BusTimeout", "ClosedError", "RequestError", "RemoteError", "NoResponder",
                     "RequestTimeout", "RetryableError", "SecurityError", "InsecureEndpoint",
@@ -135,6 +135,9 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     )
     from .core.workflow import (
         InvalidTransition as InvalidTransition,
+    )
+    from .core.workflow import (
+        UnknownState as UnknownState,
     )
     from .framework.component import (
         Component as Component,

@@ -158,6 +158,8 @@ class MessageBroker:
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
         self.name = name
+        #: Wraps every handler ``subscribe`` registers (a Component sets its guard here).
+        self.guard: Callable[[MessageHandler], MessageHandler] | None = None
         self.publish_timeout = publish_timeout
         self.client_id = new_id()
         self.keys = keys if keys is not None else config_keys()
@@ -304,7 +306,13 @@ class MessageBroker:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`close` ran (or a fatal failure closed this client)."""
         return self._closed
+
+    @property
+    def started(self) -> bool:
+        """True while this client is connected: after :meth:`start`, before :meth:`close`."""
+        return self._link is not None
 
     # -- subscriptions -----------------------------------------------------
 
@@ -312,12 +320,18 @@ class MessageBroker:
         """Call ``handler(message)`` for every message whose topic matches ``pattern``.
 
         A plain call, usable before the broker is started (as the guide does
-        from a component's ``__init__``). Raises :class:`TopicError` for an
+        from a component's ``__init__``). A broker that a
+        :class:`~zmqbus.Component` was given runs every handler subscribed
+        here through the component's guard (:attr:`guard`), so the guide's
+        ``self.message_broker.subscribe(...)`` is timed, retried and reported
+        like ``@on``. Raises :class:`TopicError` for an
         invalid pattern. Topics under ``_zmqbus.`` are control traffic and reach
         only patterns that name that first word literally.
         """
         self._check_open()
         compiled = compile_pattern(pattern)  # raises TopicError before anything changes
+        if self.guard is not None:
+            handler = self.guard(handler)
         if compiled.receives_all:
             log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
                      "and filters it in Python (see statistics().unmatched)", pattern)
@@ -465,6 +479,35 @@ class MessageBroker:
         """
         caller = self._caller or await self._get_caller()
         return await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
+
+    async def wait_for_service(self, service: str, *, instances: int = 1, timeout: float = 10.0,
+                               instance_id: str | None = None) -> int:
+        """Wait until this client knows ``instances`` live instances of ``service``; return how many it knows.
+
+        A request right after a responder starts can raise :class:`NoResponder`
+        (discovery waits half a second); call this first where a responder is
+        expected to come up (tests, start-up ordering). ``instance_id`` waits for
+        one particular instance (a responder's ``client_id``). Raises
+        :class:`NoResponder` after ``timeout`` seconds, saying how many were known.
+        """
+        caller = self._caller or await self._get_caller()
+        return await caller.wait_for(service, instances, timeout, instance_id)
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services this client serves (``serve``), sorted."""
+        return tuple(sorted(self._services))
+
+    def live_instances(self, service: str) -> list[str]:
+        """The instance ids of ``service`` this client knows alive now (none before its first request
+        or :meth:`wait_for_service`: it learns them from their announcements)."""
+        if self._caller is None:
+            return []
+        return [i.instance_id for i in self._caller.directory.live(service)]
+
+    def handler_for(self, service: str) -> ServiceHandler | None:
+        """The handler ``serve`` registered for ``service`` (None if this client does not serve it)."""
+        return self._services.get(service)
 
     async def send(self, service: str, message: ProcessingMessage, *, timeout: float = 10.0,
                    retry: RetryPolicy | None = None) -> None:

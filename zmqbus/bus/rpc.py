@@ -495,6 +495,34 @@ class Caller:
             self._announced.clear()
             await wait_event(self._announced, left)
 
+    async def wait_for(self, service: str, instances: int, timeout: float, instance_id: str | None) -> int:
+        """Wait until ``instances`` live instances of ``service`` (or the instance ``instance_id``) are known."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        next_ask = loop.time()
+
+        def count() -> int:
+            live = self.directory.live(service)
+            if instance_id is not None:
+                return int(any(i.instance_id == instance_id for i in live))
+            return len(live)
+
+        wanted = 1 if instance_id is not None else instances
+        while count() < wanted:
+            if self._closed:
+                raise ClosedError(f"waiting for {service!r}: the broker was closed")
+            now = loop.time()
+            if now >= deadline:
+                what = f"instance {instance_id}" if instance_id is not None else f"{instances} instance(s)"
+                raise NoResponder(service, f"{what} did not announce themselves within {timeout:g} s "
+                                           f"({count()} known)")
+            if now >= next_ask:  # ask again now and then: a responder that starts later announces by itself too
+                next_ask = now + 0.5
+                await self.bus.publish(ProcessingMessage(DISCOVER_TOPIC, discover_content(service)))
+            self._announced.clear()
+            await wait_event(self._announced, min(0.05, deadline - now))
+        return len(self.directory.live(service))
+
     # -- replies -----------------------------------------------------------
 
     def _on_frames(self, frames: list[bytes], user: str = "") -> None:

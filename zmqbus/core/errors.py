@@ -110,8 +110,8 @@ class RemoteError(RequestError):
 class NoResponder(RequestError):
     """No live instance of the service is known."""
 
-    def __init__(self, service: str) -> None:
-        super().__init__(f"no live instance of service {service!r}")
+    def __init__(self, service: str, detail: str = "") -> None:
+        super().__init__(f"no live instance of service {service!r}" + (f": {detail}" if detail else ""))
         self.service = service
 
 

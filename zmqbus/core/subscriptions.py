@@ -91,7 +91,8 @@ class SubscriptionTable:
             return [s for s in self._subs if s is component_name]
         return [s for s in self._subs if s.component_name == component_name
                 and (pattern is None or s.pattern.text == pattern)
-                and (handler is None or s.handler == handler)]
+                and (handler is None or s.handler == handler
+                     or getattr(s.handler, "__wrapped__", None) == handler)]
 
     def remove(self, gone: Iterable[Subscription]) -> list[bytes]:
         """Remove these subscriptions; return the prefixes no subscription needs any more."""

@@ -22,8 +22,8 @@ from typing import Any
 
 from .errors import ZmqbusError
 
-__all__ = ["ComponentState", "ALLOWED", "InvalidTransition", "ComponentMetrics", "ComponentContext",
-           "ContextStore"]
+__all__ = ["ComponentState", "ALLOWED", "InvalidTransition", "UnknownState", "coerce_state", "ComponentMetrics",
+           "ComponentContext", "ContextStore"]
 
 
 class ComponentState(str, Enum):
@@ -57,6 +57,28 @@ ALLOWED: dict[ComponentState, frozenset[ComponentState]] = {
     ComponentState.FAILED: frozenset(),
     ComponentState.CANCELLED: frozenset(),
 }
+
+
+def coerce_state(state: object) -> ComponentState:
+    """``state`` as a :class:`ComponentState`: one already, a member of another Enum (by its
+    value, so the guide's own ``ComponentState`` works), or a string. Raises
+    :class:`UnknownState` for a value zmqbus has no state for."""
+    if isinstance(state, ComponentState):
+        return state
+    value = state.value if isinstance(state, Enum) else state
+    try:
+        return ComponentState(value)
+    except ValueError:
+        raise UnknownState(state) from None
+
+
+class UnknownState(ZmqbusError, ValueError):
+    """A state whose value is not one of :class:`ComponentState`'s."""
+
+    def __init__(self, state: object) -> None:
+        super().__init__(f"unknown state {state!r}: zmqbus's states are "
+                         f"{', '.join(s.value for s in ComponentState)}; give your Enum these values "
+                         "(or map yours onto them) so transitions can be checked")
 
 
 class InvalidTransition(ZmqbusError, ValueError):
@@ -106,8 +128,12 @@ class ComponentContext:
     created_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
 
-    def transition(self, new_state: ComponentState, now: datetime | None = None) -> ComponentState:
-        """Move to ``new_state``; return the old one. Raises :class:`InvalidTransition`."""
+    def transition(self, new_state: ComponentState | Enum | str, now: datetime | None = None) -> ComponentState:
+        """Move to ``new_state``; return the old one. Raises :class:`InvalidTransition`.
+
+        ``new_state`` may be any Enum member or string with a :class:`ComponentState` value.
+        """
+        new_state = coerce_state(new_state)
         old = self.state
         if new_state not in ALLOWED[old]:
             raise InvalidTransition(self.correlation_id, old, new_state)

@@ -35,10 +35,10 @@ from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 from ..bus.broker import MessageBroker
-from ..core.errors import RemoteError, is_retryable
-from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage, register_message_types
+from ..core.errors import RemoteError, ZmqbusError, is_retryable
+from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage, current_message, register_message_types
 from ..core.retry import RetryPolicy
-from ..core.workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore
+from ..core.workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore, coerce_state
 from ..io.aio import TaskOwner, to_thread
 
 __all__ = ["Component", "Manager", "Handler", "Processor", "on", "service", "ERROR_PREFIX", "STATUS_PREFIX",
@@ -87,9 +87,12 @@ class Component:
 
     def __init__(self, message_broker: MessageBroker, name: str | None = None) -> None:
         self.message_broker = message_broker
-        self.component_name = name or self.component_name or _snake(type(self).__name__)
+        self.component_name = name or type(self).default_name()
         if not message_broker.name:
             message_broker.name = self.component_name
+        # Every handler subscribed through this broker runs guarded, the guide's
+        # self.message_broker.subscribe(...) included.
+        message_broker.guard = self._guarded
         self.active_processes = ContextStore(self.context_ttl)
         self.metrics = ComponentMetrics()
         self._zmqbus_tasks = TaskOwner()  # what spawn() started: stop waits for it, kill cancels it
@@ -102,6 +105,11 @@ class Component:
         # ask it, and an answer proves the component is up and subscribed.
         self.message_broker.serve(f"{self.component_name}.status", self._status)
 
+    @classmethod
+    def default_name(cls) -> str:
+        """The name instances get without ``name=``: ``component_name``, else the class name in snake case."""
+        return cls.component_name or _snake(cls.__name__)
+
     async def _status(self, message: ProcessingMessage) -> dict[str, Any]:
         return self.statistics()
 
@@ -112,7 +120,7 @@ class Component:
 
     def subscribe(self, pattern: str, handler: Callable[[ProcessingMessage], Awaitable[Any]]) -> None:
         """Subscribe ``handler`` to ``pattern``, guarded (timed, counted, retried, reported)."""
-        self.message_broker.subscribe(self.component_name, pattern, self._guarded(handler))
+        self.message_broker.subscribe(self.component_name, pattern, handler)
 
     def _bind_decorated(self) -> None:
         for name, member in inspect.getmembers(type(self)):
@@ -127,11 +135,15 @@ class Component:
                 self.message_broker.serve(service_name, self._served(bound))
 
     def _guarded(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[None]]:
+        if getattr(handler, "_zmqbus_guarded", None) is self:
+            return handler
+
         @functools.wraps(handler)
         async def guarded(message: ProcessingMessage) -> None:
             if self._stopping:
                 return
             await self._run_guarded(handler, message)
+        guarded._zmqbus_guarded = self  # type: ignore[attr-defined]
         return guarded
 
     async def _run_guarded(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage) -> None:
@@ -275,8 +287,14 @@ class Component:
         reply = await self.message_broker.request(service_name, msg, timeout=timeout, retry=retry)
         return reply.content
 
-    async def update_state(self, ctx: ComponentContext, new_state: ComponentState, **info: Any) -> None:
-        """Validate and apply a state change, tell the state tracker, clean up when terminal."""
+    async def update_state(self, ctx: ComponentContext, new_state: ComponentState | Enum | str, **info: Any) -> None:
+        """Validate and apply a state change, tell the state tracker, clean up when terminal.
+
+        ``new_state`` may be a member of your own state Enum (as the guide
+        defines one) or a string: its value must be one of
+        :class:`ComponentState`'s (``processing``, ``completed``...).
+        """
+        new_state = coerce_state(new_state)
         old = ctx.transition(new_state)
         await self._publish_status(ctx, old, **info)
         if new_state.terminal:
@@ -313,6 +331,35 @@ class Component:
                                 "attempt": md.attempt}}
         await self.publish_message(f"{DEADLETTER_PREFIX}.{self.component_name}", content, "error_handler",
                                    correlation_id=md.correlation_id)
+
+    # -- the guide's own names (its snippets call these) -----------------------
+
+    async def _publish_message(self, message_type: MessageTypeLike, content: Any, target: str | None = None
+                               ) -> ProcessingMessage:
+        """The guide's ``_publish_message``: :meth:`publish_message` (inside a handler the
+        correlation id is the handled message's, so the guide's ``self.context`` is not needed)."""
+        return await self.publish_message(message_type, content, target)
+
+    async def _handle_error(self, message: ProcessingMessage, error: BaseException) -> None:
+        """The guide's ``_handle_error``: :meth:`report_error` (topic ``error.<component>``)."""
+        await self.report_error(message, error)
+
+    async def _update_state(self, new_state: ComponentState | Enum | str, ctx: ComponentContext | None = None,
+                            **info: Any) -> None:
+        """The guide's ``_update_state(new_state)``: :meth:`update_state` on the process of the
+        message being handled (found by its correlation id in ``active_processes``), or on
+        ``ctx``, or on ``self.context`` when the component keeps one, as the guide's does."""
+        if ctx is None:
+            handled = current_message.get()
+            ctx = self.active_processes.get(handled.metadata.correlation_id) if handled is not None else None
+        if ctx is None and isinstance(getattr(self, "context", None), ComponentContext):
+            ctx = self.context  # type: ignore[attr-defined]
+        if ctx is None:
+            raise ZmqbusError("_update_state(state) found no process to update: the guide keeps one in "
+                              "self.context; zmqbus keeps one per workflow in active_processes. Call "
+                              "self.update_state(ctx, state) with the context begin_process() returned "
+                              "(or active_processes.create(...)).")
+        await self.update_state(ctx, new_state, **info)
 
     def statistics(self) -> dict[str, Any]:
         """Metrics, active processes and the broker's request counters (also served as ``<name>.status``)."""

@@ -42,11 +42,11 @@ def _secure_env(tmp: str) -> dict[str, str]:
 
 def demo_topology(pub: str, sub: str, analyzers: int = 3) -> Topology:
     return Topology(pub, sub, True, [
-        ComponentSpec("components.error_handler:ErrorHandler"),
-        ComponentSpec("components.state_tracker:StateTracker"),
-        ComponentSpec("components.ingest:IngestManager"),
-        ComponentSpec("components.ingest:DocumentHandler"),
-        ComponentSpec("components.ingest:ChunkAnalyzer", replicas=analyzers),
+        ComponentSpec("zmqbus.components.error_handler:ErrorHandler"),
+        ComponentSpec("zmqbus.components.state_tracker:StateTracker"),
+        ComponentSpec("zmqbus.components.ingest:IngestManager"),
+        ComponentSpec("zmqbus.components.ingest:DocumentHandler"),
+        ComponentSpec("zmqbus.components.ingest:ChunkAnalyzer", replicas=analyzers),
     ])
 
 

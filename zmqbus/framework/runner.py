@@ -20,7 +20,7 @@
       policy = "policy.toml"            # optional: per-key permissions, relative to this file
 
       [[component]]
-      class = "components.ingest:ChunkAnalyzer"
+      class = "zmqbus.components.ingest:ChunkAnalyzer"
       name = "chunk_analyzer"           # optional
       replicas = 3                      # optional, default 1
 """
