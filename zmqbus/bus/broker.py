@@ -324,7 +324,9 @@ class MessageBroker:
         :class:`~zmqbus.Component` was given runs every handler subscribed
         here through the component's guard (:attr:`guard`), so the guide's
         ``self.message_broker.subscribe(...)`` is timed, retried and reported
-        like ``@on``. Raises :class:`TopicError` for an
+        like ``@on``. Subscribing the same handler to the same pattern again
+        returns the first subscription (a message is delivered to it once).
+        Raises :class:`TopicError` for an
         invalid pattern. Topics under ``_zmqbus.`` are control traffic and reach
         only patterns that name that first word literally.
         """
@@ -332,6 +334,9 @@ class MessageBroker:
         compiled = compile_pattern(pattern)  # raises TopicError before anything changes
         if self.guard is not None:
             handler = self.guard(handler)
+        same = [s for s in self._table.select(component_name, pattern, handler) if s.handler == handler]
+        if same:
+            return same[0]  # the same handler on the same pattern twice: delivered once
         if compiled.receives_all:
             log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
                      "and filters it in Python (see statistics().unmatched)", pattern)

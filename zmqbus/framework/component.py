@@ -24,6 +24,7 @@ everything now, no teardown).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import inspect
@@ -92,6 +93,7 @@ class Component:
             message_broker.name = self.component_name
         # Every handler subscribed through this broker runs guarded, the guide's
         # self.message_broker.subscribe(...) included.
+        self._guards: dict[Any, Callable[[ProcessingMessage], Awaitable[None]]] = {}
         message_broker.guard = self._guarded
         self.active_processes = ContextStore(self.context_ttl)
         self.metrics = ComponentMetrics()
@@ -137,6 +139,12 @@ class Component:
     def _guarded(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[None]]:
         if getattr(handler, "_zmqbus_guarded", None) is self:
             return handler
+        try:
+            cached = self._guards.get(handler)
+        except TypeError:  # unhashable: a new guard each time
+            cached = None
+        if cached is not None:
+            return cached  # the same guard for the same handler: subscribing it twice is a no-op
 
         @functools.wraps(handler)
         async def guarded(message: ProcessingMessage) -> None:
@@ -144,6 +152,8 @@ class Component:
                 return
             await self._run_guarded(handler, message)
         guarded._zmqbus_guarded = self  # type: ignore[attr-defined]
+        with contextlib.suppress(TypeError):
+            self._guards[handler] = guarded
         return guarded
 
     async def _run_guarded(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage) -> None:
@@ -259,7 +269,12 @@ class Component:
             await self.expire_stale()
 
     async def expire_stale(self) -> int:
-        """End processes not updated for ``context_ttl`` seconds: CANCELLED, reported, removed."""
+        """End processes not updated for ``context_ttl`` seconds: CANCELLED, reported, removed.
+
+        (Nothing, when the component replaced ``active_processes`` by its own dict, as the guide's does.)
+        """
+        if not isinstance(self.active_processes, ContextStore):
+            return 0
         stale = self.active_processes.expired()
         for ctx in stale:
             self.metrics.expired += 1
@@ -298,7 +313,10 @@ class Component:
         old = ctx.transition(new_state)
         await self._publish_status(ctx, old, **info)
         if new_state.terminal:
-            self.active_processes.remove(ctx.correlation_id)
+            if isinstance(self.active_processes, ContextStore):
+                self.active_processes.remove(ctx.correlation_id)
+            else:  # the guide's own dict
+                self.active_processes.pop(ctx.correlation_id, None)
             ctx.metrics.record_duration((ctx.updated_at - ctx.created_at).total_seconds())
             if new_state is ComponentState.COMPLETED:
                 self.metrics.completed += 1
@@ -351,7 +369,8 @@ class Component:
         ``ctx``, or on ``self.context`` when the component keeps one, as the guide's does."""
         if ctx is None:
             handled = current_message.get()
-            ctx = self.active_processes.get(handled.metadata.correlation_id) if handled is not None else None
+            found = self.active_processes.get(handled.metadata.correlation_id) if handled is not None else None
+            ctx = found if isinstance(found, ComponentContext) else None
         if ctx is None and isinstance(getattr(self, "context", None), ComponentContext):
             ctx = self.context  # type: ignore[attr-defined]
         if ctx is None:

@@ -112,7 +112,7 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     log.info("starting %s (publishers -> %s, subscribers -> %s); SIGTERM stops it at any moment", spec, pub, sub)
     cls = load_component(spec)
-    component = cls(broker, name=name)
+    component = cls(broker, name=name) if name else cls(broker)  # a guide-style __init__ takes the broker only
     starting = asyncio.ensure_future(component.start(startup_timeout))
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -224,7 +224,9 @@ class TestBus:
         """
         self._check_open()
         if isinstance(component, type):
-            comp = component(self.broker(), name=name, **kwargs)
+            if name is not None:
+                kwargs["name"] = name  # only when given: a guide-style __init__ takes the broker alone
+            comp = component(self.broker(), **kwargs)
         else:
             comp = component
             b = comp.message_broker

@@ -1,0 +1,41 @@
+"""What `pip install zmqbus` puts in a user's environment."""
+from __future__ import annotations
+
+import configparser
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _listed() -> set[str]:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    return {p.strip() for p in cfg["options"]["packages"].split() if p.strip()}
+
+
+def test_setup_cfg_lists_every_package() -> None:
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "zmqbus").rglob("__init__.py")}
+    assert found | {"zmqbus.components"} == _listed()
+
+
+def test_the_wheel_installs_components_under_zmqbus_and_registers_the_pytest_plugin(tmp_path: Path) -> None:
+    src = tmp_path / "src"  # a copy: pip builds in the source tree (build/, *.egg-info)
+    src.mkdir()
+    for name in ("setup.cfg", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for name in ("zmqbus", "components"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("zmqbus-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "zmqbus/components/ingest.py" in names and "zmqbus/testing/plugin.py" in names
+    assert not [n for n in names if n.startswith("components/")], "a top-level 'components' package"
+    assert "zmqbus/py.typed" in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "[pytest11]\nzmqbus = zmqbus.testing.plugin" in entry_points
