@@ -39,6 +39,7 @@ from ..core.errors import (
     DecodeError,
     EncodeError,
     NoResponder,
+    RemoteError,
     RequestTimeout,
     ZmqbusError,
     is_retryable,
@@ -325,8 +326,10 @@ class Responder:
             self.stats.failed += 1
             self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
                              service, type(result).__name__, result)
+            # A RemoteError from a request the handler made keeps its root type (the message keeps the path).
+            root = result.error_type if isinstance(result, RemoteError) else type(result).__name__
             payload = self._encode(msg, service, f"{service}.error", ErrorReply(
-                code="handler_error", type=type(result).__name__, message=str(result),
+                code="handler_error", type=root, message=str(result),
                 retryable=is_retryable(result)).to_content())
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
