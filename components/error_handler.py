@@ -1,12 +1,14 @@
 """The error handler: collects every component's errors and dead letters.
 
-Subscribes to ``error.#`` (what zmqbus components report) and ``deadletter.#``,
+Subscribes to ``error.#`` (what zmqbus components report) and ``deadletter.#``
+(kept on disk, so they survive a restart: see :class:`DeadLetterFile`),
 and to ``#.error``: the guide's own error messages (``component.error``,
 ``order.error``: ``{"correlation_id", "error_type", "error_message"}``, the
 component taken from the message's source). That pattern starts with a
 wildcard, so this process receives all pub/sub traffic and filters it; on a
 busy bus whose components report errors zmqbus's way, pass
-``guide_topics=False``. Answers ``errors.stats``
+``guide_topics=False``. Answers ``errors.dead_letters`` (a list),
+``errors.dead_letter`` (one, whole), ``errors.stats``
 (counts by error type and by component, the latest errors, dead letters held)
 and ``errors.replay`` (publish a dead-lettered message again, by message id,
 so an operator can retry it).
@@ -14,10 +16,72 @@ so an operator can retry it).
 from __future__ import annotations
 
 import collections
-from typing import Any
+import hashlib
+import json
+import logging
+import os
+from typing import Any, TextIO
 
 from zmqbus import MessageMetadata, ProcessingMessage
 from zmqbus.framework.component import Component, on, service
+
+log = logging.getLogger(__name__)
+
+#: Dead letters kept (the oldest go first).
+MAX_DEAD_LETTERS = 1000
+
+
+def state_dir() -> str:
+    """Where components keep state across restarts: ``$ZMQBUS_STATE_DIR``, else
+    ``$XDG_STATE_HOME/zmqbus``, else ``~/.local/state/zmqbus``."""
+    return os.environ.get("ZMQBUS_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "zmqbus")
+
+
+class DeadLetterFile:
+    """Dead letters on disk: one JSON line per change (``add`` or ``remove``), read back at start
+    and rewritten compactly then, so the file holds at most about twice what is kept."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._file: TextIO | None = None
+
+    def load(self) -> collections.OrderedDict[str, dict[str, Any]]:
+        letters: collections.OrderedDict[str, dict[str, Any]] = collections.OrderedDict()
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        if entry["op"] == "add":
+                            letters[str(entry["id"])] = entry["letter"]
+                        else:
+                            letters.pop(str(entry["id"]), None)
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a torn last line after a crash
+            while len(letters) > MAX_DEAD_LETTERS:
+                letters.popitem(last=False)
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            for key, letter in letters.items():
+                f.write(json.dumps({"op": "add", "id": key, "letter": letter}, default=repr) + "\n")
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", buffering=1)
+        return letters
+
+    def add(self, key: str, letter: dict[str, Any]) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"op": "add", "id": key, "letter": letter}, default=repr) + "\n")
+
+    def remove(self, key: str) -> None:
+        if self._file is not None:
+            self._file.write(json.dumps({"op": "remove", "id": key}) + "\n")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class ErrorHandler(Component):
@@ -26,9 +90,14 @@ class ErrorHandler(Component):
     #: Also take the guide's ``<domain>.error`` messages (see the module docstring).
     guide_topics = True
 
-    def __init__(self, *args: Any, guide_topics: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guide_topics: bool | None = None, dead_letters: str | None = None,
+                 **kwargs: Any) -> None:
         if guide_topics is not None:
             self.guide_topics = guide_topics
+        #: The dead letters' file (set before start): ``dead_letters=``, ``$ZMQBUS_DEAD_LETTERS``, else one
+        #: per bus in :func:`state_dir`; "" keeps them in memory only.
+        self.dead_letters_path = dead_letters if dead_letters is not None else os.environ.get("ZMQBUS_DEAD_LETTERS")
+        self._store: DeadLetterFile | None = None
         self.by_type: collections.Counter[str] = collections.Counter()
         self.by_component: collections.Counter[str] = collections.Counter()
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
@@ -39,6 +108,21 @@ class ErrorHandler(Component):
     def _setup_message_handlers(self) -> None:
         if self.guide_topics:
             self.subscribe("#.error", self._handle_guide_error)
+
+    async def setup(self) -> None:
+        path = self.dead_letters_path
+        if path is None:
+            bus = hashlib.sha256(self.message_broker.sub_endpoint.encode()).hexdigest()[:12]
+            path = os.path.join(state_dir(), f"dead-letters-{bus}.jsonl")
+        if path:
+            self._store = DeadLetterFile(path)
+            self.dead_letters = self._store.load()
+            self.dead_letters_path = path
+            log.info("%s: %d dead letter(s) in %s", self.component_name, len(self.dead_letters), path)
+
+    async def teardown(self) -> None:
+        if self._store is not None:
+            self._store.close()
 
     async def _handle_guide_error(self, message: ProcessingMessage) -> None:
         if message.topic.startswith("error."):
@@ -61,13 +145,33 @@ class ErrorHandler(Component):
         if isinstance(c, dict):
             key = str(c.get("metadata", {}).get("message_id") or message.metadata.message_id)
             self.dead_letters[key] = c
-            while len(self.dead_letters) > 1000:
-                self.dead_letters.popitem(last=False)
+            if self._store is not None:
+                self._store.add(key, c)
+            while len(self.dead_letters) > MAX_DEAD_LETTERS:
+                old, _ = self.dead_letters.popitem(last=False)
+                if self._store is not None:
+                    self._store.remove(old)
 
     @service("errors.stats")
     async def stats(self, message: ProcessingMessage) -> dict[str, Any]:
         return {"total": self.total, "by_type": dict(self.by_type), "by_component": dict(self.by_component),
                 "recent": list(self.recent)[-10:], "dead_letters": len(self.dead_letters)}
+
+    @service("errors.dead_letters")
+    async def list_dead_letters(self, message: ProcessingMessage) -> list[dict[str, Any]]:
+        """Summaries of the dead letters, oldest first (``{"limit": n}``: the newest n)."""
+        q = message.content if isinstance(message.content, dict) else {}
+        limit = int(q.get("limit") or MAX_DEAD_LETTERS)
+        items = list(self.dead_letters.items())[-limit:]
+        return [{"message_id": key, "component": letter.get("component"), "message_type": letter.get("message_type"),
+                 "correlation_id": letter.get("metadata", {}).get("correlation_id"), "reason": letter.get("reason")}
+                for key, letter in items]
+
+    @service("errors.dead_letter")
+    async def show_dead_letter(self, message: ProcessingMessage) -> dict[str, Any]:
+        """One dead letter, whole, by ``{"message_id": id}``; ``{}`` if there is none."""
+        key = str(message.content.get("message_id")) if isinstance(message.content, dict) else ""
+        return dict(self.dead_letters.get(key, {}))
 
     @service("errors.replay")
     async def replay(self, message: ProcessingMessage) -> dict[str, Any]:
@@ -75,6 +179,8 @@ class ErrorHandler(Component):
         letter = self.dead_letters.pop(key, None)
         if letter is None:
             return {"replayed": False, "reason": f"no dead letter {key!r}"}
+        if self._store is not None:
+            self._store.remove(key)
         md = letter.get("metadata", {})
         await self.message_broker.publish(ProcessingMessage(letter["message_type"], letter["content"], MessageMetadata(
             correlation_id=md.get("correlation_id", ""), source_component=md.get("source", self.component_name),

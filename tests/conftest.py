@@ -20,6 +20,13 @@ from zmqbus.core.config import ipc_endpoints
 from zmqbus.framework.procs import forwarder_process, stop_process, tcp_endpoints
 
 
+@pytest.fixture(autouse=True)
+def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Components keep state (the error handler's dead letters) in a folder of this test, not in ~/.local:
+    a port reused by a later test must not bring back an earlier test's dead letters."""
+    monkeypatch.setenv("ZMQBUS_STATE_DIR", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def ipc_pair(tmp_path: Any) -> tuple[str, str]:
     """A fresh pair of ipc endpoints inside the test's temp dir."""

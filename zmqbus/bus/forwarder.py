@@ -31,6 +31,7 @@ import zmq
 from ..core import config
 from ..core.backlog import BacklogBound
 from ..core.codec import Codec
+from ..core.control import FORWARDER_QUERY_TOPIC
 from ..core.errors import ClosedError, SecurityError, TransportError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
@@ -41,11 +42,13 @@ from ..io.security import apply_server, config_keys, config_policy, reread_keys,
 from ..io.transport import SocketConfig, get_context, mapped_errors
 from .guarded import PolicyGuard, run_guarded_proxy
 
-__all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC"]
+__all__ = ["Forwarder", "ForwarderStatistics", "run_forwarder", "STATS_TOPIC", "QUERY_TOPIC"]
 
 log = logging.getLogger(__name__)
 
 STATS_TOPIC = "_zmqbus.forwarder.stats"
+#: A message on this topic makes the forwarder publish its statistics at once (at most 20 a second).
+QUERY_TOPIC = FORWARDER_QUERY_TOPIC
 DEFAULT_MAX_QUEUED_BYTES = 128 * 1024 * 1024
 _BACKLOG_EVERY = 0.2  # seconds between samples of the subscribers' connections
 
@@ -161,6 +164,7 @@ class Forwarder:
         self._id = "forwarder-" + new_id()
         self._control_addr = f"inproc://zmqbus-{self._id}-control"
         self._internal_addr = f"inproc://zmqbus-{self._id}-in"
+        self._internal_out = f"inproc://zmqbus-{self._id}-out"
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -203,6 +207,7 @@ class Forwarder:
                 xpub.bind(self.sub_endpoint)
             with mapped_errors("bind the forwarder's internal endpoints"):
                 xsub.bind(self._internal_addr)
+                xpub.bind(self._internal_out)
             # Our own monitor addresses: pyzmq's default is named after the
             # socket's fd, which a new forwarder can reuse while libzmq still
             # holds the old monitor's endpoint (until the reaper destroys it).
@@ -334,18 +339,32 @@ class Forwarder:
         live = {pub_monitor: True, sub_monitor: False}  # monitor -> publisher side?
         for sock in live:
             poller.register(sock, zmq.POLLIN)
-        stats_pub = codec = None
+        # Statistics go out every stats_interval and whenever someone asks (QUERY_TOPIC, read by a
+        # SUB on the forwarder's own XPUB): `zmqbus stats` answers at once.
+        stats_pub: zmq.Socket[bytes] | None = self._ctx.socket(zmq.PUB)
+        queries: zmq.Socket[bytes] | None = self._ctx.socket(zmq.SUB)
+        assert stats_pub is not None and queries is not None
+        stats_pub.setsockopt(zmq.LINGER, 0)
+        stats_pub.connect(self._internal_addr)
+        queries.setsockopt(zmq.LINGER, 0)
+        queries.setsockopt(zmq.SUBSCRIBE, QUERY_TOPIC.encode())
+        queries.connect(self._internal_out)
+        poller.register(queries, zmq.POLLIN)
+        codec = Codec()
         seq = 0
-        if self.stats_interval:
-            stats_pub = self._ctx.socket(zmq.PUB)
-            stats_pub.setsockopt(zmq.LINGER, 0)
-            stats_pub.connect(self._internal_addr)
-            codec = Codec()
+        answered = 0.0
         next_stats = time.monotonic() + (self.stats_interval or 0)
         next_backlog = time.monotonic() + _BACKLOG_EVERY
         try:
             while live:
                 for sock, _ in poller.poll(100):
+                    if sock is queries:
+                        sock.recv_multipart()
+                        if stats_pub is not None and time.monotonic() - answered >= 0.05:
+                            answered = time.monotonic()
+                            seq += 1
+                            self._publish_stats(stats_pub, codec, seq)
+                        continue
                     if self._on_monitor_event(sock.recv_multipart(), live[sock]):
                         poller.unregister(sock)
                         del live[sock]
@@ -353,22 +372,27 @@ class Forwarder:
                 if self.backlog is not None and time.monotonic() >= next_backlog and not self._stop.is_set():
                     next_backlog = time.monotonic() + _BACKLOG_EVERY
                     self._check_backlog(self.backlog)
-                if stats_pub is not None and codec is not None and not self._stop.is_set() \
+                if stats_pub is not None and self.stats_interval and not self._stop.is_set() \
                         and time.monotonic() >= next_stats:
-                    next_stats += self.stats_interval or 0
+                    next_stats += self.stats_interval
                     seq += 1
                     self._publish_stats(stats_pub, codec, seq)
                 if stats_pub is not None and self._stop.is_set():
                     stats_pub.close(0)
                     stats_pub = None
+                if queries is not None and self._stop.is_set():
+                    poller.unregister(queries)
+                    queries.close(0)
+                    queries = None
         except zmq.ZMQError as exc:
             if exc.errno != zmq.ETERM:
                 log.warning("forwarder watch thread stopped: %s", exc)
         finally:
             for monitor in live:
                 monitor.close(0)
-            if stats_pub is not None:
-                stats_pub.close(0)
+            for own in (stats_pub, queries):
+                if own is not None:
+                    own.close(0)
 
     def _on_monitor_event(self, frames: list[bytes], publisher_side: bool) -> bool:
         """Count one monitor event; True when it is the monitor's last (MONITOR_STOPPED)."""

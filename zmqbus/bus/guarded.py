@@ -28,6 +28,7 @@ from typing import Protocol
 
 import zmq
 
+from ..core.control import FORWARDER_QUERY_TOPIC
 from ..core.policy import Policy, SubscriptionLimits
 from ..core.ratelog import RateLimitedLog
 from ..io.transport import user_id
@@ -116,7 +117,11 @@ def _subscriptions(xpub: zmq.Socket[bytes], xsub: zmq.Socket[bytes], guard: Guar
         if connection < 0:
             # No connection behind it: libzmq's unsubscription for a subscriber that went away
             # (its subscriptions are gone from the XPUB already); the publishers still need it.
+            # Or the forwarder's own inproc reader of statistics queries, which is let through.
             if not subscribe:
+                xsub.send(data)
+            elif prefix == _QUERY:
+                xpub.setsockopt(zmq.SUBSCRIBE, prefix)
                 xsub.send(data)
             continue
         option, flag = (zmq.SUBSCRIBE, b"\x01") if subscribe else (zmq.UNSUBSCRIBE, b"\x00")
@@ -125,6 +130,9 @@ def _subscriptions(xpub: zmq.Socket[bytes], xsub: zmq.Socket[bytes], guard: Guar
             xsub.send(flag + granted)
             counts[2] += 1
             counts[3] += 1 + len(granted)
+
+
+_QUERY = FORWARDER_QUERY_TOPIC.encode()
 
 
 def _connection(frame: zmq.Frame) -> int:

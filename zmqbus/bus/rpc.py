@@ -516,9 +516,12 @@ class Caller:
                 raise ClosedError(f"waiting for {service!r}: the broker was closed")
             now = loop.time()
             if now >= deadline:
-                what = f"instance {instance_id}" if instance_id is not None else f"{instances} instance(s)"
-                raise NoResponder(service, f"{what} did not announce themselves within {timeout:g} s "
-                                           f"({count()} known)")
+                if instance_id is not None:
+                    detail = f"instance {instance_id} did not announce itself within {timeout:.1f} s"
+                else:
+                    detail = f"{count()} of the {instances} instance(s) waited for announced themselves within " \
+                             f"{timeout:.1f} s"
+                raise NoResponder(service, detail)
             if now >= next_ask:  # ask again now and then: a responder that starts later announces by itself too
                 next_ask = now + 0.5
                 await self.bus.publish(ProcessingMessage(DISCOVER_TOPIC, discover_content(service)))

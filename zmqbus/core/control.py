@@ -13,13 +13,15 @@ from typing import Any
 
 from .errors import DecodeError, RemoteError
 
-__all__ = ["PRESENCE_TOPIC", "DISCOVER_TOPIC", "ERROR_CODES", "Presence", "ErrorReply", "discover_content",
-           "discovered_service"]
+__all__ = ["PRESENCE_TOPIC", "DISCOVER_TOPIC", "FORWARDER_QUERY_TOPIC", "ERROR_CODES", "Presence", "ErrorReply",
+           "discover_content", "discovered_service"]
 
 #: Responders announce themselves here (PROTOCOL.md section 8.1).
 PRESENCE_TOPIC = "_zmqbus.presence"
 #: Callers ask for a service here.
 DISCOVER_TOPIC = "_zmqbus.discover"
+#: A message on this topic makes a forwarder publish its statistics at once (PROTOCOL.md section 5).
+FORWARDER_QUERY_TOPIC = "_zmqbus.forwarder.query"
 #: The ``code`` of an error reply (PROTOCOL.md section 8.2).
 ERROR_CODES = ("handler_error", "malformed", "unknown_service", "expired", "shutting_down", "overloaded",
                "forbidden")

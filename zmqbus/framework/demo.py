@@ -160,7 +160,9 @@ def run_demo(workflows: int = 10, analyzers: int = 3, echo: Callable[[str], None
     ``secure``: CURVE on every socket (tcp loopback), with a key folder made
     for the run: the forwarder's pair and one member pair every process uses.
     """
-    with tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp, environment(_secure_env(tmp) if secure else {}):
+    # The demo's components keep their state (dead letters) in its temporary folder: nothing is left behind.
+    with tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp, \
+            environment({"ZMQBUS_STATE_DIR": tmp, **(_secure_env(tmp) if secure else {})}):
         if secure:
             pub, sub = tcp_endpoints()
         else:

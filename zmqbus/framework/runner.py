@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import config
+from ..core.topology import topology_errors
 from .procs import forwarder_process, spawn, stop_process
 
 __all__ = ["ComponentSpec", "Topology", "Supervisor", "load_topology", "load_component", "component_main"]
@@ -125,6 +126,9 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
     if starting.exception() is not None:
         await component.stop(0)
         starting.result()  # raises: reported in one line by component_main
+    services = ", ".join(broker.services) or "none"
+    print(f"zmqbus run: {component.component_name} ready (pid {os.getpid()}) on {pub} / {sub}; serving {services}",
+          file=sys.stderr, flush=True)
     await stop.wait()
     await component.stop(grace)
     return 0
@@ -162,16 +166,16 @@ def load_topology(path: str) -> Topology:
             data = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ValueError(f"cannot read topology {path}: {exc}") from None
+    errors = topology_errors(data)
+    for entry in data.get("component", []) if not errors else []:
+        try:
+            load_component(entry["class"])  # fail now, not in a child process
+        except ValueError as exc:
+            errors.append(str(exc))
+    if errors:
+        raise ValueError(f"{path}: {len(errors)} error(s):\n  " + "\n  ".join(errors))
     bus = data.get("bus", {})
-    comps = []
-    for i, entry in enumerate(data.get("component", [])):
-        if "class" not in entry:
-            raise ValueError(f"{path}: component #{i + 1} has no 'class'")
-        replicas = int(entry.get("replicas", 1))
-        if replicas < 1:
-            raise ValueError(f"{path}: component {entry['class']}: replicas must be >= 1")
-        load_component(entry["class"])  # fail now, not in a child process
-        comps.append(ComponentSpec(entry["class"], entry.get("name"), replicas))
+    comps = [ComponentSpec(e["class"], e.get("name"), e.get("replicas", 1)) for e in data.get("component", [])]
     here = os.path.dirname(os.path.abspath(path))
     keys, policy = bus.get("keys"), bus.get("policy")
     return Topology(config.pub_endpoint(bus.get("pub")), config.sub_endpoint(bus.get("sub")),

@@ -21,7 +21,7 @@ from ..core.errors import ZmqbusError
 from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage
 from ..core.retry import RetryPolicy
 from ..framework.component import Component
-from ..framework.procs import spawn, stop_process
+from ..framework.procs import environment, spawn, stop_process
 from ..framework.runner import component_main, load_component
 
 __all__ = ["TestBus", "Recorder", "Spawned", "wait_until"]
@@ -226,7 +226,8 @@ class TestBus:
         if isinstance(component, type):
             if name is not None:
                 kwargs["name"] = name  # only when given: a guide-style __init__ takes the broker alone
-            comp = component(self.broker(), **kwargs)
+            with self._state():
+                comp = component(self.broker(), **kwargs)
         else:
             comp = component
             b = comp.message_broker
@@ -236,7 +237,8 @@ class TestBus:
             if b not in self._brokers:
                 self._brokers.append(b)
         self.components.append(comp)
-        await comp.start(self.timeout)
+        with self._state():
+            await comp.start(self.timeout)
         await self.client.wait_for_service(f"{comp.component_name}.status", instance_id=comp.message_broker.client_id,
                                            timeout=self.timeout)
         return comp
@@ -253,8 +255,9 @@ class TestBus:
         label = name or cls.default_name()
         status = f"{label}.status"
         before = len(self.client.live_instances(status))
-        procs = [spawn(component_main, spec, name, self.pub_endpoint, self.sub_endpoint, logging.WARNING, grace,
-                       self.timeout, name=f"zmqbus-test-{label}") for _ in range(replicas)]
+        with self._state():
+            procs = [spawn(component_main, spec, name, self.pub_endpoint, self.sub_endpoint, logging.WARNING, grace,
+                           self.timeout, name=f"zmqbus-test-{label}") for _ in range(replicas)]
         handle = Spawned(spec, label, procs)
         self.spawned.append(handle)
         try:
@@ -366,6 +369,10 @@ class TestBus:
         return reply.content
 
     # -- life cycle ---------------------------------------------------------------------
+
+    def _state(self) -> contextlib.AbstractContextManager[None]:
+        """Components started here keep their state (dead letters...) in this bus's folder."""
+        return environment({"ZMQBUS_STATE_DIR": self._dir} if self._dir is not None else {})
 
     def _check_open(self) -> None:
         if self._closed:

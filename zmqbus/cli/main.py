@@ -16,28 +16,53 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .core import config
-from .core.errors import ZmqbusError
+from .. import __version__
+from ..core import config
+from ..core.errors import ZmqbusError
+from ..core.topology import describe as describe_topology
+from .common import connect, pub_option, sub_option
+from .common import run as run_async
 
 __all__ = ["main"]
 
-_pub_option = click.option("--pub", "pub", envvar="ZMQBUS_PUB", default=config.DEFAULT_PUB, show_default=True,
-                           help="Publishers' endpoint (the forwarder's XSUB side).")
-_sub_option = click.option("--sub", "sub", envvar="ZMQBUS_SUB", default=config.DEFAULT_SUB, show_default=True,
-                           help="Subscribers' endpoint (the forwarder's XPUB side).")
+_pub_option, _sub_option, _run = pub_option, sub_option, run_async
+
+#: The group's own options, with how many values each takes: accepted after the command too.
+_GLOBAL_OPTIONS = {"--log-level": 1, "--keys": 1, "--key-name": 1, "--insecure": 0, "--policy": 1}
 
 
-def _run(coro: Any) -> Any:
-    try:
-        return asyncio.run(coro)
-    except ZmqbusError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+class _Group(click.Group):
+    """Takes the group's options wherever they are put: ``zmqbus run X --log-level info`` works
+    as ``zmqbus --log-level info run X`` does."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        front: list[str] = []
+        rest: list[str] = []
+        i = 0
+        seen_command = False
+        while i < len(args):
+            arg = args[i]
+            if arg == "--":
+                rest.extend(args[i:])
+                break
+            name = arg.split("=", 1)[0]
+            if seen_command and name in _GLOBAL_OPTIONS:
+                takes = 0 if "=" in arg else _GLOBAL_OPTIONS[name]
+                front.extend(args[i:i + 1 + takes])
+                i += 1 + takes
+                continue
+            if not arg.startswith("-"):
+                seen_command = True
+            elif not seen_command and name in _GLOBAL_OPTIONS and "=" not in arg:
+                front.extend(args[i:i + 1 + _GLOBAL_OPTIONS[name]])  # a global option before the command
+                i += 1 + _GLOBAL_OPTIONS[name]
+                continue
+            rest.append(arg)
+            i += 1
+        return super().parse_args(ctx, front + rest)
 
 
-@click.group()
+@click.group(cls=_Group)
 @click.version_option(__version__, prog_name="zmqbus")
 @click.option("--log-level", default="WARNING", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
@@ -74,8 +99,8 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
     Name the forwarder's pair 'forwarder'; give each member (or each kind of
     member) its own name and select it with --key-name / $ZMQBUS_KEY_NAME.
     """
-    from .io.security import FORWARDER_KEY_NAME
-    from .io.security import keygen as make_keys
+    from ..io.security import FORWARDER_KEY_NAME
+    from ..io.security import keygen as make_keys
 
     try:
         public, secret = make_keys(directory, name, allow=name != FORWARDER_KEY_NAME if allow is None else allow,
@@ -102,8 +127,8 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
 def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
               log_interval: float, max_connections: int, max_queued_bytes: int) -> None:
     """Run a forwarder until Ctrl-C or SIGTERM."""
-    from .bus.forwarder import run_forwarder
-    from .io.transport import SocketConfig
+    from ..bus.forwarder import run_forwarder
+    from ..io.transport import SocketConfig
 
     logging.getLogger("zmqbus").setLevel(min(logging.getLogger().level, logging.INFO))
     click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
@@ -122,7 +147,8 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
 @_pub_option
 @_sub_option
 @click.option("--count", "-n", default=0, help="Exit after this many messages (0: run until Ctrl-C).")
-@click.option("--timeout", default=0.0, help="Exit after this many seconds (0: no limit).")
+@click.option("--timeout", default=0.0, help="Exit after this many seconds, waiting for the forwarder included "
+              "(0: no limit; the forwarder is waited for 10 s).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
     """Print messages whose topics match PATTERNS (default: everything, '#')."""
@@ -130,9 +156,9 @@ def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: fl
 
 
 async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
-    from .bus.broker import MessageBroker
-    from .core.message import ProcessingMessage
-    from .io.aio import wait_event
+    from ..bus.broker import MessageBroker
+    from ..core.message import ProcessingMessage
+    from ..io.aio import wait_event
 
     seen = 0
     done = asyncio.Event()
@@ -157,7 +183,7 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
     async with MessageBroker(pub, sub, name="zmqbus-watch") as broker:
         for pattern in patterns:
             broker.subscribe("zmqbus-watch", pattern, show)
-        await broker.ready(timeout or 10.0)
+        await connect(broker, timeout or 10.0)
         click.echo(f"watching {', '.join(patterns)} on {sub}", err=True)
         await wait_event(done, None if deadline is None else max(0.0, deadline - loop.time()))
         stats = broker.statistics()
@@ -188,10 +214,13 @@ def send(message_type: str, pub: str, sub: str, content: str, source: str, targe
 
 async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, target: str | None,
                 correlation_id: str, topic: str | None, repeat: int, timeout: float) -> None:
-    from .bus.broker import MessageBroker
-    from .core.message import MessageMetadata, ProcessingMessage
+    from ..bus.broker import MessageBroker
+    from ..core.message import MessageMetadata, ProcessingMessage
+    from ..core.topics import validate_topic
 
+    validate_topic(topic or message_type)  # a bad topic is the user's mistake: say so before waiting for a bus
     async with MessageBroker(pub, sub, name=source, publish_timeout=timeout) as broker:
+        await connect(broker, timeout)
         for _ in range(repeat):
             msg = ProcessingMessage(message_type, body, MessageMetadata(
                 correlation_id=correlation_id, source_component=source, target_component=target))
@@ -202,32 +231,55 @@ async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, t
 @main.command()
 @_pub_option
 @_sub_option
-@click.option("--timeout", default=12.0, show_default=True, help="Seconds to wait for the next report.")
-def stats(pub: str, sub: str, timeout: float) -> None:
-    """Print the forwarder's next statistics report (it publishes one every --stats-interval)."""
-    _run(_stats(pub, sub, timeout))
+@click.option("--timeout", default=5.0, show_default=True,
+              help="Seconds to wait for the forwarder and its answer (with --watch: 0 runs until Ctrl-C).")
+@click.option("--watch", is_flag=True, help="Keep printing a report every --interval seconds.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between reports with --watch.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per report.")
+def stats(pub: str, sub: str, timeout: float, watch: bool, interval: float, as_json: bool) -> None:
+    """Print the forwarder's statistics: it is asked, and answers at once."""
+    _run(_stats(pub, sub, timeout, watch, interval, as_json))
 
 
-async def _stats(pub: str, sub: str, timeout: float) -> None:
-    from .bus.broker import MessageBroker
-    from .bus.forwarder import STATS_TOPIC
-    from .core.errors import BusTimeout
-    from .core.message import ProcessingMessage
+async def _stats(pub: str, sub: str, timeout: float, watch: bool, interval: float, as_json: bool) -> None:
+    import time
+
+    from ..bus.broker import MessageBroker
+    from ..bus.forwarder import QUERY_TOPIC, STATS_TOPIC
+    from ..core.errors import BusTimeout
+    from ..core.message import ProcessingMessage
 
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    got: asyncio.Future[Any] = loop.create_future()
+    deadline = None if watch and not timeout else loop.time() + timeout
+    reports: asyncio.Queue[Any] = asyncio.Queue()
     async with MessageBroker(pub, sub, name="zmqbus-stats") as broker:
-        def on_stats(msg: ProcessingMessage) -> None:
-            if not got.done():
-                got.set_result(msg.content)
+        broker.subscribe("zmqbus-stats", STATS_TOPIC, lambda msg: reports.put_nowait(msg.content))
+        await connect(broker, timeout or 10.0)
+        shown = 0
+        while deadline is None or loop.time() < deadline:
+            await broker.publish(ProcessingMessage(QUERY_TOPIC, {}))
+            left = interval if deadline is None else min(interval, deadline - loop.time())
+            try:
+                report = await asyncio.wait_for(reports.get(), max(0.0, left))
+            except TimeoutError:
+                continue  # asked again: a forwarder older than the query waits for its next report
+            shown += 1
+            if as_json:
+                click.echo(json.dumps(report))
+            else:
+                if watch:
+                    click.echo(time.strftime("-- %H:%M:%S"))
+                _print_report(report)
+            if not watch:
+                return
+            await asyncio.sleep(max(0.0, interval - 0.05))
+            while not reports.empty():
+                reports.get_nowait()
+        if not shown:
+            raise BusTimeout(f"no statistics from the forwarder at {sub} within {timeout:g} s")
 
-        broker.subscribe("zmqbus-stats", STATS_TOPIC, on_stats)
-        await broker.ready(timeout)
-        done, _ = await asyncio.wait({got}, timeout=max(0.0, deadline - loop.time()))
-        if not done:
-            raise BusTimeout(f"no statistics from a forwarder at {sub} within {timeout:g} s")
-        report = got.result()
+
+def _print_report(report: dict[str, Any]) -> None:
     for key, value in report.items():
         if isinstance(value, dict):  # counts by reason
             text = ", ".join(f"{k} {v:,}" for k, v in value.items()) or "none"
@@ -247,7 +299,7 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
     An ingest manager, a document handler and ANALYZERS chunk analyzers process
     WORKFLOWS documents, with the error handler and the state tracker watching.
     """
-    from .framework.demo import run_demo
+    from ..framework.demo import run_demo
 
     try:
         summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout, secure=secure)
@@ -274,8 +326,10 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
     Exits 1 with a one-line error if it cannot start (no forwarder within
     --startup-timeout) or, with --replicas, when a replica crash-loops.
     """
-    from .framework.runner import ComponentSpec, Supervisor, Topology, component_main, load_component
+    from ..framework.runner import ComponentSpec, Supervisor, Topology, component_main, load_component
 
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: a module in the current folder is found
     try:
         load_component(spec)
     except ValueError as exc:
@@ -287,28 +341,40 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
                           keep_going=keep_going))
 
 
-@main.command()
+@main.command(epilog="\b\nTHE FILE (TOML; example: topology.toml in the repository):\n" + describe_topology())
 @click.argument("topology", required=False)
+@click.option("--check", is_flag=True, help="Only validate TOPOLOGY (keys, types, classes) and exit: 0 valid, 1 not.")
 @click.option("--keep-going", is_flag=True, help="Carry on when a component crash-loops (never for the forwarder).")
 @click.option("--crash-limit", default=5, show_default=True,
               help="Restarts within 60 s after which a process counts as crash-looping.")
-def up(topology: str | None, keep_going: bool, crash_limit: int) -> None:
+def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) -> None:
     """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
 
     A process that dies is restarted with backoff unless it crash-loops:
     then everything is stopped and `up` exits 1 with the reason (for a
     component, unless --keep-going). Ctrl-C or SIGTERM stops everything cleanly.
+    The file is validated first: an unknown key or a wrong type is an error
+    that lists the valid keys.
     """
-    from .framework.demo import demo_topology
-    from .framework.runner import Supervisor, load_topology
+    from ..framework.demo import demo_topology
+    from ..framework.runner import Supervisor, load_topology
 
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # components in the current folder, as `zmqbus run` finds them
+    if check and not topology:
+        raise click.UsageError("--check needs a TOPOLOGY file")
     try:
         topo = load_topology(topology) if topology else demo_topology(config.pub_endpoint(), config.sub_endpoint())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    if check:
+        replicas = sum(c.replicas for c in topo.components)
+        click.echo(f"{topology}: valid; {'a forwarder and ' if topo.forwarder else ''}{len(topo.components)} "
+                   f"component(s), {replicas} process(es), on {topo.pub} / {topo.sub}")
+        return
     os.environ.update(topo.environment())  # every process it starts inherits the security settings
-    from .core.security import check_endpoint
-    from .io.security import config_keys, config_policy
+    from ..core.security import check_endpoint
+    from ..io.security import config_keys, config_policy
 
     try:  # bad keys or policy, or plaintext beyond loopback: one line now, not a crash loop later
         member_keys = config_keys()
@@ -361,7 +427,7 @@ def soak(duration: float, publishers: int, subscribers: int, responders: int, re
     executed twice by one instance. Exits 1 on any silent loss, duplicate
     delivery, double execution on one instance or undocumented error.
     """
-    from .soak.run import SoakError, SoakOptions, format_report, run_soak
+    from ..soak.run import SoakError, SoakOptions, format_report, run_soak
 
     if min(publishers, subscribers, responders) < 1 or duration <= 0 or rate <= 0 or request_rate <= 0:
         raise click.BadParameter("counts, --duration and rates must be positive")
@@ -398,8 +464,8 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
     """
     if ctx.invoked_subcommand is not None:
         return
-    from .bench.report import to_markdown, write_report
-    from .bench.suite import run_suite
+    from ..bench.report import to_markdown, write_report
+    from ..bench.suite import run_suite
 
     if rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--rate")
@@ -430,7 +496,7 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
 @click.option("--secure", is_flag=True, help="What CURVE costs: raw and zmqbus with CURVE, and zmqbus in clear.")
 def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
-    from .bench.pubsub import run_pubsub, run_pubsub_secure
+    from ..bench.pubsub import run_pubsub, run_pubsub_secure
 
     progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     if secure:
@@ -454,7 +520,7 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
     if as_json:
         click.echo(json.dumps(result))
         return
-    from .bench.report import format_pubsub
+    from ..bench.report import format_pubsub
 
     click.echo(format_pubsub(result, size))
 
@@ -466,7 +532,7 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
 @click.option("--secure", is_flag=True, help="What CURVE costs: raw and zmqbus with CURVE, and zmqbus in clear.")
 def bench_reqrep(quick: bool, as_json: bool, rounds: int, secure: bool) -> None:
     """Request/reply latency (1 in flight) and throughput (100 in flight), zmqbus vs raw DEALER/ROUTER."""
-    from .bench.reqrep import run_reqrep, run_reqrep_secure
+    from ..bench.reqrep import run_reqrep, run_reqrep_secure
 
     progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
     if secure:
@@ -488,7 +554,7 @@ def bench_reqrep(quick: bool, as_json: bool, rounds: int, secure: bool) -> None:
     if as_json:
         click.echo(json.dumps(r))
         return
-    from .bench.report import format_reqrep
+    from ..bench.report import format_reqrep
 
     click.echo(format_reqrep(r))
 

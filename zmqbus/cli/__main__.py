@@ -1,0 +1,4 @@
+"""``python -m zmqbus.cli`` is the ``zmqbus`` command."""
+from . import main
+
+main(prog_name="zmqbus")

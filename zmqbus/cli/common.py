@@ -1,0 +1,82 @@
+"""What every command shares: endpoint options, running a coroutine with signals honoured, and
+connecting with a word to the user when the forwarder does not answer at once."""
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from ..core import config
+from ..core.errors import ZmqbusError
+
+if TYPE_CHECKING:
+    from ..bus.broker import MessageBroker
+
+__all__ = ["pub_option", "sub_option", "run", "connect", "fail", "EXIT_SIGNAL"]
+
+pub_option = click.option("--pub", "pub", envvar="ZMQBUS_PUB", default=config.DEFAULT_PUB, show_default=True,
+                          help="Publishers' endpoint (the forwarder's XSUB side). [env: ZMQBUS_PUB]")
+sub_option = click.option("--sub", "sub", envvar="ZMQBUS_SUB", default=config.DEFAULT_SUB, show_default=True,
+                          help="Subscribers' endpoint (the forwarder's XPUB side). [env: ZMQBUS_SUB]")
+
+#: Exit status after SIGTERM or SIGINT ended a command (128 + SIGTERM, as shells report it).
+EXIT_SIGNAL = 143
+#: Seconds before a command that waits for the forwarder says so.
+WAITING_NOTICE = 1.0
+
+
+def fail(exc: BaseException, code: int = 1) -> click.ClickException:
+    """A one-line error with exit status ``code``."""
+    err = click.ClickException(f"{type(exc).__name__}: {exc}")
+    err.exit_code = code
+    return err
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro``; SIGTERM and SIGINT end it at any moment (exit 143 / 130, no traceback);
+    zmqbus errors become one line and exit 1."""
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        got: list[int] = []
+
+        def on_signal(sig: int) -> None:
+            got.append(sig)
+            if task is not None:
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if got:
+                raise SystemExit(130 if got[0] == signal.SIGINT else EXIT_SIGNAL) from None
+            raise
+
+    try:
+        return asyncio.run(main())
+    except ZmqbusError as exc:
+        raise fail(exc) from None
+
+
+async def connect(broker: MessageBroker, timeout: float) -> float:
+    """Start ``broker`` and wait until the forwarder answers (``ready``), for at most ``timeout``
+    seconds; after a second, say what it is waiting for. Returns the seconds it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def notice() -> None:
+        click.echo(f"waiting for the forwarder at {broker.pub_endpoint} / {broker.sub_endpoint} "
+                   f"(up to {timeout:g} s; Ctrl-C to give up)", err=True)
+
+    handle = loop.call_later(WAITING_NOTICE, notice) if timeout > WAITING_NOTICE else None
+    try:
+        await broker.ready(timeout)
+    finally:
+        if handle is not None:
+            handle.cancel()
+    return loop.time() - started

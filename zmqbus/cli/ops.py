@@ -1,0 +1,296 @@
+"""What an operator asks a running bus: ``ls``, ``req``, ``ping`` and ``dlq`` (``stats`` is in :mod:`.main`).
+
+Exit statuses of ``req`` and ``ping`` tell the outcomes apart (a container
+probe or a script can act on them): 0 answered, 1 a bus error (no forwarder,
+bad input), 3 the service raised (a remote error), 4 no live instance, 5 no
+answer in time.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..core.errors import NoResponder, RemoteError, RequestTimeout
+from .common import connect, fail, pub_option, sub_option
+from .common import run as run_async
+from .main import main
+
+__all__ = ["EXIT_REMOTE_ERROR", "EXIT_NO_RESPONDER", "EXIT_TIMEOUT"]
+
+EXIT_REMOTE_ERROR = 3
+EXIT_NO_RESPONDER = 4
+EXIT_TIMEOUT = 5
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _json_option(help_text: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help_text)
+
+
+def _content(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--content") from None
+
+
+# -- ls ---------------------------------------------------------------------------------------------
+
+@main.command("ls")
+@pub_option
+@sub_option
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the forwarder.")
+@click.option("--listen", default=1.5, show_default=True,
+              help="Seconds to collect announcements (responders announce every second, and answer at once).")
+@click.option("--watch", is_flag=True, help="Keep listening; print the table every second until Ctrl-C.")
+@_json_option("One JSON object: service -> its instances.")
+def ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool) -> None:
+    """List the services on the bus and their live instances (from their announcements)."""
+    run_async(_ls(pub, sub, timeout, listen, watch, as_json))
+
+
+async def _ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool) -> None:
+    from ..bus.broker import MessageBroker
+    from ..core.control import DISCOVER_TOPIC, PRESENCE_TOPIC, Presence
+    from ..core.errors import DecodeError
+    from ..core.message import ProcessingMessage
+
+    seen: dict[str, tuple[Presence, float]] = {}  # instance -> (its last announcement, when)
+
+    def on_presence(msg: ProcessingMessage) -> None:
+        try:
+            p = Presence.from_content(msg.content)
+        except DecodeError:
+            return
+        if p.leaving:
+            seen.pop(p.instance, None)
+        else:
+            seen[p.instance] = (p, time.monotonic())
+
+    async with MessageBroker(pub, sub, name="zmqbus-ls") as broker:
+        broker.subscribe("zmqbus-ls", PRESENCE_TOPIC, on_presence)
+        await connect(broker, timeout)
+        await broker.publish(ProcessingMessage(DISCOVER_TOPIC, {}))  # every responder: announce now
+        while True:
+            await asyncio.sleep(listen if not watch else 1.0)
+            now = time.monotonic()
+            for instance, (p, at) in list(seen.items()):
+                if now - at > p.interval * p.liveness:
+                    del seen[instance]  # stopped announcing: gone
+            table = _services(seen, now)
+            if as_json:
+                click.echo(json.dumps(table))
+            else:
+                if watch:
+                    click.echo(time.strftime("-- %H:%M:%S"))
+                _print_services(table)
+            if not watch:
+                return
+
+
+def _services(seen: dict[str, Any], now: float) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for instance, (p, at) in sorted(seen.items()):
+        for service in p.services:
+            out.setdefault(service, []).append({"instance": instance, "endpoint": p.endpoint, "load": p.load,
+                                                "last_seen": round(now - at, 2)})
+    return dict(sorted(out.items()))
+
+
+def _print_services(table: dict[str, list[dict[str, Any]]]) -> None:
+    if not table:
+        click.echo("no services announced")
+        return
+    rows = [(service, i["instance"], i["endpoint"], str(i["load"]), f"{i['last_seen']:.1f}s")
+            for service, instances in table.items() for i in instances]
+    header = ("SERVICE", "INSTANCE", "ENDPOINT", "LOAD", "SEEN")
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- req --------------------------------------------------------------------------------------------
+
+@main.command("req")
+@click.argument("service")
+@pub_option
+@sub_option
+@click.option("--content", default="{}", show_default=True, help="The request's content, as JSON.")
+@click.option("--correlation-id", default="", help="Correlation id (default: the message id).")
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds for everything: the forwarder, finding an instance, the reply.")
+@click.option("--attempts", default=1, show_default=True, help="Tries (a retry goes to another instance).")
+@_json_option("Print the whole reply (content and ids) as JSON.")
+def req(service: str, pub: str, sub: str, content: str, correlation_id: str, timeout: float, attempts: int,
+        as_json: bool) -> None:
+    """Send one request to SERVICE and print the reply's content as JSON.
+
+    Exit status: 0 answered, 3 the service raised, 4 no live instance, 5 no reply in time, 1 any other error.
+    """
+    run_async(_req(service, pub, sub, _content(content), correlation_id, timeout, attempts, as_json))
+
+
+async def _req(service: str, pub: str, sub: str, content: Any, correlation_id: str, timeout: float, attempts: int,
+               as_json: bool) -> None:
+    from ..bus.broker import MessageBroker
+    from ..core.message import MessageMetadata, ProcessingMessage
+    from ..core.retry import RetryPolicy
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with MessageBroker(pub, sub, name="zmqbus-req") as broker:
+        await connect(broker, timeout)
+        try:
+            await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
+            reply = await broker.request(service, ProcessingMessage(service, content, MessageMetadata(
+                correlation_id=correlation_id, source_component="zmqbus-req", target_component=service)),
+                timeout=max(0.05, deadline - loop.time()), retry=RetryPolicy(attempts=attempts))
+        except RemoteError as exc:
+            raise fail(exc, EXIT_REMOTE_ERROR) from None
+        except NoResponder as exc:
+            raise fail(exc, EXIT_NO_RESPONDER) from None
+        except RequestTimeout as exc:
+            raise fail(exc, EXIT_TIMEOUT) from None
+    if as_json:
+        md = reply.metadata
+        click.echo(json.dumps({"content": reply.content, "type": reply.type_name, "message_id": md.message_id,
+                               "correlation_id": md.correlation_id, "causation_id": md.causation_id,
+                               "source": md.source_component}, default=repr))
+    else:
+        click.echo(json.dumps(reply.content, indent=2, default=repr))
+
+
+# -- ping -------------------------------------------------------------------------------------------
+
+@main.command("ping")
+@pub_option
+@sub_option
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              help="Also check that NAME has a live instance that answers (repeatable).")
+@click.option("--timeout", default=5.0, show_default=True, help="Seconds for the whole check.")
+def ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -> None:
+    """Check the bus: the forwarder's round trip and, with --service, each service's.
+
+    Prints one line per check; exits 0 when all pass, else 1 (no forwarder) or 4 (a service has no live
+    instance): fit for a container's health probe. A service's round trip is a discovery query answered
+    by its instance's announcement: its process is up and its event loop serving.
+    """
+    run_async(_ping(pub, sub, services, timeout))
+
+
+async def _ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -> None:
+    from ..bus.broker import MessageBroker
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with MessageBroker(pub, sub, name="zmqbus-ping") as broker:
+        await connect(broker, timeout)
+        started = loop.time()
+        await broker.ready(max(0.05, deadline - loop.time()))  # a second probe: the round trip alone
+        click.echo(f"forwarder {broker.sub_endpoint}: ok, {1000 * (loop.time() - started):.2f} ms")
+        for service in services:
+            started = loop.time()
+            try:
+                n = await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
+            except NoResponder as exc:
+                raise fail(exc, EXIT_NO_RESPONDER) from None
+            click.echo(f"service {service}: ok, {n} instance(s), {1000 * (loop.time() - started):.2f} ms")
+
+
+# -- dlq --------------------------------------------------------------------------------------------
+
+@main.group("dlq")
+def dlq() -> None:
+    """Dead letters: what components could not process, kept by the error handler (they survive its
+    restart), listed, shown and replayed from here."""
+
+
+async def _ask(pub: str, sub: str, service: str, content: Any, timeout: float) -> Any:
+    from ..bus.broker import MessageBroker
+    from ..core.message import MessageMetadata, ProcessingMessage
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with MessageBroker(pub, sub, name="zmqbus-dlq") as broker:
+        await connect(broker, timeout)
+        try:
+            await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
+            reply = await broker.request(service, ProcessingMessage(service, content, MessageMetadata(
+                source_component="zmqbus-dlq", target_component="error_handler")),
+                timeout=max(0.05, deadline - loop.time()))
+        except NoResponder as exc:
+            raise fail(exc, EXIT_NO_RESPONDER) from None
+        except RemoteError as exc:
+            raise fail(exc, EXIT_REMOTE_ERROR) from None
+        except RequestTimeout as exc:
+            raise fail(exc, EXIT_TIMEOUT) from None
+    return reply.content
+
+
+_dlq_timeout = click.option("--timeout", default=10.0, show_default=True, help="Seconds for the whole command.")
+
+
+@dlq.command("ls")
+@pub_option
+@sub_option
+@_dlq_timeout
+@click.option("--limit", default=0, help="Only the newest N (0: all the error handler keeps).")
+@_json_option("One JSON list.")
+def dlq_ls(pub: str, sub: str, timeout: float, limit: int, as_json: bool) -> None:
+    """List the dead letters, oldest first."""
+    letters = run_async(_ask(pub, sub, "errors.dead_letters", {"limit": limit}, timeout))
+    if as_json:
+        click.echo(json.dumps(letters))
+        return
+    if not letters:
+        click.echo("no dead letters")
+    for letter in letters:
+        click.echo(f"{letter['message_id']}  {letter.get('component') or '-'}  {letter.get('message_type') or '-'}  "
+                   f"cid={letter.get('correlation_id') or '-'}  {letter.get('reason') or ''}")
+
+
+@dlq.command("show")
+@click.argument("message_id")
+@pub_option
+@sub_option
+@_dlq_timeout
+def dlq_show(message_id: str, pub: str, sub: str, timeout: float) -> None:
+    """Print one dead letter, whole, as JSON (exit 1 if there is none with MESSAGE_ID)."""
+    letter = run_async(_ask(pub, sub, "errors.dead_letter", {"message_id": message_id}, timeout))
+    if not letter:
+        raise click.ClickException(f"no dead letter {message_id!r}")
+    click.echo(json.dumps(letter, indent=2))
+
+
+@dlq.command("replay")
+@click.argument("message_ids", nargs=-1)
+@pub_option
+@sub_option
+@_dlq_timeout
+@click.option("--all", "replay_all", is_flag=True, help="Replay every dead letter.")
+def dlq_replay(message_ids: tuple[str, ...], pub: str, sub: str, timeout: float, replay_all: bool) -> None:
+    """Publish dead letters again, as they were first sent (the error handler then forgets them)."""
+    run_async(_replay(message_ids, pub, sub, timeout, replay_all))
+
+
+async def _replay(message_ids: tuple[str, ...], pub: str, sub: str, timeout: float, replay_all: bool) -> None:
+    if replay_all:
+        message_ids = tuple(x["message_id"] for x in await _ask(pub, sub, "errors.dead_letters", {}, timeout))
+    if not message_ids:
+        raise click.UsageError("name the dead letters to replay (MESSAGE_ID ...) or pass --all")
+    missing = 0
+    for message_id in message_ids:
+        answer = await _ask(pub, sub, "errors.replay", {"message_id": message_id}, timeout)
+        if answer.get("replayed"):
+            click.echo(f"replayed {message_id}")
+        else:
+            missing += 1
+            click.echo(f"not replayed {message_id}: {answer.get('reason')}", err=True)
+    if missing:
+        raise click.ClickException(f"{missing} of {len(message_ids)} not replayed")
