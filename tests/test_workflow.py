@@ -97,8 +97,9 @@ async def test_fatal_processor_failure_fails_the_workflow_and_cleans_up(running:
     assert s["per_workflow"]["wf-doc-0001"]["ingest_manager"]["state"] == "failed"
     assert s["per_workflow"]["wf-doc-0002"]["ingest_manager"]["state"] == "completed"
     errors = s["errors"]
-    assert errors["by_type"].get("ValueError", 0) >= 2  # reported by the analyzer and by the manager
-    assert {"chunk_analyzer", "ingest_manager"} <= set(errors["by_component"])
+    # one root cause, reported once, where it happened (not again by the handler and the manager)
+    assert (errors["total"], errors["by_type"], errors["by_component"]) == (1, {"ValueError": 1},
+                                                                           {"chunk_analyzer": 1})
     assert any(e["correlation_id"] == "wf-doc-0001" for e in errors["recent"])
     manager = await running.status("ingest_manager")
     assert manager["active_processes"] == 0 and manager["failed"] == 1

@@ -329,8 +329,8 @@ class Responder:
             # A RemoteError from a request the handler made keeps its root type (the message keeps the path).
             root = result.error_type if isinstance(result, RemoteError) else type(result).__name__
             payload = self._encode(msg, service, f"{service}.error", ErrorReply(
-                code="handler_error", type=root, message=str(result),
-                retryable=is_retryable(result)).to_content())
+                code="handler_error", type=root, message=str(result), retryable=is_retryable(result),
+                reported=getattr(result, "zmqbus_reported", False) is True).to_content())
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
         frame = reply_frame(kind, payload)

@@ -111,17 +111,24 @@ class ErrorReply:
     type: str
     message: str
     retryable: bool
+    #: The responder already sent the error to the error handler: callers need not report it again.
+    reported: bool = False
 
     def to_content(self) -> dict[str, Any]:
-        return {"code": self.code, "type": self.type, "message": self.message, "retryable": self.retryable}
+        out = {"code": self.code, "type": self.type, "message": self.message, "retryable": self.retryable}
+        if self.reported:
+            out["reported"] = True
+        return out
 
     @classmethod
     def from_content(cls, content: Any) -> ErrorReply:
         """Read an error reply leniently: a peer's missing or odd field gets a safe default (not retryable)."""
         c = content if isinstance(content, dict) else {}
         return cls(code=str(c.get("code", "handler_error")), type=str(c.get("type", "Error")),
-                   message=str(c.get("message", "")), retryable=c.get("retryable") is True)
+                   message=str(c.get("message", "")), retryable=c.get("retryable") is True,
+                   reported=c.get("reported") is True)
 
     def to_exception(self, correlation_id: str, service: str) -> RemoteError:
         """The :class:`RemoteError` a caller raises for this reply."""
-        return RemoteError(self.type, self.message, correlation_id, self.code, service, retryable=self.retryable)
+        return RemoteError(self.type, self.message, correlation_id, self.code, service, retryable=self.retryable,
+                           reported=self.reported)

@@ -96,7 +96,7 @@ class RemoteError(RequestError):
     """
 
     def __init__(self, error_type: str, message: str, correlation_id: str, code: str = "handler_error",
-                 service: str = "", *, retryable: bool = False) -> None:
+                 service: str = "", *, retryable: bool = False, reported: bool = False) -> None:
         super().__init__(f"{service or 'service'} raised {error_type}: {message} (correlation id {correlation_id})")
         self.error_type = error_type
         self.remote_message = message
@@ -105,6 +105,8 @@ class RemoteError(RequestError):
         self.service = service
         #: What the responder said: True when another instance might succeed.
         self.retryable = retryable
+        #: The responder already reported it to the error handler (a zmqbus Component does).
+        self.reported = reported
 
 
 class NoResponder(RequestError):

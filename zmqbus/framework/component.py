@@ -330,7 +330,18 @@ class Component:
 
     async def report_error(self, message: ProcessingMessage, error: BaseException, *,
                            retryable: bool | None = None) -> None:
-        """Send an error to the error handler (the guide's ``_handle_error``)."""
+        """Send an error to the error handler (the guide's ``_handle_error``), once per root cause.
+
+        A :class:`RemoteError` that the responding component already reported
+        (``error.reported``) is not reported again: one failure deep in a chain
+        of requests reaches the error handler once, from where it happened.
+        The error is marked reported, and a service that re-raises it tells its
+        caller so.
+        """
+        if isinstance(error, RemoteError) and error.reported:
+            _mark_reported(error)
+            return
+        _mark_reported(error)
         md = message.metadata
         content = {"correlation_id": md.correlation_id, "error_type": _error_type(error),
                    "error_message": _error_message(error), "retryable": is_retryable(error) if retryable is None
@@ -384,6 +395,11 @@ class Component:
         """Metrics, active processes and the broker's request counters (also served as ``<name>.status``)."""
         return {"component": self.component_name, "active_processes": len(self.active_processes),
                 **self.metrics.as_dict(), "rpc": self.message_broker.statistics().rpc}
+
+
+def _mark_reported(error: BaseException) -> None:
+    with contextlib.suppress(AttributeError, TypeError):
+        error.zmqbus_reported = True  # type: ignore[attr-defined]  # read by the responder (ErrorReply.reported)
 
 
 def _error_type(error: BaseException) -> str:
