@@ -112,6 +112,40 @@ async def wait_idle(done: asyncio.Event, count: Callable[[], int], idle: float) 
 
 #: A key folder (``forwarder`` and ``client`` pairs): the raw sides use CURVE too (``--secure``).
 RAW_CURVE_ENV = "ZMQBUS_BENCH_CURVE"
+#: Set: the zmqbus side's processes trace every message (``bench pubsub --trace``).
+TRACE_ENV = "ZMQBUS_BENCH_TRACE"
+
+
+class _DropSpans:
+    """An OpenTelemetry span exporter that keeps nothing: tracing's cost without an exporter's I/O."""
+
+    def export(self, spans: Any) -> Any:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def maybe_trace() -> None:
+    """In a bench process: turn zmqbus tracing on (SDK tracer, batched to :class:`_DropSpans`) when
+    ``$ZMQBUS_BENCH_TRACE`` is set."""
+    import os
+
+    if not os.environ.get(TRACE_ENV):
+        return
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from ..bus import tracing
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(_DropSpans()))  # type: ignore[arg-type]
+    tracing.enable(provider)
 
 
 def raw_curve(sock: Any, server: bool) -> None:

@@ -30,10 +30,12 @@ from ..framework.procs import environment, forwarder_process, spawn, tcp_endpoin
 from .common import (
     DATA_TOPIC,
     RAW_CURVE_ENV,
+    TRACE_ENV,
     Progress,
     bench_keys,
     collect,
     guide_content,
+    maybe_trace,
     pace,
     raw_curve,
     sized_content,
@@ -41,7 +43,7 @@ from .common import (
     wait_readable,
 )
 
-__all__ = ["run_pubsub", "run_pubsub_secure", "pubsub_once", "guide_content"]
+__all__ = ["run_pubsub", "run_pubsub_secure", "run_pubsub_traced", "pubsub_once", "guide_content"]
 
 _IDLE = 2.0  # a subscriber stops after this long without a message: the rest is lost
 _PROBE = "bench.probe"
@@ -177,6 +179,7 @@ async def _zb_publish(pub: str, sub: str, count: int, size: int, shape: str, rat
 
 
 def _zb_publisher(pub: str, sub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
+    maybe_trace()
     asyncio.run(_zb_publish(pub, sub, count, size, shape, rate, gos))
 
 
@@ -211,18 +214,23 @@ async def _zb_subscribe(pub: str, sub: str, count: int, go: Any, stamped: bool) 
 
 
 def _zb_subscriber(pub: str, sub: str, count: int, go: Any, stamped: bool, results: Any) -> None:
+    maybe_trace()
     results.put(asyncio.run(_zb_subscribe(pub, sub, count, go, stamped)))
 
 
 # -- driver -------------------------------------------------------------------
 
 def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", subscribers: int = 1,
-                rate: float = 0.0, keys: str | None = None, policy: bool = False) -> dict[str, Any]:
+                rate: float = 0.0, keys: str | None = None, policy: bool = False, trace: bool = False
+                ) -> dict[str, Any]:
     """One run of one side (``"raw"`` or ``"zmqbus"``); see the module docstring.
 
     ``keys``: a key folder (:func:`bench_keys`): CURVE on every socket of that side; ``policy``: the
     zmqbus side also applies the folder's publish-restricting policy.
     """
+    if trace:
+        with environment({TRACE_ENV: "1"}):
+            return _pubsub_once(kind, count, size, shape, subscribers, rate)
     if keys is None:
         return _pubsub_once(kind, count, size, shape, subscribers, rate)
     env = {RAW_CURVE_ENV: keys} if kind == "raw" else {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}
@@ -309,6 +317,33 @@ def run_latency(rate: float, seconds: float, size: int = 180, progress: Progress
                  f"({res['lost']} lost)")
         out[kind] = res
     return out
+
+
+def run_pubsub_traced(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
+                      progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
+    """What tracing costs: raw pyzmq, zmqbus with tracing off (the default) and zmqbus with
+    OpenTelemetry tracing on (SDK tracer, every span batched to an exporter that drops them), in
+    alternating rounds of one run; ``trace_cost`` is on over off."""
+    count = count or (20_000 if quick else 200_000)
+    rounds = rounds or (1 if quick else 3)
+    sides = {"raw": ("raw", False), "zmqbus": ("zmqbus", False), "zmqbus_traced": ("zmqbus", True)}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name, (kind, trace) in sides.items():
+            res = pubsub_once(kind, count, size, "guide", 1, trace=trace)
+            progress(f"{label}round {r + 1}/{rounds}: {name} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
+            runs[name].append(res)
+    mid = {name: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
+    rate = {name: m["msgs_per_s"] for name, m in mid.items()}
+    return {
+        "benchmark": "pubsub_traced", "count": count, "content_bytes": size, "rounds": rounds,
+        "transport": "tcp loopback", "raw_msgs_per_s": rate["raw"], "zmqbus_msgs_per_s": rate["zmqbus"],
+        "zmqbus_traced_msgs_per_s": rate["zmqbus_traced"],
+        "ratio": round(rate["zmqbus"] / rate["raw"], 3) if rate["raw"] else 0.0,
+        "trace_cost": round(rate["zmqbus_traced"] / rate["zmqbus"], 3) if rate["zmqbus"] else 0.0,
+        "lost": {name: m["lost"] for name, m in mid.items()},
+        "rounds_msgs_per_s": {name: [x["msgs_per_s"] for x in rs] for name, rs in runs.items()},
+    }
 
 
 def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,

@@ -36,11 +36,20 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from ..core import config
 from ..core.codec import DEFAULT_MAX_MESSAGE_SIZE, Codec
-from ..core.errors import BusTimeout, ClosedError, SecurityError, ZmqbusError
+from ..core.errors import (
+    BusTimeout,
+    ClosedError,
+    NoResponder,
+    RemoteError,
+    RequestTimeout,
+    SecurityError,
+    ZmqbusError,
+)
 from ..core.ids import new_id
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.policy import Policy
@@ -48,11 +57,13 @@ from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
 from ..core.security import KeyRing, check_endpoint
 from ..core.sequence import Sequencer
+from ..core.stats import Histogram
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, compile_pattern, validate_topic
 from ..io.aio import TaskOwner, is_async_callable, wait_event
 from ..io.security import HandshakeWatch, config_keys, config_policy, reread_keys, secure_link
 from ..io.transport import BusLink, SocketConfig
+from . import tracing
 from .receiver import Receiver
 from .rpc import Caller, Responder, RpcOptions, ServiceHandler
 
@@ -130,6 +141,10 @@ class MessageBroker:
         if set): its responder refuses calls the caller's key may not make
         (``forbidden``), its caller ignores instances announcing services their
         key may not serve.
+    :param metrics_port: serve Prometheus metrics of this client at
+        ``http://metrics_addr:metrics_port/metrics`` while it runs (needs
+        ``zmqbus[metrics]``; :mod:`zmqbus.bus.metrics`). Default: none.
+    :param metrics_addr: the address that serves them (default loopback).
     """
 
     def __init__(
@@ -154,12 +169,20 @@ class MessageBroker:
         keys: KeyRing | None = None,
         insecure: bool | None = None,
         policy: Policy | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
     ) -> None:
+        self.metrics_port, self.metrics_addr = metrics_port, metrics_addr
+        self._metrics: Any = None
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
         self.name = name
         #: Wraps every handler ``subscribe`` registers (a Component sets its guard here).
         self.guard: Callable[[MessageHandler], MessageHandler] | None = None
+        #: Seconds per request (every outcome) and requests by outcome: ok, remote_error, no_responder,
+        #: timeout, error (metrics read them; a few additions per request).
+        self.request_time = Histogram()
+        self.request_outcomes: dict[str, int] = {}
         self.publish_timeout = publish_timeout
         self.client_id = new_id()
         self.keys = keys if keys is not None else config_keys()
@@ -222,6 +245,10 @@ class MessageBroker:
         for prefix in self._table.prefixes:
             link.subscribe(prefix)
         self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
+        if self.metrics_port is not None and self._metrics is None:
+            from .metrics import serve_metrics
+
+            self._metrics = serve_metrics(self.metrics_port, self, addr=self.metrics_addr)
         if self._services:
             await self._start_responder()
         log.debug("client %s connected to %s / %s", self.client_id, self.pub_endpoint, self.sub_endpoint)
@@ -267,6 +294,9 @@ class MessageBroker:
             self._link = None
         await asyncio.gather(*(watch.close(linger + 1.0) for watch in self._watches))
         self._watches = []
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
 
     async def _confirm_published(self, timeout: float) -> None:
         """Prove with a probe that every published message reached the forwarder, or count the rest."""
@@ -303,6 +333,16 @@ class MessageBroker:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def enable_handler_timing(self) -> None:
+        """Time every handler from now on (:attr:`handler_time`; metrics switch it on)."""
+        if self._receiver.process_time is None:
+            self._receiver.process_time = Histogram()
+
+    @property
+    def handler_time(self) -> Histogram | None:
+        """Handler durations in seconds, once :meth:`enable_handler_timing` was called."""
+        return self._receiver.process_time
 
     @property
     def closed(self) -> bool:
@@ -483,7 +523,38 @@ class MessageBroker:
         request: the message id is what makes retries safe.
         """
         caller = self._caller or await self._get_caller()
-        return await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
+        started = perf_counter()
+        outcome = "error"
+        span = token = None
+        if tracing.tracer is not None and tracing.traced(service):
+            span, token = tracing.start_span("request", service, message, self.client_id, remote=False)
+            tracing.inject(message)
+        error: BaseException | None = None
+        try:
+            reply = await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
+            outcome = "ok"
+            return reply
+        except RemoteError as exc:
+            outcome = "remote_error"
+            error = exc
+            raise
+        except NoResponder as exc:
+            outcome = "no_responder"
+            error = exc
+            raise
+        except RequestTimeout as exc:
+            outcome = "timeout"
+            error = exc
+            raise
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.request_time.observe(perf_counter() - started)
+            self.request_outcomes[outcome] = self.request_outcomes.get(outcome, 0) + 1
+            if span is not None:
+                tracing.end_span(span, error)
+                tracing.detach(token)
 
     async def wait_for_service(self, service: str, *, instances: int = 1, timeout: float = 10.0,
                                instance_id: str | None = None) -> int:
@@ -544,7 +615,27 @@ class MessageBroker:
         mark stays reached, for ``timeout`` seconds (default:
         ``publish_timeout``). While the forwarder is down, messages queue in
         this client (up to the high-water mark) and leave when it is back.
+        With tracing on (:mod:`zmqbus.bus.tracing`) it is a ``send`` span and
+        the message carries the trace context.
         """
+        if tracing.tracer is None:
+            return await self._publish(message, topic, timeout)
+        destination = topic or message.topic or message.type_name
+        if not tracing.traced(destination):
+            return await self._publish(message, topic, timeout)
+        span, token = tracing.start_span("send", destination, message, self.client_id, remote=False)
+        try:
+            tracing.inject(message)
+            await self._publish(message, topic, timeout)
+        except BaseException as exc:
+            tracing.end_span(span, exc)
+            raise
+        else:
+            tracing.end_span(span)
+        finally:
+            tracing.detach(token)
+
+    async def _publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
         if timeout is None:
             timeout = self.publish_timeout
         if not self._is_ready:

@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import zmq
 
@@ -123,6 +124,10 @@ class Forwarder:
         the high-water mark). The cut subscriber reconnects by itself and
         counts what it missed as gaps; ``statistics().slow_subscribers_cut``
         counts the cuts. See :mod:`zmqbus.core.backlog` for how it is bounded.
+    :param metrics_port: serve Prometheus metrics at
+        ``http://metrics_addr:metrics_port/metrics`` while it runs (needs
+        ``zmqbus[metrics]``). Default: none.
+    :param metrics_addr: the address that serves them (default loopback).
 
     ``start()`` binds (raising :class:`TransportError` at once for a busy
     port or a bad endpoint) and returns; ``stop()`` ends the proxy and closes
@@ -142,7 +147,11 @@ class Forwarder:
         policy: Policy | None = None,
         subscription_limits: SubscriptionLimits | bool | None = None,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
     ) -> None:
+        self.metrics_port, self.metrics_addr = metrics_port, metrics_addr
+        self._metrics: Any = None
         self.keys = keys if keys is not None else config_keys(server=False)
         self.policy = policy if policy is not None else config_policy()
         if self.policy is not None and self.keys is None:
@@ -185,6 +194,11 @@ class Forwarder:
             raise ClosedError("forwarder was stopped")
         for endpoint in (self.pub_endpoint, self.sub_endpoint):
             check_endpoint(endpoint, self.keys, self.insecure, "bind the forwarder at")
+        if self.metrics_port is not None and self._metrics is None:
+            # Before the bus binds: once a client gets through, the metrics are up too.
+            from .metrics import serve_metrics
+
+            self._metrics = serve_metrics(self.metrics_port, self, addr=self.metrics_addr)
         ctx = self._ctx
         with mapped_errors("create the forwarder's sockets"):
             xsub = ctx.socket(zmq.XSUB)
@@ -225,6 +239,9 @@ class Forwarder:
             if control is not None:
                 control.close(0)
             self._forget_domain()
+            if self._metrics is not None:
+                self._metrics.close()
+                self._metrics = None
             raise
         self._control = control
         self._started_at = time.monotonic()
@@ -497,6 +514,9 @@ class Forwarder:
         if control is not None:
             control.close(0)
         self._forget_domain()
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
         log.info("forwarder stopped")
 
     def __enter__(self) -> Forwarder:
@@ -518,6 +538,8 @@ def run_forwarder(
     insecure: bool | None = None,
     max_connections: int = 10_000,
     max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+    metrics_port: int | None = None,
+    metrics_addr: str = "127.0.0.1",
 ) -> ForwarderStatistics | None:
     """Run a forwarder in this process until SIGINT or SIGTERM; return its last counters.
 
@@ -543,7 +565,7 @@ def run_forwarder(
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval,
                     keys=keys, insecure=insecure, max_connections=max_connections,
-                    max_queued_bytes=max_queued_bytes)
+                    max_queued_bytes=max_queued_bytes, metrics_port=metrics_port, metrics_addr=metrics_addr)
     last: ForwarderStatistics | None = None
     next_log = time.monotonic() + (log_interval or 0)
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from time import perf_counter
 from typing import Any
 
 from ..core.codec import Codec
@@ -26,9 +27,11 @@ from ..core.errors import DecodeError
 from ..core.message import current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.sequence import GapDetector, SequenceJump
+from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..io.aio import TaskOwner, resume
 from ..io.transport import BusLink
+from . import tracing
 
 __all__ = ["Receiver"]
 
@@ -47,6 +50,8 @@ class Receiver:
         self.max_pending = max_pending
         self.handlers = TaskOwner()  # handlers that went on as tasks
         self.received = self.received_bytes = self.dispatched = self.unmatched = self.handler_errors = 0
+        #: Handler durations (seconds), measured only once metrics are on: two clock reads per handler.
+        self.process_time: Histogram | None = None
         self.decode_errors: dict[str, int] = {}
         self._decode = codec.decode_frame
         self._faults = faults
@@ -74,6 +79,8 @@ class Receiver:
         decode = self._decode
         cache = self.table.cache
         observe = self.sequences.observe
+        timed = self.process_time is not None
+        traced = tracing.tracer is not None
         self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
         self.received_bytes += sum(map(len, batch))
         dispatched = 0
@@ -98,7 +105,9 @@ class Receiver:
             dispatched += len(subs)
             for sub in subs:
                 try:
-                    if self._start(sub, msg) and len(self.handlers) >= self.max_pending:
+                    start = self._start_traced if traced and tracing.traced(topic) else self._start
+                    if start(sub, msg, perf_counter() if timed else None) \
+                            and len(self.handlers) >= self.max_pending:
                         self.dispatched += dispatched  # before waiting: statistics() stays current
                         dispatched = 0
                         await self.handlers.wait_any()
@@ -107,8 +116,10 @@ class Receiver:
         self.dispatched += dispatched
         _set_current(None)
 
-    def _start(self, sub: Subscription, msg: Any) -> bool:
-        """Run ``sub``'s handler eagerly; return True if it went on as a task."""
+    def _start(self, sub: Subscription, msg: Any, started: float | None = None, span: Any = None) -> bool:
+        """Run ``sub``'s handler eagerly; return True if it went on as a task.
+
+        ``started`` (a perf_counter reading, with metrics on): record the handler's duration."""
         # aio.start_eagerly, specialised: a handler that completes without suspending
         # costs no Task; one that awaits goes on as a Task, so it never holds up later
         # messages (nor the presence updates its own requests need).
@@ -117,20 +128,49 @@ class Receiver:
             try:
                 yielded = result.send(None)
             except StopIteration:
+                if started is not None:
+                    self._timed(started)
                 return False
             rest: Any = resume(result, yielded)
         elif result is not None and inspect.isawaitable(result):
             rest = result  # a sync handler that returned a future
         else:
+            if started is not None:
+                self._timed(started)
             return False
-        self.handlers.spawn(self._finish(sub, rest), name="zmqbus-handler", fatal=False)
+        self.handlers.spawn(self._finish(sub, rest, started, span), name="zmqbus-handler", fatal=False)
         return True
 
-    async def _finish(self, sub: Subscription, running: Any) -> None:
+    def _start_traced(self, sub: Subscription, msg: Any, started: float | None = None) -> bool:
+        """:meth:`_start` inside a ``process`` span, a child of the sender's (tracing on)."""
+        span, token = tracing.start_span("process", msg.topic, msg, sub.component_name, remote=True)
+        try:
+            went = self._start(sub, msg, started, span)
+        except BaseException as exc:
+            tracing.end_span(span, exc)
+            raise
+        finally:
+            tracing.detach(token)
+        if not went:
+            tracing.end_span(span)
+        return went
+
+    def _timed(self, started: float) -> None:
+        if self.process_time is not None:
+            self.process_time.observe(perf_counter() - started)
+
+    async def _finish(self, sub: Subscription, running: Any, started: float | None = None, span: Any = None) -> None:
+        error: BaseException | None = None
         try:
             await running
         except Exception as exc:
+            error = exc
             self.handler_error(sub, exc)
+        finally:
+            if started is not None:
+                self._timed(started)
+            if span is not None:
+                tracing.end_span(span, error)
 
     def handler_error(self, sub: Subscription, exc: Exception) -> None:
         """Count and log (rate-limited) a handler that raised."""

@@ -54,6 +54,7 @@ from ..core.serving import Cached, Refuse, ResponderCore, Start
 from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread, wait_event
 from ..io.security import apply_client, apply_server, zap_handler
 from ..io.transport import RouterLink, SocketConfig
+from . import tracing
 
 __all__ = ["Responder", "Caller", "BusPort", "RpcOptions", "ServiceHandler", "PRESENCE_TOPIC", "DISCOVER_TOPIC"]
 
@@ -136,6 +137,7 @@ class Responder:
         self.heartbeat = options.heartbeat
         self.liveness = options.liveness
         self.instance_id = bus.client_id
+        self._spans: dict[str, Any] = {}  # request message id -> its serve span (tracing on)
         self.handlers: dict[str, tuple[ServiceHandler, bool]] = {}
         self.core: ResponderCore[ProcessingMessage] = ResponderCore(
             self.instance_id, max_concurrency=options.max_concurrency, cache_size=options.cache_size,
@@ -295,6 +297,10 @@ class Responder:
         # sync one goes to a daemon worker thread (the context carried), so
         # the loop keeps heartbeating.
         token = current_message.set(msg)
+        trace_token = None
+        if tracing.tracer is not None and tracing.traced(service):
+            span, trace_token = tracing.start_span("serve", service, msg, self.instance_id, remote=True)
+            self._spans[msg.metadata.message_id] = span
         try:
             try:
                 finished, outcome = start_eagerly(handler(msg) if is_async else to_thread(handler, msg))
@@ -307,6 +313,8 @@ class Responder:
                 self._track(self._finish(caller, service, msg, outcome))
         finally:
             current_message.reset(token)
+            if trace_token is not None:
+                tracing.detach(trace_token)
 
     def _track(self, coro: Coroutine[Any, Any, None]) -> None:
         self._work.spawn(coro, name="zmqbus-request", fatal=False)
@@ -322,6 +330,10 @@ class Responder:
             self._done(caller, service, msg, REP, result)
 
     def _done(self, caller: bytes, service: str, msg: ProcessingMessage, kind: bytes, result: Any) -> None:
+        if self._spans:
+            span = self._spans.pop(msg.metadata.message_id, None)
+            if span is not None:
+                tracing.end_span(span, result if kind == ERR else None)
         if kind == ERR:
             self.stats.failed += 1
             self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",

@@ -121,11 +121,15 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
 @click.option("--log-interval", default=0.0, help="Log the counters every so many seconds (0: off).")
 @click.option("--max-connections", default=10_000, show_default=True,
               help="Live connections (both endpoints) past which new clients are refused.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus metrics on this port (needs zmqbus[metrics]).")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
 @click.option("--max-queued-bytes", default=128 * 1024 * 1024, show_default=True,
               help="Bytes that may queue for a subscriber that reads nothing before it is cut (0: no bound "
                    "but --hwm).")
 def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
-              log_interval: float, max_connections: int, max_queued_bytes: int) -> None:
+              log_interval: float, max_connections: int, max_queued_bytes: int, metrics_port: int | None,
+              metrics_addr: str) -> None:
     """Run a forwarder until Ctrl-C or SIGTERM."""
     from ..bus.forwarder import run_forwarder
     from ..io.transport import SocketConfig
@@ -135,7 +139,8 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
     try:
         last = run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
                              stats_interval=stats_interval or None, log_interval=log_interval or None,
-                             max_connections=max_connections, max_queued_bytes=max_queued_bytes or None)
+                             max_connections=max_connections, max_queued_bytes=max_queued_bytes or None,
+                             metrics_port=metrics_port, metrics_addr=metrics_addr)
     except ZmqbusError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
     if last is not None:
@@ -319,8 +324,11 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
 @click.option("--startup-timeout", default=10.0, show_default=True,
               help="Seconds to wait for the forwarder at start; then exit 1.")
 @click.option("--keep-going", is_flag=True, help="With --replicas: carry on when a replica crash-loops.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]; one replica).")
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
 def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: float, startup_timeout: float,
-        keep_going: bool) -> None:
+        keep_going: bool, metrics_port: int | None, metrics_addr: str) -> None:
     """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it.
 
     Exits 1 with a one-line error if it cannot start (no forwarder within
@@ -335,8 +343,11 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if replicas == 1:
-        component_main(spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout)
+        component_main(spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout, metrics_port,
+                       metrics_addr)
         return
+    if metrics_port is not None:
+        raise click.UsageError("--metrics-port serves one process: run each replica with its own port")
     _supervise(Supervisor(Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo,
                           keep_going=keep_going))
 
@@ -494,11 +505,32 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
 @click.option("--size", default=180, show_default=True, help="Approximate content size in bytes.")
 @click.option("--rounds", default=0, help="Rounds per side, the median reported (default 3; 1 with --quick).")
 @click.option("--secure", is_flag=True, help="What CURVE costs: raw and zmqbus with CURVE, and zmqbus in clear.")
-def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool) -> None:
+@click.option("--trace", is_flag=True, help="What OpenTelemetry tracing costs: zmqbus with tracing off and on "
+              "(needs zmqbus[traces] and opentelemetry-sdk).")
+def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool, trace: bool) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
-    from ..bench.pubsub import run_pubsub, run_pubsub_secure
+    from ..bench.pubsub import run_pubsub, run_pubsub_secure, run_pubsub_traced
 
     progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
+    if trace:
+        try:
+            import opentelemetry.sdk.trace  # noqa: F401
+        except ImportError:
+            raise click.ClickException("--trace needs OpenTelemetry: pip install 'zmqbus[traces]' "
+                                       "opentelemetry-sdk") from None
+        result = run_pubsub_traced(quick=quick, count=count or None, size=size, rounds=rounds or None,
+                                   progress=progress)
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            click.echo(f"pub/sub, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
+                       f"  raw pyzmq + msgpack      {result['raw_msgs_per_s']:>9,} msg/s\n"
+                       f"  zmqbus, tracing off      {result['zmqbus_msgs_per_s']:>9,} msg/s  "
+                       f"(ratio {result['ratio']:.2f})\n"
+                       f"  zmqbus, tracing on       {result['zmqbus_traced_msgs_per_s']:>9,} msg/s  "
+                       f"(keeps {result['trace_cost']:.0%} of off)\n"
+                       f"  lost: {result['lost']}")
+        return
     if secure:
         result = run_pubsub_secure(quick=quick, count=count or None, size=size, rounds=rounds or None,
                                    progress=progress)

@@ -65,7 +65,8 @@ def load_component(spec: str) -> type[Any]:
 
 
 def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: int = logging.WARNING,
-                   grace: float = 10.0, startup_timeout: float = 10.0) -> None:
+                   grace: float = 10.0, startup_timeout: float = 10.0, metrics_port: int | None = None,
+                   metrics_addr: str = "127.0.0.1") -> None:
     """Run one component in this process until SIGTERM/SIGINT (a second signal kills).
 
     Exits 0 after a signal, 1 with a one-line error on stderr if the
@@ -77,7 +78,7 @@ def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: i
     label = name or spec
     logging.basicConfig(level=log_level, format=f"%(asctime)s {label} %(levelname)s %(message)s")
     try:
-        code = asyncio.run(_run_component(spec, name, pub, sub, grace, startup_timeout))
+        code = asyncio.run(_run_component(spec, name, pub, sub, grace, startup_timeout, metrics_port, metrics_addr))
     except (ZmqbusError, ValueError) as exc:
         print(f"zmqbus run {label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 1
@@ -85,7 +86,8 @@ def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: i
 
 
 async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float,
-                         startup_timeout: float) -> int:
+                         startup_timeout: float, metrics_port: int | None = None,
+                         metrics_addr: str = "127.0.0.1") -> int:
     from ..bus.broker import MessageBroker
     from ..core.errors import ZmqbusError
 
@@ -102,7 +104,7 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    broker = MessageBroker(pub, sub)
+    broker = MessageBroker(pub, sub, metrics_port=metrics_port, metrics_addr=metrics_addr)
 
     def on_hup() -> None:  # reload the allow-list (and policy) of a secure member
         try:
@@ -127,8 +129,9 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
         await component.stop(0)
         starting.result()  # raises: reported in one line by component_main
     services = ", ".join(broker.services) or "none"
-    print(f"zmqbus run: {component.component_name} ready (pid {os.getpid()}) on {pub} / {sub}; serving {services}",
-          file=sys.stderr, flush=True)
+    metrics = "" if broker.metrics_port is None else f"; metrics on http://{metrics_addr}:{broker.metrics_port}/metrics"
+    print(f"zmqbus run: {component.component_name} ready (pid {os.getpid()}) on {pub} / {sub}; serving {services}"
+          f"{metrics}", file=sys.stderr, flush=True)
     await stop.wait()
     await component.stop(grace)
     return 0
