@@ -95,6 +95,8 @@ class BrokerStatistics:
     subscriptions: int
     receives_all: int
     rpc: dict[str, int]
+    #: On a redundant bus: copies dropped because another forwarder's copy was delivered first.
+    duplicates: int = 0
 
 
 class _Counters:
@@ -210,7 +212,10 @@ class MessageBroker:
         self._ready_generation = 0  # ... of which ready() has proven live
         self._confirmed = 0  # published messages known to have reached the forwarder
         self._faults = RateLimitedLog(log)
-        self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults)
+        #: Forwarders this client subscribes through: more than one is a redundant bus (PROTOCOL.md section 13).
+        self.forwarders = len(config.split_endpoints(self.sub_endpoint))
+        self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults,
+                                  redundant=self.forwarders > 1)
         self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
                                        max_concurrency, self.insecure, max_queue, max_queued_bytes)
         self._services: dict[str, ServiceHandler] = {}
@@ -229,7 +234,7 @@ class MessageBroker:
         self._check_open()
         if self._link is not None:
             return
-        for endpoint in (self.pub_endpoint, self.sub_endpoint):
+        for endpoint in (*config.split_endpoints(self.pub_endpoint), *config.split_endpoints(self.sub_endpoint)):
             check_endpoint(endpoint, self.keys, self.insecure, "connect to")
         link = BusLink(self._socket_config)
         try:
@@ -700,6 +705,7 @@ class MessageBroker:
             subscriptions=len(self._table),
             receives_all=self._table.receives_all,
             rpc=self._rpc_counters(),
+            duplicates=r.duplicates,
         )
 
     def _rpc_counters(self) -> dict[str, int]:

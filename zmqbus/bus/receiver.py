@@ -26,7 +26,7 @@ from ..core.codec import Codec
 from ..core.errors import DecodeError
 from ..core.message import current_message
 from ..core.ratelog import RateLimitedLog
-from ..core.sequence import GapDetector, SequenceJump
+from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, SequenceJump
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..io.aio import TaskOwner, resume
@@ -44,12 +44,15 @@ _set_current = current_message.set
 class Receiver:
     """Reads one :class:`BusLink`'s subscriber socket and dispatches to a :class:`SubscriptionTable`."""
 
-    def __init__(self, table: SubscriptionTable, codec: Codec, max_pending: int, faults: RateLimitedLog) -> None:
+    def __init__(self, table: SubscriptionTable, codec: Codec, max_pending: int, faults: RateLimitedLog, *,
+                 redundant: bool = False) -> None:
         self.table = table
-        self.sequences = GapDetector()
+        self.sequences: GapDetector | RedundantGapDetector = RedundantGapDetector() if redundant else GapDetector()
         self.max_pending = max_pending
         self.handlers = TaskOwner()  # handlers that went on as tasks
         self.received = self.received_bytes = self.dispatched = self.unmatched = self.handler_errors = 0
+        self.duplicates = 0  # copies of one message through a second forwarder (a redundant bus), dropped
+        self.redundant = redundant
         #: Handler durations (seconds), measured only once metrics are on: two clock reads per handler.
         self.process_time: Histogram | None = None
         self.decode_errors: dict[str, int] = {}
@@ -73,6 +76,8 @@ class Receiver:
                 link.drain_control()  # subscription notices pile up on the XPUB otherwise
             # Bounded wait: a lost FD edge can delay us by at most one second.
             await link.sub.wait(1, 1.0)  # zmq.POLLIN
+            if self.redundant:
+                self.expire()  # a quiet stream's missing numbers are counted lost within a second of max_skew
 
     async def dispatch(self, batch: list[bytes]) -> None:
         """Decode and dispatch one batch of frames (the hot path: kept flat on purpose)."""
@@ -94,6 +99,9 @@ class Receiver:
             topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
             jump = observe(md.publisher_id, topic, md.sequence)
             if jump is not None:
+                if jump is DUPLICATE:
+                    self.duplicates += 1
+                    continue
                 self._report(jump)
             subs = cache.get(topic)
             if subs is None:
@@ -115,6 +123,17 @@ class Receiver:
                     self.handler_error(sub, exc)
         self.dispatched += dispatched
         _set_current(None)
+        if self.redundant:
+            self.expire()
+
+    def expire(self) -> None:
+        """On a redundant bus: count (and log) what no forwarder brought in time."""
+        sequences = self.sequences
+        if isinstance(sequences, RedundantGapDetector):
+            sequences.expire()
+            for jump in sequences.reports:
+                self._report(jump)
+            sequences.reports.clear()
 
     def _start(self, sub: Subscription, msg: Any, started: float | None = None, span: Any = None) -> bool:
         """Run ``sub``'s handler eagerly; return True if it went on as a task.

@@ -27,6 +27,11 @@ def sub_endpoint(value: str | None = None) -> str:
     return value or os.environ.get("ZMQBUS_SUB") or DEFAULT_SUB
 
 
+def split_endpoints(value: str) -> list[str]:
+    """The endpoints in ``value``: one, or several separated by commas (a redundant bus: one per forwarder)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
 def ipc_endpoints(directory: str, name: str = "bus") -> tuple[str, str]:
     """A pair of ipc endpoints in ``directory`` (for one-host deployments and tests)."""
     base = os.path.join(os.path.abspath(directory), name)

@@ -20,9 +20,12 @@ Pure code: no sockets, no event loop.
 """
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["MAX_PLAUSIBLE_GAP", "SEQ_TOPICS_LIMIT", "GapDetector", "SequenceJump", "Sequencer"]
+__all__ = ["MAX_PLAUSIBLE_GAP", "SEQ_TOPICS_LIMIT", "GapDetector", "RedundantGapDetector", "DUPLICATE", "SequenceJump",
+           "Sequencer"]
 
 #: A forward jump of more sequence numbers than this is not believed to be loss.
 MAX_PLAUSIBLE_GAP = 1 << 24
@@ -120,3 +123,149 @@ class GapDetector:
     def tracked(self) -> tuple[int, int]:
         """How many publishers, and at most how many topics for one of them, are tracked now."""
         return len(self._last), max((len(t) for t in self._last.values()), default=0)
+
+
+#: What :meth:`RedundantGapDetector.observe` returns for a copy already delivered through another forwarder.
+DUPLICATE = SequenceJump("", "", -1, -1)
+
+
+class _Stream:
+    __slots__ = ("first", "high", "missing", "before")
+
+    def __init__(self, first: int) -> None:
+        self.first = self.high = first
+        self.missing: dict[int, float] = {}  # skipped numbers not seen yet -> when they were skipped
+        # Numbers below the first one seen that another forwarder brought later (delivered): what
+        # was published before this subscriber's first message is not loss, and arrives at most once.
+        self.before: set[int] | None = None
+
+
+class RedundantGapDetector:
+    """The receiving side of a redundant bus (several forwarders): each message arrives once per
+    forwarder; deliver the first copy of each (publisher, topic, sequence), drop the others
+    (``duplicates``), and count a number as lost (``gaps``) only when no forwarder brought it.
+
+    A number skipped by the copy that arrived first is *missing*, not lost, while another
+    forwarder may still bring it: until ``window`` later numbers arrived on that stream, or
+    ``max_skew`` seconds passed (:meth:`expire`). A late copy of a missing number is delivered
+    (so, on a redundant bus, a message can arrive after a later one when one forwarder was
+    behind the other). A number more than ``window`` behind the highest seen is a reset of the
+    publisher's numbering, as in :class:`GapDetector`. Losses found are queued in ``reports``
+    as :class:`SequenceJump` for the caller to log.
+    """
+
+    __slots__ = ("_streams", "gaps", "resets", "duplicates", "window", "max_skew", "reports", "_pending",
+                 "streams_limit", "clock")
+
+    def __init__(self, window: int = 65_536, max_skew: float = 2.0, streams_limit: int = 1_000_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock  # read only while numbers are missing
+        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._pending: set[tuple[str, str]] = set()  # streams with missing numbers
+        self.gaps = self.resets = self.duplicates = 0
+        self.window, self.max_skew, self.streams_limit = window, max_skew, streams_limit
+        self.reports: list[SequenceJump] = []
+
+    def observe(self, publisher_id: str, topic: str, sequence: int) -> SequenceJump | None:
+        """Record one received copy; return :data:`DUPLICATE` to drop it, a reset jump, or None to deliver it."""
+        if not sequence:
+            return None
+        key = (publisher_id, topic)
+        stream = self._streams.get(key)
+        if stream is None:
+            if len(self._streams) >= self.streams_limit:
+                self._streams.clear()
+                self._pending.clear()
+            self._streams[key] = _Stream(sequence)
+            return None
+        high = stream.high
+        if sequence == high + 1:
+            stream.high = sequence
+            if stream.missing:
+                self._expire_stream(key, stream, self.clock())
+            return None
+        if sequence > high:
+            skipped = sequence - high - 1
+            if skipped > MAX_PLAUSIBLE_GAP:
+                return self._reset(key, stream, high, sequence)
+            kept = min(skipped, self.window)
+            now = self.clock()
+            if skipped > kept:  # beyond the window: no forwarder can still bring them
+                self._lose(publisher_id, topic, high, high + skipped - kept + 1, skipped - kept)
+            for missing in range(sequence - kept, sequence):
+                stream.missing[missing] = now
+            stream.high = sequence
+            self._pending.add(key)
+            self._expire_stream(key, stream, now)
+            return None
+        if stream.missing.pop(sequence, None) is not None:
+            if not stream.missing:
+                self._pending.discard(key)
+            return None  # the copy the first forwarder did not bring
+        if sequence < high - self.window:
+            return self._reset(key, stream, high, sequence)
+        if sequence < stream.first:
+            before = stream.before
+            if before is None:
+                before = stream.before = set()
+            if sequence not in before and len(before) < self.window:
+                before.add(sequence)
+                return None  # sent before the first copy we saw, brought by the slower forwarder
+        self.duplicates += 1
+        return DUPLICATE
+
+    def _reset(self, key: tuple[str, str], stream: _Stream, high: int, sequence: int) -> SequenceJump:
+        self.resets += 1
+        stream.first = stream.high = sequence
+        stream.missing, stream.before = {}, None
+        self._pending.discard(key)
+        return SequenceJump(key[0], key[1], high, sequence)
+
+    def _lose(self, publisher_id: str, topic: str, last: int, sequence: int, count: int) -> None:
+        self.gaps += count
+        self.reports.append(SequenceJump(publisher_id, topic, last, sequence))
+
+    def _expire_stream(self, key: tuple[str, str], stream: _Stream, now: float) -> None:
+        # Missing numbers are added in increasing order, at increasing times: the oldest come first.
+        floor, too_old = stream.high - self.window, now - self.max_skew
+        gone = []
+        for m, at in stream.missing.items():
+            if m >= floor and at >= too_old:
+                break
+            gone.append(m)
+        for m in gone:
+            del stream.missing[m]
+        if gone:
+            self._lose(key[0], key[1], gone[0] - 1, gone[-1] + 1, len(gone))
+        if not stream.missing:
+            self._pending.discard(key)
+
+    def expire(self, now: float | None = None) -> None:
+        """Count as lost the missing numbers no forwarder brought within ``max_skew`` seconds."""
+        if not self._pending:
+            return
+        now = self.clock() if now is None else now
+        for key in list(self._pending):
+            stream = self._streams.get(key)
+            if stream is None:
+                self._pending.discard(key)
+            else:
+                self._expire_stream(key, stream, now)
+
+    @property
+    def missing(self) -> int:
+        """Numbers skipped but perhaps still on their way through another forwarder."""
+        return sum(len(self._streams[k].missing) for k in self._pending if k in self._streams)
+
+    def forget(self, topic_prefix: str) -> None:
+        """Forget every topic that starts with ``topic_prefix`` (its subscription ended)."""
+        for key in [k for k in self._streams if k[1].startswith(topic_prefix)]:
+            del self._streams[key]
+            self._pending.discard(key)
+
+    def tracked(self) -> tuple[int, int]:
+        """How many publishers, and at most how many topics for one of them, are tracked now."""
+        per: dict[str, int] = {}
+        for publisher, _ in self._streams:
+            per[publisher] = per.get(publisher, 0) + 1
+        return len(per), max(per.values(), default=0)

@@ -30,6 +30,7 @@ from typing import Any
 
 import zmq
 
+from ..core.config import split_endpoints
 from ..core.errors import ClosedError, TransportError
 
 __all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "fast_send",
@@ -299,11 +300,14 @@ class BusLink:
         self._srecv = sub.recv
 
     def connect(self, pub_endpoint: str, sub_endpoint: str) -> None:
-        """Connect to a forwarder (ZeroMQ reconnects by itself afterwards)."""
-        with mapped_errors(f"connect to {pub_endpoint}"):
-            self.pub.sock.connect(pub_endpoint)
-        with mapped_errors(f"connect to {sub_endpoint}"):
-            self.sub.sock.connect(sub_endpoint)
+        """Connect to a forwarder, or to several (comma-separated endpoints: a redundant bus).
+        ZeroMQ reconnects by itself afterwards."""
+        for endpoint in split_endpoints(pub_endpoint):
+            with mapped_errors(f"connect to {endpoint}"):
+                self.pub.sock.connect(endpoint)
+        for endpoint in split_endpoints(sub_endpoint):
+            with mapped_errors(f"connect to {endpoint}"):
+                self.sub.sock.connect(endpoint)
 
     def send(self, frame: bytes) -> bool:
         """Queue one message (one frame); False when the high-water mark is reached."""

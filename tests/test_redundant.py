@@ -1,0 +1,78 @@
+"""A redundant bus: two forwarders, every client connected to both; one killed with SIGKILL mid-stream
+loses nothing and delivers nothing twice; presence and requests carry on through the other."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
+from zmqbus.framework.procs import spawn, stop_process, tcp_endpoints
+from zmqbus.testing import Recorder, wait_until
+
+from redundant_roles import publisher
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def two_forwarders(spawn_forwarder: Any) -> tuple[str, str, list[Any]]:
+    (pa, sa), (pb, sb) = tcp_endpoints(), tcp_endpoints()
+    procs = [spawn_forwarder(pa, sa, stats_interval=None), spawn_forwarder(pb, sb, stats_interval=None)]
+    return f"{pa},{pb}", f"{sa},{sb}", procs
+
+
+async def test_killing_one_of_two_forwarders_at_10k_msgs_loses_nothing_and_duplicates_nothing(
+        spawn_forwarder: Any) -> None:
+    pub, sub, forwarders = two_forwarders(spawn_forwarder)
+    count, rate = 40_000, 10_000.0
+    async with MessageBroker(pub, sub, name="ha-subscriber") as receiver:
+        got: list[int] = []
+        receiver.subscribe("ha", "ha.data", lambda m: got.append(m.content["i"]))
+        await receiver.ready(20)
+        proc = spawn(publisher, pub, sub, count, rate, name="ha-publisher")
+        try:
+            await wait_until(lambda: len(got) >= count // 4, timeout=30, what="a quarter of the stream")
+            os.kill(forwarders[0].pid, signal.SIGKILL)  # mid-stream, at 10,000 msg/s
+            killed_at = len(got)
+            await wait_until(lambda: len(got) >= count, timeout=60, what="every message")
+            await asyncio.to_thread(proc.join, 30)
+        finally:
+            stop_process(proc, 5)
+        await asyncio.sleep(2.5)  # past max_skew: anything missing would now be counted lost
+        stats = receiver.statistics()
+    assert killed_at < count, "the forwarder died mid-stream"
+    assert len(got) == count and sorted(got) == list(range(count)), "each message exactly once"
+    assert got == sorted(got) or len([1 for a, b in zip(got, got[1:]) if b < a]) < 50  # nearly in order
+    assert stats.gaps == 0, "nothing counted lost"
+    assert stats.duplicates > 0, "both forwarders carried the stream (their copies were dropped)"
+    assert proc.exitcode == 0
+
+
+async def test_presence_and_requests_carry_on_through_the_other_forwarder(spawn_forwarder: Any) -> None:
+    pub, sub, forwarders = two_forwarders(spawn_forwarder)
+    async with MessageBroker(pub, sub, name="svc") as responder, MessageBroker(pub, sub, name="caller") as caller:
+        responder.serve("ha.echo", lambda m: m.content)
+        await responder.ready(20)
+        await caller.wait_for_service("ha.echo", timeout=20)
+        os.kill(forwarders[1].pid, signal.SIGKILL)
+        forwarders[1].join(5)
+        for i in range(20):
+            reply = await caller.request("ha.echo", ProcessingMessage("ha.echo", {"i": i}), timeout=5)
+            assert reply.content == {"i": i}
+        # a new caller discovers the responder through the forwarder that is left
+        async with MessageBroker(pub, sub, name="late") as late:
+            assert await late.wait_for_service("ha.echo", timeout=10) == 1
+        # presence keeps flowing: the instance stays alive in the directory past its liveness (3 s)
+        started = time.monotonic()
+        await asyncio.sleep(3.5)
+        assert caller.live_instances("ha.echo") and time.monotonic() - started >= 3.5
+        events = Recorder()
+        responder.subscribe("t", "ha.event", events)
+        await responder.ready(10)
+        await caller.publish(ProcessingMessage("ha.event", {}, MessageMetadata()))
+        await events.wait_for()
+        assert caller.statistics().gaps == 0
