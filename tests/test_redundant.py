@@ -3,18 +3,18 @@ loses nothing and delivers nothing twice; presence and requests carry on through
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import time
 from typing import Any
 
 import pytest
+from redundant_roles import publisher
 
 from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
 from zmqbus.framework.procs import spawn, stop_process, tcp_endpoints
 from zmqbus.testing import Recorder, wait_until
-
-from redundant_roles import publisher
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,7 +46,8 @@ async def test_killing_one_of_two_forwarders_at_10k_msgs_loses_nothing_and_dupli
         stats = receiver.statistics()
     assert killed_at < count, "the forwarder died mid-stream"
     assert len(got) == count and sorted(got) == list(range(count)), "each message exactly once"
-    assert got == sorted(got) or len([1 for a, b in zip(got, got[1:]) if b < a]) < 50  # nearly in order
+    reordered = sum(1 for a, b in itertools.pairwise(got) if b < a)  # a late copy through the slower forwarder
+    assert reordered < count // 100, f"{reordered} delivered after a later one"
     assert stats.gaps == 0, "nothing counted lost"
     assert stats.duplicates > 0, "both forwarders carried the stream (their copies were dropped)"
     assert proc.exitcode == 0
