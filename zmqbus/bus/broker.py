@@ -118,9 +118,10 @@ class MessageBroker:
     :param linger: seconds ``close`` may spend flushing queued messages.
     :param rpc_bind: where this client's responder binds its ROUTER when it
         serves requests (``*`` picks a free port; ``ipc://`` works on one host).
+        Default: ``$ZMQBUS_RPC_BIND``, else ``tcp://127.0.0.1:*``.
     :param rpc_advertise: the host (or whole endpoint) callers should use, when
         it differs from the bound one (binding ``tcp://0.0.0.0:*`` on a
-        multi-host bus requires it).
+        multi-host bus requires it). Default: ``$ZMQBUS_RPC_ADVERTISE``.
     :param heartbeat: seconds between presence announcements of the responder.
     :param liveness: announcements a caller may miss before it declares the
         responder dead and fails its requests over.
@@ -159,7 +160,7 @@ class MessageBroker:
         hwm: int = 100_000,
         publish_timeout: float = 10.0,
         linger: float = 1.0,
-        rpc_bind: str = "tcp://127.0.0.1:*",
+        rpc_bind: str | None = None,
         rpc_advertise: str | None = None,
         heartbeat: float = 1.0,
         liveness: int = 3,
@@ -216,8 +217,9 @@ class MessageBroker:
         self.forwarders = len(config.split_endpoints(self.sub_endpoint))
         self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults,
                                   redundant=self.forwarders > 1)
-        self._rpc_options = RpcOptions(rpc_bind, rpc_advertise, heartbeat, liveness, reply_cache_size,
-                                       max_concurrency, self.insecure, max_queue, max_queued_bytes)
+        self._rpc_options = RpcOptions(config.rpc_bind(rpc_bind), config.rpc_advertise(rpc_advertise), heartbeat,
+                                       liveness, reply_cache_size, max_concurrency, self.insecure, max_queue,
+                                       max_queued_bytes)
         self._services: dict[str, ServiceHandler] = {}
         self._responder: Responder | None = None
         self._caller: Caller | None = None

@@ -324,11 +324,17 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
 @click.option("--startup-timeout", default=10.0, show_default=True,
               help="Seconds to wait for the forwarder at start; then exit 1.")
 @click.option("--keep-going", is_flag=True, help="With --replicas: carry on when a replica crash-loops.")
+@click.option("--rpc-bind", envvar="ZMQBUS_RPC_BIND", default=None, metavar="ENDPOINT",
+              help="Where its responder binds (default tcp://127.0.0.1:*; tcp://0.0.0.0:* across hosts). "
+                   "[env: ZMQBUS_RPC_BIND]")
+@click.option("--rpc-advertise", envvar="ZMQBUS_RPC_ADVERTISE", default=None, metavar="HOST",
+              help="The address other hosts reach it at (docs/DEPLOY.md). [env: ZMQBUS_RPC_ADVERTISE]")
 @click.option("--metrics-port", type=int, default=None,
               help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]; one replica).")
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
 def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: float, startup_timeout: float,
-        keep_going: bool, metrics_port: int | None, metrics_addr: str) -> None:
+        keep_going: bool, rpc_bind: str | None, rpc_advertise: str | None, metrics_port: int | None,
+        metrics_addr: str) -> None:
     """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it.
 
     Exits 1 with a one-line error if it cannot start (no forwarder within
@@ -338,6 +344,9 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
 
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # as `python -m` does: a module in the current folder is found
+    for var, value in (("ZMQBUS_RPC_BIND", rpc_bind), ("ZMQBUS_RPC_ADVERTISE", rpc_advertise)):
+        if value:
+            os.environ[var] = value  # the component's broker, and every replica, read them
     try:
         load_component(spec)
     except ValueError as exc:
@@ -380,7 +389,9 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
         raise click.ClickException(str(exc)) from None
     if check:
         replicas = sum(c.replicas for c in topo.components)
-        click.echo(f"{topology}: valid; {'a forwarder and ' if topo.forwarder else ''}{len(topo.components)} "
+        n = len(config.split_endpoints(topo.pub))
+        fwd = "" if not topo.forwarder else "a forwarder and " if n == 1 else f"{n} forwarders (redundant) and "
+        click.echo(f"{topology}: valid; {fwd}{len(topo.components)} "
                    f"component(s), {replicas} process(es), on {topo.pub} / {topo.sub}")
         return
     os.environ.update(topo.environment())  # every process it starts inherits the security settings
@@ -392,7 +403,7 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
         if topo.forwarder:
             config_keys(server=False)
         config_policy()
-        for endpoint in (topo.pub, topo.sub):
+        for endpoint in (*config.split_endpoints(topo.pub), *config.split_endpoints(topo.sub)):
             check_endpoint(endpoint, member_keys, config.insecure(), "connect to")
     except ZmqbusError as exc:
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None

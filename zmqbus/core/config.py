@@ -48,6 +48,19 @@ def key_name(value: str | None = None) -> str:
     return value or os.environ.get("ZMQBUS_KEY_NAME") or DEFAULT_KEY_NAME
 
 
+DEFAULT_RPC_BIND = "tcp://127.0.0.1:*"
+
+
+def rpc_bind(value: str | None = None) -> str:
+    """Where a responder binds: ``value``, else ``$ZMQBUS_RPC_BIND``, else loopback on a free port."""
+    return value or os.environ.get("ZMQBUS_RPC_BIND") or DEFAULT_RPC_BIND
+
+
+def rpc_advertise(value: str | None = None) -> str | None:
+    """The address callers should use for this host's responders: ``value``, else ``$ZMQBUS_RPC_ADVERTISE``."""
+    return value or os.environ.get("ZMQBUS_RPC_ADVERTISE") or None
+
+
 def insecure(value: bool | None = None) -> bool:
     """``value``, else whether ``$ZMQBUS_INSECURE`` is set to 1/true/yes."""
     if value is not None:

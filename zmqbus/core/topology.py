@@ -13,8 +13,9 @@ __all__ = ["BUS_KEYS", "COMPONENT_KEYS", "TOP_LEVEL", "topology_errors", "descri
 
 #: [bus]: key -> (type, what it is)
 BUS_KEYS: dict[str, tuple[type, str]] = {
-    "pub": (str, "publishers' endpoint (default $ZMQBUS_PUB, else tcp://127.0.0.1:5570)"),
-    "sub": (str, "subscribers' endpoint (default $ZMQBUS_SUB, else tcp://127.0.0.1:5571)"),
+    "pub": (str, "publishers' endpoint (default $ZMQBUS_PUB, else tcp://127.0.0.1:5570); several, "
+                 "comma-separated: a redundant bus, one forwarder each"),
+    "sub": (str, "subscribers' endpoint (default $ZMQBUS_SUB, else tcp://127.0.0.1:5571); as many as pub"),
     "forwarder": (bool, "start a forwarder (default true)"),
     "keys": (str, "CURVE key folder, relative to the file (docs/SECURITY.md)"),
     "key_name": (str, "the components' key pair in that folder (default 'client')"),
@@ -57,6 +58,11 @@ def topology_errors(data: dict[str, Any]) -> list[str]:
             errors.append(_unknown(key, BUS_KEYS, "[bus]"))
         elif (problem := _typed(value, BUS_KEYS[key][0], key, "[bus]")) is not None:
             errors.append(problem)
+    pub, sub = bus.get("pub"), bus.get("sub")
+    if isinstance(pub, str) and isinstance(sub, str) and bus.get("forwarder", True) is not False:
+        n_pub, n_sub = (len([p for p in v.split(",") if p.strip()]) for v in (pub, sub))
+        if n_pub != n_sub:
+            errors.append(f"[bus]: pub names {n_pub} forwarder(s) and sub {n_sub}: one pair per forwarder")
     components = data.get("component", [])
     if not isinstance(components, list):
         errors.append("component must be an array of tables: write [[component]], not [component]")

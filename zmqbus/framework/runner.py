@@ -211,11 +211,14 @@ class Supervisor:
         self.failure: str | None = None
         self._clock = clock
         self.on_event = on_event or (lambda text: log.info("%s", text))
-        self._forwarder: _Managed | None = None
+        self._forwarders: list[_Managed] = []
         self._components: list[_Managed] = []
         t = topology
         if t.forwarder:
-            self._forwarder = _Managed("forwarder", lambda: forwarder_process(t.pub, t.sub, stats_interval=5.0))
+            pairs = list(zip(config.split_endpoints(t.pub), config.split_endpoints(t.sub), strict=True))
+            for i, (pub, sub) in enumerate(pairs):  # several: a redundant bus, one forwarder per pair
+                label = "forwarder" if len(pairs) == 1 else f"forwarder#{i + 1}"
+                self._forwarders.append(_Managed(label, _forwarder_starter(pub, sub)))
         for spec in t.components:
             for r in range(spec.replicas):
                 label = f"{spec.name or spec.cls.rsplit(':', 1)[1]}#{r + 1}"
@@ -223,7 +226,7 @@ class Supervisor:
 
     @property
     def managed(self) -> list[_Managed]:
-        return ([self._forwarder] if self._forwarder else []) + self._components
+        return self._forwarders + self._components
 
     def pids(self) -> dict[str, int | None]:
         return {m.label: (m.proc.pid if m.proc is not None else None) for m in self.managed}
@@ -248,7 +251,7 @@ class Supervisor:
                     reason = (f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s, last exit code "
                               f"{m.proc.exitcode}): giving up on it")
                     self.on_event(reason)
-                    if m is self._forwarder or not self.keep_going:
+                    if m in self._forwarders or not self.keep_going:
                         self.failure = self.failure or reason
                     continue
                 delay = min(10.0, 0.5 * 2 ** len(m.restarts))
@@ -269,8 +272,9 @@ class Supervisor:
         for m in self._components:
             if m.proc is not None:
                 stop_process(m.proc, timeout=max(0.1, deadline - self._clock()))
-        if self._forwarder is not None and self._forwarder.proc is not None:
-            stop_process(self._forwarder.proc, timeout=5.0)
+        for m in self._forwarders:
+            if m.proc is not None:
+                stop_process(m.proc, timeout=5.0)
         self.on_event("all processes stopped")
 
     def run_until(self, stop: Callable[[], bool], interval: float = 0.2) -> None:
@@ -278,6 +282,10 @@ class Supervisor:
         while not stop() and self.failure is None:
             self.check()
             time.sleep(interval)
+
+
+def _forwarder_starter(pub: str, sub: str) -> Callable[[], multiprocessing.process.BaseProcess]:
+    return lambda: forwarder_process(pub, sub, stats_interval=5.0)
 
 
 def _starter(spec: ComponentSpec, topology: Topology,
