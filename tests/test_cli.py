@@ -98,11 +98,11 @@ def test_bench_pubsub_json(run_cli: Any) -> None:
     assert report["zmqbus"]["received"] + report["zmqbus"]["lost"] == 3000
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
     """The whole suite in --quick mode, as CI runs it: every section reports; no speed is asserted."""
     out_dir = tmp_path / "report"
-    code, out, err = finish(run_cli("bench", "--quick", "--json", "--peers", "--out", str(out_dir)), timeout=220)
+    code, out, err = finish(run_cli("bench", "--quick", "--json", "--peers", "--out", str(out_dir)), timeout=280)
     assert code == 0, err
     report = json.loads(out)
     assert report["failed"] == []
@@ -121,6 +121,10 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
         assert r["p50_us"] > 0 and r["throughput_req_s"] > 0 and r["many_p50_us"] > 0
     w = s["workflow"]
     assert w["completed"] == w["workflows"] == 30 and w["workflows_per_s"] > 0
+    ha = s["ha"]
+    assert ha["one_forwarder_msgs_per_s"] > 0 and ha["two_forwarders_msgs_per_s"] > 0
+    assert (ha["failover"]["lost"], ha["failover"]["duplicated"]) == (0, 0), "a redundant bus loses nothing"
+    assert ha["single_restart"]["lost"] == ha["single_restart"]["gaps_counted"], "one forwarder's loss is counted"
     for peer in ("redis", "nats"):  # measured where installed, else skipped with the reason
         entry = s["peers"][peer]
         assert ("skipped" in entry and "not" in entry["skipped"]) or entry["pubsub"]["msgs_per_s"] > 0

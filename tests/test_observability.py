@@ -150,6 +150,9 @@ async def test_traces_follow_a_message_through_handlers_and_requests(bus: TestBu
     by_name: dict[str, list[Any]] = {}
     for span in spans.get_finished_spans():
         by_name.setdefault(span.name, []).append(span)
+    seen = {name: len(v) for name, v in by_name.items()}
+    assert {"send step.one", "process step.one", "send step.two", "request calc.half", "process calc.half"} \
+        <= set(seen), seen
     send_one, process_one = by_name["send step.one"][0], by_name["process step.one"][0]
     assert process_one.parent.span_id == send_one.context.span_id
     assert by_name["send step.two"][0].parent.span_id == process_one.context.span_id, "the handler's publish"
@@ -157,6 +160,7 @@ async def test_traces_follow_a_message_through_handlers_and_requests(bus: TestBu
     attrs = send_one.attributes
     assert (attrs["messaging.system"], attrs["messaging.destination.name"], attrs["messaging.operation.type"],
             attrs["messaging.message.conversation_id"]) == ("zmqbus", "step.one", "send", "wf-7")
+    assert seen["request calc.half"] == 2 and seen["send step.one"] == 1, seen
     ok, failed = by_name["request calc.half"]
     served = by_name["process calc.half"]
     assert {s.parent.span_id for s in served} == {ok.context.span_id, failed.context.span_id}

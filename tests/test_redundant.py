@@ -77,3 +77,44 @@ async def test_presence_and_requests_carry_on_through_the_other_forwarder(spawn_
         await caller.publish(ProcessingMessage("ha.event", {}, MessageMetadata()))
         await events.wait_for()
         assert caller.statistics().gaps == 0
+
+
+def test_the_readmes_redundant_bus_commands(tmp_path: Any) -> None:
+    """The README's four lines, as written (its ports moved to free ones): two forwarders, then
+    `zmqbus watch` through both sees a message once."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"<!-- redundant-bus -->\n\s*```\n(.*?)```", text, re.S)
+    assert block is not None
+    lines = [line.strip() for line in block.group(1).strip().splitlines()]
+    assert len(lines) == 4 and lines[-1] == "zmqbus watch"
+    ports = {p: str(tcp_endpoints()[0].rsplit(":", 1)[1]) for p in ("5570", "5571", "5580", "5581")}
+    for old, new in ports.items():
+        lines = [line.replace(f":{old}", f":{new}") for line in lines]
+    env = dict(os.environ)
+    for assignment in lines[2].removeprefix("export ").split():
+        key, _, value = assignment.partition("=")
+        env[key] = value
+    cli = [sys.executable, "-m", "zmqbus.cli"]
+    procs = [subprocess.Popen(cli + line.removeprefix("zmqbus ").removesuffix(" &").split(), stderr=subprocess.PIPE,
+                              text=True) for line in lines[:2]]
+    try:
+        watch = subprocess.Popen(cli + ["watch", "-n", "2", "--timeout", "30"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, env=env)
+        assert watch.stderr is not None
+        assert "watching" in watch.stderr.readline() or "watching" in watch.stderr.readline()
+        for topic in ("ha.first", "ha.second"):
+            sent = subprocess.run(cli + ["send", topic, "--content", '{"n": 1}'], env=env, capture_output=True,
+                                  text=True, timeout=30)
+            assert sent.returncode == 0, sent.stderr
+        out, _ = watch.communicate(timeout=40)
+        # through two forwarders, each delivered once: a duplicate would have been the second line
+        assert [line.split()[0] for line in out.splitlines()] == ["ha.first", "ha.second"], out
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=10)

@@ -105,6 +105,16 @@ def to_markdown(report: dict[str, Any]) -> str:
             for name, key in (("raw asyncio + CURVE", "raw_curve"), ("zmqbus + CURVE", "zmqbus_curve"),
                               ("zmqbus in clear", "zmqbus_clear"))])
         lines += [f"zmqbus/raw with CURVE: p50 {r['p50_ratio']:.2f}x, throughput {r['throughput_ratio']:.2f}.", ""]
+    if "ha" in s:
+        h = s["ha"]
+        f, one = h["failover"], h["single_restart"]
+        lines += [f"## A redundant bus: two forwarders ({h['count']:,} messages, median of {h['rounds']} rounds)", ""]
+        lines += _table(["bus", "msg/s"], [["one forwarder", f"{h['one_forwarder_msgs_per_s']:,}"],
+                                           ["two forwarders (redundant)", f"{h['two_forwarders_msgs_per_s']:,}"]])
+        lines += [f"Two over one: **{h['ratio']:.2f}**. At {f['rate']:,} msg/s, one of two forwarders killed "
+                  f"(SIGKILL) a third of the way through {f['count']:,} messages: **lost {f['lost']}, duplicated "
+                  f"{f['duplicated']}** ({f['copies_dropped']:,} second copies dropped). One forwarder killed and "
+                  f"restarted at once: lost {one['lost']} (counted {one['gaps_counted']}).", ""]
     if "workflow" in s:
         w = s["workflow"]
         lines += ["## The demo workflow end to end (forwarder + 7 component processes, ipc)", ""]

@@ -8,6 +8,7 @@ Sections (``SECTIONS``), each run in its own processes on tcp loopback:
 * ``latency``: one-way latency percentiles at a fixed offered rate;
 * ``reqrep``: request/reply with 1 and 100 requests in flight;
 * ``workflow``: the demo workflow end to end (no raw equivalent exists);
+* ``ha``: a redundant bus (two forwarders) against one, and a forwarder killed mid-run (:mod:`.ha`);
 * ``peers`` (only with ``peers=True``): Redis and NATS, see :mod:`.peers`;
 * ``secure_pubsub`` and ``secure_reqrep`` (only with ``secure=True``): what CURVE and a publish
   policy cost, raw and zmqbus both encrypted, next to zmqbus in clear.
@@ -28,7 +29,7 @@ from .common import Progress
 
 __all__ = ["SECTIONS", "SIZES", "FANOUT", "run_suite", "check_targets"]
 
-SECTIONS = ("pubsub", "sizes", "fanout", "latency", "reqrep", "workflow")
+SECTIONS = ("pubsub", "sizes", "fanout", "latency", "reqrep", "workflow", "ha")
 SIZES = (64, 1024, 16 * 1024, 64 * 1024)
 FANOUT = (1, 2, 4)
 
@@ -118,6 +119,10 @@ def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
         return _workflow(30 if quick else 300, say)
     if name == "peers":
         return run_peers(quick=quick, progress=say)
+    if name == "ha":
+        from .ha import run_ha
+
+        return run_ha(quick=quick, progress=say)
     if name == "secure_pubsub":
         return run_pubsub_secure(quick=quick, progress=say)
     if name == "secure_reqrep":

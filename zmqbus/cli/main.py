@@ -433,13 +433,16 @@ def _supervise(sup: Any) -> None:
 @click.option("--publishers", default=2, show_default=True, help="Publisher processes (2 topics each).")
 @click.option("--subscribers", default=2, show_default=True, help="Subscriber processes (each takes every topic).")
 @click.option("--responders", default=2, show_default=True, help="Responder processes serving soak.work.")
-@click.option("--restart-forwarder-every", default=0.0, help="SIGKILL and restart the forwarder every S s (0: never).")
+@click.option("--restart-forwarder-every", default=0.0, help="SIGKILL and restart the forwarder every S s (0: never); "
+              "with --forwarders N, one of them at a time, in turn.")
+@click.option("--forwarders", default=1, show_default=True,
+              help="Forwarders; more than one makes a redundant bus (every process connected to all).")
 @click.option("--kill-responder-every", default=0.0, help="SIGKILL a responder and start another every S s (0: never).")
 @click.option("--rate", default=500.0, show_default=True, help="Messages per second per publisher.")
 @click.option("--request-rate", default=50.0, show_default=True, help="Requests per second from the caller.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def soak(duration: float, publishers: int, subscribers: int, responders: int, restart_forwarder_every: float,
-         kill_responder_every: float, rate: float, request_rate: float, as_json: bool) -> None:
+         forwarders: int, kill_responder_every: float, rate: float, request_rate: float, as_json: bool) -> None:
     """Check a bus for silent loss, duplicates and double execution, under faults, on this machine.
 
     Real processes over tcp loopback: a forwarder, publishers, subscribers,
@@ -451,10 +454,10 @@ def soak(duration: float, publishers: int, subscribers: int, responders: int, re
     """
     from ..soak.run import SoakError, SoakOptions, format_report, run_soak
 
-    if min(publishers, subscribers, responders) < 1 or duration <= 0 or rate <= 0 or request_rate <= 0:
+    if min(publishers, subscribers, responders, forwarders) < 1 or duration <= 0 or rate <= 0 or request_rate <= 0:
         raise click.BadParameter("counts, --duration and rates must be positive")
     opts = SoakOptions(duration, publishers, subscribers, responders, restart_forwarder_every,
-                       kill_responder_every, rate, request_rate)
+                       kill_responder_every, rate, request_rate, forwarders=forwarders)
     try:
         report = run_soak(opts, progress=lambda s: click.echo(s, err=True))
     except SoakError as exc:
@@ -471,7 +474,7 @@ def soak(duration: float, publishers: int, subscribers: int, responders: int, re
               help="Write report.json, report.md and (with matplotlib) report.png into this folder.")
 @click.option("--peers", is_flag=True, help="Also measure Redis (redis-py) and NATS (nats-py) when installed.")
 @click.option("--only", multiple=True, type=click.Choice(["pubsub", "sizes", "fanout", "latency", "reqrep",
-                                                           "workflow", "peers"]),
+                                                           "workflow", "ha", "peers"]),
               help="Run only these sections (repeatable).")
 @click.option("--rate", default=10_000.0, show_default=True, help="Offered rate of the latency section, msg/s.")
 @click.option("--secure", is_flag=True, help="Also measure what CURVE and a publish policy cost (pub/sub, req/rep).")

@@ -43,11 +43,12 @@ class SoakOptions:
     publishers: int = 2
     subscribers: int = 2
     responders: int = 2
-    restart_forwarder_every: float = 0.0  # seconds; 0: never
+    restart_forwarder_every: float = 0.0  # seconds; 0: never (with several forwarders: one at a time, in turn)
     kill_responder_every: float = 0.0
     rate: float = 500.0  # messages per second per publisher
     request_rate: float = 50.0  # requests per second
     settle: float = 2.0  # seconds between the last fault and stopping the publishers (reconnections finish)
+    forwarders: int = 1  # more than one: a redundant bus, every process connected to all
 
 
 def _rss_kb(pid: int | None) -> int | None:
@@ -78,8 +79,9 @@ class _Run:
     progress: Callable[[str], None]
     pub: str = ""
     sub: str = ""
+    pairs: list[tuple[str, str]] = field(default_factory=list)  # one per forwarder
     procs: list[_Proc] = field(default_factory=list)
-    forwarder: _Proc | None = None
+    forwarders: list[_Proc] = field(default_factory=list)
     restarts: list[float] = field(default_factory=list)
     kills: int = 0
 
@@ -95,20 +97,25 @@ class _Run:
         p.rss_start = _rss_kb(p.proc.pid)
         return p
 
-    def start_forwarder(self) -> None:
-        proc = forwarder_process(self.pub, self.sub, stats_interval=None)
-        self.forwarder = _Proc("forwarder", proc)
-        self.procs.append(self.forwarder)
+    def start_forwarder(self, index: int) -> None:
+        pub, sub = self.pairs[index]
+        proc = _Proc("forwarder" if len(self.pairs) == 1 else f"forwarder-{index}",
+                     forwarder_process(pub, sub, stats_interval=None))
+        if index < len(self.forwarders):
+            self.forwarders[index] = proc
+        else:
+            self.forwarders.append(proc)
+        self.procs.append(proc)
 
     def restart_forwarder(self) -> None:
-        assert self.forwarder is not None
-        old = self.forwarder.proc
-        self.forwarder.rss_end = _rss_kb(old.pid)
+        index = len(self.restarts) % len(self.forwarders)  # in turn: on a redundant bus one is always up
+        old = self.forwarders[index].proc
+        self.forwarders[index].rss_end = _rss_kb(old.pid)
         os.kill(old.pid, signal.SIGKILL)
         old.join(10)
         self.restarts.append(time.monotonic())
-        self.start_forwarder()
-        self.progress(f"restarted the forwarder ({len(self.restarts)})")
+        self.start_forwarder(index)
+        self.progress(f"killed and restarted {self.forwarders[index].label} ({len(self.restarts)})")
 
     def kill_responder(self, index: int) -> None:
         live = [p for p in self.procs if p.label.startswith("responder") and p.proc.is_alive()]
@@ -138,7 +145,8 @@ def run_soak(opts: SoakOptions, progress: Callable[[str], None] = lambda s: None
     """Run one soak (see the module docstring) and return its report; ``report["passed"]`` is the verdict."""
     with tempfile.TemporaryDirectory(prefix="zmqbus-soak-") as workdir:
         run = _Run(opts, workdir, progress)
-        run.pub, run.sub = tcp_endpoints()
+        run.pairs = [tcp_endpoints() for _ in range(max(1, opts.forwarders))]
+        run.pub, run.sub = ",".join(p for p, _ in run.pairs), ",".join(s for _, s in run.pairs)
         try:
             _drive(run)
             return _report(run)
@@ -148,7 +156,8 @@ def run_soak(opts: SoakOptions, progress: Callable[[str], None] = lambda s: None
 
 def _drive(run: _Run) -> None:
     opts = run.opts
-    run.start_forwarder()
+    for i in range(len(run.pairs)):
+        run.start_forwarder(i)
     for i in range(opts.subscribers):
         run.start_role(f"subscriber-{i}", roles.subscriber, i, opts.publishers * roles.TOPICS_PER_PUBLISHER)
     for i in range(opts.responders):
@@ -163,9 +172,9 @@ def _drive(run: _Run) -> None:
     index = opts.responders
     while True:
         now = time.monotonic()
-        fwd = run.forwarder
-        if fwd is not None and fwd.rss_start is None and now - fwd.started >= 1.0:
-            fwd.rss_start = _rss_kb(fwd.proc.pid)  # once it is up and serving
+        for fwd in run.forwarders:
+            if fwd.rss_start is None and now - fwd.started >= 1.0:
+                fwd.rss_start = _rss_kb(fwd.proc.pid)  # once it is up and serving
         if now - start >= opts.duration:
             break
         if now >= next_restart:
@@ -180,8 +189,8 @@ def _drive(run: _Run) -> None:
     run.progress("stopping: publishers and caller first")
     run.stop_roles("publisher")
     run.stop_roles("caller")
-    assert run.forwarder is not None
-    run.forwarder.rss_end = _rss_kb(run.forwarder.proc.pid)
+    for fwd in run.forwarders:
+        fwd.rss_end = _rss_kb(fwd.proc.pid)
     run.stop_roles("subscriber")
     run.stop_roles("responder")
 
@@ -216,7 +225,7 @@ def _report(run: _Run) -> dict[str, Any]:
         "pubsub": pubsub,
         "requests": requests,
         "pause_after_restart_s": {"each": pauses, "max": max(pauses, default=0.0)},
-        "rss_kb": {p.label + ("" if p.label != "forwarder" else f"@{p.proc.pid}"): [p.rss_start, p.rss_end]
+        "rss_kb": {p.label + ("" if not p.label.startswith("forwarder") else f"@{p.proc.pid}"): [p.rss_start, p.rss_end]
                    for p in run.procs if p.rss_start is not None},
     }
 
@@ -225,7 +234,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The report as a few lines of text."""
     ps, rq = report["pubsub"], report["requests"]
     lines = [
-        f"soak: {report['options']['duration']:g} s, {report['forwarder_restarts']} forwarder restart(s), "
+        f"soak: {report['options']['duration']:g} s, {report['options'].get('forwarders', 1)} forwarder(s), "
+        f"{report['forwarder_restarts']} forwarder kill(s) and restart(s), "
         f"{report['responder_kills']} responder kill(s)",
         f"pub/sub: delivered {ps['delivered']:,}, lost and counted {ps['lost_counted']:,}, lost and reported by the "
         f"publisher {ps['lost_reported']:,}, refused {ps['refused']:,}, LOST SILENTLY {ps['lost_silently']:,}, "
