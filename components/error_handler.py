@@ -1,7 +1,8 @@
 """The error handler: collects every component's errors and dead letters.
 
 Subscribes to ``error.#`` (what zmqbus components report) and ``deadletter.#``
-(kept on disk, so they survive a restart: see :class:`DeadLetterFile`),
+(kept on disk, so they survive a restart: see :class:`DeadLetterFile`; run one error handler
+per bus, since a second one would keep the same file),
 and to ``#.error``: the guide's own error messages (``component.error``,
 ``order.error``: ``{"correlation_id", "error_type", "error_message"}``, the
 component taken from the message's source). That pattern starts with a
