@@ -138,8 +138,8 @@ async def test_traces_follow_a_message_through_handlers_and_requests(bus: TestBu
         await relay.publish(ProcessingMessage("step.two", {}))
 
     relay.subscribe("relay", "step.one", forward)
+    done = await bus.record("step.two")  # first: relay's ready() then proves its publisher has this subscription
     await relay.ready()
-    done = await bus.record("step.two")
     first = await bus.publish("step.one", {}, correlation_id="wf-7")
     second = await done.wait_for()
     assert "traceparent" in first.metadata.headers and "traceparent" in second.metadata.headers

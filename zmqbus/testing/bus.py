@@ -220,7 +220,8 @@ class TestBus:
         ``component`` is a class (it gets its own broker on this bus, ``name``
         and ``kwargs`` go to its constructor) or an instance built on a broker
         from :meth:`broker`. Ready means its subscriptions are live at the
-        forwarder and its services are announced and known to :attr:`client`.
+        forwarder and at the publisher of every broker started here (no slow-joiner loss), and
+        its services are announced and known to :attr:`client`.
         """
         self._check_open()
         if isinstance(component, type):
@@ -241,7 +242,14 @@ class TestBus:
             await comp.start(self.timeout)
         await self.client.wait_for_service(f"{comp.component_name}.status", instance_id=comp.message_broker.client_id,
                                            timeout=self.timeout)
+        await self._everyone_ready(comp.message_broker)
         return comp
+
+    async def _everyone_ready(self, new: MessageBroker) -> None:
+        """Every other broker of this process proves, with a probe, that its publisher has the new
+        subscriptions (ZeroMQ hands them to each publisher in its own time)."""
+        await asyncio.gather(*(b.ready(self.timeout) for b in self._brokers
+                               if b is not new and b.started and not b.closed))
 
     async def start_all(self, *components: type[Component] | Component) -> list[Component]:
         """Start several components at once (see :meth:`start`); return them in order."""
@@ -338,11 +346,19 @@ class TestBus:
     # -- messages ---------------------------------------------------------------------
 
     async def record(self, pattern: str = "#") -> Recorder:
-        """Record what matches ``pattern`` from now on; return once the subscription is live."""
+        """Record what matches ``pattern`` from now on; return once the subscription is live.
+
+        Live means it reached the forwarder and, from there, the publishing socket of every broker
+        started in this process (each proves it with a probe): a component that publishes right
+        after cannot lose the message to ZeroMQ's slow-joiner effect. (A spawned process's
+        publisher gets the subscription a moment later.)
+        """
         self._check_open()
         rec = Recorder(pattern)
-        self.client.subscribe("test", pattern, rec)
-        await self.client.ready(self.timeout)
+        client = self.client
+        client.subscribe("test", pattern, rec)
+        await client.ready(self.timeout)
+        await self._everyone_ready(client)
         return rec
 
     async def publish(self, message_type: MessageTypeLike, content: Any = None, *, correlation_id: str = "",
