@@ -92,6 +92,17 @@ def test_secure_pubsub_bench_runs_every_side_over_curve() -> None:
                out["zmqbus_policy_msgs_per_s"]) > 0
 
 
+def test_traced_pubsub_bench_measures_tracing_off_and_on() -> None:
+    """`zmqbus bench pubsub --trace`: raw, zmqbus with tracing off and on; everything delivered."""
+    done = subprocess.run([sys.executable, "-m", "zmqbus", "bench", "pubsub", "--trace", "--quick", "--count",
+                           "2000", "--json"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["lost"] == {"raw": 0, "zmqbus": 0, "zmqbus_traced": 0}
+    assert min(out["raw_msgs_per_s"], out["zmqbus_msgs_per_s"], out["zmqbus_traced_msgs_per_s"]) > 0
+    assert 0 < out["trace_cost"]
+
+
 def test_secure_reqrep_bench_runs_every_side_over_curve() -> None:
     """`zmqbus bench reqrep --secure --quick`: three sides report figures (it asserts no speed)."""
     done = subprocess.run([sys.executable, "-m", "zmqbus", "bench", "reqrep", "--secure", "--quick", "--json"],

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..core.stats import percentiles
@@ -319,6 +320,19 @@ def run_latency(rate: float, seconds: float, size: int = 180, progress: Progress
     return out
 
 
+def _alternate(sides: dict[str, Callable[[], dict[str, Any]]], rounds: int, progress: Progress, label: str
+               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]], dict[str, int]]:
+    """Run each side once per round, alternating; return every round, each side's median round, its rate."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
+    for r in range(rounds):
+        for name, side in sides.items():
+            res = side()
+            progress(f"{label}round {r + 1}/{rounds}: {name} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
+            runs[name].append(res)
+    mid = {name: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
+    return runs, mid, {name: m["msgs_per_s"] for name, m in mid.items()}
+
+
 def run_pubsub_traced(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
                       progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
     """What tracing costs: raw pyzmq, zmqbus with tracing off (the default) and zmqbus with
@@ -326,15 +340,11 @@ def run_pubsub_traced(quick: bool = False, count: int | None = None, size: int =
     alternating rounds of one run; ``trace_cost`` is on over off."""
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 3)
-    sides = {"raw": ("raw", False), "zmqbus": ("zmqbus", False), "zmqbus_traced": ("zmqbus", True)}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
-    for r in range(rounds):
-        for name, (kind, trace) in sides.items():
-            res = pubsub_once(kind, count, size, "guide", 1, trace=trace)
-            progress(f"{label}round {r + 1}/{rounds}: {name} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
-            runs[name].append(res)
-    mid = {name: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
-    rate = {name: m["msgs_per_s"] for name, m in mid.items()}
+    runs, mid, rate = _alternate({
+        "raw": lambda: pubsub_once("raw", count, size, "guide", 1),
+        "zmqbus": lambda: pubsub_once("zmqbus", count, size, "guide", 1),
+        "zmqbus_traced": lambda: pubsub_once("zmqbus", count, size, "guide", 1, trace=True),
+    }, rounds, progress, label)
     return {
         "benchmark": "pubsub_traced", "count": count, "content_bytes": size, "rounds": rounds,
         "transport": "tcp loopback", "raw_msgs_per_s": rate["raw"], "zmqbus_msgs_per_s": rate["zmqbus"],
@@ -356,19 +366,14 @@ def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int =
 
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 3)
-    sides = {"raw_curve": ("raw", True), "zmqbus_curve": ("zmqbus", True), "zmqbus_clear": ("zmqbus", False),
-             "zmqbus_policy": ("zmqbus", True)}
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     with tempfile.TemporaryDirectory(prefix="zmqbus-bench-keys-") as tmp:
         keys = bench_keys(f"{tmp}/keys")
-        for r in range(rounds):
-            for name, (kind, secure) in sides.items():
-                res = pubsub_once(kind, count, size, "guide", 1, keys=keys if secure else None,
-                                  policy=name == "zmqbus_policy")
-                progress(f"{label}round {r + 1}/{rounds}: {name} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
-                runs[name].append(res)
-    mid = {name: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
-    rate = {name: m["msgs_per_s"] for name, m in mid.items()}
+        runs, mid, rate = _alternate({
+            "raw_curve": lambda: pubsub_once("raw", count, size, "guide", 1, keys=keys),
+            "zmqbus_curve": lambda: pubsub_once("zmqbus", count, size, "guide", 1, keys=keys),
+            "zmqbus_clear": lambda: pubsub_once("zmqbus", count, size, "guide", 1),
+            "zmqbus_policy": lambda: pubsub_once("zmqbus", count, size, "guide", 1, keys=keys, policy=True),
+        }, rounds, progress, label)
     return {
         "benchmark": "pubsub_secure", "count": count, "content_bytes": size, "rounds": rounds,
         "transport": "tcp loopback, CURVE",

@@ -136,20 +136,22 @@ def req(service: str, pub: str, sub: str, content: str, correlation_id: str, tim
     run_async(_req(service, pub, sub, _content(content), correlation_id, timeout, attempts, as_json))
 
 
-async def _req(service: str, pub: str, sub: str, content: Any, correlation_id: str, timeout: float, attempts: int,
-               as_json: bool) -> None:
+async def _request(pub: str, sub: str, service: str, content: Any, timeout: float, *, name: str,
+                   correlation_id: str = "", attempts: int = 1) -> Any:
+    """One request from the shell, within ``timeout`` in all; the reply message. Bus conditions become
+    one line and the exit statuses of the module docstring."""
     from ..bus.broker import MessageBroker
     from ..core.message import MessageMetadata, ProcessingMessage
     from ..core.retry import RetryPolicy
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    async with MessageBroker(pub, sub, name="zmqbus-req") as broker:
+    async with MessageBroker(pub, sub, name=name) as broker:
         await connect(broker, timeout)
         try:
             await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
-            reply = await broker.request(service, ProcessingMessage(service, content, MessageMetadata(
-                correlation_id=correlation_id, source_component="zmqbus-req", target_component=service)),
+            return await broker.request(service, ProcessingMessage(service, content, MessageMetadata(
+                correlation_id=correlation_id, source_component=name, target_component=service)),
                 timeout=max(0.05, deadline - loop.time()), retry=RetryPolicy(attempts=attempts))
         except RemoteError as exc:
             raise fail(exc, EXIT_REMOTE_ERROR) from None
@@ -157,6 +159,12 @@ async def _req(service: str, pub: str, sub: str, content: Any, correlation_id: s
             raise fail(exc, EXIT_NO_RESPONDER) from None
         except RequestTimeout as exc:
             raise fail(exc, EXIT_TIMEOUT) from None
+
+
+async def _req(service: str, pub: str, sub: str, content: Any, correlation_id: str, timeout: float, attempts: int,
+               as_json: bool) -> None:
+    reply = await _request(pub, sub, service, content, timeout, name="zmqbus-req", correlation_id=correlation_id,
+                           attempts=attempts)
     if as_json:
         md = reply.metadata
         click.echo(json.dumps({"content": reply.content, "type": reply.type_name, "message_id": md.message_id,
@@ -212,25 +220,7 @@ def dlq() -> None:
 
 
 async def _ask(pub: str, sub: str, service: str, content: Any, timeout: float) -> Any:
-    from ..bus.broker import MessageBroker
-    from ..core.message import MessageMetadata, ProcessingMessage
-
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    async with MessageBroker(pub, sub, name="zmqbus-dlq") as broker:
-        await connect(broker, timeout)
-        try:
-            await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
-            reply = await broker.request(service, ProcessingMessage(service, content, MessageMetadata(
-                source_component="zmqbus-dlq", target_component="error_handler")),
-                timeout=max(0.05, deadline - loop.time()))
-        except NoResponder as exc:
-            raise fail(exc, EXIT_NO_RESPONDER) from None
-        except RemoteError as exc:
-            raise fail(exc, EXIT_REMOTE_ERROR) from None
-        except RequestTimeout as exc:
-            raise fail(exc, EXIT_TIMEOUT) from None
-    return reply.content
+    return (await _request(pub, sub, service, content, timeout, name="zmqbus-dlq")).content
 
 
 _dlq_timeout = click.option("--timeout", default=10.0, show_default=True, help="Seconds for the whole command.")
