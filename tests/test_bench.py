@@ -79,6 +79,16 @@ def test_text_reports_of_the_single_sections() -> None:
         r.update({key + "p50_us": 100.0, key + "p99_us": 200.0, key + "throughput_req_s": 40_000})
     text = format_reqrep(r)
     assert "raw asyncio echo" in text and "1.50x" in text and "40,000" in text
+    from zmqbus.bench.report import format_pubsub_secure, format_pubsub_traced
+
+    text = format_pubsub_traced({"count": 2000, "rounds": 1, "raw_msgs_per_s": 100_000, "zmqbus_msgs_per_s": 60_000,
+                                 "zmqbus_traced_msgs_per_s": 6_000, "ratio": 0.6, "trace_cost": 0.1, "lost": {}}, 180)
+    assert "tracing on           6,000 msg/s  (keeps 10% of off)" in text
+    text = format_pubsub_secure({"count": 2000, "rounds": 1, "raw_curve_msgs_per_s": 80_000,
+                                 "zmqbus_curve_msgs_per_s": 70_000, "zmqbus_clear_msgs_per_s": 75_000,
+                                 "zmqbus_policy_msgs_per_s": 50_000, "ratio": 0.88, "curve_cost": 0.93,
+                                 "policy_cost": 0.71, "lost": {}}, 180)
+    assert "(CURVE keeps 93% of it)" in text and "keeps 71% of CURVE alone" in text
 
 
 def test_secure_pubsub_bench_runs_every_side_over_curve() -> None:

@@ -9,20 +9,12 @@ from enum import Enum
 from typing import Any
 
 import pytest
+from test_guide import MessageType  # the guide's Step 2, as written
 
 from zmqbus import Component, Manager, ProcessingMessage, UnknownState, ZmqbusError
 from zmqbus.components.error_handler import ErrorHandler
 from zmqbus.components.state_tracker import StateTracker
 from zmqbus.testing import TestBus, wait_until
-
-
-class MessageType(Enum):  # the guide's Step 2, as written
-    COMPONENT_START_REQUEST = "component.start.request"
-    COMPONENT_PROCESS_REQUEST = "component.process.request"
-    COMPONENT_STATUS_UPDATE = "component.status.update"
-    COMPONENT_COMPLETE = "component.complete"
-    COMPONENT_ERROR = "component.error"
-    COMPONENT_RETRY_REQUEST = "component.retry.request"
 
 
 class ComponentState(Enum):  # a reader's own state Enum, with the guide's (and zmqbus's) values

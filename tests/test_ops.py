@@ -217,3 +217,17 @@ def test_topology_errors(data: dict[str, Any], error: str) -> None:
     from zmqbus.core.topology import topology_errors
 
     assert any(error in e for e in topology_errors(data)), topology_errors(data)
+
+
+async def test_the_forwarder_answers_a_flood_of_statistics_queries_at_most_20_times_a_second(bus: TestBus) -> None:
+    """PROTOCOL.md section 6: a query makes the forwarder publish its statistics, rate-limited."""
+    from zmqbus.bus.forwarder import QUERY_TOPIC, STATS_TOPIC
+
+    reports = await bus.record(STATS_TOPIC)
+    started = time.monotonic()
+    for _ in range(200):
+        await bus.client.publish(ProcessingMessage(QUERY_TOPIC, {}))
+    await reports.wait_for()
+    await asyncio.sleep(0.5)  # the bound is per second: let the flood's window pass
+    elapsed = time.monotonic() - started
+    assert 1 <= len(reports.messages) <= 1 + 20 * elapsed, (len(reports.messages), elapsed)

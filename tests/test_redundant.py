@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from redundant_roles import publisher
+from netbed_roles import publisher
 
 from zmqbus import MessageBroker, MessageMetadata, ProcessingMessage
 from zmqbus.framework.procs import spawn, stop_process, tcp_endpoints
@@ -33,7 +33,7 @@ async def test_killing_one_of_two_forwarders_at_10k_msgs_loses_nothing_and_dupli
         got: list[int] = []
         receiver.subscribe("ha", "ha.data", lambda m: got.append(m.content["i"]))
         await receiver.ready(20)
-        proc = spawn(publisher, pub, sub, count, rate, name="ha-publisher")
+        proc = spawn(publisher, pub, sub, "ha.data", count, rate, name="ha-publisher")
         try:
             await wait_until(lambda: len(got) >= count // 4, timeout=30, what="a quarter of the stream")
             os.kill(forwarders[0].pid, signal.SIGKILL)  # mid-stream, at 10,000 msg/s
@@ -102,9 +102,10 @@ def test_the_readmes_redundant_bus_commands(tmp_path: Any) -> None:
     cli = [sys.executable, "-m", "zmqbus.cli"]
     procs = [subprocess.Popen(cli + line.removeprefix("zmqbus ").removesuffix(" &").split(), stderr=subprocess.PIPE,
                               text=True) for line in lines[:2]]
+    watch = subprocess.Popen(cli + ["watch", "-n", "2", "--timeout", "30"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    procs.append(watch)  # ended by pid below, whatever happens
     try:
-        watch = subprocess.Popen(cli + ["watch", "-n", "2", "--timeout", "30"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=env)
         assert watch.stderr is not None
         assert "watching" in watch.stderr.readline() or "watching" in watch.stderr.readline()
         for topic in ("ha.first", "ha.second"):
@@ -116,5 +117,6 @@ def test_the_readmes_redundant_bus_commands(tmp_path: Any) -> None:
         assert [line.split()[0] for line in out.splitlines()] == ["ha.first", "ha.second"], out
     finally:
         for proc in procs:
-            proc.send_signal(signal.SIGINT)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             proc.communicate(timeout=10)

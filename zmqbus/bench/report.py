@@ -222,6 +222,28 @@ def format_pubsub(result: dict[str, Any], size: int) -> str:
     ])
 
 
+def format_pubsub_secure(result: dict[str, Any], size: int) -> str:
+    """``zmqbus bench pubsub --secure``'s text report."""
+    return (f"pub/sub with CURVE, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
+            f"  raw pyzmq + CURVE   {result['raw_curve_msgs_per_s']:>9,} msg/s\n"
+            f"  zmqbus + CURVE      {result['zmqbus_curve_msgs_per_s']:>9,} msg/s  (ratio {result['ratio']:.2f})\n"
+            f"  zmqbus in clear     {result['zmqbus_clear_msgs_per_s']:>9,} msg/s  "
+            f"(CURVE keeps {result['curve_cost']:.0%} of it)\n"
+            f"  zmqbus + policy     {result['zmqbus_policy_msgs_per_s']:>9,} msg/s  "
+            f"(a publish policy keeps {result['policy_cost']:.0%} of CURVE alone)\n"
+            f"  lost: {result['lost']}")
+
+
+def format_pubsub_traced(result: dict[str, Any], size: int) -> str:
+    """``zmqbus bench pubsub --trace``'s text report."""
+    return (f"pub/sub, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
+            f"  raw pyzmq + msgpack      {result['raw_msgs_per_s']:>9,} msg/s\n"
+            f"  zmqbus, tracing off      {result['zmqbus_msgs_per_s']:>9,} msg/s  (ratio {result['ratio']:.2f})\n"
+            f"  zmqbus, tracing on       {result['zmqbus_traced_msgs_per_s']:>9,} msg/s  "
+            f"(keeps {result['trace_cost']:.0%} of off)\n"
+            f"  lost: {result['lost']}")
+
+
 def format_reqrep(r: dict[str, Any]) -> str:
     """``zmqbus bench reqrep``'s text report."""
     lines = [f"request/reply, {r['transport']}, best of {r['rounds']} rounds:",

@@ -523,6 +523,7 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
               "(needs zmqbus[traces] and opentelemetry-sdk).")
 def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool, trace: bool) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
+    from ..bench import report
     from ..bench.pubsub import run_pubsub, run_pubsub_secure, run_pubsub_traced
 
     progress = (lambda s: None) if as_json else (lambda s: click.echo(s, err=True))
@@ -532,43 +533,10 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
         except ImportError:
             raise click.ClickException("--trace needs OpenTelemetry: pip install 'zmqbus[traces]' "
                                        "opentelemetry-sdk") from None
-        result = run_pubsub_traced(quick=quick, count=count or None, size=size, rounds=rounds or None,
-                                   progress=progress)
-        if as_json:
-            click.echo(json.dumps(result))
-        else:
-            click.echo(f"pub/sub, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
-                       f"  raw pyzmq + msgpack      {result['raw_msgs_per_s']:>9,} msg/s\n"
-                       f"  zmqbus, tracing off      {result['zmqbus_msgs_per_s']:>9,} msg/s  "
-                       f"(ratio {result['ratio']:.2f})\n"
-                       f"  zmqbus, tracing on       {result['zmqbus_traced_msgs_per_s']:>9,} msg/s  "
-                       f"(keeps {result['trace_cost']:.0%} of off)\n"
-                       f"  lost: {result['lost']}")
-        return
-    if secure:
-        result = run_pubsub_secure(quick=quick, count=count or None, size=size, rounds=rounds or None,
-                                   progress=progress)
-        if as_json:
-            click.echo(json.dumps(result))
-        else:
-            click.echo(f"pub/sub with CURVE, {result['count']:,} messages of ~{size} B, median of "
-                       f"{result['rounds']} round(s):\n"
-                       f"  raw pyzmq + CURVE   {result['raw_curve_msgs_per_s']:>9,} msg/s\n"
-                       f"  zmqbus + CURVE      {result['zmqbus_curve_msgs_per_s']:>9,} msg/s  "
-                       f"(ratio {result['ratio']:.2f})\n"
-                       f"  zmqbus in clear     {result['zmqbus_clear_msgs_per_s']:>9,} msg/s  "
-                       f"(CURVE keeps {result['curve_cost']:.0%} of it)\n"
-                       f"  zmqbus + policy     {result['zmqbus_policy_msgs_per_s']:>9,} msg/s  "
-                       f"(a publish policy keeps {result['policy_cost']:.0%} of CURVE alone)\n"
-                       f"  lost: {result['lost']}")
-        return
-    result = run_pubsub(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    from ..bench.report import format_pubsub
-
-    click.echo(format_pubsub(result, size))
+    run, text = ((run_pubsub_traced, report.format_pubsub_traced) if trace else
+                 (run_pubsub_secure, report.format_pubsub_secure) if secure else (run_pubsub, report.format_pubsub))
+    result = run(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
+    click.echo(json.dumps(result) if as_json else text(result, size))
 
 
 @bench.command("reqrep")
