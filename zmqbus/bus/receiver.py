@@ -111,9 +111,9 @@ class Receiver:
                 continue
             _set_current(msg)  # reset once per batch, below
             dispatched += len(subs)
+            start = self._start_traced if traced and tracing.traced(topic) else self._start  # once per message
             for sub in subs:
                 try:
-                    start = self._start_traced if traced and tracing.traced(topic) else self._start
                     if start(sub, msg, perf_counter() if timed else None) \
                             and len(self.handlers) >= self.max_pending:
                         self.dispatched += dispatched  # before waiting: statistics() stays current
