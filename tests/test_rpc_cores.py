@@ -24,11 +24,11 @@ class Bus:
         self.caller = CallerCore(rand=lambda: 0.5)
         self.responders: dict[str, ResponderCore[str]] = {}
         self.dead: set[str] = set()
-        for iid in instances:
+        for n, iid in enumerate(instances, 1):
             core: ResponderCore[str] = ResponderCore(iid, max_concurrency=max_concurrency)
             core.services.add("svc")
             self.responders[iid] = core
-            assert self.announce(iid) == [Connect(f"tcp://{iid}", iid.encode())]
+            assert self.announce(iid) == [Connect(f"tcp://{iid}", b"%d" % n)]
 
     def announce(self, iid: str, leaving: bool = False) -> list[Connect | Disconnect | Wake]:
         p = Presence(instance=iid, endpoint=f"tcp://{iid}", services=("svc",), interval=1.0, liveness=3,
@@ -171,7 +171,25 @@ def test_a_leaving_instance_and_a_restart_on_its_address() -> None:
     # a new instance announces the same endpoint: the old one is gone, its call fails over
     p = Presence(instance="a2", endpoint="tcp://a", services=("svc",), interval=1.0, liveness=3)
     assert bus.caller.presence(p, bus.now) == [Disconnect("tcp://a"), Wake(call, "instance replaced"),
-                                               Connect("tcp://a", b"a2")]
+                                               Connect("tcp://a", b"2")]
     assert bus.caller.presence(Presence(instance="a2", endpoint="tcp://a", services=("svc",), interval=1.0,
                                         liveness=3, leaving=True), bus.now) == [Disconnect("tcp://a")]
     assert len(bus.caller.directory) == 0
+
+
+def test_a_reconnection_never_reuses_a_routing_id() -> None:
+    """libzmq aborts a ROUTER that connects with a routing id one of its pipes still holds, and a
+    disconnected pipe lingers: an instance that leaves (or goes silent) and announces itself again
+    at once must be connected under a new id, whatever its instance id."""
+    bus = Bus("a")
+    ids = {b"1"}
+    for _ in range(50):
+        assert bus.announce("a", leaving=True) == [Disconnect("tcp://a")]
+        (connect,) = bus.announce("a")
+        assert isinstance(connect, Connect) and connect.endpoint == "tcp://a"
+        assert connect.routing_id not in ids and connect.routing_id[:1] != b"\0"
+        ids.add(connect.routing_id)
+    bus.now += 10.0  # silent: expired, then back
+    assert bus.caller.tick(bus.now) == [Disconnect("tcp://a")]
+    (connect,) = bus.announce("a")
+    assert isinstance(connect, Connect) and connect.routing_id not in ids

@@ -586,20 +586,28 @@ class Caller:
                 except BusTimeout as exc:
                     raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
             while True:
-                inst = core.assign(call, loop.time())
-                if inst is None:
-                    await self._wait_for_instance(service, call.deadline)
-                    continue
-                md.attempt = call.attempt
-                frame = head + self.bus.codec.encode(message, head, self.bus.client_id, 0, self.bus.name)
-                fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
-                call.waiter = fut  # resolved by a reply, the timer (timeout) or a lost instance
-                self._schedule(call.attempt_deadline)
-                if self._router.send(inst.peer, frame):
-                    outcome = await fut
+                if call.settled is not None:  # a reply to an earlier try came while none waited: it ends the call
+                    outcome = call.settled
                 else:
-                    outcome = await self._send_slowly(call, inst.peer, frame)
-                call.waiter = None
+                    inst = core.assign(call, loop.time())
+                    if inst is None:
+                        try:
+                            await self._wait_for_instance(service, call.deadline)
+                        except NoResponder:
+                            if call.settled is None:
+                                raise
+                        continue
+                    md.attempt = call.attempt
+                    frame = head + self.bus.codec.encode(message, head, self.bus.client_id, 0, self.bus.name)
+                    fut: asyncio.Future[tuple[Any, ...]] = loop.create_future()
+                    call.waiter = fut  # resolved by a reply, the timer (timeout) or a lost instance
+                    self._schedule(call.attempt_deadline)
+                    if self._router.send(inst.peer, frame):
+                        outcome = await fut
+                    else:
+                        outcome = await self._send_slowly(call, inst.peer, frame)
+                    call.waiter = None
+                    outcome = call.settled or outcome  # a reply that came after a retry was decided wins
                 if outcome[0] == "reply":
                     return self._result(service, outcome[1], outcome[2])
                 if outcome[0] == "closed" or self._closed:
@@ -686,6 +694,12 @@ def _presence_refusal(p: Presence, keys: KeyRing | None, policy: Policy | None =
 
 
 def _wake(call: Call, outcome: tuple[Any, ...]) -> None:
+    """Hand ``outcome`` to the try that waits. A reply (or the close) is also kept on the call: one that
+    comes while no try waits (between two tries), or just after a timeout already woke the try, must
+    still end the call, because the core has removed the call on it and no timer would ever wake a
+    later try (requests hung past their timeout that way)."""
+    if outcome[0] != "retry" and call.settled is None:
+        call.settled = outcome
     fut = call.waiter
     if fut is not None and not fut.done():
         fut.set_result(outcome)

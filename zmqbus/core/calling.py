@@ -35,7 +35,7 @@ __all__ = ["CallerCore", "Connect", "Disconnect", "Wake", "Complete"]
 
 @dataclass(frozen=True, slots=True)
 class Connect:
-    """Connect to a new instance, addressing it by ``routing_id``."""
+    """Connect to a new instance, addressing it by ``routing_id`` (fresh for each connection: never reused)."""
 
     endpoint: str
     routing_id: bytes
@@ -102,10 +102,10 @@ class CallerCore:
             gone = self.directory.leave(p.instance)
             return [] if gone is None else self._lost(gone, "left")
         known = self.directory.get(p.instance) is not None
-        _, replaced = self.directory.announce(p.instance, p.endpoint, p.services, p.interval, p.liveness, now)
+        inst, replaced = self.directory.announce(p.instance, p.endpoint, p.services, p.interval, p.liveness, now)
         out: list[Connect | Disconnect | Wake] = [] if replaced is None else self._lost(replaced, "replaced")
         if not known:
-            out.append(Connect(p.endpoint, p.routing_id, p.key))
+            out.append(Connect(p.endpoint, inst.peer, p.key))
         return out
 
     def busy(self, request_id: str, now: float) -> None:

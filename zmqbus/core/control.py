@@ -55,11 +55,6 @@ class Presence:
             out["key"] = self.key
         return out
 
-    @property
-    def routing_id(self) -> bytes:
-        """The ZeroMQ routing id callers address this instance by."""
-        return self.instance.encode()
-
     @classmethod
     def from_content(cls, content: Any) -> Presence:
         """Read an announcement; raise :class:`DecodeError` if it breaks section 8.1.

@@ -35,13 +35,13 @@ class Instance:
     interval: float
     liveness: int
     last_seen: float
+    #: The routing id a caller addresses this instance by: fresh for every connection the caller makes (never
+    #: the instance id), because libzmq aborts the process when a ROUTER connects with a routing id that a pipe
+    #: of it still holds, and a disconnected pipe lingers (libzmq#1572): an instance that leaves and announces
+    #: itself again at once would otherwise reuse its id.
+    peer: bytes = b""
     outstanding: int = 0
     picked: int = 0  # tie-breaker: least recently picked first
-
-    @property
-    def peer(self) -> bytes:
-        """The routing id a caller addresses this instance by."""
-        return self.instance_id.encode()
 
     @property
     def expires_at(self) -> float:
@@ -54,6 +54,7 @@ class Directory:
     def __init__(self) -> None:
         self._instances: dict[str, Instance] = {}
         self._ticket = itertools.count(1)
+        self._peers = itertools.count(1)
 
     def announce(self, instance_id: str, endpoint: str, services: Iterable[str], interval: float,
                  liveness: int, now: float) -> tuple[Instance, Instance | None]:
@@ -72,7 +73,7 @@ class Directory:
                     break
             if replaced is not None:
                 del self._instances[replaced.instance_id]
-            inst = Instance(instance_id, endpoint, set(services), interval, liveness, now)
+            inst = Instance(instance_id, endpoint, set(services), interval, liveness, now, b"%d" % next(self._peers))
             self._instances[instance_id] = inst
         else:
             inst.services.update(services)
@@ -139,7 +140,7 @@ class Call:
     """One request in flight from this client."""
 
     __slots__ = ("request_id", "service", "started", "deadline", "policy", "attempt", "instance_id",
-                 "attempt_deadline", "tried", "waiter")
+                 "attempt_deadline", "tried", "waiter", "settled")
 
     def __init__(self, request_id: str, service: str, started: float, deadline: float,
                  policy: RetryPolicy) -> None:
@@ -153,6 +154,9 @@ class Call:
         self.attempt_deadline = 0.0
         self.tried: list[str] = []
         self.waiter: Any = None  # the IO shell's future; opaque here
+        #: The shell's outcome of a reply that arrived while no try waited (between two tries, after the
+        #: instance was lost): the call ends with it instead of trying again. Opaque here.
+        self.settled: Any = None
 
     def __repr__(self) -> str:
         return f"Call({self.request_id!r}, {self.service!r}, attempt={self.attempt}, on={self.instance_id!r})"
