@@ -15,7 +15,7 @@ from ..core.errors import ZmqbusError
 if TYPE_CHECKING:
     from ..bus.broker import MessageBroker
 
-__all__ = ["pub_option", "sub_option", "run", "connect", "fail", "EXIT_SIGNAL"]
+__all__ = ["pub_option", "sub_option", "run", "connect", "fail", "CommandFailed", "EXIT_SIGNAL"]
 
 pub_option = click.option("--pub", "pub", envvar="ZMQBUS_PUB", default=config.DEFAULT_PUB, show_default=True,
                           help="Publishers' endpoint (the forwarder's XSUB side). [env: ZMQBUS_PUB]")
@@ -28,11 +28,23 @@ EXIT_SIGNAL = 143
 WAITING_NOTICE = 1.0
 
 
-def fail(exc: BaseException, code: int = 1) -> click.ClickException:
-    """A one-line error with exit status ``code``."""
-    err = click.ClickException(f"{type(exc).__name__}: {exc}")
-    err.exit_code = code
-    return err
+class CommandFailed(click.ClickException):
+    """A one-line error that ends a command with exit status ``exit_code`` (1 unless a subclass says).
+
+    The status is a class attribute, as click (8.5 on) types it: one subclass per status, made by
+    :func:`fail`, never an instance attribute.
+    """
+
+
+_FAILED: dict[int, type[CommandFailed]] = {1: CommandFailed}
+
+
+def fail(exc: BaseException | str, code: int = 1) -> click.ClickException:
+    """A one-line error with exit status ``code``: ``exc`` as ``Type: message``, or a plain string."""
+    cls = _FAILED.get(code)
+    if cls is None:
+        cls = _FAILED[code] = type(f"CommandFailed{code}", (CommandFailed,), {"exit_code": code})
+    return cls(exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

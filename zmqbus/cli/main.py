@@ -20,7 +20,7 @@ from .. import __version__
 from ..core import config
 from ..core.errors import ZmqbusError
 from ..core.topology import describe as describe_topology
-from .common import connect, pub_option, sub_option
+from .common import connect, fail, pub_option, sub_option
 from .common import run as run_async
 
 __all__ = ["main"]
@@ -106,7 +106,7 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
         public, secret = make_keys(directory, name, allow=name != FORWARDER_KEY_NAME if allow is None else allow,
                                    force=force)
     except ZmqbusError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise fail(exc) from None
     click.echo(f"wrote {public} and {secret}")
 
 
@@ -142,7 +142,7 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
                              max_connections=max_connections, max_queued_bytes=max_queued_bytes or None,
                              metrics_port=metrics_port, metrics_addr=metrics_addr)
     except ZmqbusError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise fail(exc) from None
     if last is not None:
         click.echo(f"forwarded {last.frames_in} frames ({last.bytes_in} bytes) in {last.uptime:.1f} s", err=True)
 
@@ -309,7 +309,7 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
     try:
         summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout, secure=secure)
     except ZmqbusError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise fail(exc) from None
     if summary["completed"] != workflows:
         raise click.ClickException(f"only {summary['completed']} of {workflows} workflows completed")
 
@@ -406,7 +406,7 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
         for endpoint in (*config.split_endpoints(topo.pub), *config.split_endpoints(topo.sub)):
             check_endpoint(endpoint, member_keys, config.insecure(), "connect to")
     except ZmqbusError as exc:
-        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+        raise fail(exc) from None
     click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
     _supervise(Supervisor(topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going,
                           crash_limit=crash_limit))
