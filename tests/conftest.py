@@ -19,6 +19,11 @@ from zmqbus import Forwarder
 from zmqbus.core.config import ipc_endpoints
 from zmqbus.framework.procs import forwarder_process, stop_process, tcp_endpoints
 
+#: Tests that measure or bound wall-clock time (benchmarks, soaks, storms, hang bounds): under
+#: pytest-xdist with ``--dist loadgroup`` (the README's test command) they run one after another
+#: on one worker, never two at once; the other worker runs the rest.
+TIMED = pytest.mark.xdist_group("timed")
+
 
 @pytest.fixture(autouse=True)
 def _state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

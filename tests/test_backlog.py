@@ -119,6 +119,7 @@ def _rss_mib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the forwarder's memory from /proc")
 def test_the_forwarder_holds_a_bounded_backlog_for_a_subscriber_that_never_reads(
         tcp_pair: tuple[str, str], run_cli: Callable[..., subprocess.Popen[str]]) -> None:

@@ -22,6 +22,10 @@ from zmqbus.bench.report import to_markdown
 from zmqbus.bench.suite import check_targets, machine
 from zmqbus.core.stats import percentiles
 
+from conftest import TIMED
+
+pytestmark = [pytest.mark.slow, TIMED]
+
 
 def test_percentiles_nearest_rank() -> None:
     samples = [i / 1e6 for i in range(1, 1001)]  # 1..1000 us

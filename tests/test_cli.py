@@ -14,7 +14,9 @@ from click.testing import CliRunner
 
 from zmqbus.cli import main
 
-pytestmark = pytest.mark.timeout(120)
+from conftest import TIMED
+
+pytestmark = [pytest.mark.slow, TIMED, pytest.mark.timeout(120)]
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:

@@ -19,6 +19,7 @@ class Doubler(Processor):
         return message.content["x"] * 2
 
 
+@pytest.mark.slow
 def test_the_plugin_needs_no_conftest(tmp_path: Path) -> None:
     """A user's folder with one test file and nothing else: the installed plugin gives ``bus`` and runs
     ``async def`` tests; plain tests are left alone."""
@@ -89,6 +90,7 @@ async def test_a_restarted_forwarder_and_the_bus_flows_again(bus: TestBus) -> No
     assert bus.forwarder is not None and bus.forwarder.statistics().frames_in >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_spawned_component_processes_and_a_kill_9(bus: TestBus) -> None:
     """Two analyzer processes; one is killed with SIGKILL; requests fail over to the other."""

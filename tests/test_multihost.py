@@ -19,7 +19,7 @@ import pytest
 from netbed import NetBed, unavailable
 
 _WHY = unavailable()
-pytestmark = [pytest.mark.skipif(_WHY is not None, reason=f"no multi-host test bed: {_WHY}"),
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_WHY is not None, reason=f"no multi-host test bed: {_WHY}"),
               pytest.mark.timeout(150)]
 
 

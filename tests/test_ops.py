@@ -24,6 +24,8 @@ from zmqbus.testing import TestBus, wait_until
 
 CLI = [sys.executable, "-m", "zmqbus.cli"]
 
+pytestmark = pytest.mark.slow
+
 
 class Doubler(Processor):
     @service("math.double")

@@ -69,6 +69,7 @@ def test_script_snippets_run(doc: str, index: int, tmp_path: Path, tcp_pair: tup
         assert done.stdout.strip() == expected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", [d for d in DOCS if DOCS[d].exists()])
 def test_test_snippets_pass_under_pytest(doc: str, tmp_path: Path) -> None:
     names = write_files(doc, tmp_path)
@@ -88,3 +89,46 @@ def test_the_readme_test_snippet_needs_at_most_ten_lines_of_setup() -> None:
     setup = [line for line in body[:next(i for i, line in enumerate(body) if "assert" in line)] if line.strip()]
     assert len(setup) <= 10, setup
     assert "start_all(OrderManager, PricingProcessor, ErrorHandler)" in block
+
+
+def readme_command(marker: str) -> str:
+    """The first line of the code block after ``<!-- marker -->``, as .ci/run reads it."""
+    block = re.search(rf"<!-- {marker} -->\n```\n(.*?)\n", DOCS["README.md"].read_text())
+    assert block is not None, f"README.md has no {marker} block"
+    return block.group(1)
+
+
+def test_the_readmes_commands_are_one_line_each_and_agree() -> None:
+    """The test commands install the pinned versions; the quick tier is the full command less the
+    slow tests; the newest-releases command installs without the pins and leaves out only the lint
+    gate; .ci/run reads every marker it runs."""
+    test, quick, newest = (readme_command(m) for m in ("test-command", "quick-test-command", "newest-test-command"))
+    assert "-c constraints.txt" in test and readme_command("main-command").startswith("python3 -m pip install")
+    assert quick == test + ' -m "not slow"'
+    assert "constraints" not in newest and newest.endswith('-m "not lint"')
+    ci = (ROOT / ".ci" / "run").read_text()
+    for marker in ("main-command", "test-command", "newest-test-command"):
+        assert f"readme_command {marker}" in ci
+
+
+def test_constraints_pin_everything_the_tests_and_linters_read() -> None:
+    """Every requirement of the library and of the test extra has an exact pin in constraints.txt,
+    and the linters' pins there are the ones setup.cfg asks for: an upstream release cannot change
+    what the lint gate or the tests run against."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    lines = cfg["options"]["install_requires"].splitlines() + cfg["options.extras_require"]["test"].splitlines()
+    wanted = [Requirement(line) for line in lines if line.strip() and not line.strip().startswith("#")]
+    pins: dict[str, str] = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith(("#", " ")):
+            name, _, version = line.partition("==")
+            pins[name.lower().replace("_", "-")] = version
+    for req in wanted:
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not pinned in constraints.txt (bash scripts/refresh-constraints)"
+        assert req.specifier.contains(pins[name]), f"constraints.txt pins {name}=={pins[name]}, outside {req}"

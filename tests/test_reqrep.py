@@ -104,6 +104,7 @@ async def test_slow_but_alive_responder_is_not_abandoned(forwarder: Forwarder) -
         assert stats["retries"] == 0 and stats["failovers"] == 0
 
 
+@pytest.mark.slow
 async def test_timeout_reports_attempts_and_time(forwarder: Forwarder) -> None:
     async def never(m: ProcessingMessage) -> None:
         await asyncio.sleep(30)

@@ -426,6 +426,7 @@ async def test_revoking_a_key_cuts_its_live_connections(secure_forwarder: Forwar
         assert to_bob == [1]
 
 
+@pytest.mark.slow
 async def test_strangers_cannot_call_a_secure_responder(secure_forwarder: Forwarder, keys: Path) -> None:
     """A raw DEALER at a responder's endpoint, with no key or an unknown one, gets no answer; an
     allowed member's raw DEALER (with the responder's key from its presence) does."""

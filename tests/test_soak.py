@@ -9,6 +9,10 @@ import pytest
 
 from zmqbus.soak.classify import classify_requests, classify_topic, longest_pauses
 
+from conftest import TIMED
+
+pytestmark = [pytest.mark.slow, TIMED]
+
 
 def test_every_sequence_number_is_classified_once() -> None:
     # sent 1..10; 3 refused by publish(); 2 received twice; 5, 6 lost between received ones;

@@ -105,6 +105,7 @@ async def test_fatal_processor_failure_fails_the_workflow_and_cleans_up(running:
     assert manager["active_processes"] == 0 and manager["failed"] == 1
 
 
+@pytest.mark.slow
 async def test_processor_killed_mid_work_is_replaced_and_the_workflow_completes(running: Running) -> None:
     assert (await running.run([doc(0)]))["completed"] == 1  # warm up the handler's directory...
     deadline = time.monotonic() + 30
@@ -133,6 +134,7 @@ async def test_processor_killed_mid_work_is_replaced_and_the_workflow_completes(
     assert any("ChunkAnalyzer#1" in e and "restarting" in e for e in running.events)
 
 
+@pytest.mark.slow
 async def test_supervisor_restarts_a_crashed_component(running: Running) -> None:
     s = await running.run([doc(1)])
     assert s["completed"] == 1
@@ -158,6 +160,7 @@ def test_topology_file(tmp_path: Any) -> None:
         load_topology(str(path))
 
 
+@pytest.mark.slow
 def test_supervisor_gives_up_on_a_crash_loop(tmp_path: Any) -> None:
     from zmqbus.framework.runner import ComponentSpec, Topology
     events: list[str] = []

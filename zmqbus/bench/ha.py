@@ -64,7 +64,7 @@ def _subscriber(pub: str, sub: str, count: int, ready: Any, idle: float, results
     results.put(asyncio.run(_subscribe(pub, sub, count, ready, idle)))
 
 
-async def _publish(pub: str, sub: str, count: int, rate: float, go: Any) -> None:
+async def _publish(pub: str, sub: str, count: int, rate: float, go: Any, mark: Any, mark_at: int) -> None:
     from ..bus.broker import MessageBroker
     from ..core.message import MessageMetadata, ProcessingMessage
 
@@ -76,6 +76,8 @@ async def _publish(pub: str, sub: str, count: int, rate: float, go: Any) -> None
         start = loop.time()
         md = MessageMetadata(source_component="ha")
         for i in range(count):
+            if i == mark_at:
+                mark.set()
             if rate:
                 delay = start + i / rate - loop.time()
                 if delay > 0:
@@ -84,8 +86,8 @@ async def _publish(pub: str, sub: str, count: int, rate: float, go: Any) -> None
         await b.close(linger=10)
 
 
-def _publisher(pub: str, sub: str, count: int, rate: float, go: Any) -> None:
-    asyncio.run(_publish(pub, sub, count, rate, go))
+def _publisher(pub: str, sub: str, count: int, rate: float, go: Any, mark: Any, mark_at: int) -> None:
+    asyncio.run(_publish(pub, sub, count, rate, go, mark, mark_at))
 
 
 def ha_once(forwarders: int, count: int, rate: float = 0.0, kill_at: float | None = None,
@@ -95,15 +97,20 @@ def ha_once(forwarders: int, count: int, rate: float = 0.0, kill_at: float | Non
     pairs = [tcp_endpoints() for _ in range(forwarders)]
     pub, sub = ",".join(p for p, _ in pairs), ",".join(s for _, s in pairs)
     fwds = [forwarder_process(p, s, stats_interval=None) for p, s in pairs]
-    ready, go, results = _mp.Event(), _mp.Event(), _mp.Queue()
+    ready, go, mark, results = _mp.Event(), _mp.Event(), _mp.Event(), _mp.Queue()
     procs = [*fwds, spawn(_subscriber, pub, sub, count, ready, 5.0, results, name="ha-subscriber")]
+    # The kill lands when the publisher has published that fraction (it says so), not after a fixed
+    # time: on a loaded machine a late publisher once met a kill near its end, and the tail it sent
+    # while the forwarder was down was lost where no later message could show it missing.
+    mark_at = int(count * kill_at) if kill_at is not None and rate else -1
     try:
         if not ready.wait(40):
             raise RuntimeError("the ha subscriber did not get ready")
-        procs.append(spawn(_publisher, pub, sub, count, rate, go, name="ha-publisher"))
+        procs.append(spawn(_publisher, pub, sub, count, rate, go, mark, mark_at, name="ha-publisher"))
         go.set()
-        if kill_at is not None and rate:
-            time.sleep(count / rate * kill_at + 1.0)  # + the publisher's own start-up
+        if mark_at >= 0:
+            if not mark.wait(40):
+                raise RuntimeError("the ha publisher did not reach the kill point")
             os.kill(fwds[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
             fwds[0].join(10)
             if restart:

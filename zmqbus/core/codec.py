@@ -82,6 +82,10 @@ if get_args(get_args(_ENVELOPE)[0]) != (PROTOCOL_VERSION,):  # pragma: no cover
 _typed_decode = msgspec.msgpack.Decoder(_ENVELOPE, ext_hook=_reject_ext).decode
 _any_decode = msgspec.msgpack.Decoder(ext_hook=_reject_ext).decode
 _ValidationError = msgspec.ValidationError
+# What a decode or an encode may raise. msgspec's own errors are named: before 0.19 they were not
+# ValueErrors, and an except clause relying on that let them escape.
+_DECODE_FAILURES = (msgspec.MsgspecError, ValueError, TypeError, RecursionError)
+_ENCODE_FAILURES = (msgspec.MsgspecError, TypeError, ValueError, OverflowError)
 
 
 def unpack(data: Any) -> Any:
@@ -93,7 +97,7 @@ def unpack(data: Any) -> Any:
     """
     try:
         return _any_decode(data)
-    except (ValueError, TypeError, RecursionError) as exc:  # msgspec.DecodeError is a ValueError
+    except _DECODE_FAILURES as exc:
         raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
 
 
@@ -105,7 +109,7 @@ def pack(obj: Any) -> bytes:
     try:
         data: bytes = _encode(obj)
         return data
-    except (TypeError, ValueError, OverflowError) as exc:
+    except _ENCODE_FAILURES as exc:
         raise EncodeError(str(exc)) from None
 
 
@@ -228,7 +232,7 @@ class Codec:
                 PROTOCOL_VERSION, name, md.message_id, md.correlation_id, cause, src, dst,
                 ts, publisher_id, sequence, att, deadline, md.headers or None, message.content,
             ])
-        except (TypeError, ValueError, OverflowError) as exc:
+        except _ENCODE_FAILURES as exc:
             raise EncodeError(f"cannot encode {name} message: {exc}") from None
         if len(head) + len(payload) > self.max_message_size:
             raise MessageTooLarge(len(head) + len(payload), self.max_message_size)
@@ -248,7 +252,7 @@ class Codec:
                 PROTOCOL_VERSION, message_type, mid, request.correlation_id, request.message_id, source,
                 request.source_component or None, _now(), publisher_id, 0, 1, None, None, content,
             ])
-        except (TypeError, ValueError, OverflowError) as exc:
+        except _ENCODE_FAILURES as exc:
             raise EncodeError(f"cannot encode the {message_type} reply: {exc}") from None
 
     def decode(self, topic: bytes, payload: Any, size: int = -1) -> ProcessingMessage:
@@ -291,7 +295,7 @@ def _build(tstr: str, payload: Any) -> ProcessingMessage:
         env = _typed_decode(payload)  # the version is checked there too (Literal)
     except _ValidationError:
         env = _checked(unpack(payload))
-    except (ValueError, TypeError, RecursionError) as exc:
+    except _DECODE_FAILURES as exc:
         raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
     (_, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env
     md = _new(_Metadata)
