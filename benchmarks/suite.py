@@ -3,6 +3,7 @@
 
 The same as ``zmqbus bench``; see benchmarks/README.md for how to read it.
 """
+
 import sys
 
 from zmqbus.cli import main

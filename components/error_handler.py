@@ -14,6 +14,7 @@ busy bus whose components report errors zmqbus's way, pass
 and ``errors.replay`` (publish a dead-lettered message again, by message id,
 so an operator can retry it).
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,7 +37,8 @@ def state_dir() -> str:
     """Where components keep state across restarts: ``$ZMQBUS_STATE_DIR``, else
     ``$XDG_STATE_HOME/zmqbus``, else ``~/.local/state/zmqbus``."""
     return os.environ.get("ZMQBUS_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "zmqbus")
+        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "zmqbus"
+    )
 
 
 class DeadLetterFile:
@@ -91,8 +93,9 @@ class ErrorHandler(Component):
     #: Also take the guide's ``<domain>.error`` messages (see the module docstring).
     guide_topics = True
 
-    def __init__(self, *args: Any, guide_topics: bool | None = None, dead_letters: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, guide_topics: bool | None = None, dead_letters: str | None = None, **kwargs: Any
+    ) -> None:
         if guide_topics is not None:
             self.guide_topics = guide_topics
         #: The dead letters' file (set before start): ``dead_letters=``, ``$ZMQBUS_DEAD_LETTERS``, else one
@@ -155,8 +158,13 @@ class ErrorHandler(Component):
 
     @service("errors.stats")
     async def stats(self, message: ProcessingMessage) -> dict[str, Any]:
-        return {"total": self.total, "by_type": dict(self.by_type), "by_component": dict(self.by_component),
-                "recent": list(self.recent)[-10:], "dead_letters": len(self.dead_letters)}
+        return {
+            "total": self.total,
+            "by_type": dict(self.by_type),
+            "by_component": dict(self.by_component),
+            "recent": list(self.recent)[-10:],
+            "dead_letters": len(self.dead_letters),
+        }
 
     @service("errors.dead_letters")
     async def list_dead_letters(self, message: ProcessingMessage) -> list[dict[str, Any]]:
@@ -164,9 +172,16 @@ class ErrorHandler(Component):
         q = message.content if isinstance(message.content, dict) else {}
         limit = int(q.get("limit") or MAX_DEAD_LETTERS)
         items = list(self.dead_letters.items())[-limit:]
-        return [{"message_id": key, "component": letter.get("component"), "message_type": letter.get("message_type"),
-                 "correlation_id": letter.get("metadata", {}).get("correlation_id"), "reason": letter.get("reason")}
-                for key, letter in items]
+        return [
+            {
+                "message_id": key,
+                "component": letter.get("component"),
+                "message_type": letter.get("message_type"),
+                "correlation_id": letter.get("metadata", {}).get("correlation_id"),
+                "reason": letter.get("reason"),
+            }
+            for key, letter in items
+        ]
 
     @service("errors.dead_letter")
     async def show_dead_letter(self, message: ProcessingMessage) -> dict[str, Any]:
@@ -183,7 +198,16 @@ class ErrorHandler(Component):
         if self._store is not None:
             self._store.remove(key)
         md = letter.get("metadata", {})
-        await self.message_broker.publish(ProcessingMessage(letter["message_type"], letter["content"], MessageMetadata(
-            correlation_id=md.get("correlation_id", ""), source_component=md.get("source", self.component_name),
-            target_component=md.get("target"))), topic=letter.get("topic"))
+        await self.message_broker.publish(
+            ProcessingMessage(
+                letter["message_type"],
+                letter["content"],
+                MessageMetadata(
+                    correlation_id=md.get("correlation_id", ""),
+                    source_component=md.get("source", self.component_name),
+                    target_component=md.get("target"),
+                ),
+            ),
+            topic=letter.get("topic"),
+        )
         return {"replayed": True, "message_id": key}

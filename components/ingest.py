@@ -30,6 +30,7 @@ tests, ``"fail"``: ``"transient"`` (the first chunk's first try raises a
 retryable error), ``"fatal"`` (the first chunk raises ValueError) or
 ``"slow"`` (every chunk takes ``"slow_seconds"``).
 """
+
 from __future__ import annotations
 
 import collections
@@ -62,8 +63,11 @@ class IngestManager(Manager):
     @on(f"{IngestType.INGEST_REQUEST.value}.#")
     async def _handle_ingest_request(self, message: ProcessingMessage) -> None:
         content = message.content
-        if not (isinstance(content, dict) and isinstance(content.get("document_id"), str)
-                and isinstance(content.get("text"), str)):
+        if not (
+            isinstance(content, dict)
+            and isinstance(content.get("document_id"), str)
+            and isinstance(content.get("text"), str)
+        ):
             raise ValueError(f"invalid ingest request: {content!r}")  # fatal: error handler + dead letter
         ctx = await self.begin_process(message, document_id=content["document_id"])
         # Run the workflow as a task: dispatch goes on while it waits on other components.
@@ -74,8 +78,9 @@ class IngestManager(Manager):
         started = time.monotonic()
         try:
             await self.update_state(ctx, ComponentState.WAITING, step="split")
-            summary = await self.request(SPLIT_SERVICE, content, timeout=120,
-                                         retry=RetryPolicy(attempts=3, attempt_timeout=None))
+            summary = await self.request(
+                SPLIT_SERVICE, content, timeout=120, retry=RetryPolicy(attempts=3, attempt_timeout=None)
+            )
             await self.update_state(ctx, ComponentState.PROCESSING, step="aggregate")
             summary["seconds"] = round(time.monotonic() - started, 4)
             await self.complete_process(ctx, IngestType.INGEST_COMPLETE, summary)
@@ -94,20 +99,33 @@ class DocumentHandler(Handler):
         doc = message.content
         words = doc["text"].split()
         size = max(1, int(doc.get("chunk_words", 50)))
-        chunks = [" ".join(words[i:i + size]) for i in range(0, len(words), size)] or [""]
+        chunks = [" ".join(words[i : i + size]) for i in range(0, len(words), size)] or [""]
         fail = doc.get("fail")
-        items = [{"document_id": doc["document_id"], "index": i, "text": text,
-                  "fail": fail if (i == 0 or fail == "slow") else None,
-                  "slow_seconds": doc.get("slow_seconds", 0.5)} for i, text in enumerate(chunks)]
-        results = await self.process_all(ANALYZE_SERVICE, items, timeout=60,
-                                         retry=RetryPolicy(attempts=4, attempt_timeout=10.0))
+        items = [
+            {
+                "document_id": doc["document_id"],
+                "index": i,
+                "text": text,
+                "fail": fail if (i == 0 or fail == "slow") else None,
+                "slow_seconds": doc.get("slow_seconds", 0.5),
+            }
+            for i, text in enumerate(chunks)
+        ]
+        results = await self.process_all(
+            ANALYZE_SERVICE, items, timeout=60, retry=RetryPolicy(attempts=4, attempt_timeout=10.0)
+        )
         counts: collections.Counter[str] = collections.Counter()
         for r in results:
             counts.update(dict(r["counts"]))
         digest = hashlib.sha256("".join(r["sha256"] for r in results).encode()).hexdigest()
-        return {"document_id": doc["document_id"], "chunks": len(results), "words": sum(r["words"] for r in results),
-                "top_words": counts.most_common(5), "sha256": digest,
-                "analyzed_by": sorted({r["by"] for r in results})}
+        return {
+            "document_id": doc["document_id"],
+            "chunks": len(results),
+            "words": sum(r["words"] for r in results),
+            "top_words": counts.most_common(5),
+            "sha256": digest,
+            "analyzed_by": sorted({r["by"] for r in results}),
+        }
 
 
 class ChunkAnalyzer(Processor):
@@ -127,6 +145,10 @@ class ChunkAnalyzer(Processor):
             time.sleep(float(chunk.get("slow_seconds", 0.5)))
         words = re.findall(r"\w+", chunk["text"].lower())
         counts = collections.Counter(words)
-        return {"index": chunk["index"], "words": len(words), "counts": counts.most_common(20),
-                "sha256": hashlib.sha256(chunk["text"].encode()).hexdigest(),
-                "by": self.message_broker.client_id}
+        return {
+            "index": chunk["index"],
+            "words": len(words),
+            "counts": counts.most_common(20),
+            "sha256": hashlib.sha256(chunk["text"].encode()).hexdigest(),
+            "by": self.message_broker.client_id,
+        }

@@ -12,6 +12,7 @@ by state. With a journal file (``journal=`` or ``$ZMQBUS_STATE_JOURNAL``) it
 appends every update as a JSON line and replays the file when it starts, so
 a restarted tracker rebuilds its view.
 """
+
 from __future__ import annotations
 
 import collections
@@ -29,8 +30,7 @@ class StateTracker(Component):
     #: Also take the guide's ``<domain>.status.update`` messages (see the module docstring).
     guide_topics = True
 
-    def __init__(self, *args: Any, journal: str | None = None, guide_topics: bool | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, journal: str | None = None, guide_topics: bool | None = None, **kwargs: Any) -> None:
         if guide_topics is not None:
             self.guide_topics = guide_topics
         self.by_correlation: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
@@ -57,7 +57,10 @@ class StateTracker(Component):
     def _apply(self, update: dict[str, Any]) -> None:
         self.updates += 1
         self.by_correlation[str(update["correlation_id"])][str(update["component"])] = {
-            "state": update["state"], "updated_at": update.get("updated_at"), "old_state": update.get("old_state")}
+            "state": update["state"],
+            "updated_at": update.get("updated_at"),
+            "old_state": update.get("old_state"),
+        }
 
     def _setup_message_handlers(self) -> None:
         if self.guide_topics:
@@ -70,10 +73,13 @@ class StateTracker(Component):
         if not (isinstance(c, dict) and ("new_state" in c or "state" in c)):
             raise ValueError(f"invalid status update: {c!r} (the guide sends {{'new_state': value}})")
         md = message.metadata
-        update = {"correlation_id": c.get("correlation_id") or md.correlation_id,
-                  "component": c.get("component") or md.source_component or "?",
-                  "state": c.get("state", c.get("new_state")), "old_state": c.get("old_state"),
-                  "updated_at": c.get("updated_at")}
+        update = {
+            "correlation_id": c.get("correlation_id") or md.correlation_id,
+            "component": c.get("component") or md.source_component or "?",
+            "state": c.get("state", c.get("new_state")),
+            "old_state": c.get("old_state"),
+            "updated_at": c.get("updated_at"),
+        }
         await self._handle_status_update(message, update)
 
     @on("status.#")

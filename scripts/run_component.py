@@ -4,6 +4,7 @@
 A thin launcher for deployments that prefer a script to the console entry
 point; every option is ``zmqbus run``'s (see ``--help``).
 """
+
 import sys
 
 from zmqbus.cli import main

@@ -4,6 +4,7 @@
 test kit (``zmqbus.testing``, a pytest plugin installed with zmqbus). Every process a fixture starts is ended by its pid
 in teardown; nothing is ever killed by name.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,7 +75,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-
 @pytest.fixture
 def run_cli() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     """Start ``zmqbus`` command lines as real processes (tests/ on their path); each is ended by pid."""
@@ -83,8 +83,13 @@ def run_cli() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]))
 
     def start(*args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen([sys.executable, "-m", "zmqbus.cli", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "zmqbus.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         procs.append(proc)
         return proc
 

@@ -1,4 +1,5 @@
 """A component that fails at start-up (for the supervisor's crash-loop test)."""
+
 from zmqbus.framework.component import Component
 
 

@@ -10,6 +10,7 @@ at teardown. Traffic stays inside namespaces the test created.
 No delay or loss is injected: this kernel has no ``netem`` qdisc, and these
 tests need none (a partition is what they fault).
 """
+
 from __future__ import annotations
 
 import os
@@ -88,10 +89,19 @@ class NetBed:
 
     def run(self, host: str, *args: str, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
         """Start ``python args...`` inside ``host`` (tests/ on its import path); ended by pid at teardown."""
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
-                   PYTHONUNBUFFERED="1", ZMQBUS_INSECURE="1")  # plaintext on the bed's own addresses
-        proc = subprocess.Popen(["ip", "netns", "exec", self.hosts[host], sys.executable, *args], stdout=stdout,
-                                stderr=subprocess.PIPE, text=True, env=env)
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
+            PYTHONUNBUFFERED="1",
+            ZMQBUS_INSECURE="1",
+        )  # plaintext on the bed's own addresses
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.hosts[host], sys.executable, *args],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         self._procs.append(proc)
         return proc
 

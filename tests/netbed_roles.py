@@ -1,4 +1,5 @@
 """Programs the multi-host tests run inside their namespaces (``python -c`` or ``zmqbus run``)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -69,10 +70,18 @@ async def _caller(pub: str, sub: str, seconds: float, interval: float, timeout: 
         while loop.time() < end:
             started = time.monotonic()
             try:
-                reply = await b.request("bed.echo", ProcessingMessage("bed.echo", {"i": i}), timeout=timeout,
-                                        retry=RetryPolicy(attempts=5, attempt_timeout=0.5))
-                _say(ok=True, by=reply.content["by"], ms=round(1000 * (time.monotonic() - started)),
-                     instances=len(b.live_instances("bed.echo")))
+                reply = await b.request(
+                    "bed.echo",
+                    ProcessingMessage("bed.echo", {"i": i}),
+                    timeout=timeout,
+                    retry=RetryPolicy(attempts=5, attempt_timeout=0.5),
+                )
+                _say(
+                    ok=True,
+                    by=reply.content["by"],
+                    ms=round(1000 * (time.monotonic() - started)),
+                    instances=len(b.live_instances("bed.echo")),
+                )
             except ZmqbusError as exc:
                 _say(ok=False, error=type(exc).__name__, ms=round(1000 * (time.monotonic() - started)))
             i += 1

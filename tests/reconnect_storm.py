@@ -20,6 +20,7 @@ request loop is still waiting 15 s after the storm (every request has a
 waiting forever). An abort kills this process with SIGABRT, which only the
 test that runs this script, from outside, can see.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -51,8 +52,12 @@ async def storm(rounds: int, in_flight: int) -> dict[str, int]:
                     while not stop.is_set():
                         i += 1
                         try:
-                            await caller.request("storm.echo", ProcessingMessage("storm.echo", {"n": n, "i": i}),
-                                                 timeout=2.0, retry=RetryPolicy(attempts=3, backoff=0.001))
+                            await caller.request(
+                                "storm.echo",
+                                ProcessingMessage("storm.echo", {"n": n, "i": i}),
+                                timeout=2.0,
+                                retry=RetryPolicy(attempts=3, backoff=0.001),
+                            )
                             counts["answered"] += 1
                         except ZmqbusError as exc:
                             counts["failed"] += 1

@@ -1,4 +1,5 @@
 """Components for the shutdown tests (run by ``zmqbus run`` in a child process)."""
+
 from __future__ import annotations
 
 import time

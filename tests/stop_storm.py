@@ -13,6 +13,7 @@ A deadlock here holds the GIL inside libzmq, so nothing in this process can
 notice it: the test that runs this script bounds it from outside with a
 timeout.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """zmqbus.io.aio: the task owner and the daemon-thread runner."""
+
 from __future__ import annotations
 
 import asyncio

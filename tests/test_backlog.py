@@ -1,4 +1,5 @@
 """The bound on bytes queued at the forwarder for a subscriber that takes nothing (docs/SECURITY.md, Limits)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -21,37 +22,39 @@ MiB = 1024 * 1024
 
 # -- the pure rule ---------------------------------------------------------------------------------
 
+
 def test_a_connection_that_takes_nothing_is_cut_once_the_bound_passes() -> None:
     bound = BacklogBound(100)
     assert bound.check(0, {5: True, 6: True}) == []
-    assert bound.check(60, {5: False, 6: True}) == []   # 5 stops taking bytes at 0: may hold 60
+    assert bound.check(60, {5: False, 6: True}) == []  # 5 stops taking bytes at 0: may hold 60
     assert bound.held(5, 60) == 60 and bound.held(6, 60) == 0
     assert bound.check(100, {5: False, 6: False}) == []  # 5 may hold 100: not more than the bound
     assert bound.check(101, {5: False, 6: False}) == [5]  # 101 > 100; 6 stopped at 60: 41
     assert bound.cut == 1
-    assert bound.check(101, {6: False}) == []            # 5 left; 6 holds at most 41
+    assert bound.check(101, {6: False}) == []  # 5 left; 6 holds at most 41
     assert bound.check(162, {6: False}) == [6]
 
 
 def test_taking_bytes_again_starts_the_count_over() -> None:
     bound = BacklogBound(100)
     bound.check(0, {1: False})
-    bound.check(90, {1: True})                           # it read: its queue went out
-    assert bound.check(180, {1: False}) == []            # 90 since then
+    bound.check(90, {1: True})  # it read: its queue went out
+    assert bound.check(180, {1: False}) == []  # 90 since then
     assert bound.check(191, {1: False}) == [1]
 
 
 def test_a_new_connection_starts_empty_and_a_left_one_is_forgotten() -> None:
     bound = BacklogBound(10)
-    assert bound.check(1000, {3: False}) == []           # first seen: nothing queued yet
+    assert bound.check(1000, {3: False}) == []  # first seen: nothing queued yet
     assert bound.check(1005, {}) == []
     assert bound.held(3, 1005) == 0
-    assert bound.check(2000, {3: False}) == []           # the descriptor reused by a new connection
+    assert bound.check(2000, {3: False}) == []  # the descriptor reused by a new connection
     with pytest.raises(ValueError):
         BacklogBound(0)
 
 
 # -- over real sockets --------------------------------------------------------------------------------
+
 
 def _msg(topic: str, content: object) -> ProcessingMessage:
     return ProcessingMessage(topic, content, MessageMetadata())
@@ -63,8 +66,11 @@ async def test_a_stuck_subscriber_is_cut_reconnects_and_counts_what_it_missed(tc
     and every message is either delivered or counted as a gap. A reading subscriber loses nothing."""
     fwd = Forwarder(*tcp_pair, stats_interval=None, max_queued_bytes=2 * MiB).start()
     try:
-        async with MessageBroker(*tcp_pair) as pub, MessageBroker(*tcp_pair, hwm=20) as stuck, \
-                MessageBroker(*tcp_pair) as reader:
+        async with (
+            MessageBroker(*tcp_pair) as pub,
+            MessageBroker(*tcp_pair, hwm=20) as stuck,
+            MessageBroker(*tcp_pair) as reader,
+        ):
             gate = asyncio.Event()
             got: list[int] = []
             read: list[int] = []
@@ -122,13 +128,15 @@ def _rss_mib(pid: int) -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the forwarder's memory from /proc")
 def test_the_forwarder_holds_a_bounded_backlog_for_a_subscriber_that_never_reads(
-        tcp_pair: tuple[str, str], run_cli: Callable[..., subprocess.Popen[str]]) -> None:
+    tcp_pair: tuple[str, str], run_cli: Callable[..., subprocess.Popen[str]]
+) -> None:
     """A raw SUB that never reads, 300 MiB published: without the bound a forwarder held all of it
     (327 MB measured); with ``--max-queued-bytes 16000000`` it stays near the bound, and the
     reading subscriber still gets every message."""
     pub_ep, sub_ep = tcp_pair
-    proc = run_cli("forwarder", "--pub", pub_ep, "--sub", sub_ep, "--stats-interval", "0",
-                   "--max-queued-bytes", "16000000")
+    proc = run_cli(
+        "forwarder", "--pub", pub_ep, "--sub", sub_ep, "--stats-interval", "0", "--max-queued-bytes", "16000000"
+    )
     ctx = zmq.Context()
     socks = []
     try:

@@ -1,4 +1,5 @@
 """MessageBroker against a real forwarder (a thread of this process, tcp loopback)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -35,8 +36,14 @@ async def test_publish_subscribe_wildcards(forwarder: Forwarder) -> None:
         sub.subscribe("c", "order.#", hashes)
         sub.subscribe("c", "*.error", star)
         await sub.ready()
-        for topic in ("order.start.request", "order.start.request.eu", "order", "payment.error",
-                      "a.payment.error", "orders.x"):
+        for topic in (
+            "order.start.request",
+            "order.start.request.eu",
+            "order",
+            "payment.error",
+            "a.payment.error",
+            "orders.x",
+        ):
             await pub.publish(msg(topic, {"t": topic}))
         await hashes.wait_for(count=3)
         await star.wait_for(count=1)
@@ -45,8 +52,12 @@ async def test_publish_subscribe_wildcards(forwarder: Forwarder) -> None:
         await pub.publish(msg("order.end"))
         await hashes.wait_for(count=4)
         assert [m.topic for m in exact.messages] == ["order.start.request"]
-        assert [m.topic for m in hashes.messages] == ["order.start.request", "order.start.request.eu", "order",
-                                                       "order.end"]
+        assert [m.topic for m in hashes.messages] == [
+            "order.start.request",
+            "order.start.request.eu",
+            "order",
+            "order.end",
+        ]
         assert [m.topic for m in star.messages] == ["payment.error"]
         stats = sub.statistics()
         assert stats.receives_all == 1  # '*.error' sees all traffic ...
@@ -105,8 +116,9 @@ async def test_unsubscribe(forwarder: Forwarder) -> None:
         assert b.statistics().subscriptions == 0
 
 
-async def test_handler_errors_are_counted_and_dispatch_goes_on(forwarder: Forwarder,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_handler_errors_are_counted_and_dispatch_goes_on(
+    forwarder: Forwarder, caplog: pytest.LogCaptureFixture
+) -> None:
     async def boom(m: ProcessingMessage) -> None:
         raise RuntimeError(f"boom {m.content['i']}")
 
@@ -149,8 +161,10 @@ async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair
     """With the forwarder's proxy unable to keep up, publish blocks, then times out; nothing is dropped."""
     fwd = Forwarder(*tcp_pair, stats_interval=None).start()
     try:
-        async with MessageBroker(*tcp_pair, hwm=10, publish_timeout=0.5) as pub, \
-                MessageBroker(*tcp_pair, hwm=10) as sub:
+        async with (
+            MessageBroker(*tcp_pair, hwm=10, publish_timeout=0.5) as pub,
+            MessageBroker(*tcp_pair, hwm=10) as sub,
+        ):
             gate = asyncio.Event()
             got: list[int] = []
 
@@ -176,6 +190,7 @@ async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair
 async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
     """A blocked subscriber behind a tiny HWM loses messages; every loss shows up as a gap."""
     from zmqbus.io.transport import SocketConfig
+
     fwd = Forwarder(*tcp_pair, socket_config=SocketConfig(hwm=20), stats_interval=None).start()
     try:
         async with MessageBroker(*tcp_pair) as pub, MessageBroker(*tcp_pair, hwm=20) as sub:
@@ -228,6 +243,7 @@ async def test_inproc_forwarder_in_the_same_process() -> None:
 
 async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]) -> None:
     from zmqbus.bus.forwarder import STATS_TOPIC
+
     fwd = Forwarder(*tcp_pair, stats_interval=0.1).start()
     try:
         async with MessageBroker(*tcp_pair) as b:
@@ -241,7 +257,7 @@ async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]
             stats = fwd.statistics()
             assert stats.bytes_in >= stats.frames_in and stats.frames_out >= 20
             assert stats.publisher_connects >= 1 and stats.subscriber_connects >= 1
-            report = (await coll.wait_for())
+            report = await coll.wait_for()
             assert report.content["frames_in"] >= 0 and report.metadata.source_component == "forwarder"
     finally:
         fwd.stop()
@@ -251,6 +267,7 @@ async def test_forwarder_statistics_and_stats_messages(tcp_pair: tuple[str, str]
 
 def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
     from zmqbus import TransportError
+
     fwd = Forwarder(*tcp_pair, stats_interval=None).start()
     try:
         with pytest.raises(TransportError, match="bind"):

@@ -1,4 +1,5 @@
 """The zmqbus command line, run as real processes (and through CliRunner for argument errors)."""
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,21 @@ def test_forwarder_watch_send_stats(tcp_pair: tuple[str, str], run_cli: Any) -> 
     assert watch.stderr is not None
     line = watch.stderr.readline()  # "watching ..." is printed once its subscription is live
     assert "watching cli.#" in line, line
-    code, _, err = finish(run_cli("send", "cli.hello", *ep, "--content", '{"n": 1}', "--repeat", "2",
-                                  "--target", "watcher", "--correlation-id", "conv-9"))
+    code, _, err = finish(
+        run_cli(
+            "send",
+            "cli.hello",
+            *ep,
+            "--content",
+            '{"n": 1}',
+            "--repeat",
+            "2",
+            "--target",
+            "watcher",
+            "--correlation-id",
+            "conv-9",
+        )
+    )
     assert code == 0, err
     code, out, err = finish(watch)
     assert code == 0, err
@@ -52,7 +66,7 @@ def test_forwarder_watch_send_stats(tcp_pair: tuple[str, str], run_cli: Any) -> 
 def test_forwarder_reports_a_busy_port(tcp_pair: tuple[str, str], run_cli: Any) -> None:
     ep = ["--pub", tcp_pair[0], "--sub", tcp_pair[1], "--stats-interval", "0"]
     first = run_cli("forwarder", *ep)
-    host, port = tcp_pair[1][len("tcp://"):].rsplit(":", 1)
+    host, port = tcp_pair[1][len("tcp://") :].rsplit(":", 1)
     deadline = time.monotonic() + 20
     while True:  # wait until the first one has bound both ports
         try:
@@ -76,8 +90,9 @@ def test_send_errors_are_one_line() -> None:
 
 
 def test_send_without_a_forwarder_times_out_cleanly(tcp_pair: tuple[str, str], run_cli: Any) -> None:
-    code, _, err = finish(run_cli("send", "a.b", "--pub", tcp_pair[0], "--sub", tcp_pair[1], "--timeout", "1"),
-                          timeout=60)
+    code, _, err = finish(
+        run_cli("send", "a.b", "--pub", tcp_pair[0], "--sub", tcp_pair[1], "--timeout", "1"), timeout=60
+    )
     assert code == 1 and "BusTimeout" in err
 
 
@@ -130,11 +145,21 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
     for peer in ("redis", "nats"):  # measured where installed, else skipped with the reason
         entry = s["peers"][peer]
         assert ("skipped" in entry and "not" in entry["skipped"]) or entry["pubsub"]["msgs_per_s"] > 0
-    assert {t["target"] for t in report["targets"]} >= {"pub/sub throughput / raw pyzmq",
-                                                        "request/reply p50 / raw asyncio echo"}
+    assert {t["target"] for t in report["targets"]} >= {
+        "pub/sub throughput / raw pyzmq",
+        "request/reply p50 / raw asyncio echo",
+    }
     md = (out_dir / "report.md").read_text()
-    for heading in ("## Pub/sub through a forwarder", "## Pub/sub throughput by content size", "## Fan-out",
-                    "## One-way latency", "## Request/reply", "## The demo workflow", "## Peers", "## Targets"):
+    for heading in (
+        "## Pub/sub through a forwarder",
+        "## Pub/sub throughput by content size",
+        "## Fan-out",
+        "## One-way latency",
+        "## Request/reply",
+        "## The demo workflow",
+        "## Peers",
+        "## Targets",
+    ):
         assert heading in md
     assert json.loads((out_dir / "report.json").read_text())["sections"].keys() == s.keys()
     try:
@@ -184,14 +209,22 @@ def test_up_runs_the_shipped_topology_and_stops_cleanly(tmp_path: Any, run_cli: 
 
     async def run_one() -> Any:
         async with MessageBroker(pub, sub) as b:
-            for service, n in (("ingest.analyze", 3), ("ingest.split", 1), ("ingest_manager.status", 1),
-                               ("errors.stats", 1), ("state.query", 1)):
+            for service, n in (
+                ("ingest.analyze", 3),
+                ("ingest.split", 1),
+                ("ingest_manager.status", 1),
+                ("errors.stats", 1),
+                ("state.query", 1),
+            ):
                 await b.wait_for_service(service, instances=n, timeout=60)
             done = Recorder()
             b.subscribe("test", "ingest.complete", done)
             await b.ready()
-            await b.publish(ProcessingMessage("ingest.request", {"document_id": "d1", "text": "a b c"},
-                                              MessageMetadata(correlation_id="d1")))
+            await b.publish(
+                ProcessingMessage(
+                    "ingest.request", {"document_id": "d1", "text": "a b c"}, MessageMetadata(correlation_id="d1")
+                )
+            )
             return (await done.wait_for(correlation_id="d1", timeout=30)).content
 
     assert asyncio.run(run_one())["words"] == 3
@@ -222,22 +255,31 @@ def test_up_runs_a_secure_topology(tmp_path: Any, run_cli: Any) -> None:
         keygen(keys, name, allow=name != "forwarder")
     (tmp_path / "policy.toml").write_text(
         '[keys.worker]\npublish = ["#"]\nsubscribe = ["#"]\nserve = ["#"]\ncall = ["#"]\n'
-        '[keys.client]\npublish = ["#"]\nsubscribe = ["#"]\ncall = ["ingest.#"]\n')
+        '[keys.client]\npublish = ["#"]\nsubscribe = ["#"]\ncall = ["ingest.#"]\n'
+    )
     pub, sub = tcp_endpoints()
     topology = tmp_path / "topology.toml"
-    topology.write_text(f'[bus]\npub = "{pub}"\nsub = "{sub}"\nkeys = "keys"\nkey_name = "worker"\n'
-                        f'policy = "policy.toml"\n\n[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\n')
+    topology.write_text(
+        f'[bus]\npub = "{pub}"\nsub = "{sub}"\nkeys = "keys"\nkey_name = "worker"\n'
+        f'policy = "policy.toml"\n\n[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\n'
+    )
     proc = run_cli("up", str(topology))
 
     async def ask() -> Any:
-        async with MessageBroker(pub, sub, keys=load_keys(keys, "client"),
-                                 policy=load_policy(tmp_path / "policy.toml")) as b:
+        async with MessageBroker(
+            pub, sub, keys=load_keys(keys, "client"), policy=load_policy(tmp_path / "policy.toml")
+        ) as b:
             await b.ready(30)
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    return (await b.request("ingest.analyze", ProcessingMessage("ingest.analyze", {
-                        "document_id": "d", "index": 0, "text": "two words"}), timeout=10)).content
+                    return (
+                        await b.request(
+                            "ingest.analyze",
+                            ProcessingMessage("ingest.analyze", {"document_id": "d", "index": 0, "text": "two words"}),
+                            timeout=10,
+                        )
+                    ).content
                 except Exception:
                     if time.monotonic() > deadline:
                         raise

@@ -1,4 +1,5 @@
 """Codec: round trips, every malformed input as one DecodeError with a reason."""
+
 from __future__ import annotations
 
 import datetime
@@ -26,8 +27,15 @@ def frames(msg: ProcessingMessage, codec: Codec | None = None, seq: int = 1) -> 
 
 
 def test_round_trip_keeps_every_field() -> None:
-    md = MessageMetadata(correlation_id="c-1", source_component="manager", target_component="handler",
-                         causation_id="m-0", attempt=2, deadline=1e9 + 0.5, headers={"k": [1, 2]})
+    md = MessageMetadata(
+        correlation_id="c-1",
+        source_component="manager",
+        target_component="handler",
+        causation_id="m-0",
+        attempt=2,
+        deadline=1e9 + 0.5,
+        headers={"k": [1, 2]},
+    )
     msg = ProcessingMessage(Kind.START, {"doc": "d-1", "n": 3, "raw": b"\x00\xff"}, md)
     topic, payload = frames(msg, seq=7)
     assert topic == b"component.start.request"
@@ -50,6 +58,7 @@ def test_defaults_fill_in_source_and_correlation() -> None:
 
 def test_registered_enum_comes_back() -> None:
     from zmqbus import register_message_types
+
     register_message_types(Kind)
     out = Codec().decode(*frames(ProcessingMessage(Kind.START, {})))
     assert out.message_type is Kind.START
@@ -67,12 +76,19 @@ def test_common_python_types_are_encoded() -> None:
     @dataclass
     class Point:
         x: int
+
     when = datetime.datetime(2026, 1, 2, 3, 4, 5)
     uid = uuid.UUID(int=1)
     content = {"kind": Kind.START, "when": when, "id": uid, "tags": {"a"}, "p": Point(1), "t": (1, 2)}
     out = Codec().decode(*frames(ProcessingMessage("a.b", content)))
-    assert out.content == {"kind": "component.start.request", "when": when.isoformat(), "id": str(uid),
-                           "tags": ["a"], "p": {"x": 1}, "t": [1, 2]}
+    assert out.content == {
+        "kind": "component.start.request",
+        "when": when.isoformat(),
+        "id": str(uid),
+        "tags": ["a"],
+        "p": {"x": 1},
+        "t": [1, 2],
+    }
 
 
 def test_unencodable_content_is_an_encode_error() -> None:
@@ -82,12 +98,15 @@ def test_unencodable_content_is_an_encode_error() -> None:
         pack(object())
 
 
-@pytest.mark.parametrize("md", [
-    MessageMetadata(correlation_id=5),  # type: ignore[arg-type]
-    MessageMetadata(target_component=1),  # type: ignore[arg-type]
-    MessageMetadata(attempt=0),
-    MessageMetadata(timestamp="now"),  # type: ignore[arg-type]
-])
+@pytest.mark.parametrize(
+    "md",
+    [
+        MessageMetadata(correlation_id=5),  # type: ignore[arg-type]
+        MessageMetadata(target_component=1),  # type: ignore[arg-type]
+        MessageMetadata(attempt=0),
+        MessageMetadata(timestamp="now"),  # type: ignore[arg-type]
+    ],
+)
 def test_bad_metadata_is_an_encode_error(md: MessageMetadata) -> None:
     with pytest.raises(EncodeError):
         frames(ProcessingMessage("a.b", {}, md))
@@ -114,29 +133,32 @@ def envelope(**changes: object) -> list[object]:
     return list(base.values())
 
 
-@pytest.mark.parametrize("payload,reason", [
-    (b"\xc1", "msgpack"),                                # never-used byte
-    (b"\x9e\x01", "msgpack"),                            # truncated array
-    (b"\xdb\xff\xff\xff\xff", "msgpack"),                # str32 declaring 4 GiB: a "bomb"
-    (b"\xdd\x7f\xff\xff\xff", "msgpack"),                # array32 declaring 2^31 items
-    (msgpack.packb(envelope()) + b"\x00", "msgpack"),   # trailing bytes
-    (msgpack.packb({"v": 1}), "field"),                  # a map, not an array
-    (msgpack.packb([PROTOCOL_VERSION, "a.b"]), "field"),  # too short
-    (msgpack.packb(envelope(version=1)), "version"),                       # version 1: two frames
-    (msgpack.packb(envelope(version=3)), "version"),
-    (msgpack.packb(envelope(version=True)), "version"),
-    (msgpack.packb([99]), "version"),
-    (msgpack.packb(envelope(version="1")), "version"),
-    (msgpack.packb(envelope(message_id=5)), "field"),
-    (msgpack.packb(envelope(sequence=-1)), "field"),
-    (msgpack.packb(envelope(attempt=0)), "field"),
-    (msgpack.packb(envelope(timestamp="x")), "field"),
-    (msgpack.packb(envelope(headers=[1])), "field"),
-    (msgpack.packb(envelope(target=3)), "field"),
-    (msgpack.packb(envelope(content=msgpack.ExtType(5, b"x"))), "msgpack"),   # ext types refused
-    (msgpack.packb(envelope(headers={1: "x"})), "field"),                    # header keys are str
-    (msgpack.packb(envelope() + [1]) [:-1] + b"\xc1", "msgpack"),             # bad byte in an extra element
-])
+@pytest.mark.parametrize(
+    "payload,reason",
+    [
+        (b"\xc1", "msgpack"),  # never-used byte
+        (b"\x9e\x01", "msgpack"),  # truncated array
+        (b"\xdb\xff\xff\xff\xff", "msgpack"),  # str32 declaring 4 GiB: a "bomb"
+        (b"\xdd\x7f\xff\xff\xff", "msgpack"),  # array32 declaring 2^31 items
+        (msgpack.packb(envelope()) + b"\x00", "msgpack"),  # trailing bytes
+        (msgpack.packb({"v": 1}), "field"),  # a map, not an array
+        (msgpack.packb([PROTOCOL_VERSION, "a.b"]), "field"),  # too short
+        (msgpack.packb(envelope(version=1)), "version"),  # version 1: two frames
+        (msgpack.packb(envelope(version=3)), "version"),
+        (msgpack.packb(envelope(version=True)), "version"),
+        (msgpack.packb([99]), "version"),
+        (msgpack.packb(envelope(version="1")), "version"),
+        (msgpack.packb(envelope(message_id=5)), "field"),
+        (msgpack.packb(envelope(sequence=-1)), "field"),
+        (msgpack.packb(envelope(attempt=0)), "field"),
+        (msgpack.packb(envelope(timestamp="x")), "field"),
+        (msgpack.packb(envelope(headers=[1])), "field"),
+        (msgpack.packb(envelope(target=3)), "field"),
+        (msgpack.packb(envelope(content=msgpack.ExtType(5, b"x"))), "msgpack"),  # ext types refused
+        (msgpack.packb(envelope(headers={1: "x"})), "field"),  # header keys are str
+        (msgpack.packb(envelope() + [1])[:-1] + b"\xc1", "msgpack"),  # bad byte in an extra element
+    ],
+)
 def test_malformed_payloads(payload: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as info:
         Codec().decode(b"a.b", payload)
@@ -179,15 +201,18 @@ def test_decode_frame_splits_topic_and_payload(size: int) -> None:
     assert out.topic == "a.b" and out.content == msg.content
 
 
-@pytest.mark.parametrize("frame,reason", [
-    (b"a.b", "topic"),                                    # no separator
-    (b"\x00" + msgpack.packb(envelope()), "topic"),       # empty topic
-    (b"x" * 300 + b"\x00" + msgpack.packb(envelope()), "topic"),   # separator past 256 bytes
-    (b"x" * 256 + b"\x00" + msgpack.packb(envelope()), "topic"),   # a 256-byte topic (1 to 255 allowed)
-    (b"\xff\xfe\x00" + msgpack.packb(envelope()), "topic"),       # not UTF-8
-    (b"a.b\x00", "msgpack"),                              # nothing after the separator
-    (b"a.b\x00" + msgpack.packb(envelope()) + b"\x00", "msgpack"),
-])
+@pytest.mark.parametrize(
+    "frame,reason",
+    [
+        (b"a.b", "topic"),  # no separator
+        (b"\x00" + msgpack.packb(envelope()), "topic"),  # empty topic
+        (b"x" * 300 + b"\x00" + msgpack.packb(envelope()), "topic"),  # separator past 256 bytes
+        (b"x" * 256 + b"\x00" + msgpack.packb(envelope()), "topic"),  # a 256-byte topic (1 to 255 allowed)
+        (b"\xff\xfe\x00" + msgpack.packb(envelope()), "topic"),  # not UTF-8
+        (b"a.b\x00", "msgpack"),  # nothing after the separator
+        (b"a.b\x00" + msgpack.packb(envelope()) + b"\x00", "msgpack"),
+    ],
+)
 def test_malformed_frames(frame: bytes, reason: str) -> None:
     with pytest.raises(DecodeError) as info:
         Codec().decode_frame(frame)
@@ -201,8 +226,12 @@ def test_unpack_never_leaks_msgpack_errors() -> None:
 
 
 json_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=20) | st.binary(max_size=20),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids, max_size=4),
     max_leaves=20,
 )
@@ -235,21 +264,34 @@ def test_request_and_reply_frames_split_back() -> None:
     assert service == b"a" and bytes(rest) == big
 
 
-@pytest.mark.parametrize("body", [b"", b"REQ", b"REQ\x00", b"REQ\x00\x00payload", b"REP\x00x", b"HELLO\x00a\x00b",
-                                  b"REQ\x00" + b"s" * 300 + b"\x00payload"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"REQ",
+        b"REQ\x00",
+        b"REQ\x00\x00payload",
+        b"REP\x00x",
+        b"HELLO\x00a\x00b",
+        b"REQ\x00" + b"s" * 300 + b"\x00payload",
+    ],
+)
 def test_malformed_request_frames(body: bytes) -> None:
     from zmqbus.core.codec import split_request
+
     assert split_request(body) is None
 
 
 @pytest.mark.parametrize("body", [b"", b"REP", b"REQ\x00x", b"\x00x", b"BUSYX\x00x"])
 def test_malformed_reply_frames(body: bytes) -> None:
     from zmqbus.core.codec import split_reply
+
     assert split_reply(body) is None
 
 
 def test_a_service_name_is_checked_like_a_topic() -> None:
     from zmqbus.core.codec import request_head
+
     for bad in ("", "a\x00b", "a..b", "a.*"):
         with pytest.raises(TopicError):
             request_head(bad)
@@ -274,8 +316,15 @@ def test_every_metadata_field_survives_a_round_trip() -> None:
     without being carried would be caught here, since every field is compared by name."""
     import dataclasses
 
-    md = MessageMetadata(correlation_id="c-1", source_component="s", target_component="t", causation_id="m-0",
-                         attempt=3, deadline=2e9, headers={"h": 1})
+    md = MessageMetadata(
+        correlation_id="c-1",
+        source_component="s",
+        target_component="t",
+        causation_id="m-0",
+        attempt=3,
+        deadline=2e9,
+        headers={"h": 1},
+    )
     msg = ProcessingMessage("a.b", [1], md)
     topic, payload = frames(msg, seq=5)
     got = Codec().decode(topic, payload).metadata

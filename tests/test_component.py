@@ -1,4 +1,5 @@
 """The component framework in this process, on a real forwarder: styles, retries, errors, ids."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,6 +24,7 @@ class Kind(str, Enum):
 
 class GuideStyle(Manager):
     """Subscribes the guide's way, by message type."""
+
     message_types = (Kind,)
 
     def _setup_message_handlers(self) -> None:
@@ -69,17 +71,20 @@ async def test_guide_and_decorator_styles_with_state_ids_retries_and_errors(forw
             client.subscribe("client", "deadletter.#", dead)
             client.subscribe("client", "thing.flaky_done", flaky)
             await client.ready()
-            start = ProcessingMessage(Kind.START, {"n": 21}, MessageMetadata(correlation_id="wf-1",
-                                                                               source_component="client"))
+            start = ProcessingMessage(
+                Kind.START, {"n": 21}, MessageMetadata(correlation_id="wf-1", source_component="client")
+            )
             await client.publish(start)
-            result = (await done.wait_for())
+            result = await done.wait_for()
             assert result.content == {"answer": 42} and result.metadata.target_component == "client"
             # ids followed by themselves: same conversation, caused by the start request's handling
             assert result.metadata.correlation_id == "wf-1"
             await states.wait_for(count=3)
             assert [m.content["state"] for m in states.messages] == ["processing", "waiting", "completed"]
-            assert all(m.metadata.correlation_id == "wf-1" and m.metadata.target_component == "state_tracker"
-                       for m in states.messages)
+            assert all(
+                m.metadata.correlation_id == "wf-1" and m.metadata.target_component == "state_tracker"
+                for m in states.messages
+            )
             assert states.messages[0].metadata.causation_id == start.metadata.message_id
             assert len(manager.active_processes) == 0 and manager.metrics.completed == 1
 
@@ -90,11 +95,11 @@ async def test_guide_and_decorator_styles_with_state_ids_retries_and_errors(forw
 
             # fatal errors go to the error handler and the dead-letter topic, with context
             await client.publish(ProcessingMessage("thing.broken", {"x": 1}, MessageMetadata(correlation_id="wf-9")))
-            err = (await errors.wait_for())
+            err = await errors.wait_for()
             assert err.topic == "error.worker" and err.metadata.target_component == "error_handler"
             assert err.content["error_type"] == "KeyError" and err.content["correlation_id"] == "wf-9"
             assert err.content["retryable"] is False and err.content["message_type"] == "thing.broken"
-            letter = (await dead.wait_for())
+            letter = await dead.wait_for()
             assert letter.topic == "deadletter.worker" and letter.content["content"] == {"x": 1}
             # every component answers <name>.status
             status = (await client.request("worker.status", ProcessingMessage("worker.status", {}))).content
@@ -169,8 +174,9 @@ async def test_state_tracker_rebuilds_its_view_from_its_journal(forwarder: Forwa
     await first.start()
     async with bus(forwarder) as client:
         for cid, state in (("wf-1", "processing"), ("wf-1", "completed"), ("wf-2", "failed")):
-            await client.publish(ProcessingMessage("status.manager", {
-                "correlation_id": cid, "component": "manager", "state": state}))
+            await client.publish(
+                ProcessingMessage("status.manager", {"correlation_id": cid, "component": "manager", "state": state})
+            )
         await wait_until(lambda: first.updates == 3, what="three status updates")
         before = await query(client, {})
     await first.stop(grace=1)
@@ -218,8 +224,9 @@ async def test_error_handler_counts_and_replays_dead_letters(forwarder: Forwarde
             s = await stats()
             assert s["by_type"] == {"ValueError": 1} and s["by_component"] == {"picky": 1}
             assert s["recent"][0]["correlation_id"] == "wf-p"
-            replay = await client.request("errors.replay", ProcessingMessage(
-                "errors.replay", {"message_id": bad.metadata.message_id}))
+            replay = await client.request(
+                "errors.replay", ProcessingMessage("errors.replay", {"message_id": bad.metadata.message_id})
+            )
             assert replay.content == {"replayed": True, "message_id": bad.metadata.message_id}
             while len(seen) < 2:
                 assert asyncio.get_running_loop().time() < deadline

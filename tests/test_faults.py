@@ -3,6 +3,7 @@
 Each test asserts what was delivered, what was counted as lost or malformed,
 and that the forwarder and the clients stayed up.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.timeout(90)
 
 def good_payload(topic: str, i: int, seq: int) -> bytes:
     """A valid payload written by hand from docs/PROTOCOL.md."""
-    return msgpack.packb([2, topic, f"raw-{i}", f"raw-{i}", None, "raw", None, time.time(), "raw-pub", seq, 1,
-                          None, None, {"i": i}])
+    return msgpack.packb(
+        [2, topic, f"raw-{i}", f"raw-{i}", None, "raw", None, time.time(), "raw-pub", seq, 1, None, None, {"i": i}]
+    )
 
 
 def good_frame(topic: str, i: int, seq: int) -> bytes:
@@ -54,8 +56,9 @@ async def stats_reader(b: MessageBroker) -> Recorder:
     return coll
 
 
-async def test_wrong_frame_counts_and_bad_payloads_back_to_back(ipc_pair: tuple[str, str],
-                                                                spawn_forwarder: Any) -> None:
+async def test_wrong_frame_counts_and_bad_payloads_back_to_back(
+    ipc_pair: tuple[str, str], spawn_forwarder: Any
+) -> None:
     """Malformed messages queued right next to good ones never cost a good one."""
     proc = spawn_forwarder(*ipc_pair, stats_interval=None)
     async with MessageBroker(*ipc_pair) as b:
@@ -69,19 +72,19 @@ async def test_wrong_frame_counts_and_bad_payloads_back_to_back(ipc_pair: tuple[
         t = b"f.x\x00"
         burst: list[list[bytes]] = [
             [good_frame("f.x", 1, 1)],
-            [b"f.x"],                                             # no NUL after the topic
+            [b"f.x"],  # no NUL after the topic
             [good_frame("f.x", 2, 2)],
-            [t + b"\xc1\xc1"],                                    # garbage payload
+            [t + b"\xc1\xc1"],  # garbage payload
             [good_frame("f.x", 3, 3)],
-            [b"\x9e\x01garbage"],                                 # a lone payload-looking frame
+            [b"\x9e\x01garbage"],  # a lone payload-looking frame
             [good_frame("f.x", 4, 4)],
-            [t + b"\xdb\xff\xff\xff\xff"],                         # msgpack bomb: 4 GiB string declared
+            [t + b"\xdb\xff\xff\xff\xff"],  # msgpack bomb: 4 GiB string declared
             [good_frame("f.x", 5, 5)],
-            [t + msgpack.packb([7, "future protocol"])],          # unknown version
+            [t + msgpack.packb([7, "future protocol"])],  # unknown version
             [good_frame("f.x", 6, 6)],
-            [b"\xff\xfe\x00" + good_payload("f.x", 0, 99)],        # topic not UTF-8
+            [b"\xff\xfe\x00" + good_payload("f.x", 0, 99)],  # topic not UTF-8
             [good_frame("f.x", 7, 7)],
-            [good_frame("f.x", 8, 8), b"extra frame"],           # two frames: each is decoded on its own
+            [good_frame("f.x", 8, 8), b"extra frame"],  # two frames: each is decoded on its own
         ]
         for frames in burst:
             raw.send_multipart(frames)
@@ -98,7 +101,7 @@ async def test_wrong_frame_counts_and_bad_payloads_back_to_back(ipc_pair: tuple[
 def send_garbage(endpoints: tuple[str, str]) -> None:
     """Raw TCP garbage to both forwarder ports; each connection is closed after sending."""
     for endpoint in endpoints:
-        host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+        host, port = endpoint[len("tcp://") :].rsplit(":", 1)
         for payload in (b"GET / HTTP/1.1\r\n\r\n", os.urandom(4096), b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x09" * 60):
             with socket.create_connection((host, int(port)), timeout=5) as s:
                 s.sendall(payload)
@@ -114,13 +117,14 @@ async def test_garbage_bytes_on_the_forwarder_port(tcp_pair: tuple[str, str], sp
         await asyncio.to_thread(send_garbage, tcp_pair)
         await b.publish(ProcessingMessage("g.after", {"ok": True}))
         assert (await coll.wait_for()).content == {"ok": True}
-        await wait_until(lambda: any(m.content["handshake_failures"] >= 1 for m in stats.messages),
-                         what="handshake failures reported")
+        await wait_until(
+            lambda: any(m.content["handshake_failures"] >= 1 for m in stats.messages),
+            what="handshake failures reported",
+        )
     assert proc.is_alive()
 
 
-async def test_oversized_frame_disconnects_only_its_sender(tcp_pair: tuple[str, str],
-                                                           spawn_forwarder: Any) -> None:
+async def test_oversized_frame_disconnects_only_its_sender(tcp_pair: tuple[str, str], spawn_forwarder: Any) -> None:
     proc = spawn_forwarder(*tcp_pair, stats_interval=0.1)
     async with MessageBroker(*tcp_pair) as b:
         coll = Recorder()
@@ -129,8 +133,10 @@ async def test_oversized_frame_disconnects_only_its_sender(tcp_pair: tuple[str, 
         await b.ready(timeout=20)
         raw = raw_publisher(tcp_pair[0], b"o")
         raw.send(b"o.big\x00\x9e" + b"x" * (2 * 1024 * 1024))  # over the 1 MiB MAXMSGSIZE
-        await wait_until(lambda: any(m.content["publisher_disconnects"] >= 1 for m in stats.messages),
-                         what="the oversized sender's disconnection")
+        await wait_until(
+            lambda: any(m.content["publisher_disconnects"] >= 1 for m in stats.messages),
+            what="the oversized sender's disconnection",
+        )
         for i in range(3):
             await b.publish(ProcessingMessage("o.ok", {"i": i}))
         await coll.wait_for(count=3)
@@ -190,8 +196,9 @@ asyncio.run(main())
 """
 
 
-async def test_publisher_that_exits_right_after_a_burst_loses_nothing(tcp_pair: tuple[str, str],
-                                                                     spawn_forwarder: Any) -> None:
+async def test_publisher_that_exits_right_after_a_burst_loses_nothing(
+    tcp_pair: tuple[str, str], spawn_forwarder: Any
+) -> None:
     """Messages still queued when a publisher closes and its process exits are delivered.
 
     ZeroMQ sends a closed socket's queue only while the context lives; before

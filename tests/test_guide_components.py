@@ -3,6 +3,7 @@
 Each test runs on the test kit's ``bus`` fixture (a real forwarder), with the
 bundled error handler and state tracker, as a guide reader's system would.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -86,15 +87,14 @@ class GuideReporter(Component):
 
     async def _handle_error(self, message: ProcessingMessage, error: BaseException) -> None:
         error_context = {
-            'correlation_id': message.metadata.correlation_id,
-            'error_type': type(error).__name__,
-            'error_message': str(error)
+            "correlation_id": message.metadata.correlation_id,
+            "error_type": type(error).__name__,
+            "error_message": str(error),
         }
         await self.publish_message(MessageType.COMPONENT_ERROR, error_context, "error_handler")
 
     async def _update_state(self, new_state: Any, ctx: Any = None, **info: Any) -> None:
-        await self.publish_message(MessageType.COMPONENT_STATUS_UPDATE, {'new_state': new_state.value},
-                                   "state_tracker")
+        await self.publish_message(MessageType.COMPONENT_STATUS_UPDATE, {"new_state": new_state.value}, "state_tracker")
 
     def _setup_message_handlers(self) -> None:
         self.message_broker.subscribe(self.component_name, "component.process.request.#", self._handle)
@@ -112,8 +112,13 @@ async def test_the_guides_error_and_status_topics_reach_the_infrastructure(bus: 
     _, errors, tracker = await bus.start_all(GuideReporter, ErrorHandler, StateTracker)
     await bus.publish(MessageType.COMPONENT_PROCESS_REQUEST, {}, correlation_id="wf-9")
     await wait_until(lambda: errors.total == 1, what="the guide's component.error at the error handler")  # type: ignore[attr-defined]
-    await wait_until(lambda: tracker.by_correlation.get("wf-9", {}).get("component", {}).get("state")  # type: ignore[attr-defined]
-                     == "failed", what="the guide's component.status.update at the state tracker")
+    await wait_until(
+        lambda: (
+            tracker.by_correlation.get("wf-9", {}).get("component", {}).get("state")  # type: ignore[attr-defined]
+            == "failed"
+        ),
+        what="the guide's component.status.update at the state tracker",
+    )
     stats = await bus.request("errors.stats")
     assert stats["by_type"] == {"TimeoutError": 1} and stats["by_component"] == {"component": 1}
     assert stats["recent"][0]["error_message"] == "the database did not answer"
@@ -147,8 +152,10 @@ async def test_a_readers_state_enum_and_the_guides_update_state(bus: TestBus) ->
     orders = await bus.start(Orders)
     tracker = await bus.start(StateTracker)
     await bus.publish("order.start", {}, correlation_id="o-1")
-    await wait_until(lambda: tracker.by_correlation.get("o-1", {}).get("orders", {}).get("state") == "completed",
-                     what="the state tracker sees the workflow completed")
+    await wait_until(
+        lambda: tracker.by_correlation.get("o-1", {}).get("orders", {}).get("state") == "completed",
+        what="the state tracker sees the workflow completed",
+    )
     assert orders.metrics.completed == 1 and len(orders.active_processes) == 0
 
     ctx = orders.active_processes.create("o-2", "r-2")

@@ -4,6 +4,7 @@ tests/test_workflow.py runs the same workflow as ``zmqbus up`` runs it (a
 supervisor, every component a process); here the components run in the test's
 process on the kit's ``bus``, except where a process must be killed.
 """
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Interop: tests/raw_peer.py, written from docs/PROTOCOL.md alone, talks to zmqbus."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,8 +24,7 @@ def start_raw_peer(ipc_pair: tuple[str, str], spawn_forwarder: Any) -> Iterator[
     procs: list[subprocess.Popen[str]] = []
 
     def start(*mode: str) -> subprocess.Popen[str]:
-        procs.append(subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair, *mode], stdout=subprocess.PIPE,
-                                      text=True))
+        procs.append(subprocess.Popen([sys.executable, RAW_PEER, *ipc_pair, *mode], stdout=subprocess.PIPE, text=True))
         return procs[-1]
 
     yield start
@@ -48,18 +48,28 @@ async def test_raw_client_publishes_and_subscribes(ipc_pair: tuple[str, str], st
         b.subscribe("pytest", "interop.from_raw.#", coll)
         await b.ready(timeout=20)
         assert await readline(raw_peer) == "ready"
-        sent = ProcessingMessage("interop.to_raw", {"n": [1, 2.5, "three", None, b"\x04"]},
-                                 MessageMetadata(correlation_id="conv-1", source_component="pytest"))
+        sent = ProcessingMessage(
+            "interop.to_raw",
+            {"n": [1, 2.5, "three", None, b"\x04"]},
+            MessageMetadata(correlation_id="conv-1", source_component="pytest"),
+        )
         await b.publish(sent)
         await coll.wait_for(count=4, timeout=20)
         got = coll.messages
         assert await readline(raw_peer) == "sent"
         first = got[0]
-        assert first.content == {"echo": {"n": [1, 2.5, "three", None, b"\x04"]},
-                                 "type_seen": "interop.to_raw", "source_seen": "pytest"}
+        assert first.content == {
+            "echo": {"n": [1, 2.5, "three", None, b"\x04"]},
+            "type_seen": "interop.to_raw",
+            "source_seen": "pytest",
+        }
         md = first.metadata
         assert (md.correlation_id, md.causation_id, md.source_component, md.target_component) == (
-            "conv-1", sent.metadata.message_id, "raw", "pytest")
+            "conv-1",
+            sent.metadata.message_id,
+            "raw",
+            "pytest",
+        )
         assert md.headers == {"lang": "raw"} and md.publisher_id == "raw-pub"
         assert [m.metadata.sequence for m in got] == [1, 2, 3, 9]
         assert got[3].content == "last"

@@ -1,4 +1,5 @@
 """The test kit (zmqbus.testing): its plugin without a conftest, its recorders, its faults on the real transport."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,8 @@ class Doubler(Processor):
 def test_the_plugin_needs_no_conftest(tmp_path: Path) -> None:
     """A user's folder with one test file and nothing else: the installed plugin gives ``bus`` and runs
     ``async def`` tests; plain tests are left alone."""
-    (tmp_path / "test_user.py").write_text(textwrap.dedent("""
+    (tmp_path / "test_user.py").write_text(
+        textwrap.dedent("""
         from zmqbus import Processor, service
 
         class Echo(Processor):
@@ -37,10 +39,17 @@ def test_the_plugin_needs_no_conftest(tmp_path: Path) -> None:
 
         def test_plain():
             assert True
-    """))
+    """)
+    )
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
 
@@ -50,8 +59,11 @@ async def test_a_recorder_says_what_it_got_when_a_wait_fails(bus: TestBus) -> No
     await bus.publish("kit.a", {"n": 1}, correlation_id="c-1", target="someone")
     got = await rec.wait_for(message_type="kit.a", correlation_id="c-1", target="someone", source="test")
     assert got.content == {"n": 1} and rec.assert_published(content={"n": 1}) is got
-    with pytest.raises(AssertionError, match=r"1 message\(s\) on 'kit.#' with correlation_id='c-2': 0 matched; "
-                                             r"recorded 1: \[kit.a\(correlation_id='c-1'"):
+    with pytest.raises(
+        AssertionError,
+        match=r"1 message\(s\) on 'kit.#' with correlation_id='c-2': 0 matched; "
+        r"recorded 1: \[kit.a\(correlation_id='c-1'",
+    ):
         await rec.wait_for(correlation_id="c-2", timeout=0.2)
     with pytest.raises(AssertionError, match=r"no message on 'kit\.#' with message_type='kit\.b'"):
         rec.assert_published(message_type="kit.b")
@@ -106,8 +118,11 @@ async def test_spawned_component_processes_and_a_kill_9(bus: TestBus) -> None:
     for _ in range(4):
         reply = await bus.request("ingest.analyze", chunk, timeout=8.0, retry=retry)
         assert reply["words"] == 3
-    await wait_until(lambda: len(bus.client.live_instances("chunk_analyzer.status")) == 1, timeout=10,
-                     what="the killed instance to drop out of the directory")
+    await wait_until(
+        lambda: len(bus.client.live_instances("chunk_analyzer.status")) == 1,
+        timeout=10,
+        what="the killed instance to drop out of the directory",
+    )
 
 
 async def test_outside_pytest_a_test_bus_is_a_context_manager() -> None:

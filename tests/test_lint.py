@@ -1,5 +1,6 @@
 """The code passes its own linters: ruff (pyproject.toml's rule set), mypy --strict and the layer
 contracts of import-linter (both in setup.cfg)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -23,6 +24,12 @@ def test_ruff_is_clean() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_ruff_format_is_clean() -> None:
+    """The tree is as `ruff format` writes it (pyproject.toml's settings): run `ruff format .`."""
+    done = run("ruff", "format", "--check", "--no-cache", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_mypy_strict_is_clean() -> None:
     done = run("mypy", "--no-incremental")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -30,8 +37,17 @@ def test_mypy_strict_is_clean() -> None:
 
 def test_layers_hold() -> None:
     """No upward import between the layers, and no zmq, asyncio or click in the pure core."""
-    done = subprocess.run([sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; "
-                           "sys.exit(lint_imports_command())"], cwd=ROOT, capture_output=True, text=True, timeout=280)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 broken" in done.stdout
 
@@ -43,6 +59,11 @@ def test_user_code_importing_the_public_names_passes_mypy_strict(tmp_path: Path)
 
     user = tmp_path / "user_code.py"
     user.write_text(f"from zmqbus import {', '.join(n for n in zmqbus.__all__ if n != '__version__')}\n")
-    done = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=280)
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert done.returncode == 0, done.stdout + done.stderr

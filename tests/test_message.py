@@ -1,4 +1,5 @@
 """Message objects, ids and the rate-limited log: pure code."""
+
 from __future__ import annotations
 
 import enum
@@ -71,15 +72,17 @@ def test_public_surface_and_a_pure_core_without_zmq() -> None:
     import subprocess
     import sys
 
-    code = ("import importlib, pkgutil, sys, zmqbus.core\n"
-            "for m in pkgutil.iter_modules(zmqbus.core.__path__):\n"  # every module of the pure core
-            "    importlib.import_module('zmqbus.core.' + m.name)\n"
-            "assert 'zmq' not in sys.modules and 'asyncio' not in sys.modules, sorted(sys.modules)\n"
-            "import zmqbus\n"
-            "for name in zmqbus.__all__:\n"
-            "    getattr(zmqbus, name)\n"
-            "for internal in ('Codec', 'Pattern', 'SocketConfig', 'Subscription', 'compile_pattern'):\n"
-            "    assert not hasattr(zmqbus, internal), internal\n"
-            "assert zmqbus.Handler.__module__ == 'zmqbus.framework.component'\n")
+    code = (
+        "import importlib, pkgutil, sys, zmqbus.core\n"
+        "for m in pkgutil.iter_modules(zmqbus.core.__path__):\n"  # every module of the pure core
+        "    importlib.import_module('zmqbus.core.' + m.name)\n"
+        "assert 'zmq' not in sys.modules and 'asyncio' not in sys.modules, sorted(sys.modules)\n"
+        "import zmqbus\n"
+        "for name in zmqbus.__all__:\n"
+        "    getattr(zmqbus, name)\n"
+        "for internal in ('Codec', 'Pattern', 'SocketConfig', 'Subscription', 'compile_pattern'):\n"
+        "    assert not hasattr(zmqbus, internal), internal\n"
+        "assert zmqbus.Handler.__module__ == 'zmqbus.framework.component'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -5,6 +5,7 @@ Pub/sub with exact loss accounting through a partition, request/reply with
 again when it comes back, and a redundant bus losing nothing when a forwarder's
 host is cut off. Skipped, with the reason, where namespaces cannot be made.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,11 @@ import pytest
 from netbed import NetBed, unavailable
 
 _WHY = unavailable()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(_WHY is not None, reason=f"no multi-host test bed: {_WHY}"),
-              pytest.mark.timeout(150)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(_WHY is not None, reason=f"no multi-host test bed: {_WHY}"),
+    pytest.mark.timeout(150),
+]
 
 
 @pytest.fixture
@@ -97,8 +101,20 @@ def test_pubsub_across_hosts_accounts_for_every_message_through_a_partition(bed:
 def test_requests_fail_over_when_a_responders_host_is_cut_off_and_come_back(bed: NetBed) -> None:
     pub, sub = _forwarder(bed, "h1")
     for host in ("h2", "h3"):
-        proc = bed.zmqbus(host, "--insecure", "run", "netbed_roles:Echo", "--pub", pub, "--sub", sub,
-                          "--rpc-bind", "tcp://0.0.0.0:*", "--rpc-advertise", bed.addr(host))
+        proc = bed.zmqbus(
+            host,
+            "--insecure",
+            "run",
+            "netbed_roles:Echo",
+            "--pub",
+            pub,
+            "--sub",
+            sub,
+            "--rpc-bind",
+            "tcp://0.0.0.0:*",
+            "--rpc-advertise",
+            bed.addr(host),
+        )
         Lines(proc.stderr).wait(lambda line: "zmqbus run: echo ready" in line, 40, f"the responder on {host}")
     calls = Lines(_role(bed, "h1", f"caller({pub!r}, {sub!r}, 90, 0.05, 4.0)").stdout)
     by: set[str] = set()
@@ -112,8 +128,11 @@ def test_requests_fail_over_when_a_responders_host_is_cut_off_and_come_back(bed:
     assert max(o["ms"] for o in outcomes) < 4000, "every request within its deadline"
     survivor = outcomes[-1]["by"]
     bed.heal("h2")
-    back = calls.wait(lambda line: '"ok": true' in line and survivor not in line, 40,
-                      "the responder on h2 to serve again once its host is back")
+    back = calls.wait(
+        lambda line: '"ok": true' in line and survivor not in line,
+        40,
+        "the responder on h2 to serve again once its host is back",
+    )
     assert json.loads(back)["by"] in by
 
 

@@ -1,4 +1,5 @@
 """Prometheus metrics (scraped over HTTP) and OpenTelemetry traces (from the SDK), on a real bus."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,11 @@ def scrape(port: int) -> dict[str, float]:
 
 def sample(samples: dict[str, float], name: str, **labels: str) -> float:
     """The value of the one sample of ``name`` whose labels include ``labels``."""
-    found = [v for k, v in samples.items() if k.split("{")[0] == name
-             and all(f'{lk}="{lv}"' in k for lk, lv in labels.items())]
+    found = [
+        v
+        for k, v in samples.items()
+        if k.split("{")[0] == name and all(f'{lk}="{lv}"' in k for lk, lv in labels.items())
+    ]
     assert len(found) == 1, (name, labels, [k for k in samples if k.startswith(name)])
     return found[0]
 
@@ -77,9 +81,26 @@ def test_a_forwarders_metrics_over_its_command_line() -> None:
     """`zmqbus forwarder --metrics-port` serves its counters; a garbage connection shows up in them."""
     pub, sub = tcp_endpoints()
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "zmqbus.cli", "forwarder", "--pub", pub, "--sub", sub,
-                             "--metrics-port", str(port), "--stats-interval", "0"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "zmqbus.cli",
+            "forwarder",
+            "--pub",
+            pub,
+            "--sub",
+            sub,
+            "--metrics-port",
+            str(port),
+            "--stats-interval",
+            "0",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         async def traffic() -> None:
             async with MessageBroker(pub, sub) as b:
                 got: list[Any] = []
@@ -88,6 +109,7 @@ def test_a_forwarders_metrics_over_its_command_line() -> None:
                 for _ in range(5):
                     await b.publish(ProcessingMessage("x.y", {}))
                 await wait_until(lambda: len(got) == 5)
+
         asyncio.run(traffic())
         s = scrape(port)
         assert sample(s, "zmqbus_forwarder_frames_total", direction="in") >= 5
@@ -108,8 +130,12 @@ def test_a_busy_metrics_port_is_one_line() -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
-        done = subprocess.run([sys.executable, "-m", "zmqbus.cli", "forwarder", "--pub", pub, "--sub", sub,
-                               "--metrics-port", str(port)], capture_output=True, text=True, timeout=30)
+        done = subprocess.run(
+            [sys.executable, "-m", "zmqbus.cli", "forwarder", "--pub", pub, "--sub", sub, "--metrics-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert done.returncode == 1 and f"cannot serve metrics on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -151,15 +177,20 @@ async def test_traces_follow_a_message_through_handlers_and_requests(bus: TestBu
     for span in spans.get_finished_spans():
         by_name.setdefault(span.name, []).append(span)
     seen = {name: len(v) for name, v in by_name.items()}
-    assert {"send step.one", "process step.one", "send step.two", "request calc.half", "process calc.half"} \
-        <= set(seen), seen
+    assert {"send step.one", "process step.one", "send step.two", "request calc.half", "process calc.half"} <= set(
+        seen
+    ), seen
     send_one, process_one = by_name["send step.one"][0], by_name["process step.one"][0]
     assert process_one.parent.span_id == send_one.context.span_id
     assert by_name["send step.two"][0].parent.span_id == process_one.context.span_id, "the handler's publish"
     assert len({s.context.trace_id for s in (send_one, process_one, by_name["send step.two"][0])}) == 1
     attrs = send_one.attributes
-    assert (attrs["messaging.system"], attrs["messaging.destination.name"], attrs["messaging.operation.type"],
-            attrs["messaging.message.conversation_id"]) == ("zmqbus", "step.one", "send", "wf-7")
+    assert (
+        attrs["messaging.system"],
+        attrs["messaging.destination.name"],
+        attrs["messaging.operation.type"],
+        attrs["messaging.message.conversation_id"],
+    ) == ("zmqbus", "step.one", "send", "wf-7")
     assert seen["request calc.half"] == 2 and seen["send step.one"] == 1, seen
     ok, failed = by_name["request calc.half"]
     served = by_name["process calc.half"]
@@ -176,11 +207,14 @@ async def test_with_tracing_off_messages_carry_no_trace_context(bus: TestBus) ->
 
 
 def test_tracing_without_opentelemetry_is_one_clear_error() -> None:
-    code = ("import sys; sys.modules['opentelemetry'] = None\n"
-            "from zmqbus.bus import tracing\n"
-            "try:\n    tracing.enable()\nexcept Exception as e:\n    print(type(e).__name__, e)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
-                          env=dict(os.environ))
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "from zmqbus.bus import tracing\n"
+        "try:\n    tracing.enable()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, env=dict(os.environ)
+    )
     assert done.stdout.strip() == "ZmqbusError tracing needs OpenTelemetry: pip install 'zmqbus[traces]'"
 
 

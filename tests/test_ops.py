@@ -3,6 +3,7 @@
 The bus and its components run in the test (the kit's ``bus``); each command
 runs as ``python -m zmqbus.cli`` in a thread, so the components keep serving.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -43,8 +44,13 @@ class Picky(Component):
         raise ValueError(f"unreadable order {message.content!r}")
 
 
-def cli(bus: TestBus | None, *args: str, timeout: float = 30, cwd: str | None = None,
-        endpoints: tuple[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def cli(
+    bus: TestBus | None,
+    *args: str,
+    timeout: float = 30,
+    cwd: str | None = None,
+    endpoints: tuple[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     pub, sub = endpoints or (bus.pub_endpoint, bus.sub_endpoint)  # type: ignore[union-attr]
     env = dict(os.environ, ZMQBUS_PUB=pub, ZMQBUS_SUB=sub)
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
@@ -59,8 +65,10 @@ async def test_ls_lists_services_and_their_instances(bus: TestBus) -> None:
     done = await acli(bus, "ls", "--json")
     assert done.returncode == 0, done.stderr
     table = json.loads(done.stdout)
-    assert {i["instance"] for i in table["math.double"]} == {first.message_broker.client_id,
-                                                               second.message_broker.client_id}
+    assert {i["instance"] for i in table["math.double"]} == {
+        first.message_broker.client_id,
+        second.message_broker.client_id,
+    }
     assert all(i["endpoint"].startswith("tcp://") and i["load"] == 0 for i in table["math.double"])
     text = (await acli(bus, "ls")).stdout
     assert text.splitlines()[0].split() == ["SERVICE", "INSTANCE", "ENDPOINT", "LOAD", "SEEN"]
@@ -71,8 +79,9 @@ async def test_req_prints_the_reply_and_tells_outcomes_apart(bus: TestBus) -> No
     await bus.start(Doubler)
     ok = await acli(bus, "req", "math.double", "--content", '{"x": 21}')
     assert (ok.returncode, json.loads(ok.stdout)) == (0, 42), ok.stderr
-    full = json.loads((await acli(bus, "req", "math.double", "--content", '{"x": 1}', "--json",
-                                  "--correlation-id", "c-9")).stdout)
+    full = json.loads(
+        (await acli(bus, "req", "math.double", "--content", '{"x": 1}', "--json", "--correlation-id", "c-9")).stdout
+    )
     assert full["content"] == 2 and full["correlation_id"] == "c-9"
     remote = await acli(bus, "req", "math.double", "--content", "{}")
     assert remote.returncode == 3 and "RemoteError" in remote.stderr and "KeyError" in remote.stderr
@@ -142,11 +151,13 @@ def test_global_options_are_taken_after_the_command_too() -> None:
 
 
 async def test_run_finds_a_module_in_the_current_folder_and_says_it_is_up(bus: TestBus, tmp_path: Path) -> None:
-    (tmp_path / "orders.py").write_text("from zmqbus import Processor, service\n\n"
-                                        "class Echo(Processor):\n"
-                                        "    @service('echo')\n"
-                                        "    async def echo(self, message):\n"
-                                        "        return message.content\n")
+    (tmp_path / "orders.py").write_text(
+        "from zmqbus import Processor, service\n\n"
+        "class Echo(Processor):\n"
+        "    @service('echo')\n"
+        "    async def echo(self, message):\n"
+        "        return message.content\n"
+    )
     env = dict(os.environ, ZMQBUS_PUB=bus.pub_endpoint, ZMQBUS_SUB=bus.sub_endpoint)
     proc = subprocess.Popen([*CLI, "run", "orders:Echo"], cwd=tmp_path, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -162,8 +173,7 @@ async def test_run_finds_a_module_in_the_current_folder_and_says_it_is_up(bus: T
     assert proc.returncode == 0
 
 
-async def test_dead_letters_survive_the_error_handlers_restart_and_are_replayed(bus: TestBus,
-                                                                               tmp_path: Path) -> None:
+async def test_dead_letters_survive_the_error_handlers_restart_and_are_replayed(bus: TestBus, tmp_path: Path) -> None:
     path = str(tmp_path / "dead.jsonl")
     await bus.start(Picky)
     handler = await bus.start(ErrorHandler, dead_letters=path)
@@ -191,8 +201,10 @@ async def test_dead_letters_survive_the_error_handlers_restart_and_are_replayed(
 
 def test_up_check_names_every_mistake(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[bus]\nsubs = "ipc:///x"\nforwarder = "yes"\n\n[[components]]\nclass = "a:B"\n\n'
-                   '[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\nreplica = 2\n')
+    bad.write_text(
+        '[bus]\nsubs = "ipc:///x"\nforwarder = "yes"\n\n[[components]]\nclass = "a:B"\n\n'
+        '[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\nreplica = 2\n'
+    )
     for args in (("up", "--check", str(bad)), ("up", str(bad))):
         done = cli(None, *args, endpoints=tcp_endpoints(), timeout=30)
         assert done.returncode == 1, done.stderr
@@ -208,13 +220,16 @@ def test_up_check_names_every_mistake(tmp_path: Path) -> None:
     assert "replicas = an integer" in cli(None, "up", "--help", endpoints=tcp_endpoints()).stdout
 
 
-@pytest.mark.parametrize("data,error", [
-    ({"component": [{"class": "m:C", "replicas": 0}]}, "replicas must be at least 1, not 0"),
-    ({"component": [{"name": "x"}]}, "has no 'class'"),
-    ({"component": {"class": "m:C"}}, "write [[component]], not [component]"),
-    ({"component": [{"class": "nocolon"}]}, "class must be module:Class"),
-    ({"bus": {"pub": 5570}}, "[bus]: pub must be a string, not 5570"),
-])
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        ({"component": [{"class": "m:C", "replicas": 0}]}, "replicas must be at least 1, not 0"),
+        ({"component": [{"name": "x"}]}, "has no 'class'"),
+        ({"component": {"class": "m:C"}}, "write [[component]], not [component]"),
+        ({"component": [{"class": "nocolon"}]}, "class must be module:Class"),
+        ({"bus": {"pub": 5570}}, "[bus]: pub must be a string, not 5570"),
+    ],
+)
 def test_topology_errors(data: dict[str, Any], error: str) -> None:
     from zmqbus.core.topology import topology_errors
 

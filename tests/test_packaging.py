@@ -1,4 +1,5 @@
 """What `pip install zmqbus` puts in a user's environment."""
+
 from __future__ import annotations
 
 import configparser
@@ -33,8 +34,12 @@ def test_the_wheel_installs_components_under_zmqbus_and_registers_the_pytest_plu
         shutil.copy(ROOT / name, src / name)
     for name in ("zmqbus", "components"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     (wheel,) = tmp_path.glob("zmqbus-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

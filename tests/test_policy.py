@@ -1,4 +1,5 @@
 """Per-key permissions, the pure part (zmqbus.core.policy): exact grants, deny by default."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,11 +7,19 @@ import pytest
 from zmqbus import SecurityError
 from zmqbus.core.policy import Policy
 
-POLICY = Policy.from_dict({"keys": {
-    "orders": {"publish": ["order.#", "status.orders"], "subscribe": ["order.#", "payment.done"],
-               "serve": ["orders.*"], "call": ["state.query", "payment.#"]},
-    "admin": {"publish": ["#"], "subscribe": ["#"], "serve": ["#"], "call": ["#"]},
-}})
+POLICY = Policy.from_dict(
+    {
+        "keys": {
+            "orders": {
+                "publish": ["order.#", "status.orders"],
+                "subscribe": ["order.#", "payment.done"],
+                "serve": ["orders.*"],
+                "call": ["state.query", "payment.#"],
+            },
+            "admin": {"publish": ["#"], "subscribe": ["#"], "serve": ["#"], "call": ["#"]},
+        }
+    }
+)
 
 
 def test_publish_and_call_follow_the_patterns() -> None:
@@ -43,12 +52,15 @@ def test_deny_by_default_and_who_restricts_publishing() -> None:
     assert POLICY.restricts_publishing
 
 
-@pytest.mark.parametrize("bad,why", [
-    ({"keys": {"a": {"publish": "order.#"}}}, "must be a list"),
-    ({"keys": {"a": {"publsh": ["x"]}}}, "unknown key"),
-    ({"keys": {"a": {"publish": ["a..b"]}}}, "empty word"),
-    ({"key": {}}, "unknown section"),
-])
+@pytest.mark.parametrize(
+    "bad,why",
+    [
+        ({"keys": {"a": {"publish": "order.#"}}}, "must be a list"),
+        ({"keys": {"a": {"publsh": ["x"]}}}, "unknown key"),
+        ({"keys": {"a": {"publish": ["a..b"]}}}, "empty word"),
+        ({"key": {}}, "unknown section"),
+    ],
+)
 def test_a_bad_policy_is_one_clear_error(bad: dict[str, object], why: str) -> None:
     with pytest.raises(SecurityError, match=why):
         Policy.from_dict(bad, "policy.toml")

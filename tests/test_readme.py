@@ -7,6 +7,7 @@ import it); a ``test_*.py`` one is run with pytest there, as its reader would,
 with no conftest (the installed plugin gives it ``bus``). Every other snippet
 runs as a script, with ``$ZMQBUS_PUB``/``$ZMQBUS_SUB`` pointing at a forwarder.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,13 +57,15 @@ CASES = [(doc, i) for doc in DOCS if DOCS[doc].exists() for i, _ in scripts(doc)
 
 
 @pytest.mark.parametrize(("doc", "index"), CASES, ids=[f"{d}-script{i}" for d, i in CASES])
-def test_script_snippets_run(doc: str, index: int, tmp_path: Path, tcp_pair: tuple[str, str],
-                             spawn_forwarder: Any) -> None:
+def test_script_snippets_run(
+    doc: str, index: int, tmp_path: Path, tcp_pair: tuple[str, str], spawn_forwarder: Any
+) -> None:
     spawn_forwarder(*tcp_pair, stats_interval=None)
     write_files(doc, tmp_path)
     code = scripts(doc)[index][1]
-    done = subprocess.run([sys.executable, "-c", code], env=_env(tcp_pair), cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(tcp_pair), cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, f"{doc} snippet {index}:\n{code}\n{done.stderr}"
     expected = EXPECTED.get(doc, {}).get(index)
     if expected is not None:
@@ -76,8 +79,14 @@ def test_test_snippets_pass_under_pytest(doc: str, tmp_path: Path) -> None:
     tests = [n for n in names if n.startswith("test_")]
     if not tests:
         pytest.skip(f"{doc} has no test snippet")
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=tmp_path,
-                          env=_env(("", "")), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
+        cwd=tmp_path,
+        env=_env(("", "")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert " passed" in done.stdout and "failed" not in done.stdout
 
@@ -86,7 +95,7 @@ def test_the_readme_test_snippet_needs_at_most_ten_lines_of_setup() -> None:
     """The issue's bar: a three-component flow with an error path, at most 10 lines before its first assertion."""
     block = next(b for b in snippets("README.md") if b.startswith("# test_orders.py"))
     body = block.split("async def test_", 1)[1].splitlines()[1:]
-    setup = [line for line in body[:next(i for i, line in enumerate(body) if "assert" in line)] if line.strip()]
+    setup = [line for line in body[: next(i for i, line in enumerate(body) if "assert" in line)] if line.strip()]
     assert len(setup) <= 10, setup
     assert "start_all(OrderManager, PricingProcessor, ErrorHandler)" in block
 

@@ -1,4 +1,5 @@
 """The pure parts of a client's receiving side: the subscription table and sequence numbers. No sockets."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,6 +20,7 @@ def other(m: Any) -> None:
 
 
 # -- the subscription table -------------------------------------------------
+
 
 def test_prefixes_are_reference_counted() -> None:
     t = SubscriptionTable()
@@ -77,6 +79,7 @@ def test_the_match_cache_is_bounded() -> None:
 
 
 # -- sequence numbers -----------------------------------------------------------
+
 
 def test_a_publisher_numbers_each_topic_from_one() -> None:
     s = Sequencer()

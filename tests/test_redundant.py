@@ -1,5 +1,6 @@
 """A redundant bus: two forwarders, every client connected to both; one killed with SIGKILL mid-stream
 loses nothing and delivers nothing twice; presence and requests carry on through the other."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +27,8 @@ def two_forwarders(spawn_forwarder: Any) -> tuple[str, str, list[Any]]:
 
 
 async def test_killing_one_of_two_forwarders_at_10k_msgs_loses_nothing_and_duplicates_nothing(
-        spawn_forwarder: Any) -> None:
+    spawn_forwarder: Any,
+) -> None:
     pub, sub, forwarders = two_forwarders(spawn_forwarder)
     count, rate = 40_000, 10_000.0
     async with MessageBroker(pub, sub, name="ha-subscriber") as receiver:
@@ -56,8 +58,10 @@ async def test_killing_one_of_two_forwarders_at_10k_msgs_loses_nothing_and_dupli
 
 async def test_presence_and_requests_carry_on_through_the_other_forwarder(spawn_forwarder: Any) -> None:
     pub, sub, forwarders = two_forwarders(spawn_forwarder)
-    async with MessageBroker(pub, sub, name="svc", heartbeat=0.2) as responder, \
-            MessageBroker(pub, sub, name="caller") as caller:
+    async with (
+        MessageBroker(pub, sub, name="svc", heartbeat=0.2) as responder,
+        MessageBroker(pub, sub, name="caller") as caller,
+    ):
         responder.serve("ha.echo", lambda m: m.content)
         await responder.ready(20)
         await caller.wait_for_service("ha.echo", timeout=20)
@@ -104,17 +108,27 @@ def test_the_readmes_redundant_bus_commands(tmp_path: Any) -> None:
         key, _, value = assignment.partition("=")
         env[key] = value
     cli = [sys.executable, "-m", "zmqbus.cli"]
-    procs = [subprocess.Popen(cli + line.removeprefix("zmqbus ").removesuffix(" &").split(), stderr=subprocess.PIPE,
-                              text=True) for line in lines[:2]]
-    watch = subprocess.Popen(cli + ["watch", "-n", "2", "--timeout", "30"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+    procs = [
+        subprocess.Popen(
+            cli + line.removeprefix("zmqbus ").removesuffix(" &").split(), stderr=subprocess.PIPE, text=True
+        )
+        for line in lines[:2]
+    ]
+    watch = subprocess.Popen(
+        cli + ["watch", "-n", "2", "--timeout", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     procs.append(watch)  # ended by pid below, whatever happens
     try:
         assert watch.stderr is not None
         assert "watching" in watch.stderr.readline() or "watching" in watch.stderr.readline()
         for topic in ("ha.first", "ha.second"):
-            sent = subprocess.run(cli + ["send", topic, "--content", '{"n": 1}'], env=env, capture_output=True,
-                                  text=True, timeout=30)
+            sent = subprocess.run(
+                cli + ["send", topic, "--content", '{"n": 1}'], env=env, capture_output=True, text=True, timeout=30
+            )
             assert sent.returncode == 0, sent.stderr
         out, _ = watch.communicate(timeout=40)
         # through two forwarders, each delivered once: a duplicate would have been the second line

@@ -1,5 +1,6 @@
 """The redundant bus's receiving rule (pure): each (publisher, topic, sequence) delivered once, loss only
 when no forwarder brought it. A property test against a reference, and the edge cases by hand."""
+
 from __future__ import annotations
 
 from hypothesis import given, settings
@@ -11,7 +12,8 @@ from zmqbus.core.sequence import DUPLICATE, RedundantGapDetector
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=2, max_size=200))
 def test_each_number_is_delivered_once_and_only_what_no_path_brought_is_lost(
-        draws: list[tuple[bool, bool, bool]]) -> None:
+    draws: list[tuple[bool, bool, bool]],
+) -> None:
     """Number s reaches path A if draws[s-1][0], path B if [1]; [2] picks which path's next copy
     arrives next, so the two paths interleave arbitrarily, each in its own order."""
     numbers = range(1, len(draws) + 1)
@@ -43,10 +45,10 @@ def test_each_number_is_delivered_once_and_only_what_no_path_brought_is_lost(
 def test_a_late_copy_is_delivered_and_an_early_duplicate_dropped() -> None:
     det = RedundantGapDetector(window=100, max_skew=5.0, clock=lambda: 0.0)
     assert det.observe("p", "t", 1) is None
-    assert det.observe("p", "t", 3) is None          # 2 missing: perhaps on the other path
+    assert det.observe("p", "t", 3) is None  # 2 missing: perhaps on the other path
     assert det.missing == 1 and det.gaps == 0
     assert det.observe("p", "t", 1) is DUPLICATE
-    assert det.observe("p", "t", 2) is None          # the slower forwarder brought it
+    assert det.observe("p", "t", 2) is None  # the slower forwarder brought it
     assert det.observe("p", "t", 3) is DUPLICATE
     assert (det.missing, det.gaps, det.duplicates) == (0, 0, 2)
 
@@ -62,17 +64,17 @@ def test_a_number_no_forwarder_brings_is_lost_after_the_skew_or_the_window() -> 
     assert det.gaps == 1 and det.missing == 0
     assert [(r.last, r.sequence) for r in det.reports] == [(1, 3)]
     now[0] = 3.0
-    det.observe("p", "t", 20)                                # 16 skipped; the window keeps the last 10
+    det.observe("p", "t", 20)  # 16 skipped; the window keeps the last 10
     assert det.gaps == 1 + 6 and det.missing == 10
     for s in range(21, 31):
-        det.observe("p", "t", s)                             # the window moves past the 10 missing
+        det.observe("p", "t", s)  # the window moves past the 10 missing
     assert det.gaps == 17 and det.missing == 0
 
 
 def test_resets_and_unnumbered_messages() -> None:
     det = RedundantGapDetector(window=10)
     det.observe("p", "t", 500)
-    jump = det.observe("p", "t", 1)                           # far behind the window: numbering restarted
+    jump = det.observe("p", "t", 1)  # far behind the window: numbering restarted
     assert jump is not None and jump is not DUPLICATE and jump.is_reset and det.resets == 1
     assert det.observe("p", "t", 2) is None
     assert det.observe("p", "t", 0) is None and det.observe("p", "t", 0) is None  # not numbered: never dropped

@@ -1,4 +1,5 @@
 """Request/reply with real responders: in this process and as separate processes (kill -9 included)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -66,7 +67,11 @@ async def test_request_reply_and_errors(forwarder: Forwarder) -> None:
         assert reply.content == {"sum": 5}
         md = reply.metadata
         assert (md.correlation_id, md.causation_id, md.source_component, md.target_component) == (
-            "wf-7", sent.metadata.message_id, "calc", "client")
+            "wf-7",
+            sent.metadata.message_id,
+            "calc",
+            "client",
+        )
         with pytest.raises(RemoteError) as info:
             await client.request("calc.fail", req({}, correlation_id="wf-8"))
         assert info.value.error_type == "KeyError" and info.value.correlation_id == "wf-8"
@@ -145,18 +150,31 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
             return kind, body
 
         try:
-            payload = msgpack.packb([2, "count", "dup-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
-                                     None, None, 41])
+            payload = msgpack.packb(
+                [2, "count", "dup-1", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, 41]
+            )
             for _ in range(3):  # the same message id three times: executed once
                 dealer.send(b"REQ\x00count\x00" + payload)
             first = await recv()
             assert first[0] == b"REP" and msgpack.unpackb(first[1])[13] == 1
-            await wait_until(lambda: (lambda st: st["served_duplicates_cached"] + st["served_duplicates_in_flight"])(
-                srv.statistics().rpc) == 2, what="both duplicates seen")
+            await wait_until(
+                lambda: (
+                    (lambda st: st["served_duplicates_cached"] + st["served_duplicates_in_flight"])(
+                        srv.statistics().rpc
+                    )
+                    == 2
+                ),
+                what="both duplicates seen",
+            )
             assert executed == [41]
             # malformed requests get an error back; the responder stays up
-            for frames in ([b"REQ"], [b"HELLO\x00x\x00y"], [b"REQ\x00count\x00\xc1garbage"],
-                           [b"REQ\x00count\x00" + payload, b"a second frame"], [b"REQ\x00\xff\xfe\x00" + payload]):
+            for frames in (
+                [b"REQ"],
+                [b"HELLO\x00x\x00y"],
+                [b"REQ\x00count\x00\xc1garbage"],
+                [b"REQ\x00count\x00" + payload, b"a second frame"],
+                [b"REQ\x00\xff\xfe\x00" + payload],
+            ):
                 dealer.send_multipart(frames)
                 while True:
                     kind, body = await recv()
@@ -164,14 +182,14 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
                         break
                 assert msgpack.unpackb(body)[13]["code"] == "malformed"
             # a malformed request whose id can still be read: the ERR names it (causation_id)
-            bad = msgpack.packb([2, "count", "bad-7", "c", None, "raw", None, "not a time", "raw", 0, 1, None,
-                                 None, 0])
+            bad = msgpack.packb([2, "count", "bad-7", "c", None, "raw", None, "not a time", "raw", 0, 1, None, None, 0])
             dealer.send(b"REQ\x00count\x00" + bad)
             kind, body = await recv()
             err = msgpack.unpackb(body)
             assert kind == b"ERR" and err[13]["code"] == "malformed" and err[4] == "bad-7"
-            expired = msgpack.packb([2, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1,
-                                     time.time() - 5, None, 0])
+            expired = msgpack.packb(
+                [2, "count", "old-1", "c", None, "raw", None, time.time(), "raw", 0, 1, time.time() - 5, None, 0]
+            )
             dealer.send(b"REQ\x00count\x00" + expired)
             kind, body = await recv()
             assert kind == b"ERR" and msgpack.unpackb(body)[13]["code"] == "expired"
@@ -261,6 +279,7 @@ async def test_a_bad_service_name_fails_at_once(forwarder: Forwarder) -> None:
 
 def test_bind_and_advertised_address_are_separate() -> None:
     from zmqbus.bus.rpc import _advertised
+
     assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"
     assert _advertised("tcp://0.0.0.0:4000", "10.1.2.3") == "tcp://10.1.2.3:4000"
     assert _advertised("tcp://0.0.0.0:4000", "tcp://gateway:9000") == "tcp://gateway:9000"
@@ -278,6 +297,7 @@ async def test_advertised_endpoint_is_announced(forwarder: Forwarder) -> None:
 
 
 # -- separate processes ---------------------------------------------------------
+
 
 def _responder_main(pub: str, sub: str, record: str, delay: float) -> None:
     """A responder process: records every execution (message id) in ``record``, one line each."""
@@ -311,8 +331,9 @@ async def _run_load(client: MessageBroker, n: int, in_flight: int, on_done: Any 
 
     async def one(i: int) -> None:
         async with sem:
-            r = await client.request("work", req({"i": i}), timeout=30,
-                                     retry=RetryPolicy(attempts=5, attempt_timeout=2.0))
+            r = await client.request(
+                "work", req({"i": i}), timeout=30, retry=RetryPolicy(attempts=5, attempt_timeout=2.0)
+            )
             results.append(r.content)
             if on_done:
                 on_done(len(results))
@@ -337,8 +358,9 @@ def read_records(path: Path) -> list[str]:
     return [line.split()[0] for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-async def test_three_responders_kill_one_mid_stream(ipc_pair: tuple[str, str], spawn_forwarder: Any,
-                                                    tmp_path: Path) -> None:
+async def test_three_responders_kill_one_mid_stream(
+    ipc_pair: tuple[str, str], spawn_forwarder: Any, tmp_path: Path
+) -> None:
     spawn_forwarder(*ipc_pair, stats_interval=None)
     records = [tmp_path / f"r{i}.txt" for i in range(3)]
     procs = [spawn(_responder_main, *ipc_pair, str(r), 0.01) for r in records]
@@ -347,8 +369,9 @@ async def test_three_responders_kill_one_mid_stream(ipc_pair: tuple[str, str], s
             await client.ready(timeout=20)
             # wait until all three instances are known
             await served(client, {"i": -1})
-            await wait_until(lambda: client.statistics().rpc.get("instances_known") == 3, timeout=20,
-                             what="three instances")
+            await wait_until(
+                lambda: client.statistics().rpc.get("instances_known") == 3, timeout=20, what="three instances"
+            )
             victim = procs[1]
             killed_at = {}
 
@@ -371,11 +394,16 @@ async def test_three_responders_kill_one_mid_stream(ipc_pair: tuple[str, str], s
         for i, ex in enumerate(executions):
             dup = [m for m, c in collections.Counter(ex).items() if c > 1]
             assert dup == [], f"responder {i} executed {len(dup)} message id(s) twice"
-        across = set(executions[0]) & set(executions[1]) | set(executions[1]) & set(executions[2]) | \
-            set(executions[0]) & set(executions[2])
-        print(f"\n1000 requests in {elapsed:.2f} s; replies by pid {dict(by_pid)}; executions per responder "
-              f"{[len(e) for e in executions]}; executed on two instances (failed over after the kill): "
-              f"{len(across)}; caller: {stats}")
+        across = (
+            set(executions[0]) & set(executions[1])
+            | set(executions[1]) & set(executions[2])
+            | set(executions[0]) & set(executions[2])
+        )
+        print(
+            f"\n1000 requests in {elapsed:.2f} s; replies by pid {dict(by_pid)}; executions per responder "
+            f"{[len(e) for e in executions]}; executed on two instances (failed over after the kill): "
+            f"{len(across)}; caller: {stats}"
+        )
         assert stats["failovers"] >= 1 and stats["retries"] >= 1
         assert len(across) <= 30  # at most what was in flight on the victim
         assert victim.pid not in by_pid or by_pid[victim.pid] < 1000
@@ -384,8 +412,7 @@ async def test_three_responders_kill_one_mid_stream(ipc_pair: tuple[str, str], s
             stop_process(p)
 
 
-async def test_responder_restart_and_none_left(ipc_pair: tuple[str, str], spawn_forwarder: Any,
-                                               tmp_path: Path) -> None:
+async def test_responder_restart_and_none_left(ipc_pair: tuple[str, str], spawn_forwarder: Any, tmp_path: Path) -> None:
     spawn_forwarder(*ipc_pair, stats_interval=None)
     first = spawn(_responder_main, *ipc_pair, str(tmp_path / "a.txt"), 0.0)
     second = None
@@ -441,10 +468,13 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
     dealer.connect(srv._responder.endpoint)  # type: ignore[union-attr]
     try:
         for i in range(3):  # one runs, two wait for the single slot
-            dealer.send(b"REQ\x00hold\x00" + msgpack.packb(
-                [2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i]))
-        await wait_until(lambda: srv.statistics().rpc["served_executed"] == 1 and
-                         srv._responder.core.load == 3, what="two queued")  # type: ignore[union-attr]
+            dealer.send(
+                b"REQ\x00hold\x00"
+                + msgpack.packb([2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i])
+            )
+        await wait_until(
+            lambda: srv.statistics().rpc["served_executed"] == 1 and srv._responder.core.load == 3, what="two queued"
+        )  # type: ignore[union-attr]
         closing = asyncio.ensure_future(srv.close())
         replies = []
         for _ in range(2):
@@ -473,13 +503,15 @@ async def test_a_full_queue_refuses_retryably_and_keeps_memory_bounded(forwarder
         await asyncio.sleep(0.1)
         return m.content
 
-    async with MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, max_concurrency=1,
-                             max_queue=2) as srv, \
-            MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as cli:
+    async with (
+        MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, max_concurrency=1, max_queue=2) as srv,
+        MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as cli,
+    ):
         srv.serve("slow.work", slow)
         await srv.ready()
-        results = await asyncio.gather(*(cli.request("slow.work", ProcessingMessage("q", i), timeout=5)
-                                         for i in range(10)), return_exceptions=True)
+        results = await asyncio.gather(
+            *(cli.request("slow.work", ProcessingMessage("q", i), timeout=5) for i in range(10)), return_exceptions=True
+        )
         ok = sorted(r.content for r in results if isinstance(r, ProcessingMessage))
         failed = [r for r in results if not isinstance(r, ProcessingMessage)]
         assert ok and sorted(ran) == ok  # everything that ran answered, once

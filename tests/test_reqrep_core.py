@@ -1,4 +1,5 @@
 """Retry policy, directory, call bookkeeping and reply cache: pure code, exact times, no sleeps."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ def test_backoff_doubles_is_capped_and_jittered() -> None:
     assert RetryPolicy(jitter=0).delay(3, lambda: 0.9) == pytest.approx(0.2)
 
 
-@pytest.mark.parametrize("kwargs", [dict(attempts=0), dict(attempt_timeout=0), dict(multiplier=0.5),
-                                    dict(jitter=1.5), dict(backoff=-1)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(attempts=0), dict(attempt_timeout=0), dict(multiplier=0.5), dict(jitter=1.5), dict(backoff=-1)]
+)
 def test_policy_validation(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]

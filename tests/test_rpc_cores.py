@@ -4,6 +4,7 @@ In the manner of h11's ConnectionPair: no sockets, no event loop, no sleeps.
 Each test moves time by hand and checks every decision exactly: retries,
 failover, BUSY, duplicates, deadlines, shutdown.
 """
+
 from __future__ import annotations
 
 from zmqbus.core.calling import CallerCore, Complete, Connect, Disconnect, Wake
@@ -31,8 +32,9 @@ class Bus:
             assert self.announce(iid) == [Connect(f"tcp://{iid}", b"%d" % n)]
 
     def announce(self, iid: str, leaving: bool = False) -> list[Connect | Disconnect | Wake]:
-        p = Presence(instance=iid, endpoint=f"tcp://{iid}", services=("svc",), interval=1.0, liveness=3,
-                     leaving=leaving)
+        p = Presence(
+            instance=iid, endpoint=f"tcp://{iid}", services=("svc",), interval=1.0, liveness=3, leaving=leaving
+        )
         return self.caller.presence(p, self.now)
 
     def call(self, request_id: str, timeout: float = 10.0) -> Call:
@@ -46,7 +48,8 @@ class Bus:
         if inst.instance_id in self.dead:
             return inst.instance_id, None
         decision = self.responders[inst.instance_id].request(
-            CALLER, "svc", call.request_id, call.deadline, call.request_id, self.now)
+            CALLER, "svc", call.request_id, call.deadline, call.request_id, self.now
+        )
         return inst.instance_id, decision
 
     def finish(self, iid: str, request_id: str) -> Complete | Wake | None:
@@ -122,8 +125,7 @@ def test_a_retry_to_the_same_instance_is_never_executed_twice() -> None:
     assert (iid, decision) == ("a", None)  # still running there: its reply is on the way
     assert bus.finish("a", "r1") == Complete(call, None)
     # a third copy (a retry that crossed the reply) is answered from the cache
-    assert bus.responders["a"].request(CALLER, "svc", "r1", call.deadline, "r1", bus.now) == \
-        Cached(CALLER, b"REP r1")
+    assert bus.responders["a"].request(CALLER, "svc", "r1", call.deadline, "r1", bus.now) == Cached(CALLER, b"REP r1")
     assert bus.caller.reply("r1", None) is None  # the caller no longer waits: a late duplicate
     assert bus.caller.tracker.late_replies == 1 and bus.responders["a"].stats.executed == 1
 
@@ -170,10 +172,14 @@ def test_a_leaving_instance_and_a_restart_on_its_address() -> None:
     bus.try_on(call)
     # a new instance announces the same endpoint: the old one is gone, its call fails over
     p = Presence(instance="a2", endpoint="tcp://a", services=("svc",), interval=1.0, liveness=3)
-    assert bus.caller.presence(p, bus.now) == [Disconnect("tcp://a"), Wake(call, "instance replaced"),
-                                               Connect("tcp://a", b"2")]
-    assert bus.caller.presence(Presence(instance="a2", endpoint="tcp://a", services=("svc",), interval=1.0,
-                                        liveness=3, leaving=True), bus.now) == [Disconnect("tcp://a")]
+    assert bus.caller.presence(p, bus.now) == [
+        Disconnect("tcp://a"),
+        Wake(call, "instance replaced"),
+        Connect("tcp://a", b"2"),
+    ]
+    assert bus.caller.presence(
+        Presence(instance="a2", endpoint="tcp://a", services=("svc",), interval=1.0, liveness=3, leaving=True), bus.now
+    ) == [Disconnect("tcp://a")]
     assert len(bus.caller.directory) == 0
 
 

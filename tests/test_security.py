@@ -1,5 +1,6 @@
 """CURVE security over real sockets: allowed members work; strangers, plaintext peers and revoked keys
 get nothing and reach nothing; misconfiguration fails closed with one clear line."""
+
 from __future__ import annotations
 
 import asyncio
@@ -54,13 +55,27 @@ def member(fwd: Forwarder, keys: Path, name: str, **kwargs: Any) -> MessageBroke
 
 # -- the pure part -----------------------------------------------------------------
 
-@pytest.mark.parametrize("endpoint,local", [
-    ("tcp://127.0.0.1:5570", True), ("tcp://127.8.9.1:1", True), ("tcp://[::1]:5570", True),
-    ("tcp://localhost:1", True), ("ipc:///tmp/x", True), ("inproc://x", True), ("bogus://x", True),
-    ("tcp://0.0.0.0:5570", False), ("tcp://*:5570", False), ("tcp://10.0.0.5:1", False),
-    ("tcp://eth0:1", False), ("tcp://bus.example.com:1", False), ("tcp://127.0.0.1;10.0.0.5:1", False),
-    ("ws://127.0.0.1:1", False), ("epgm://eth0;239.1.1.1:5555", False),
-])
+
+@pytest.mark.parametrize(
+    "endpoint,local",
+    [
+        ("tcp://127.0.0.1:5570", True),
+        ("tcp://127.8.9.1:1", True),
+        ("tcp://[::1]:5570", True),
+        ("tcp://localhost:1", True),
+        ("ipc:///tmp/x", True),
+        ("inproc://x", True),
+        ("bogus://x", True),
+        ("tcp://0.0.0.0:5570", False),
+        ("tcp://*:5570", False),
+        ("tcp://10.0.0.5:1", False),
+        ("tcp://eth0:1", False),
+        ("tcp://bus.example.com:1", False),
+        ("tcp://127.0.0.1;10.0.0.5:1", False),
+        ("ws://127.0.0.1:1", False),
+        ("epgm://eth0;239.1.1.1:5555", False),
+    ],
+)
 def test_which_endpoints_need_keys(endpoint: str, local: bool) -> None:
     assert needs_keys(endpoint) is not local
 
@@ -98,6 +113,7 @@ def test_a_keyring_refuses_malformed_keys() -> None:
 
 # -- key files ---------------------------------------------------------------------
 
+
 def test_keygen_writes_an_owner_only_secret_and_fills_the_allow_list(tmp_path: Path) -> None:
     folder = tmp_path / "k"
     public, secret = keygen(folder, "alice")
@@ -121,8 +137,7 @@ def test_bad_key_files_are_one_line_errors(keys: Path) -> None:
         load_keys(keys, "alice")
 
 
-def test_keys_come_from_the_environment(keys: Path, monkeypatch: pytest.MonkeyPatch,
-                                        tcp_pair: tuple[str, str]) -> None:
+def test_keys_come_from_the_environment(keys: Path, monkeypatch: pytest.MonkeyPatch, tcp_pair: tuple[str, str]) -> None:
     monkeypatch.setenv("ZMQBUS_KEYS", str(keys))
     monkeypatch.setenv("ZMQBUS_KEY_NAME", "bob")
     b = MessageBroker(*tcp_pair)
@@ -132,6 +147,7 @@ def test_keys_come_from_the_environment(keys: Path, monkeypatch: pytest.MonkeyPa
 
 
 # -- over real sockets ---------------------------------------------------------------
+
 
 async def test_allowed_members_publish_subscribe_and_call(secure_forwarder: Forwarder, keys: Path) -> None:
     got: list[Any] = []
@@ -213,13 +229,23 @@ async def test_callers_ignore_responders_whose_key_is_not_allowed(secure_forward
         assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=5)).content == "from bob"
         mallory_key = load_keys(keys, "mallory").public.decode()
         for key in (mallory_key, None):
-            forged = {"instance": f"forged-{key}", "endpoint": "tcp://127.0.0.1:9", "services": ["svc.work"],
-                      "interval": 1.0, "liveness": 3, "load": 0, "leaving": False}
+            forged = {
+                "instance": f"forged-{key}",
+                "endpoint": "tcp://127.0.0.1:9",
+                "services": ["svc.work"],
+                "interval": 1.0,
+                "liveness": 3,
+                "load": 0,
+                "leaving": False,
+            }
             if key is not None:
                 forged["key"] = key
             await bob.publish(ProcessingMessage("_zmqbus.presence", forged))
-        await wait_until(lambda: alice._caller is not None and alice._caller.presence_refused >= 2, 5,
-                         "the forged announcements to be refused")
+        await wait_until(
+            lambda: alice._caller is not None and alice._caller.presence_refused >= 2,
+            5,
+            "the forged announcements to be refused",
+        )
         for _ in range(5):
             assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=5)).content == "from bob"
 
@@ -240,9 +266,11 @@ async def test_non_local_endpoints_without_keys_fail_closed() -> None:
 
 # -- limits ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("secure", [False, True], ids=["clear", "curve"])
-async def test_the_connection_limit_refuses_new_clients_and_frees_up(tcp_pair: tuple[str, str], keys: Path,
-                                                                     secure: bool) -> None:
+async def test_the_connection_limit_refuses_new_clients_and_frees_up(
+    tcp_pair: tuple[str, str], keys: Path, secure: bool
+) -> None:
     fkeys = load_keys(keys, "forwarder", server=False) if secure else None
     mkeys = load_keys(keys, "alice") if secure else None
     with Forwarder(*tcp_pair, stats_interval=None, keys=fkeys, max_connections=2) as fwd:
@@ -260,9 +288,14 @@ async def test_the_connection_limit_refuses_new_clients_and_frees_up(tcp_pair: t
             await second.close(0)
         assert fwd.statistics().refused.get("connection_limit", 0) >= 1
         await first.close()
-        await wait_until(lambda: fwd.statistics().publisher_connects == fwd.statistics().publisher_disconnects
-                         and fwd.statistics().subscriber_connects == fwd.statistics().subscriber_disconnects, 10,
-                         "every connection to be counted closed")
+        await wait_until(
+            lambda: (
+                fwd.statistics().publisher_connects == fwd.statistics().publisher_disconnects
+                and fwd.statistics().subscriber_connects == fwd.statistics().subscriber_disconnects
+            ),
+            10,
+            "every connection to be counted closed",
+        )
         third = MessageBroker(*tcp_pair, keys=mkeys)  # room again
         await third.ready(10)
         await third.close()
@@ -314,8 +347,9 @@ def policed(keys: Path, tcp_pair: tuple[str, str], tmp_path: Path) -> Any:
 
     (tmp_path / "policy.toml").write_text(POLICY_TOML)
     policy = load_policy(tmp_path / "policy.toml")
-    fwd = Forwarder(*tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False),
-                    policy=policy).start()
+    fwd = Forwarder(
+        *tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False), policy=policy
+    ).start()
     yield fwd, policy
     fwd.stop()
 
@@ -348,8 +382,7 @@ async def test_the_forwarder_enforces_publish_and_subscribe_permissions(policed:
     assert refused["publish_denied"] >= 2 and refused["subscribe_denied"] >= 1
 
 
-async def test_responders_enforce_call_permissions_and_callers_serve_permissions(policed: Any,
-                                                                                   keys: Path) -> None:
+async def test_responders_enforce_call_permissions_and_callers_serve_permissions(policed: Any, keys: Path) -> None:
     from zmqbus import RemoteError
 
     fwd, policy = policed
@@ -507,8 +540,9 @@ def test_an_exposed_forwarder_limits_subscriptions_by_default(keys: Path, tcp_pa
     assert Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False)).guard is not None
     assert Forwarder(*tcp_pair).guard is None
     assert Forwarder(*tcp_pair, subscription_limits=True).guard is not None
-    assert Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False),
-                     subscription_limits=False).guard is None
+    assert (
+        Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False), subscription_limits=False).guard is None
+    )
     limited = Forwarder(*tcp_pair, subscription_limits=SubscriptionLimits(total=7))
     assert limited.guard is not None and limited.guard.limits.total == 7
 
@@ -533,18 +567,21 @@ def test_the_subscription_bytes_limit_bites(tcp_pair: tuple[str, str]) -> None:
             sub.close(0)
 
 
-async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(keys: Path, tcp_pair: tuple[str, str],
-                                                                                 tmp_path: Path) -> None:
+async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(
+    keys: Path, tcp_pair: tuple[str, str], tmp_path: Path
+) -> None:
     """The guarded proxy reads whether to check publications per batch: a policy that allowed every
     topic and, after a reload, restricts alice to order.# drops her payroll message from then on."""
     from zmqbus import load_policy
 
     path = tmp_path / "policy.toml"
-    path.write_text('[keys.alice]\npublish = ["#"]\nsubscribe = ["#"]\n'
-                    '[keys.bob]\npublish = ["#"]\nsubscribe = ["#"]\n')
+    path.write_text(
+        '[keys.alice]\npublish = ["#"]\nsubscribe = ["#"]\n[keys.bob]\npublish = ["#"]\nsubscribe = ["#"]\n'
+    )
     got: list[Any] = []
-    with Forwarder(*tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False),
-                   policy=load_policy(path)) as fwd:
+    with Forwarder(
+        *tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False), policy=load_policy(path)
+    ) as fwd:
         assert fwd.guard is not None and not fwd.guard.checks_publish
         async with member(fwd, keys, "alice") as alice, member(fwd, keys, "bob") as bob:
             bob.subscribe("bob", "#", lambda m: got.append(m.content))
@@ -552,8 +589,10 @@ async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(
             await alice.ready(5)
             await alice.publish(ProcessingMessage("payroll.run", 1))
             await wait_until(lambda: got == [1], 5, "the first payroll message (allowed)")
-            path.write_text('[keys.alice]\npublish = ["order.#"]\nsubscribe = ["#"]\n'
-                            '[keys.bob]\npublish = ["#"]\nsubscribe = ["#"]\n')
+            path.write_text(
+                '[keys.alice]\npublish = ["order.#"]\nsubscribe = ["#"]\n'
+                '[keys.bob]\npublish = ["#"]\nsubscribe = ["#"]\n'
+            )
             fwd.reload_keys()
             await alice.publish(ProcessingMessage("payroll.run", 2))  # denied now
             await alice.publish(ProcessingMessage("order.x", 3))

@@ -1,4 +1,5 @@
 """The secure bus from the command line, as docs/SECURITY.md and the README write it."""
+
 from __future__ import annotations
 
 import os
@@ -42,37 +43,72 @@ def test_three_commands_make_a_secure_bus(tmp_path: Path) -> None:
         return re.sub(r"(^|&& |=\S+ )zmqbus ", lambda m: m.group(1) + PYTHON_ZMQBUS + " ", cmd)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQBUS_")}
-    done = subprocess.run(real(keygen_cmd), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        real(keygen_cmd), shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     procs: list[subprocess.Popen[Any]] = []
     try:
-        fwd = subprocess.Popen(real(forwarder_cmd), shell=True, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        fwd = subprocess.Popen(
+            real(forwarder_cmd),
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         procs.append(fwd)
-        watch = subprocess.Popen(real(watch_cmd), shell=True, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+        watch = subprocess.Popen(
+            real(watch_cmd),
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         procs.append(watch)
-        member_env = dict(env, ZMQBUS_KEYS="keys", ZMQBUS_PUB=f"tcp://127.0.0.1:{pub_port}",
-                          ZMQBUS_SUB=f"tcp://127.0.0.1:{sub_port}")
+        member_env = dict(
+            env, ZMQBUS_KEYS="keys", ZMQBUS_PUB=f"tcp://127.0.0.1:{pub_port}", ZMQBUS_SUB=f"tcp://127.0.0.1:{sub_port}"
+        )
         deadline = time.monotonic() + 30
         while True:  # until the watcher's subscription is live (it prints "watching" on stderr, then waits)
-            sent = subprocess.run([sys.executable, "-m", "zmqbus", "send", "payroll.run", "--content",
-                                   '{"salary": 1}'], cwd=tmp_path, env=member_env, capture_output=True, text=True,
-                                  timeout=30)
+            sent = subprocess.run(
+                [sys.executable, "-m", "zmqbus", "send", "payroll.run", "--content", '{"salary": 1}'],
+                cwd=tmp_path,
+                env=member_env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             assert sent.returncode == 0, sent.stderr
             line = _readline(watch, 1.0)
             if line and "payroll.run" in line:
                 break
             assert time.monotonic() < deadline, "the secure watcher never saw the member's message"
         # a member with another key folder (not allowed) is refused in one line, quickly
-        subprocess.run(f"{PYTHON_ZMQBUS} keygen stranger --dir other", shell=True, cwd=tmp_path, env=env,
-                       check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            f"{PYTHON_ZMQBUS} keygen stranger --dir other",
+            shell=True,
+            cwd=tmp_path,
+            env=env,
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         (tmp_path / "other" / "forwarder.key").write_bytes((tmp_path / "keys" / "forwarder.key").read_bytes())
         t0 = time.monotonic()
-        refused = subprocess.run([sys.executable, "-m", "zmqbus", "--keys", "other", "--key-name", "stranger",
-                                  "send", "payroll.run"], cwd=tmp_path, env=member_env, capture_output=True,
-                                 text=True, timeout=30)
+        refused = subprocess.run(
+            [sys.executable, "-m", "zmqbus", "--keys", "other", "--key-name", "stranger", "send", "payroll.run"],
+            cwd=tmp_path,
+            env=member_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert refused.returncode == 1
         assert "AuthenticationRefused" in refused.stderr and "stranger" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
@@ -100,7 +136,11 @@ def _readline(proc: subprocess.Popen[Any], timeout: float) -> str | None:
 
 
 def test_demo_runs_secure() -> None:
-    done = subprocess.run([sys.executable, "-m", "zmqbus", "demo", "--secure", "--workflows", "3"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "zmqbus", "demo", "--secure", "--workflows", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "CURVE" in done.stdout and "3/3 workflows completed" in done.stdout

@@ -1,4 +1,5 @@
 """The responder core (zmqbus.core.serving), sans IO: every decision exact, time passed in."""
+
 from __future__ import annotations
 
 from zmqbus.core.serving import Busy, Cached, Refuse, ResponderCore, Start

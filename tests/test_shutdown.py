@@ -4,6 +4,7 @@ A hang inside libzmq can hold the GIL, and then nothing in the hung process
 (pytest-timeout included) can fire: such risks run in a child process that
 the test bounds with a timeout and ends by pid.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -47,8 +48,9 @@ def test_forwarder_stop_never_hangs_in_a_disconnect_storm() -> None:
     holding the GIL while libzmq's I/O thread blocked on an unread monitor).
     The same script ran 500 rounds clean before this test was trusted.
     """
-    done = subprocess.run([sys.executable, str(TESTS / "stop_storm.py"), "25"], capture_output=True, text=True,
-                          timeout=100)
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "stop_storm.py"), "25"], capture_output=True, text=True, timeout=100
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["rounds"] == 25
@@ -66,8 +68,9 @@ def test_a_caller_survives_responders_reconnecting_under_load() -> None:
     300 times clean (120,000 reconnects) before this test was trusted.
     """
     for _ in range(4):
-        done = subprocess.run([sys.executable, str(TESTS / "reconnect_storm.py"), "400", "20"], capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(
+            [sys.executable, str(TESTS / "reconnect_storm.py"), "400", "20"], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-2000:]}"
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result["rounds"] == 400
@@ -75,19 +78,30 @@ def test_a_caller_survives_responders_reconnecting_under_load() -> None:
         assert result["failed"] == result.get("failed_RequestTimeout", 0)  # tries spent on leaving instances
 
 
-async def test_run_grace_holds_with_a_busy_sync_handler(forwarder: Forwarder, tmp_path: Path,
-                                                        run_cli: Any) -> None:
+async def test_run_grace_holds_with_a_busy_sync_handler(forwarder: Forwarder, tmp_path: Path, run_cli: Any) -> None:
     """`zmqbus run --grace 1` exits about 1 s after SIGTERM though a sync handler runs for 12 s;
     the caller of the interrupted request gets a `shutting_down` error, not a timeout."""
-    proc = run_cli("run", "slow_components:SlowProcessor", "--pub", forwarder.pub_endpoint,
-               "--sub", forwarder.sub_endpoint, "--grace", "1")
+    proc = run_cli(
+        "run",
+        "slow_components:SlowProcessor",
+        "--pub",
+        forwarder.pub_endpoint,
+        "--sub",
+        forwarder.sub_endpoint,
+        "--grace",
+        "1",
+    )
     started = tmp_path / "started"
     async with MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, name="caller") as caller:
+
         async def call() -> Any:
             for _ in range(100):  # until the component's service is announced
                 try:
-                    return await caller.request("slow.work", ProcessingMessage(
-                        "slow.work", {"started": str(started), "seconds": 12}), timeout=30)
+                    return await caller.request(
+                        "slow.work",
+                        ProcessingMessage("slow.work", {"started": str(started), "seconds": 12}),
+                        timeout=30,
+                    )
                 except NoResponder:  # while the process starts
                     if proc.poll() is not None:
                         break
@@ -133,8 +147,11 @@ async def test_heartbeat_survives_a_forwarder_that_comes_up_late() -> None:
             async with MessageBroker(pub, sub, name="late-caller") as caller:
                 # The responder's sockets reconnect with backoff (up to 2 s): until it is
                 # announced, a request fails fast with NoResponder, as documented.
-                await wait_until(lambda: srv._responder is not None and srv._is_ready, 10,  # type: ignore[attr-defined]
-                                 "the responder to reach the late forwarder")
+                await wait_until(
+                    lambda: srv._responder is not None and srv._is_ready,
+                    10,  # type: ignore[attr-defined]
+                    "the responder to reach the late forwarder",
+                )
                 for _ in range(20):
                     try:
                         reply = await caller.request("early.echo", ProcessingMessage("early.echo", 42), timeout=10)
@@ -172,8 +189,7 @@ async def test_a_failed_background_start_closes_the_broker_and_says_why(forwarde
     blocker = MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, rpc_bind=f"tcp://127.0.0.1:{port}")
     blocker.serve("a.b", lambda m: None)
     async with blocker:
-        broker = MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint,
-                               rpc_bind=f"tcp://127.0.0.1:{port}")
+        broker = MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, rpc_bind=f"tcp://127.0.0.1:{port}")
         await broker.start()
         broker.serve("c.d", lambda m: None)
         await wait_until(lambda: broker.closed, 5, "the broker to close after the failed bind")
@@ -219,12 +235,19 @@ async def test_queued_requests_never_start_after_their_deadline(forwarder: Forwa
     srv.serve("q.slow", slow)
     async with srv, MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as caller:
         await srv.ready()
-        results = await asyncio.gather(*(caller.request("q.slow", ProcessingMessage("q.slow", i), timeout=0.5,
-                                                        retry=RetryPolicy(attempts=1)) for i in range(5)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(
+                caller.request("q.slow", ProcessingMessage("q.slow", i), timeout=0.5, retry=RetryPolicy(attempts=1))
+                for i in range(5)
+            ),
+            return_exceptions=True,
+        )
         # every request has now either started or been answered `expired` from the queue
-        await wait_until(lambda: (lambda r: r["served_executed"] + r["served_expired"])(srv.statistics().rpc) == 5,
-                         10, "each request started or expired")
+        await wait_until(
+            lambda: (lambda r: r["served_executed"] + r["served_expired"])(srv.statistics().rpc) == 5,
+            10,
+            "each request started or expired",
+        )
     assert late_starts == []
     assert starts <= 2
     assert sum(1 for r in results if isinstance(r, ProcessingMessage)) >= 1
@@ -255,8 +278,9 @@ def test_stats_timeout_holds_without_a_forwarder(run_cli: Any) -> None:
 
 def test_run_without_a_forwarder_fails_in_one_line(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = run_cli("run", "zmqbus.components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub,
-               "--startup-timeout", "1")
+    proc = run_cli(
+        "run", "zmqbus.components.error_handler:ErrorHandler", "--pub", pub, "--sub", sub, "--startup-timeout", "1"
+    )
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err
     assert "Traceback" not in err
@@ -265,8 +289,18 @@ def test_run_without_a_forwarder_fails_in_one_line(run_cli: Any) -> None:
 
 def test_run_honours_sigterm_during_start_up(run_cli: Any) -> None:
     pub, sub = tcp_endpoints()
-    proc = run_cli("--log-level", "INFO", "run", "zmqbus.components.error_handler:ErrorHandler", "--pub", pub,
-                   "--sub", sub, "--startup-timeout", "60")
+    proc = run_cli(
+        "--log-level",
+        "INFO",
+        "run",
+        "zmqbus.components.error_handler:ErrorHandler",
+        "--pub",
+        pub,
+        "--sub",
+        sub,
+        "--startup-timeout",
+        "60",
+    )
     assert proc.stderr is not None
     for line in proc.stderr:  # its signal handlers are in place once it says it is starting
         if "SIGTERM stops it at any moment" in line:
@@ -278,8 +312,7 @@ def test_run_honours_sigterm_during_start_up(run_cli: Any) -> None:
     assert proc.returncode == 0 and "Traceback" not in err, err
 
 
-def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path,
-                                                         run_cli: Any) -> None:
+def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path, run_cli: Any) -> None:
     """The forwarder cannot bind (its port is taken): `up` gives up on it, stops the components, exits 1."""
     import socket
 
@@ -288,8 +321,10 @@ def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path,
         taken.listen()
         pub = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
         topo = tmp_path / "topo.toml"
-        topo.write_text(f'[bus]\npub = "{pub}"\nsub = "tcp://127.0.0.1:{free_port()}"\n\n'
-                        '[[component]]\nclass = "zmqbus.components.error_handler:ErrorHandler"\n')
+        topo.write_text(
+            f'[bus]\npub = "{pub}"\nsub = "tcp://127.0.0.1:{free_port()}"\n\n'
+            '[[component]]\nclass = "zmqbus.components.error_handler:ErrorHandler"\n'
+        )
         proc = run_cli("up", str(topo), "--crash-limit", "1")
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
@@ -397,8 +432,9 @@ asyncio.run(main())
             while watcher.poll(200):
                 watcher.recv()
             for attempt in range(12):
-                done = subprocess.run([sys.executable, "-c", script, *tcp_pair], timeout=30, capture_output=True,
-                                      text=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", script, *tcp_pair], timeout=30, capture_output=True, text=True
+                )
                 assert done.returncode == 0, done.stderr
                 assert ("never closed" in done.stderr) == (not closes), done.stderr
                 got = []

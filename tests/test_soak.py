@@ -1,4 +1,5 @@
 """`zmqbus soak`: its classification (pure) and a short real run under faults."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,15 @@ def test_every_sequence_number_is_classified_once() -> None:
     # sent 1..10; 3 refused by publish(); 2 received twice; 5, 6 lost between received ones;
     # 9, 10 lost after the last received one; 1 lost before the first received one
     out = classify_topic(10, [3], [2, 2, 4, 7, 8], publisher_warned=False)
-    assert out == {"delivered": 3, "duplicated": 1, "refused": 1, "lost_counted": 2, "lost_reported": 0,
-                   "lost_silently": 3, "unexpected": 0}
+    assert out == {
+        "delivered": 3,
+        "duplicated": 1,
+        "refused": 1,
+        "lost_counted": 2,
+        "lost_reported": 0,
+        "lost_silently": 3,
+        "unexpected": 0,
+    }
     # the same tail, but the publisher's close() reported unconfirmed messages
     warned = classify_topic(10, [3], [2, 2, 4, 7, 8], publisher_warned=True)
     assert (warned["lost_reported"], warned["lost_silently"]) == (2, 1)
@@ -27,8 +35,9 @@ def test_every_sequence_number_is_classified_once() -> None:
 
 
 def test_requests_executed_twice_on_one_instance_are_found() -> None:
-    out = classify_requests({"a": "ok", "b": "RequestTimeout", "c": "undocumented KeyError: x"},
-                            {"r1": ["a", "b", "a"], "r2": ["b"]})
+    out = classify_requests(
+        {"a": "ok", "b": "RequestTimeout", "c": "undocumented KeyError: x"}, {"r1": ["a", "b", "a"], "r2": ["b"]}
+    )
     assert out["executed_twice_on_one_instance"] == 1
     assert out["executed_on_several_instances"] == 1
     assert out["undocumented"] == 1 and out["executed_never_replied"] == 1
@@ -41,9 +50,24 @@ def test_longest_pause_spans_each_restart() -> None:
 @pytest.mark.timeout(180)
 def test_short_soak_with_faults_passes() -> None:
     """A short soak of the real thing: forwarder restarts and responder kills, no silent loss."""
-    done = subprocess.run([sys.executable, "-m", "zmqbus.cli", "soak", "--duration", "8",
-                           "--restart-forwarder-every", "3", "--kill-responder-every", "4", "--json"],
-                          capture_output=True, text=True, timeout=150)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zmqbus.cli",
+            "soak",
+            "--duration",
+            "8",
+            "--restart-forwarder-every",
+            "3",
+            "--kill-responder-every",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     report = json.loads(done.stdout)
     assert report["passed"] and report["forwarder_restarts"] == 2 and report["responder_kills"] >= 1
@@ -61,9 +85,26 @@ def test_short_soak_with_faults_passes() -> None:
 def test_a_redundant_soak_loses_nothing_when_forwarders_are_killed_in_turn() -> None:
     """Two forwarders, one killed with SIGKILL (and restarted) every 2 s, in turn: nothing lost,
     nothing duplicated, no pause in delivery worth the name (one forwarder: ~0.3 s and counted loss)."""
-    done = subprocess.run([sys.executable, "-m", "zmqbus.cli", "soak", "--duration", "7", "--forwarders", "2",
-                           "--restart-forwarder-every", "2", "--rate", "2000", "--json"],
-                          capture_output=True, text=True, timeout=150)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "zmqbus.cli",
+            "soak",
+            "--duration",
+            "7",
+            "--forwarders",
+            "2",
+            "--restart-forwarder-every",
+            "2",
+            "--rate",
+            "2000",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
     report = json.loads(done.stdout)
     ps = report["pubsub"]
@@ -80,12 +121,31 @@ def test_soak_exits_1_on_a_failed_verdict(monkeypatch: pytest.MonkeyPatch) -> No
     from zmqbus.cli import main
     from zmqbus.soak import run
 
-    report = {"options": {"duration": 1.0}, "passed": False, "forwarder_restarts": 0, "responder_kills": 0,
-              "pubsub": {"delivered": 9, "lost_counted": 0, "lost_reported": 0, "refused": 0, "lost_silently": 1,
-                         "duplicated": 0, "gaps_counted_by_subscribers": 0, "sequence_resets": 0},
-              "requests": {"sent": 0, "outcomes": {}, "undocumented": 0, "executed_twice_on_one_instance": 0,
-                           "executed_on_several_instances": 0},
-              "pause_after_restart_s": {"each": [], "max": 0.0}, "rss_kb": {}}
+    report = {
+        "options": {"duration": 1.0},
+        "passed": False,
+        "forwarder_restarts": 0,
+        "responder_kills": 0,
+        "pubsub": {
+            "delivered": 9,
+            "lost_counted": 0,
+            "lost_reported": 0,
+            "refused": 0,
+            "lost_silently": 1,
+            "duplicated": 0,
+            "gaps_counted_by_subscribers": 0,
+            "sequence_resets": 0,
+        },
+        "requests": {
+            "sent": 0,
+            "outcomes": {},
+            "undocumented": 0,
+            "executed_twice_on_one_instance": 0,
+            "executed_on_several_instances": 0,
+        },
+        "pause_after_restart_s": {"each": [], "max": 0.0},
+        "rss_kb": {},
+    }
     monkeypatch.setattr(run, "run_soak", lambda opts, progress: report)
     result = CliRunner().invoke(main, ["soak", "--duration", "1"])
     assert result.exit_code == 1

@@ -1,4 +1,5 @@
 """Topic grammar and AMQP pattern matching, checked against a reference matcher."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,38 +22,49 @@ def reference_match(pattern: list[str], topic: list[str]) -> bool:
     return (head == "*" or head == topic[0]) and reference_match(rest, topic[1:])
 
 
-@pytest.mark.parametrize("pattern,topic,expected", [
-    ("a.b.#", "a.b", True),
-    ("a.b.#", "a.b.c.d", True),
-    ("a.b.#", "a.bc", False),
-    ("a.b.#", "a", False),
-    ("order.start.request.#", "order.start.request", True),
-    ("*.error", "payment.error", True),
-    ("*.error", "a.payment.error", False),
-    ("*.error", "error", False),
-    ("#.error", "error", True),
-    ("#.error", "a.b.error", True),
-    ("a.*.c", "a.b.c", True),
-    ("a.*.c", "a.c", False),
-    ("a.#.c", "a.c", True),
-    ("a.#.c", "a.x.y.c", True),
-    ("a.#.c", "a.x.y.d", False),
-    ("#", "anything.at.all", True),
-    ("#.#", "x", True),
-    ("a.b", "a.b", True),
-    ("a.b", "a.b.c", False),
-    ("*", "a", True),
-    ("*", "a.b", False),
-])
+@pytest.mark.parametrize(
+    "pattern,topic,expected",
+    [
+        ("a.b.#", "a.b", True),
+        ("a.b.#", "a.b.c.d", True),
+        ("a.b.#", "a.bc", False),
+        ("a.b.#", "a", False),
+        ("order.start.request.#", "order.start.request", True),
+        ("*.error", "payment.error", True),
+        ("*.error", "a.payment.error", False),
+        ("*.error", "error", False),
+        ("#.error", "error", True),
+        ("#.error", "a.b.error", True),
+        ("a.*.c", "a.b.c", True),
+        ("a.*.c", "a.c", False),
+        ("a.#.c", "a.c", True),
+        ("a.#.c", "a.x.y.c", True),
+        ("a.#.c", "a.x.y.d", False),
+        ("#", "anything.at.all", True),
+        ("#.#", "x", True),
+        ("a.b", "a.b", True),
+        ("a.b", "a.b.c", False),
+        ("*", "a", True),
+        ("*", "a.b", False),
+    ],
+)
 def test_examples(pattern: str, topic: str, expected: bool) -> None:
     assert compile_pattern(pattern).match(topic) is expected
     assert reference_match(pattern.split("."), topic.split(".")) is expected
 
 
-@pytest.mark.parametrize("pattern,prefix", [
-    ("a.b.#", b"a.b"), ("a.*.c", b"a."), ("a.b", b"a.b\x00"), ("#", b""), ("*.error", b""),
-    ("a.#.b", b"a"), ("order.start.request.#", b"order.start.request"),
-])
+@pytest.mark.parametrize(
+    "pattern,prefix",
+    [
+        ("a.b.#", b"a.b"),
+        ("a.*.c", b"a."),
+        ("a.b", b"a.b\x00"),
+        ("#", b""),
+        ("*.error", b""),
+        ("a.#.b", b"a"),
+        ("order.start.request.#", b"order.start.request"),
+    ],
+)
 def test_prefix(pattern: str, prefix: bytes) -> None:
     compiled = compile_pattern(pattern)
     assert compiled.prefix == prefix

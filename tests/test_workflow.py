@@ -1,5 +1,6 @@
 """The example workflow with real processes: every component and the forwarder supervised,
 as ``zmqbus demo`` / ``zmqbus up`` run them. Every process is ended by pid at teardown."""
+
 from __future__ import annotations
 
 import asyncio
@@ -26,8 +27,9 @@ class Running:
     def __init__(self, tmp: str) -> None:
         self.pub, self.sub = ipc_endpoints(tmp)
         self.events: list[str] = []
-        self.sup = Supervisor(demo_topology(self.pub, self.sub, analyzers=3), log_level=logging.ERROR,
-                              on_event=self.events.append)
+        self.sup = Supervisor(
+            demo_topology(self.pub, self.sub, analyzers=3), log_level=logging.ERROR, on_event=self.events.append
+        )
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self.sup.run_until, args=(self._stop.is_set, 0.05), daemon=True)
 
@@ -50,8 +52,9 @@ class Running:
 
     async def status(self, component: str) -> dict[str, Any]:
         async with MessageBroker(self.pub, self.sub) as client:
-            reply = await client.request(f"{component}.status", ProcessingMessage(f"{component}.status", {}),
-                                         timeout=20)
+            reply = await client.request(
+                f"{component}.status", ProcessingMessage(f"{component}.status", {}), timeout=20
+            )
             return reply.content  # type: ignore[no-any-return]
 
 
@@ -98,8 +101,7 @@ async def test_fatal_processor_failure_fails_the_workflow_and_cleans_up(running:
     assert s["per_workflow"]["wf-doc-0002"]["ingest_manager"]["state"] == "completed"
     errors = s["errors"]
     # one root cause, reported once, where it happened (not again by the handler and the manager)
-    assert (errors["total"], errors["by_type"], errors["by_component"]) == (1, {"ValueError": 1},
-                                                                           {"chunk_analyzer": 1})
+    assert (errors["total"], errors["by_type"], errors["by_component"]) == (1, {"ValueError": 1}, {"chunk_analyzer": 1})
     assert any(e["correlation_id"] == "wf-doc-0001" for e in errors["recent"])
     manager = await running.status("ingest_manager")
     assert manager["active_processes"] == 0 and manager["failed"] == 1
@@ -112,8 +114,9 @@ async def test_processor_killed_mid_work_is_replaced_and_the_workflow_completes(
     while (await running.status("document_handler"))["rpc"].get("instances_known", 0) < 7:
         assert time.monotonic() < deadline, "the handler never saw all seven instances"
         await asyncio.sleep(0.1)  # ... until it knows all three analyzers (and the other four)
-    work = asyncio.ensure_future(running.run([doc(1, fail="slow", slow_seconds=1.5),
-                                              doc(2, fail="slow", slow_seconds=1.5)], timeout=90))
+    work = asyncio.ensure_future(
+        running.run([doc(1, fail="slow", slow_seconds=1.5), doc(2, fail="slow", slow_seconds=1.5)], timeout=90)
+    )
     victim = running.pid("ChunkAnalyzer#1")
     # Wait until the handler has 6+ chunk requests in flight: spread by fewest
     # outstanding over three analyzers, the victim then holds some of them.
@@ -147,8 +150,10 @@ async def test_supervisor_restarts_a_crashed_component(running: Running) -> None
 
 def test_topology_file(tmp_path: Any) -> None:
     path = tmp_path / "topology.toml"
-    path.write_text('[bus]\npub = "ipc:///tmp/x.pub"\nsub = "ipc:///tmp/x.sub"\n\n'
-                    '[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\nreplicas = 2\n')
+    path.write_text(
+        '[bus]\npub = "ipc:///tmp/x.pub"\nsub = "ipc:///tmp/x.sub"\n\n'
+        '[[component]]\nclass = "zmqbus.components.ingest:ChunkAnalyzer"\nreplicas = 2\n'
+    )
     topo = load_topology(str(path))
     assert (topo.pub, topo.sub, topo.forwarder) == ("ipc:///tmp/x.pub", "ipc:///tmp/x.sub", True)
     assert [(c.cls, c.replicas) for c in topo.components] == [("zmqbus.components.ingest:ChunkAnalyzer", 2)]
@@ -163,10 +168,10 @@ def test_topology_file(tmp_path: Any) -> None:
 @pytest.mark.slow
 def test_supervisor_gives_up_on_a_crash_loop(tmp_path: Any) -> None:
     from zmqbus.framework.runner import ComponentSpec, Topology
+
     events: list[str] = []
     pub, sub = ipc_endpoints(str(tmp_path))
-    sup = Supervisor(Topology(pub, sub, False, [ComponentSpec("crashy:Crashy")]), crash_limit=2,
-                     on_event=events.append)
+    sup = Supervisor(Topology(pub, sub, False, [ComponentSpec("crashy:Crashy")]), crash_limit=2, on_event=events.append)
     sup.start()
     try:
         deadline = time.monotonic() + 30

@@ -1,4 +1,5 @@
 """Process contexts and states: pure, exact times."""
+
 from __future__ import annotations
 
 from datetime import UTC, datetime

@@ -5,6 +5,7 @@ docs/PROTOCOL.md); internals stay in their modules. Names are imported
 lazily, on first use, so ``import zmqbus.core.topics`` (the pure core) loads
 neither pyzmq nor asyncio.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,10 +23,25 @@ _MODULES = {
     "core.retry": ("RetryPolicy", "NO_RETRY"),
     "framework.component": ("Component", "Manager", "Handler", "Processor", "on", "service"),
     "core.workflow": ("ComponentState", "ComponentContext", "InvalidTransition", "UnknownState"),
-    "core.errors": ("ZmqbusError", "TopicError", "ProtocolError", "EncodeError", "MessageTooLarge", "DecodeError",
-                    "TransportError", "BusTimeout", "ClosedError", "RequestError", "RemoteError", "NoResponder",
-                    "RequestTimeout", "RetryableError", "SecurityError", "InsecureEndpoint",
-                    "AuthenticationRefused"),
+    "core.errors": (
+        "ZmqbusError",
+        "TopicError",
+        "ProtocolError",
+        "EncodeError",
+        "MessageTooLarge",
+        "DecodeError",
+        "TransportError",
+        "BusTimeout",
+        "ClosedError",
+        "RequestError",
+        "RemoteError",
+        "NoResponder",
+        "RequestTimeout",
+        "RetryableError",
+        "SecurityError",
+        "InsecureEndpoint",
+        "AuthenticationRefused",
+    ),
     "core.security": ("KeyRing",),
     "core.policy": ("SubscriptionLimits",),
     "io.security": ("load_keys", "keygen", "load_policy"),

@@ -1,4 +1,5 @@
 """``python -m zmqbus`` is the ``zmqbus`` command."""
+
 from .cli import main
 
 main(prog_name="zmqbus")

@@ -1,4 +1,5 @@
 """Helpers shared by the benchmarks: percentiles, pacing, message shapes, process runs."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +13,18 @@ from typing import Any
 from ..framework.procs import stop_process
 from ..io.aio import wait_event
 
-__all__ = ["Progress", "pace", "guide_content", "sized_content", "collect", "DATA_TOPIC",
-           "keep_best", "rounded", "wait_readable", "wait_idle"]
+__all__ = [
+    "Progress",
+    "pace",
+    "guide_content",
+    "sized_content",
+    "collect",
+    "DATA_TOPIC",
+    "keep_best",
+    "rounded",
+    "wait_readable",
+    "wait_idle",
+]
 
 #: The topic every pub/sub benchmark publishes on.
 DATA_TOPIC = "bench.component.process.request"
@@ -24,8 +35,12 @@ Progress = Callable[[str], None]
 def guide_content(size: int = 180) -> dict[str, Any]:
     """A guide-shaped content dict of roughly ``size`` encoded bytes (at least about 90)."""
     filler = max(0, size - 90)
-    return {"document_id": "doc-000123", "chunk_index": 7, "text": "x" * filler,
-            "options": {"lang": "en", "normalize": True}}
+    return {
+        "document_id": "doc-000123",
+        "chunk_index": 7,
+        "text": "x" * filler,
+        "options": {"lang": "en", "normalize": True},
+    }
 
 
 def sized_content(size: int) -> dict[str, Any]:
@@ -48,8 +63,9 @@ def pace(start: float, sent: int, rate: float, clock: Callable[[], float] = time
         time.sleep(wait)
 
 
-def collect(procs: Sequence[multiprocessing.process.BaseProcess], results: Any, expected: int,
-            timeout: float) -> list[Any]:
+def collect(
+    procs: Sequence[multiprocessing.process.BaseProcess], results: Any, expected: int, timeout: float
+) -> list[Any]:
     """Read ``expected`` results from ``results``, then stop ``procs`` (by pid, last first).
 
     Raises RuntimeError naming the process that died if a result never comes.
@@ -181,6 +197,7 @@ def bench_keys(folder: str) -> str:
     keygen(folder, "forwarder", allow=False)
     keygen(folder, "client")
     with open(os.path.join(folder, "policy.toml"), "w") as f:
-        f.write('[keys.client]\npublish = ["bench.#"]\nsubscribe = ["bench.#"]\ncall = ["bench.#"]\n'
-                'serve = ["bench.#"]\n')
+        f.write(
+            '[keys.client]\npublish = ["bench.#"]\nsubscribe = ["bench.#"]\ncall = ["bench.#"]\nserve = ["bench.#"]\n'
+        )
     return folder

@@ -12,6 +12,7 @@
 
 Each side runs in its own processes on tcp loopback, as :mod:`.pubsub` does.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,6 +36,7 @@ async def _subscribe(pub: str, sub: str, count: int, ready: Any, idle: float) ->
     seen: list[int] = []
     first = last = 0.0
     async with MessageBroker(pub, sub, name="ha-sub") as b:
+
         def on(msg: Any) -> None:
             nonlocal first, last
             last = time.perf_counter()
@@ -55,9 +57,15 @@ async def _subscribe(pub: str, sub: str, count: int, ready: Any, idle: float) ->
         await asyncio.sleep(2.5)  # a redundant bus counts what is still missing after 2 s
         s = b.statistics()
     unique = len(set(seen))
-    return {"received": len(seen), "unique": unique, "lost": count - unique, "duplicated": len(seen) - unique,
-            "gaps_counted": s.gaps, "copies_dropped": s.duplicates,
-            "msgs_per_s": round((unique - 1) / (last - first)) if unique > 1 and last > first else 0}
+    return {
+        "received": len(seen),
+        "unique": unique,
+        "lost": count - unique,
+        "duplicated": len(seen) - unique,
+        "gaps_counted": s.gaps,
+        "copies_dropped": s.duplicates,
+        "msgs_per_s": round((unique - 1) / (last - first)) if unique > 1 and last > first else 0,
+    }
 
 
 def _subscriber(pub: str, sub: str, count: int, ready: Any, idle: float, results: Any) -> None:
@@ -90,8 +98,9 @@ def _publisher(pub: str, sub: str, count: int, rate: float, go: Any, mark: Any, 
     asyncio.run(_publish(pub, sub, count, rate, go, mark, mark_at))
 
 
-def ha_once(forwarders: int, count: int, rate: float = 0.0, kill_at: float | None = None,
-            restart: bool = False) -> dict[str, Any]:
+def ha_once(
+    forwarders: int, count: int, rate: float = 0.0, kill_at: float | None = None, restart: bool = False
+) -> dict[str, Any]:
     """One run through ``forwarders`` forwarders; ``kill_at``: the fraction of the run's expected
     time at which the first forwarder gets SIGKILL (``restart``: and starts again at once)."""
     pairs = [tcp_endpoints() for _ in range(forwarders)]
@@ -132,24 +141,43 @@ def run_ha(quick: bool = False, progress: Progress = lambda s: None, label: str 
         for n in (1, 2):
             res = ha_once(n, count)
             runs[n].append(res["msgs_per_s"])
-            progress(f"{label}round {r + 1}/{rounds}: {n} forwarder(s) {res['msgs_per_s']:,} msg/s "
-                     f"(lost {res['lost']}, duplicated {res['duplicated']})")
+            progress(
+                f"{label}round {r + 1}/{rounds}: {n} forwarder(s) {res['msgs_per_s']:,} msg/s "
+                f"(lost {res['lost']}, duplicated {res['duplicated']})"
+            )
     mid = {n: sorted(v)[(len(v) - 1) // 2] for n, v in runs.items()}
     killed_count = 15_000 if quick else 40_000
     killed = ha_once(2, killed_count, rate=10_000.0, kill_at=0.33)
-    progress(f"{label}two forwarders, one killed at 10,000 msg/s: lost {killed['lost']}, "
-             f"duplicated {killed['duplicated']}")
+    progress(
+        f"{label}two forwarders, one killed at 10,000 msg/s: lost {killed['lost']}, duplicated {killed['duplicated']}"
+    )
     single = ha_once(1, killed_count, rate=10_000.0, kill_at=0.33, restart=True)
-    progress(f"{label}one forwarder killed and restarted at 10,000 msg/s: lost {single['lost']} "
-             f"(counted {single['gaps_counted']})")
+    progress(
+        f"{label}one forwarder killed and restarted at 10,000 msg/s: lost {single['lost']} "
+        f"(counted {single['gaps_counted']})"
+    )
     return {
-        "benchmark": "ha", "count": count, "rounds": rounds, "transport": "tcp loopback",
-        "one_forwarder_msgs_per_s": mid[1], "two_forwarders_msgs_per_s": mid[2],
+        "benchmark": "ha",
+        "count": count,
+        "rounds": rounds,
+        "transport": "tcp loopback",
+        "one_forwarder_msgs_per_s": mid[1],
+        "two_forwarders_msgs_per_s": mid[2],
         "ratio": round(mid[2] / mid[1], 3) if mid[1] else 0.0,
         "rounds_msgs_per_s": {"one": runs[1], "two": runs[2]},
-        "failover": {"rate": 10_000, "count": killed_count, "lost": killed["lost"],
-                     "duplicated": killed["duplicated"], "copies_dropped": killed["copies_dropped"],
-                     "gaps_counted": killed["gaps_counted"]},
-        "single_restart": {"rate": 10_000, "count": killed_count, "lost": single["lost"],
-                           "duplicated": single["duplicated"], "gaps_counted": single["gaps_counted"]},
+        "failover": {
+            "rate": 10_000,
+            "count": killed_count,
+            "lost": killed["lost"],
+            "duplicated": killed["duplicated"],
+            "copies_dropped": killed["copies_dropped"],
+            "gaps_counted": killed["gaps_counted"],
+        },
+        "single_restart": {
+            "rate": 10_000,
+            "count": killed_count,
+            "lost": single["lost"],
+            "duplicated": single["duplicated"],
+            "gaps_counted": single["gaps_counted"],
+        },
     }

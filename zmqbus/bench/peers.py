@@ -10,6 +10,7 @@ the reason, never as a failure.
 The message is the one the raw pyzmq baseline sends: ``msgpack(dict)`` of a
 guide-shaped message, unpacked by every subscriber.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -35,9 +36,17 @@ _CLIENTS = {"redis": ("redis", "redis-py"), "nats": ("nats", "nats-py")}
 
 
 def _message() -> dict[str, Any]:
-    return {"message_type": DATA_TOPIC, "content": guide_content(),
-            "metadata": {"correlation_id": "c-1", "source_component": "manager",
-                         "target_component": "processor", "message_id": 0, "timestamp": time.time()}}
+    return {
+        "message_type": DATA_TOPIC,
+        "content": guide_content(),
+        "metadata": {
+            "correlation_id": "c-1",
+            "source_component": "manager",
+            "target_component": "processor",
+            "message_id": 0,
+            "timestamp": time.time(),
+        },
+    }
 
 
 def peer_status(name: str) -> str | None:
@@ -55,7 +64,8 @@ def _binary(name: str) -> str | None:
     """The server's path: on PATH, or in an sbin folder (Debian puts nats-server there)."""
     binary = _SERVERS[name]
     return shutil.which(binary) or next(
-        (f"{d}/{binary}" for d in ("/usr/sbin", "/usr/local/sbin") if os.path.exists(f"{d}/{binary}")), None)
+        (f"{d}/{binary}" for d in ("/usr/sbin", "/usr/local/sbin") if os.path.exists(f"{d}/{binary}")), None
+    )
 
 
 @contextmanager
@@ -66,8 +76,21 @@ def _server(name: str) -> Iterator[int]:
         binary = _binary(name)
         assert binary is not None
         if name == "redis":
-            cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                   "--dir", tmp, "--client-output-buffer-limit", "pubsub 0 0 0"]
+            cmd = [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tmp,
+                "--client-output-buffer-limit",
+                "pubsub 0 0 0",
+            ]
         else:
             conf = f"{tmp}/nats.conf"
             with open(conf, "w") as f:  # a slow subscriber is buffered, not disconnected
@@ -95,6 +118,7 @@ def _server(name: str) -> Iterator[int]:
 
 
 # -- Redis ------------------------------------------------------------------------
+
 
 def _redis_publisher(port: int, count: int, go: Any) -> None:
     import msgpack
@@ -135,6 +159,7 @@ def _redis_subscriber(port: int, count: int, go: Any, results: Any) -> None:
 
 
 # -- NATS -------------------------------------------------------------------------
+
 
 def _nats_publisher(port: int, count: int, go: Any) -> None:
     import msgpack
@@ -232,6 +257,7 @@ def _nats_caller(port: int, latency_n: int, throughput_n: int, results: Any) -> 
 
 # -- driver -----------------------------------------------------------------------
 
+
 def _pubsub(name: str, port: int, count: int) -> dict[str, Any]:
     mp = multiprocessing.get_context("spawn")
     go, results = mp.Event(), mp.Queue()
@@ -239,19 +265,30 @@ def _pubsub(name: str, port: int, count: int) -> dict[str, Any]:
     procs = [spawn(sub, port, count, go, results, name=f"{name}-sub"), spawn(pub, port, count, go, name=f"{name}-pub")]
     got = collect(procs, results, 1, 60 + count / 2_000)[0]
     rate = (got["received"] - 1) / got["seconds"] if got["received"] > 1 and got["seconds"] > 0 else 0.0
-    return {"msgs_per_s": round(rate), "received": got["received"], "lost": count - got["received"],
-            "seconds": round(got["seconds"], 4)}
+    return {
+        "msgs_per_s": round(rate),
+        "received": got["received"],
+        "lost": count - got["received"],
+        "seconds": round(got["seconds"], 4),
+    }
 
 
 def _reqrep(port: int, latency_n: int, throughput_n: int) -> dict[str, Any]:
     results = multiprocessing.get_context("spawn").Queue()
-    procs = [spawn(_nats_echo, port, name="nats-echo"),
-             spawn(_nats_caller, port, latency_n, throughput_n, results, name="nats-caller")]
+    procs = [
+        spawn(_nats_echo, port, name="nats-echo"),
+        spawn(_nats_caller, port, latency_n, throughput_n, results, name="nats-caller"),
+    ]
     return rounded(collect(procs, results, 1, 120)[0])
 
 
-def run_peers(quick: bool = False, count: int | None = None, rounds: int | None = None,
-              progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
+def run_peers(
+    quick: bool = False,
+    count: int | None = None,
+    rounds: int | None = None,
+    progress: Progress = lambda s: None,
+    label: str = "",
+) -> dict[str, Any]:
     """Pub/sub throughput (Redis, NATS) and request/reply (NATS), best of ``rounds``."""
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 2)
@@ -272,21 +309,23 @@ def run_peers(quick: bool = False, count: int | None = None, rounds: int | None 
     return out
 
 
-def _measure_peer(name: str, count: int, rounds: int, latency_n: int, throughput_n: int, progress: Progress,
-                  label: str) -> dict[str, Any]:
+def _measure_peer(
+    name: str, count: int, rounds: int, latency_n: int, throughput_n: int, progress: Progress, label: str
+) -> dict[str, Any]:
     """Start ``name``'s server, measure pub/sub (and NATS request/reply), stop it."""
     entry: dict[str, Any] = {}
     with _server(name) as port:
         for r in range(rounds):
             res = _pubsub(name, port, count)
-            progress(f"{label}{name} pub/sub round {r + 1}/{rounds}: {res['msgs_per_s']:,} msg/s "
-                     f"({res['lost']} lost)")
+            progress(f"{label}{name} pub/sub round {r + 1}/{rounds}: {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
             if "pubsub" not in entry or res["msgs_per_s"] > entry["pubsub"]["msgs_per_s"]:
                 entry["pubsub"] = res
         if name == "nats":
             for r in range(rounds):
                 res = _reqrep(port, latency_n, throughput_n)
-                progress(f"{label}nats request/reply round {r + 1}/{rounds}: p50 {res['p50_us']:.0f} us, "
-                         f"{res['throughput_req_s']:,} req/s with 100 in flight")
+                progress(
+                    f"{label}nats request/reply round {r + 1}/{rounds}: p50 {res['p50_us']:.0f} us, "
+                    f"{res['throughput_req_s']:,} req/s with 100 in flight"
+                )
                 keep_best(entry.setdefault("reqrep", res), res)
     return entry

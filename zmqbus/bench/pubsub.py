@@ -18,6 +18,7 @@ message with ``time.perf_counter()`` (CLOCK_MONOTONIC, one clock for every
 process on the host) just before sending, and each subscriber records the
 one-way latency of every message.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -66,11 +67,12 @@ class _Tally:
     def result(self, warmup: float = 0.05) -> dict[str, Any]:
         out: dict[str, Any] = {"received": self.n, "seconds": self.last - self.first}
         if self.stamped:
-            out["latency_us"] = percentiles(self.lat[int(len(self.lat) * warmup):])
+            out["latency_us"] = percentiles(self.lat[int(len(self.lat) * warmup) :])
         return out
 
 
 # -- raw pyzmq ----------------------------------------------------------------
+
 
 def _raw_forwarder(pub: str, sub: str) -> None:
     import zmq
@@ -95,9 +97,17 @@ def _raw_publisher(pub: str, count: int, size: int, shape: str, rate: float, gos
     sock.connect(pub)
     topic = DATA_TOPIC.encode()
     content = _content(size, shape)
-    payload = {"message_type": DATA_TOPIC, "content": content,
-               "metadata": {"correlation_id": "c-1", "source_component": "manager",
-                            "target_component": "processor", "message_id": "m-1", "timestamp": time.time()}}
+    payload = {
+        "message_type": DATA_TOPIC,
+        "content": content,
+        "metadata": {
+            "correlation_id": "c-1",
+            "source_component": "manager",
+            "target_component": "processor",
+            "message_id": "m-1",
+            "timestamp": time.time(),
+        },
+    }
     while not all(go.is_set() for go in gos):  # probes until every subscriber has seen one
         sock.send_multipart([_PROBE.encode(), b"\x90"])
         time.sleep(0.01)
@@ -158,8 +168,8 @@ def _raw_subscriber(sub: str, count: int, go: Any, stamped: bool, results: Any) 
 
 # -- zmqbus -------------------------------------------------------------------
 
-async def _zb_publish(pub: str, sub: str, count: int, size: int, shape: str, rate: float,
-                      gos: list[Any]) -> None:
+
+async def _zb_publish(pub: str, sub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
     from ..bus.broker import MessageBroker
     from ..core.message import MessageMetadata, ProcessingMessage
 
@@ -175,8 +185,13 @@ async def _zb_publish(pub: str, sub: str, count: int, size: int, shape: str, rat
                 if i % 64 == 0:
                     await asyncio.sleep(0)  # let the broker's own tasks run between blocking sleeps
                 content["t"] = clock()
-            await publish(ProcessingMessage(DATA_TOPIC, content, MessageMetadata(
-                correlation_id="c-1", source_component="manager", target_component="processor")))
+            await publish(
+                ProcessingMessage(
+                    DATA_TOPIC,
+                    content,
+                    MessageMetadata(correlation_id="c-1", source_component="manager", target_component="processor"),
+                )
+            )
 
 
 def _zb_publisher(pub: str, sub: str, count: int, size: int, shape: str, rate: float, gos: list[Any]) -> None:
@@ -221,9 +236,18 @@ def _zb_subscriber(pub: str, sub: str, count: int, go: Any, stamped: bool, resul
 
 # -- driver -------------------------------------------------------------------
 
-def pubsub_once(kind: str, count: int, size: int = 180, shape: str = "guide", subscribers: int = 1,
-                rate: float = 0.0, keys: str | None = None, policy: bool = False, trace: bool = False
-                ) -> dict[str, Any]:
+
+def pubsub_once(
+    kind: str,
+    count: int,
+    size: int = 180,
+    shape: str = "guide",
+    subscribers: int = 1,
+    rate: float = 0.0,
+    keys: str | None = None,
+    policy: bool = False,
+    trace: bool = False,
+) -> dict[str, Any]:
     """One run of one side (``"raw"`` or ``"zmqbus"``); see the module docstring.
 
     ``keys``: a key folder (:func:`bench_keys`): CURVE on every socket of that side; ``policy``: the
@@ -249,13 +273,16 @@ def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int,
     stamped = rate > 0
     if kind == "raw":
         procs = [spawn(_raw_forwarder, pub, sub, name="raw-forwarder")]
-        procs += [spawn(_raw_subscriber, sub, count, go, stamped, results, name=f"raw-sub-{i}")
-                  for i, go in enumerate(gos)]
+        procs += [
+            spawn(_raw_subscriber, sub, count, go, stamped, results, name=f"raw-sub-{i}") for i, go in enumerate(gos)
+        ]
         procs.append(spawn(_raw_publisher, pub, count, size, shape, rate, gos, name="raw-pub"))
     else:
         procs = [forwarder_process(pub, sub, stats_interval=None)]
-        procs += [spawn(_zb_subscriber, pub, sub, count, go, stamped, results, name=f"zmqbus-sub-{i}")
-                  for i, go in enumerate(gos)]
+        procs += [
+            spawn(_zb_subscriber, pub, sub, count, go, stamped, results, name=f"zmqbus-sub-{i}")
+            for i, go in enumerate(gos)
+        ]
         procs.append(spawn(_zb_publisher, pub, sub, count, size, shape, rate, gos, name="zmqbus-pub"))
     timeout = 40 + count / 2_000 + (count / rate if rate else 0)
     subs = collect(procs, results, subscribers, timeout)
@@ -264,7 +291,8 @@ def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int,
     out: dict[str, Any] = {
         "msgs_per_s": round(min(rates)),  # the slowest subscriber's rate
         "deliveries_per_s": round(sum(rates)),
-        "received": received, "lost": count * subscribers - received,
+        "received": received,
+        "lost": count * subscribers - received,
         "seconds": round(max(s["seconds"] for s in subs), 4),
     }
     if kind == "zmqbus":
@@ -276,9 +304,16 @@ def _pubsub_once(kind: str, count: int, size: int, shape: str, subscribers: int,
     return out
 
 
-def run_pubsub(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
-               shape: str = "guide", subscribers: int = 1, progress: Progress = lambda s: None,
-               label: str = "") -> dict[str, Any]:
+def run_pubsub(
+    quick: bool = False,
+    count: int | None = None,
+    size: int = 180,
+    rounds: int | None = None,
+    shape: str = "guide",
+    subscribers: int = 1,
+    progress: Progress = lambda s: None,
+    label: str = "",
+) -> dict[str, Any]:
     """Throughput of both sides in alternating rounds; each side's median round is reported.
 
     The median, not the best: the raw side's figure swings by up to 20% from
@@ -296,32 +331,48 @@ def run_pubsub(quick: bool = False, count: int | None = None, size: int = 180, r
     mid = {kind: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for kind, rs in runs.items()}
     zb, raw = mid["zmqbus"]["msgs_per_s"], mid["raw"]["msgs_per_s"]
     return {
-        "benchmark": "pubsub", "count": count, "content_bytes": size, "shape": shape, "subscribers": subscribers,
-        "rounds": rounds, "transport": "tcp loopback",
-        "zmqbus_msgs_per_s": zb, "raw_msgs_per_s": raw, "ratio": round(zb / raw, 3) if raw else 0.0,
-        "zmqbus": mid["zmqbus"], "raw": mid["raw"],
+        "benchmark": "pubsub",
+        "count": count,
+        "content_bytes": size,
+        "shape": shape,
+        "subscribers": subscribers,
+        "rounds": rounds,
+        "transport": "tcp loopback",
+        "zmqbus_msgs_per_s": zb,
+        "raw_msgs_per_s": raw,
+        "ratio": round(zb / raw, 3) if raw else 0.0,
+        "zmqbus": mid["zmqbus"],
+        "raw": mid["raw"],
         "zmqbus_rounds": [x["msgs_per_s"] for x in runs["zmqbus"]],
         "raw_rounds": [x["msgs_per_s"] for x in runs["raw"]],
     }
 
 
-def run_latency(rate: float, seconds: float, size: int = 180, progress: Progress = lambda s: None,
-                label: str = "") -> dict[str, Any]:
+def run_latency(
+    rate: float, seconds: float, size: int = 180, progress: Progress = lambda s: None, label: str = ""
+) -> dict[str, Any]:
     """One-way latency percentiles of both sides at a fixed offered ``rate`` (msg/s)."""
     count = max(200, int(rate * seconds))
-    out: dict[str, Any] = {"benchmark": "latency", "offered_rate": rate, "count": count, "content_bytes": size,
-                           "transport": "tcp loopback"}
+    out: dict[str, Any] = {
+        "benchmark": "latency",
+        "offered_rate": rate,
+        "count": count,
+        "content_bytes": size,
+        "transport": "tcp loopback",
+    }
     for kind in ("raw", "zmqbus"):
         res = pubsub_once(kind, count, size, "guide", 1, rate)
         p = res["latency_us"]
-        progress(f"{label}{kind} p50 {p['p50']:.0f} us, p99 {p['p99']:.0f} us, p99.9 {p['p999']:.0f} us "
-                 f"({res['lost']} lost)")
+        progress(
+            f"{label}{kind} p50 {p['p50']:.0f} us, p99 {p['p99']:.0f} us, p99.9 {p['p999']:.0f} us ({res['lost']} lost)"
+        )
         out[kind] = res
     return out
 
 
-def _alternate(sides: dict[str, Callable[[], dict[str, Any]]], rounds: int, progress: Progress, label: str
-               ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]], dict[str, int]]:
+def _alternate(
+    sides: dict[str, Callable[[], dict[str, Any]]], rounds: int, progress: Progress, label: str
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, Any]], dict[str, int]]:
     """Run each side once per round, alternating; return every round, each side's median round, its rate."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for r in range(rounds):
@@ -333,21 +384,37 @@ def _alternate(sides: dict[str, Callable[[], dict[str, Any]]], rounds: int, prog
     return runs, mid, {name: m["msgs_per_s"] for name, m in mid.items()}
 
 
-def run_pubsub_traced(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
-                      progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
+def run_pubsub_traced(
+    quick: bool = False,
+    count: int | None = None,
+    size: int = 180,
+    rounds: int | None = None,
+    progress: Progress = lambda s: None,
+    label: str = "",
+) -> dict[str, Any]:
     """What tracing costs: raw pyzmq, zmqbus with tracing off (the default) and zmqbus with
     OpenTelemetry tracing on (SDK tracer, every span batched to an exporter that drops them), in
     alternating rounds of one run; ``trace_cost`` is on over off."""
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 3)
-    runs, mid, rate = _alternate({
-        "raw": lambda: pubsub_once("raw", count, size, "guide", 1),
-        "zmqbus": lambda: pubsub_once("zmqbus", count, size, "guide", 1),
-        "zmqbus_traced": lambda: pubsub_once("zmqbus", count, size, "guide", 1, trace=True),
-    }, rounds, progress, label)
+    runs, mid, rate = _alternate(
+        {
+            "raw": lambda: pubsub_once("raw", count, size, "guide", 1),
+            "zmqbus": lambda: pubsub_once("zmqbus", count, size, "guide", 1),
+            "zmqbus_traced": lambda: pubsub_once("zmqbus", count, size, "guide", 1, trace=True),
+        },
+        rounds,
+        progress,
+        label,
+    )
     return {
-        "benchmark": "pubsub_traced", "count": count, "content_bytes": size, "rounds": rounds,
-        "transport": "tcp loopback", "raw_msgs_per_s": rate["raw"], "zmqbus_msgs_per_s": rate["zmqbus"],
+        "benchmark": "pubsub_traced",
+        "count": count,
+        "content_bytes": size,
+        "rounds": rounds,
+        "transport": "tcp loopback",
+        "raw_msgs_per_s": rate["raw"],
+        "zmqbus_msgs_per_s": rate["zmqbus"],
         "zmqbus_traced_msgs_per_s": rate["zmqbus_traced"],
         "ratio": round(rate["zmqbus"] / rate["raw"], 3) if rate["raw"] else 0.0,
         "trace_cost": round(rate["zmqbus_traced"] / rate["zmqbus"], 3) if rate["zmqbus"] else 0.0,
@@ -356,8 +423,14 @@ def run_pubsub_traced(quick: bool = False, count: int | None = None, size: int =
     }
 
 
-def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int = 180, rounds: int | None = None,
-                      progress: Progress = lambda s: None, label: str = "") -> dict[str, Any]:
+def run_pubsub_secure(
+    quick: bool = False,
+    count: int | None = None,
+    size: int = 180,
+    rounds: int | None = None,
+    progress: Progress = lambda s: None,
+    label: str = "",
+) -> dict[str, Any]:
     """What CURVE costs: raw pyzmq with CURVE, zmqbus with CURVE, zmqbus in clear and zmqbus with CURVE
     and a publish policy, in alternating rounds of the same run (median round of each). ``ratio``
     compares the two CURVE sides; ``curve_cost`` is zmqbus with CURVE over zmqbus in clear;
@@ -368,17 +441,27 @@ def run_pubsub_secure(quick: bool = False, count: int | None = None, size: int =
     rounds = rounds or (1 if quick else 3)
     with tempfile.TemporaryDirectory(prefix="zmqbus-bench-keys-") as tmp:
         keys = bench_keys(f"{tmp}/keys")
-        runs, mid, rate = _alternate({
-            "raw_curve": lambda: pubsub_once("raw", count, size, "guide", 1, keys=keys),
-            "zmqbus_curve": lambda: pubsub_once("zmqbus", count, size, "guide", 1, keys=keys),
-            "zmqbus_clear": lambda: pubsub_once("zmqbus", count, size, "guide", 1),
-            "zmqbus_policy": lambda: pubsub_once("zmqbus", count, size, "guide", 1, keys=keys, policy=True),
-        }, rounds, progress, label)
+        runs, mid, rate = _alternate(
+            {
+                "raw_curve": lambda: pubsub_once("raw", count, size, "guide", 1, keys=keys),
+                "zmqbus_curve": lambda: pubsub_once("zmqbus", count, size, "guide", 1, keys=keys),
+                "zmqbus_clear": lambda: pubsub_once("zmqbus", count, size, "guide", 1),
+                "zmqbus_policy": lambda: pubsub_once("zmqbus", count, size, "guide", 1, keys=keys, policy=True),
+            },
+            rounds,
+            progress,
+            label,
+        )
     return {
-        "benchmark": "pubsub_secure", "count": count, "content_bytes": size, "rounds": rounds,
+        "benchmark": "pubsub_secure",
+        "count": count,
+        "content_bytes": size,
+        "rounds": rounds,
         "transport": "tcp loopback, CURVE",
-        "raw_curve_msgs_per_s": rate["raw_curve"], "zmqbus_curve_msgs_per_s": rate["zmqbus_curve"],
-        "zmqbus_clear_msgs_per_s": rate["zmqbus_clear"], "zmqbus_policy_msgs_per_s": rate["zmqbus_policy"],
+        "raw_curve_msgs_per_s": rate["raw_curve"],
+        "zmqbus_curve_msgs_per_s": rate["zmqbus_curve"],
+        "zmqbus_clear_msgs_per_s": rate["zmqbus_clear"],
+        "zmqbus_policy_msgs_per_s": rate["zmqbus_policy"],
         "policy_cost": round(rate["zmqbus_policy"] / rate["zmqbus_curve"], 3) if rate["zmqbus_curve"] else 0.0,
         "ratio": round(rate["zmqbus_curve"] / rate["raw_curve"], 3) if rate["raw_curve"] else 0.0,
         "curve_cost": round(rate["zmqbus_curve"] / rate["zmqbus_clear"], 3) if rate["zmqbus_clear"] else 0.0,

@@ -1,4 +1,5 @@
 """Turn a suite report (a dict) into markdown, and into a PNG plot when matplotlib is installed."""
+
 from __future__ import annotations
 
 import json
@@ -27,108 +28,241 @@ def to_markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     failed = {k: v["error"] for k, v in report["sections"].items() if isinstance(v, dict) and "error" in v}
     s = {k: v for k, v in report["sections"].items() if k not in failed}
-    lines = [f"# zmqbus benchmark report{' (--quick: rough figures)' if report['quick'] else ''}", "",
-             f"{report['started']}, {report['seconds']} s. zmqbus {m['zmqbus']} (protocol {m['protocol']}), "
-             f"{m['implementation']} {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}, msgpack {m['msgpack']}, "
-             f"{m['cpus']} CPUs, {m['platform']}. Every figure is next to its raw pyzmq baseline from the same run; "
-             "tcp loopback; each process on its own.", ""]
+    lines = [
+        f"# zmqbus benchmark report{' (--quick: rough figures)' if report['quick'] else ''}",
+        "",
+        f"{report['started']}, {report['seconds']} s. zmqbus {m['zmqbus']} (protocol {m['protocol']}), "
+        f"{m['implementation']} {m['python']}, pyzmq {m['pyzmq']}, libzmq {m['libzmq']}, msgpack {m['msgpack']}, "
+        f"{m['cpus']} CPUs, {m['platform']}. Every figure is next to its raw pyzmq baseline from the same run; "
+        "tcp loopback; each process on its own.",
+        "",
+    ]
     if "pubsub" in s:
         p = s["pubsub"]
-        lines += [f"## Pub/sub through a forwarder: guide-shaped message ({p['content_bytes']} B content), "
-                  f"{p['count']:,} messages, median of {p['rounds']} rounds", ""]
-        lines += _table(["side", "msg/s", "lost", "every round"], [
-            ["raw pyzmq + msgpack", f"{p['raw_msgs_per_s']:,}", p["raw"]["lost"],
-             ", ".join(f"{x:,}" for x in p["raw_rounds"])],
-            ["zmqbus", f"{p['zmqbus_msgs_per_s']:,}", p["zmqbus"]["lost"],
-             ", ".join(f"{x:,}" for x in p["zmqbus_rounds"])],
-            ["**ratio**", f"**{p['ratio']:.2f}**", "", ""]])
+        lines += [
+            f"## Pub/sub through a forwarder: guide-shaped message ({p['content_bytes']} B content), "
+            f"{p['count']:,} messages, median of {p['rounds']} rounds",
+            "",
+        ]
+        lines += _table(
+            ["side", "msg/s", "lost", "every round"],
+            [
+                [
+                    "raw pyzmq + msgpack",
+                    f"{p['raw_msgs_per_s']:,}",
+                    p["raw"]["lost"],
+                    ", ".join(f"{x:,}" for x in p["raw_rounds"]),
+                ],
+                [
+                    "zmqbus",
+                    f"{p['zmqbus_msgs_per_s']:,}",
+                    p["zmqbus"]["lost"],
+                    ", ".join(f"{x:,}" for x in p["zmqbus_rounds"]),
+                ],
+                ["**ratio**", f"**{p['ratio']:.2f}**", "", ""],
+            ],
+        )
     if "sizes" in s:
         lines += ["## Pub/sub throughput by content size", ""]
-        lines += _table(["content", "messages", "raw msg/s", "zmqbus msg/s", "ratio", "raw MB/s", "zmqbus MB/s",
-                         "raw lost", "zmqbus lost"], [
-            [_size(r["content_bytes"]), f"{r['count']:,}", f"{r['raw_msgs_per_s']:,}", f"{r['zmqbus_msgs_per_s']:,}",
-             f"{r['ratio']:.2f}", f"{r['raw_msgs_per_s'] * r['content_bytes'] / 1e6:,.0f}",
-             f"{r['zmqbus_msgs_per_s'] * r['content_bytes'] / 1e6:,.0f}", r["raw"]["lost"], r["zmqbus"]["lost"]]
-            for r in s["sizes"]])
-        lines += ["A raw `PUB` drops at its high-water mark when the subscriber falls behind (counted as lost); "
-                  "zmqbus publishes with `XPUB_NODROP` and waits instead, so it loses nothing.", ""]
+        lines += _table(
+            [
+                "content",
+                "messages",
+                "raw msg/s",
+                "zmqbus msg/s",
+                "ratio",
+                "raw MB/s",
+                "zmqbus MB/s",
+                "raw lost",
+                "zmqbus lost",
+            ],
+            [
+                [
+                    _size(r["content_bytes"]),
+                    f"{r['count']:,}",
+                    f"{r['raw_msgs_per_s']:,}",
+                    f"{r['zmqbus_msgs_per_s']:,}",
+                    f"{r['ratio']:.2f}",
+                    f"{r['raw_msgs_per_s'] * r['content_bytes'] / 1e6:,.0f}",
+                    f"{r['zmqbus_msgs_per_s'] * r['content_bytes'] / 1e6:,.0f}",
+                    r["raw"]["lost"],
+                    r["zmqbus"]["lost"],
+                ]
+                for r in s["sizes"]
+            ],
+        )
+        lines += [
+            "A raw `PUB` drops at its high-water mark when the subscriber falls behind (counted as lost); "
+            "zmqbus publishes with `XPUB_NODROP` and waits instead, so it loses nothing.",
+            "",
+        ]
     if "fanout" in s:
-        lines += ["## Fan-out: one publisher, N subscriber processes (msg/s of the slowest subscriber; "
-                  "deliveries/s across all)", ""]
-        lines += _table(["subscribers", "raw msg/s", "zmqbus msg/s", "ratio", "raw deliveries/s",
-                         "zmqbus deliveries/s", "zmqbus lost"], [
-            [r["subscribers"], f"{r['raw_msgs_per_s']:,}", f"{r['zmqbus_msgs_per_s']:,}", f"{r['ratio']:.2f}",
-             f"{r['raw']['deliveries_per_s']:,}", f"{r['zmqbus']['deliveries_per_s']:,}", r["zmqbus"]["lost"]]
-            for r in s["fanout"]])
+        lines += [
+            "## Fan-out: one publisher, N subscriber processes (msg/s of the slowest subscriber; "
+            "deliveries/s across all)",
+            "",
+        ]
+        lines += _table(
+            [
+                "subscribers",
+                "raw msg/s",
+                "zmqbus msg/s",
+                "ratio",
+                "raw deliveries/s",
+                "zmqbus deliveries/s",
+                "zmqbus lost",
+            ],
+            [
+                [
+                    r["subscribers"],
+                    f"{r['raw_msgs_per_s']:,}",
+                    f"{r['zmqbus_msgs_per_s']:,}",
+                    f"{r['ratio']:.2f}",
+                    f"{r['raw']['deliveries_per_s']:,}",
+                    f"{r['zmqbus']['deliveries_per_s']:,}",
+                    r["zmqbus"]["lost"],
+                ]
+                for r in s["fanout"]
+            ],
+        )
     if "latency" in s:
         lat = s["latency"]
-        lines += [f"## One-way latency at a fixed offered rate of {lat['offered_rate']:,.0f} msg/s "
-                  f"({lat['count']:,} messages, us)", ""]
+        lines += [
+            f"## One-way latency at a fixed offered rate of {lat['offered_rate']:,.0f} msg/s "
+            f"({lat['count']:,} messages, us)",
+            "",
+        ]
         rows = []
         for side in ("raw", "zmqbus"):
             p = lat[side]["latency_us"]
-            rows.append([side, p["p50"], p["p99"], p["p999"], p["max"], f"{lat[side]['msgs_per_s']:,}",
-                         lat[side]["lost"]])
+            rows.append(
+                [side, p["p50"], p["p99"], p["p999"], p["max"], f"{lat[side]['msgs_per_s']:,}", lat[side]["lost"]]
+            )
         lines += _table(["side", "p50", "p99", "p99.9", "max", "achieved msg/s", "lost"], rows)
     if "reqrep" in s:
         r = s["reqrep"]
-        lines += [f"## Request/reply round trip ({r['latency_requests']:,} requests with 1 in flight, "
-                  f"{r['throughput_requests']:,} with 100 in flight; us)", ""]
+        lines += [
+            f"## Request/reply round trip ({r['latency_requests']:,} requests with 1 in flight, "
+            f"{r['throughput_requests']:,} with 100 in flight; us)",
+            "",
+        ]
         rows = []
-        for label, key in (("raw sync echo (limit)", "sync"), ("raw asyncio echo (baseline)", "raw"),
-                           ("zmqbus", "zmqbus")):
+        for label, key in (
+            ("raw sync echo (limit)", "sync"),
+            ("raw asyncio echo (baseline)", "raw"),
+            ("zmqbus", "zmqbus"),
+        ):
             x = r[key]
-            rows.append([label, x["p50_us"], x["p99_us"], x["p999_us"], f"{x['one_req_s']:,}", x["many_p50_us"],
-                         x["many_p99_us"], f"{x['throughput_req_s']:,}"])
+            rows.append(
+                [
+                    label,
+                    x["p50_us"],
+                    x["p99_us"],
+                    x["p999_us"],
+                    f"{x['one_req_s']:,}",
+                    x["many_p50_us"],
+                    x["many_p99_us"],
+                    f"{x['throughput_req_s']:,}",
+                ]
+            )
         nats = s.get("peers", {}).get("nats", {}).get("reqrep")
         if nats:
-            rows.append(["nats-py (peer)", nats["p50_us"], nats["p99_us"], nats["p999_us"], f"{nats['one_req_s']:,}",
-                         nats["many_p50_us"], nats["many_p99_us"], f"{nats['throughput_req_s']:,}"])
-        lines += _table(["side", "1 in flight p50", "p99", "p99.9", "req/s", "100 in flight p50", "p99", "req/s"],
-                        rows)
+            rows.append(
+                [
+                    "nats-py (peer)",
+                    nats["p50_us"],
+                    nats["p99_us"],
+                    nats["p999_us"],
+                    f"{nats['one_req_s']:,}",
+                    nats["many_p50_us"],
+                    nats["many_p99_us"],
+                    f"{nats['throughput_req_s']:,}",
+                ]
+            )
+        lines += _table(["side", "1 in flight p50", "p99", "p99.9", "req/s", "100 in flight p50", "p99", "req/s"], rows)
         lines += [f"zmqbus / raw asyncio: p50 {r['p50_ratio']:.2f}x, throughput {r['throughput_ratio']:.2f}.", ""]
     if "secure_pubsub" in s:
         p = s["secure_pubsub"]
         lines += [f"## Pub/sub with CURVE ({p['count']:,} messages, median of {p['rounds']} rounds)", ""]
-        lines += _table(["side", "msg/s", "lost"], [
-            ["raw pyzmq + CURVE", f"{p['raw_curve_msgs_per_s']:,}", p["lost"]["raw_curve"]],
-            ["zmqbus + CURVE", f"{p['zmqbus_curve_msgs_per_s']:,}", p["lost"]["zmqbus_curve"]],
-            ["zmqbus in clear", f"{p['zmqbus_clear_msgs_per_s']:,}", p["lost"]["zmqbus_clear"]],
-            ["zmqbus + CURVE + publish policy", f"{p['zmqbus_policy_msgs_per_s']:,}", p["lost"]["zmqbus_policy"]]])
-        lines += [f"zmqbus/raw with CURVE: **{p['ratio']:.2f}**; CURVE keeps {p['curve_cost']:.0%} of zmqbus in "
-                  f"clear; a publish policy keeps {p['policy_cost']:.0%} of CURVE alone.", ""]
+        lines += _table(
+            ["side", "msg/s", "lost"],
+            [
+                ["raw pyzmq + CURVE", f"{p['raw_curve_msgs_per_s']:,}", p["lost"]["raw_curve"]],
+                ["zmqbus + CURVE", f"{p['zmqbus_curve_msgs_per_s']:,}", p["lost"]["zmqbus_curve"]],
+                ["zmqbus in clear", f"{p['zmqbus_clear_msgs_per_s']:,}", p["lost"]["zmqbus_clear"]],
+                ["zmqbus + CURVE + publish policy", f"{p['zmqbus_policy_msgs_per_s']:,}", p["lost"]["zmqbus_policy"]],
+            ],
+        )
+        lines += [
+            f"zmqbus/raw with CURVE: **{p['ratio']:.2f}**; CURVE keeps {p['curve_cost']:.0%} of zmqbus in "
+            f"clear; a publish policy keeps {p['policy_cost']:.0%} of CURVE alone.",
+            "",
+        ]
     if "secure_reqrep" in s:
         r = s["secure_reqrep"]
         lines += [f"## Request/reply with CURVE (best of {r['rounds']} rounds; us)", ""]
-        lines += _table(["side", "p50", "p99", "req/s, 100 in flight"], [
-            [name, r[key]["p50_us"], r[key]["p99_us"], f"{r[key]['throughput_req_s']:,.0f}"]
-            for name, key in (("raw asyncio + CURVE", "raw_curve"), ("zmqbus + CURVE", "zmqbus_curve"),
-                              ("zmqbus in clear", "zmqbus_clear"))])
+        lines += _table(
+            ["side", "p50", "p99", "req/s, 100 in flight"],
+            [
+                [name, r[key]["p50_us"], r[key]["p99_us"], f"{r[key]['throughput_req_s']:,.0f}"]
+                for name, key in (
+                    ("raw asyncio + CURVE", "raw_curve"),
+                    ("zmqbus + CURVE", "zmqbus_curve"),
+                    ("zmqbus in clear", "zmqbus_clear"),
+                )
+            ],
+        )
         lines += [f"zmqbus/raw with CURVE: p50 {r['p50_ratio']:.2f}x, throughput {r['throughput_ratio']:.2f}.", ""]
     if "ha" in s:
         h = s["ha"]
         f, one = h["failover"], h["single_restart"]
         lines += [f"## A redundant bus: two forwarders ({h['count']:,} messages, median of {h['rounds']} rounds)", ""]
-        lines += _table(["bus", "msg/s"], [["one forwarder", f"{h['one_forwarder_msgs_per_s']:,}"],
-                                           ["two forwarders (redundant)", f"{h['two_forwarders_msgs_per_s']:,}"]])
-        lines += [f"Two over one: **{h['ratio']:.2f}**. At {f['rate']:,} msg/s, one of two forwarders killed "
-                  f"(SIGKILL) a third of the way through {f['count']:,} messages: **lost {f['lost']}, duplicated "
-                  f"{f['duplicated']}** ({f['copies_dropped']:,} second copies dropped). One forwarder killed and "
-                  f"restarted at once: lost {one['lost']} (counted {one['gaps_counted']}).", ""]
+        lines += _table(
+            ["bus", "msg/s"],
+            [
+                ["one forwarder", f"{h['one_forwarder_msgs_per_s']:,}"],
+                ["two forwarders (redundant)", f"{h['two_forwarders_msgs_per_s']:,}"],
+            ],
+        )
+        lines += [
+            f"Two over one: **{h['ratio']:.2f}**. At {f['rate']:,} msg/s, one of two forwarders killed "
+            f"(SIGKILL) a third of the way through {f['count']:,} messages: **lost {f['lost']}, duplicated "
+            f"{f['duplicated']}** ({f['copies_dropped']:,} second copies dropped). One forwarder killed and "
+            f"restarted at once: lost {one['lost']} (counted {one['gaps_counted']}).",
+            "",
+        ]
     if "workflow" in s:
         w = s["workflow"]
         lines += ["## The demo workflow end to end (forwarder + 7 component processes, ipc)", ""]
-        lines += _table(["workflows", "completed", "failed", "missing", "workflows/s", "p50 ms", "p99 ms", "max ms"],
-                        [[w["workflows"], w["completed"], w["failed"], w["missing"], w["workflows_per_s"],
-                          w["latency_p50_ms"], w["latency_p99_ms"], w["latency_max_ms"]]])
+        lines += _table(
+            ["workflows", "completed", "failed", "missing", "workflows/s", "p50 ms", "p99 ms", "max ms"],
+            [
+                [
+                    w["workflows"],
+                    w["completed"],
+                    w["failed"],
+                    w["missing"],
+                    w["workflows_per_s"],
+                    w["latency_p50_ms"],
+                    w["latency_p99_ms"],
+                    w["latency_max_ms"],
+                ]
+            ],
+        )
     if "peers" in s:
         lines += ["## Peers: the same guide-shaped message through their servers", ""]
         rows = []
         zb = s.get("pubsub", {}).get("zmqbus_msgs_per_s")
         for name, entry in s["peers"].items():
             if "skipped" in entry or "failed" in entry:
-                rows.append([name, f"skipped: {entry['skipped']}" if "skipped" in entry
-                             else f"failed: {entry['failed']}", "", ""])
+                rows.append(
+                    [
+                        name,
+                        f"skipped: {entry['skipped']}" if "skipped" in entry else f"failed: {entry['failed']}",
+                        "",
+                        "",
+                    ]
+                )
             else:
                 ps = entry["pubsub"]
                 rows.append([name, f"{ps['msgs_per_s']:,}", ps["lost"], _ratio(zb, ps["msgs_per_s"]) if zb else "-"])
@@ -137,9 +271,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         lines += [f"## {name}: FAILED", "", f"`{error}`", ""]
     if report.get("targets"):
         lines += ["## Targets", ""]
-        lines += _table(["target", "measured", "goal", "met"],
-                        [[t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"]
-                         for t in report["targets"]])
+        lines += _table(
+            ["target", "measured", "goal", "met"],
+            [[t["target"], t["measured"], t["goal"], "yes" if t["met"] else "**no**"] for t in report["targets"]],
+        )
     return "\n".join(lines)
 
 
@@ -147,6 +282,7 @@ def plot(report: dict[str, Any], path: str) -> bool:
     """Write a PNG of throughput by size and latency percentiles; False if matplotlib is absent."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -159,8 +295,10 @@ def plot(report: dict[str, Any], path: str) -> bool:
     for ax, name in zip(axes[0], panels, strict=True):
         if name == "sizes":
             labels = [_size(r["content_bytes"]) for r in s["sizes"]]
-            groups = {"raw pyzmq": [r["raw_msgs_per_s"] for r in s["sizes"]],
-                      "zmqbus": [r["zmqbus_msgs_per_s"] for r in s["sizes"]]}
+            groups = {
+                "raw pyzmq": [r["raw_msgs_per_s"] for r in s["sizes"]],
+                "zmqbus": [r["zmqbus_msgs_per_s"] for r in s["sizes"]],
+            }
             title, ylabel, log = "pub/sub throughput by content size", "msg/s (log)", True
         elif name == "latency":
             lat = s["latency"]
@@ -212,45 +350,55 @@ def write_report(report: dict[str, Any], out_dir: str) -> list[str]:
 def format_pubsub(result: dict[str, Any], size: int) -> str:
     """``zmqbus bench pubsub``'s text report."""
     z = result["zmqbus"]
-    return "\n".join([
-        f"pub/sub through a forwarder, {result['count']:,} messages of ~{size} B content, "
-        f"{result['transport']}, median of {result['rounds']} rounds:",
-        f"  raw pyzmq + msgpack : {result['raw_msgs_per_s']:>10,} msg/s",
-        f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
-        f"  (lost {z['lost']}, gaps counted {z['gaps_counted']})",
-        f"  ratio zmqbus/raw    : {result['ratio']:.2f}",
-    ])
+    return "\n".join(
+        [
+            f"pub/sub through a forwarder, {result['count']:,} messages of ~{size} B content, "
+            f"{result['transport']}, median of {result['rounds']} rounds:",
+            f"  raw pyzmq + msgpack : {result['raw_msgs_per_s']:>10,} msg/s",
+            f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
+            f"  (lost {z['lost']}, gaps counted {z['gaps_counted']})",
+            f"  ratio zmqbus/raw    : {result['ratio']:.2f}",
+        ]
+    )
 
 
 def format_pubsub_secure(result: dict[str, Any], size: int) -> str:
     """``zmqbus bench pubsub --secure``'s text report."""
-    return (f"pub/sub with CURVE, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
-            f"  raw pyzmq + CURVE   {result['raw_curve_msgs_per_s']:>9,} msg/s\n"
-            f"  zmqbus + CURVE      {result['zmqbus_curve_msgs_per_s']:>9,} msg/s  (ratio {result['ratio']:.2f})\n"
-            f"  zmqbus in clear     {result['zmqbus_clear_msgs_per_s']:>9,} msg/s  "
-            f"(CURVE keeps {result['curve_cost']:.0%} of it)\n"
-            f"  zmqbus + policy     {result['zmqbus_policy_msgs_per_s']:>9,} msg/s  "
-            f"(a publish policy keeps {result['policy_cost']:.0%} of CURVE alone)\n"
-            f"  lost: {result['lost']}")
+    return (
+        f"pub/sub with CURVE, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
+        f"  raw pyzmq + CURVE   {result['raw_curve_msgs_per_s']:>9,} msg/s\n"
+        f"  zmqbus + CURVE      {result['zmqbus_curve_msgs_per_s']:>9,} msg/s  (ratio {result['ratio']:.2f})\n"
+        f"  zmqbus in clear     {result['zmqbus_clear_msgs_per_s']:>9,} msg/s  "
+        f"(CURVE keeps {result['curve_cost']:.0%} of it)\n"
+        f"  zmqbus + policy     {result['zmqbus_policy_msgs_per_s']:>9,} msg/s  "
+        f"(a publish policy keeps {result['policy_cost']:.0%} of CURVE alone)\n"
+        f"  lost: {result['lost']}"
+    )
 
 
 def format_pubsub_traced(result: dict[str, Any], size: int) -> str:
     """``zmqbus bench pubsub --trace``'s text report."""
-    return (f"pub/sub, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
-            f"  raw pyzmq + msgpack      {result['raw_msgs_per_s']:>9,} msg/s\n"
-            f"  zmqbus, tracing off      {result['zmqbus_msgs_per_s']:>9,} msg/s  (ratio {result['ratio']:.2f})\n"
-            f"  zmqbus, tracing on       {result['zmqbus_traced_msgs_per_s']:>9,} msg/s  "
-            f"(keeps {result['trace_cost']:.0%} of off)\n"
-            f"  lost: {result['lost']}")
+    return (
+        f"pub/sub, {result['count']:,} messages of ~{size} B, median of {result['rounds']} round(s):\n"
+        f"  raw pyzmq + msgpack      {result['raw_msgs_per_s']:>9,} msg/s\n"
+        f"  zmqbus, tracing off      {result['zmqbus_msgs_per_s']:>9,} msg/s  (ratio {result['ratio']:.2f})\n"
+        f"  zmqbus, tracing on       {result['zmqbus_traced_msgs_per_s']:>9,} msg/s  "
+        f"(keeps {result['trace_cost']:.0%} of off)\n"
+        f"  lost: {result['lost']}"
+    )
 
 
 def format_reqrep(r: dict[str, Any]) -> str:
     """``zmqbus bench reqrep``'s text report."""
-    lines = [f"request/reply, {r['transport']}, best of {r['rounds']} rounds:",
-             f"  {'':28} {'p50 us':>9} {'p99 us':>9} {'req/s (100 in flight)':>22}"]
+    lines = [
+        f"request/reply, {r['transport']}, best of {r['rounds']} rounds:",
+        f"  {'':28} {'p50 us':>9} {'p99 us':>9} {'req/s (100 in flight)':>22}",
+    ]
     for label, key in (("raw sync echo (limit)", "sync_"), ("raw asyncio echo", "raw_"), ("zmqbus", "")):
-        lines.append(f"  {label:28} {r[key + 'p50_us']:>9.0f} {r[key + 'p99_us']:>9.0f} "
-                     f"{r[key + 'throughput_req_s']:>22,}")
-    lines.append(f"  p50 zmqbus/raw asyncio: {r['p50_ratio']:.2f}x   throughput zmqbus/raw asyncio: "
-                 f"{r['throughput_ratio']:.2f}")
+        lines.append(
+            f"  {label:28} {r[key + 'p50_us']:>9.0f} {r[key + 'p99_us']:>9.0f} {r[key + 'throughput_req_s']:>22,}"
+        )
+    lines.append(
+        f"  p50 zmqbus/raw asyncio: {r['p50_ratio']:.2f}x   throughput zmqbus/raw asyncio: {r['throughput_ratio']:.2f}"
+    )
     return "\n".join(lines)

@@ -13,6 +13,7 @@ moves the same guide-shaped content. Measured per side: round-trip latency
 * zmqbus: ``serve`` / ``request`` through a forwarder (used only for presence),
   with ids, deadlines, retries armed, the reply cache and structured errors.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -41,13 +42,20 @@ __all__ = ["run_reqrep", "run_reqrep_secure", "measure"]
 def _figures(lat: list[float], tput: float, many_lat: list[float]) -> dict[str, Any]:
     """The flat figures the reports use: 1 in flight (``p50_us`` ...) and 100 in flight (``many_*``)."""
     one, many = percentiles(lat), percentiles(many_lat)
-    return {"p50_us": one["p50"], "p99_us": one["p99"], "p999_us": one["p999"],
-            "one_req_s": round(len(lat) / sum(lat)) if lat else 0,
-            "throughput_req_s": tput,
-            "many_p50_us": many["p50"], "many_p99_us": many["p99"], "many_p999_us": many["p999"]}
+    return {
+        "p50_us": one["p50"],
+        "p99_us": one["p99"],
+        "p999_us": one["p999"],
+        "one_req_s": round(len(lat) / sum(lat)) if lat else 0,
+        "throughput_req_s": tput,
+        "many_p50_us": many["p50"],
+        "many_p99_us": many["p99"],
+        "many_p999_us": many["p999"],
+    }
 
 
 # -- raw ------------------------------------------------------------------------
+
 
 def _raw_echo(endpoint: str) -> None:
     """The sync side's server: a blocking loop that decodes and re-encodes each request."""
@@ -208,6 +216,7 @@ def _raw_client_main(kind: str, endpoint: str, latency_n: int, throughput_n: int
 
 # -- zmqbus ---------------------------------------------------------------------
 
+
 def _zb_responder(pub: str, sub: str) -> None:
     from ..bus.broker import MessageBroker
 
@@ -241,8 +250,14 @@ async def _zb_client(pub: str, sub: str, latency_n: int, throughput_n: int) -> d
                 await asyncio.sleep(0.1)
 
         async def call() -> Any:
-            return await broker.request("bench.echo", ProcessingMessage("bench.echo", content, MessageMetadata(
-                correlation_id="c-1", source_component="bench", target_component="echo")))
+            return await broker.request(
+                "bench.echo",
+                ProcessingMessage(
+                    "bench.echo",
+                    content,
+                    MessageMetadata(correlation_id="c-1", source_component="bench", target_component="echo"),
+                ),
+            )
 
         return await measure(call, latency_n, throughput_n)
 
@@ -253,12 +268,16 @@ def _zb_client_main(pub: str, sub: str, latency_n: int, throughput_n: int, out: 
 
 # -- driver -----------------------------------------------------------------------
 
+
 def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
     out = multiprocessing.get_context("spawn").Queue()
     if kind == "zmqbus":
         pub, sub = tcp_endpoints()
-        procs = [forwarder_process(pub, sub, stats_interval=None), spawn(_zb_responder, pub, sub),
-                 spawn(_zb_client_main, pub, sub, latency_n, throughput_n, out)]
+        procs = [
+            forwarder_process(pub, sub, stats_interval=None),
+            spawn(_zb_responder, pub, sub),
+            spawn(_zb_client_main, pub, sub, latency_n, throughput_n, out),
+        ]
     else:
         endpoint = f"tcp://127.0.0.1:{free_port()}"
         server = _raw_echo if kind == "sync" else _raw_async_echo
@@ -271,8 +290,9 @@ def _one(kind: str, latency_n: int, throughput_n: int) -> dict[str, Any]:
     return result
 
 
-def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progress = lambda s: None,
-               label: str = "") -> dict[str, Any]:
+def run_reqrep(
+    quick: bool = False, rounds: int | None = None, progress: Progress = lambda s: None, label: str = ""
+) -> dict[str, Any]:
     """Run every side ``rounds`` times, alternating, and keep each side's best figures."""
     latency_n, throughput_n = (500, 5_000) if quick else (3_000, 30_000)
     rounds = rounds or (1 if quick else 3)
@@ -280,14 +300,22 @@ def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progres
     for r in range(rounds):
         for kind in ("async", "sync", "zmqbus"):
             res = _one(kind, latency_n, throughput_n)
-            progress(f"{label}round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
-                     f"{res['throughput_req_s']:,.0f} req/s with 100 in flight")
+            progress(
+                f"{label}round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
+                f"{res['throughput_req_s']:,.0f} req/s with 100 in flight"
+            )
             keep_best(best.setdefault(kind, dict(res)), res)  # best of each figure
     zb, raw, sync = best["zmqbus"], best["async"], best["sync"]
     out: dict[str, Any] = {
-        "benchmark": "reqrep", "rounds": rounds, "latency_requests": latency_n, "throughput_requests": throughput_n,
-        "in_flight": 100, "transport": "tcp loopback",
-        "zmqbus": rounded(zb), "raw": rounded(raw), "sync": rounded(sync),
+        "benchmark": "reqrep",
+        "rounds": rounds,
+        "latency_requests": latency_n,
+        "throughput_requests": throughput_n,
+        "in_flight": 100,
+        "transport": "tcp loopback",
+        "zmqbus": rounded(zb),
+        "raw": rounded(raw),
+        "sync": rounded(sync),
         "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
         "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
     }
@@ -297,9 +325,9 @@ def run_reqrep(quick: bool = False, rounds: int | None = None, progress: Progres
     return out
 
 
-
-def run_reqrep_secure(quick: bool = False, rounds: int | None = None, progress: Progress = lambda s: None,
-                      label: str = "") -> dict[str, Any]:
+def run_reqrep_secure(
+    quick: bool = False, rounds: int | None = None, progress: Progress = lambda s: None, label: str = ""
+) -> dict[str, Any]:
     """What CURVE costs request/reply: the raw asyncio echo with CURVE, zmqbus with CURVE and zmqbus in
     clear, alternating, best of each figure (as :func:`run_reqrep`)."""
     import tempfile
@@ -311,20 +339,28 @@ def run_reqrep_secure(quick: bool = False, rounds: int | None = None, progress: 
     best: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="zmqbus-bench-keys-") as tmp:
         keys = bench_keys(f"{tmp}/keys")
-        sides = {"raw_curve": ("async", {RAW_CURVE_ENV: keys}),
-                 "zmqbus_curve": ("zmqbus", {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}),
-                 "zmqbus_clear": ("zmqbus", {})}
+        sides = {
+            "raw_curve": ("async", {RAW_CURVE_ENV: keys}),
+            "zmqbus_curve": ("zmqbus", {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": "client"}),
+            "zmqbus_clear": ("zmqbus", {}),
+        }
         for r in range(rounds):
             for name, (kind, env) in sides.items():
                 with environment(env):  # the spawned processes read it
                     res = _one(kind, latency_n, throughput_n)
-                progress(f"{label}round {r + 1}/{rounds}: {name} p50 {res['p50_us']:.0f} us, "
-                         f"{res['throughput_req_s']:,.0f} req/s with 100 in flight")
+                progress(
+                    f"{label}round {r + 1}/{rounds}: {name} p50 {res['p50_us']:.0f} us, "
+                    f"{res['throughput_req_s']:,.0f} req/s with 100 in flight"
+                )
                 keep_best(best.setdefault(name, dict(res)), res)
     raw, zb, clear = best["raw_curve"], best["zmqbus_curve"], best["zmqbus_clear"]
     return {
-        "benchmark": "reqrep_secure", "rounds": rounds, "transport": "tcp loopback, CURVE",
-        "raw_curve": rounded(raw), "zmqbus_curve": rounded(zb), "zmqbus_clear": rounded(clear),
+        "benchmark": "reqrep_secure",
+        "rounds": rounds,
+        "transport": "tcp loopback, CURVE",
+        "raw_curve": rounded(raw),
+        "zmqbus_curve": rounded(zb),
+        "zmqbus_clear": rounded(clear),
         "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
         "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
         "curve_p50_cost": round(zb["p50_us"] / clear["p50_us"], 2),

@@ -16,6 +16,7 @@ Sections (``SECTIONS``), each run in its own processes on tcp loopback:
 ``quick`` makes every section small enough for the whole suite to run in well
 under a minute: it checks that the benchmarks work, its figures are rough.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -53,14 +54,27 @@ def machine() -> dict[str, Any]:
     from .. import __version__
     from ..core.codec import PROTOCOL_VERSION
 
-    return {"zmqbus": __version__, "protocol": PROTOCOL_VERSION, "python": platform.python_version(),
-            "implementation": platform.python_implementation(), "pyzmq": zmq.__version__,
-            "libzmq": zmq.zmq_version(), "msgpack": ".".join(map(str, msgpack.version)),
-            "cpus": os.cpu_count(), "platform": platform.platform()}
+    return {
+        "zmqbus": __version__,
+        "protocol": PROTOCOL_VERSION,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "pyzmq": zmq.__version__,
+        "libzmq": zmq.zmq_version(),
+        "msgpack": ".".join(map(str, msgpack.version)),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
 
 
-def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = (), rate: float = 10_000.0,
-              progress: Progress = lambda s: None, secure: bool = False) -> dict[str, Any]:
+def run_suite(
+    quick: bool = False,
+    peers: bool = False,
+    only: tuple[str, ...] = (),
+    rate: float = 10_000.0,
+    progress: Progress = lambda s: None,
+    secure: bool = False,
+) -> dict[str, Any]:
     """Run the selected sections (all by default) and return the report as a dict.
 
     A section that fails is reported as ``{"error": ...}`` and named in
@@ -72,14 +86,19 @@ def run_suite(quick: bool = False, peers: bool = False, only: tuple[str, ...] = 
     if secure:
         wanted += [s for s in ("secure_pubsub", "secure_reqrep") if not only or s in only or s[7:] in only]
     t0 = time.monotonic()
-    report: dict[str, Any] = {"suite": "zmqbus bench", "quick": quick,
-                              "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-                              "machine": machine(), "sections": {}}
+    report: dict[str, Any] = {
+        "suite": "zmqbus bench",
+        "quick": quick,
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "sections": {},
+    }
     sections: dict[str, Any] = report["sections"]
 
     def step(name: str, n: int, total: int) -> Callable[[str], None]:
         def say(text: str) -> None:
             progress(f"[{time.monotonic() - t0:6.1f} s] {name} ({n}/{total}) {text}")
+
         return say
 
     for n, name in enumerate(wanted, 1):
@@ -106,11 +125,23 @@ def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
     if name == "pubsub":
         return run_pubsub(quick=quick, progress=say)
     if name == "sizes":
-        return [run_pubsub(count=_count(size, quick), size=size, shape="sized", rounds=rounds, progress=say,
-                           label=f"{size:,} B: ") for size in SIZES]
+        return [
+            run_pubsub(
+                count=_count(size, quick), size=size, shape="sized", rounds=rounds, progress=say, label=f"{size:,} B: "
+            )
+            for size in SIZES
+        ]
     if name == "fanout":
-        return [run_pubsub(count=10_000 if quick else 100_000, subscribers=k, rounds=rounds, progress=say,
-                           label=f"{k} subscriber(s): ") for k in FANOUT]
+        return [
+            run_pubsub(
+                count=10_000 if quick else 100_000,
+                subscribers=k,
+                rounds=rounds,
+                progress=say,
+                label=f"{k} subscriber(s): ",
+            )
+            for k in FANOUT
+        ]
     if name == "latency":
         return run_latency(rate, 1.0 if quick else 4.0, progress=say, label=f"{rate:,.0f} msg/s: ")
     if name == "reqrep":
@@ -134,11 +165,22 @@ def _workflow(workflows: int, say: Progress) -> dict[str, Any]:
     from ..framework.demo import run_demo
 
     summary = run_demo(workflows=workflows, echo=lambda s: None)
-    keep = ("workflows", "completed", "failed", "missing", "seconds", "workflows_per_s", "latency_p50_ms",
-            "latency_p99_ms", "latency_max_ms")
+    keep = (
+        "workflows",
+        "completed",
+        "failed",
+        "missing",
+        "seconds",
+        "workflows_per_s",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "latency_max_ms",
+    )
     out = {k: summary[k] for k in keep}
-    say(f"{out['completed']}/{workflows} completed, {out['workflows_per_s']} workflows/s, "
-        f"p50 {out['latency_p50_ms']} ms, p99 {out['latency_p99_ms']} ms")
+    say(
+        f"{out['completed']}/{workflows} completed, {out['workflows_per_s']} workflows/s, "
+        f"p50 {out['latency_p50_ms']} ms, p99 {out['latency_p99_ms']} ms"
+    )
     return out
 
 
@@ -155,15 +197,31 @@ def check_targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
         for peer in ("nats", "redis"):
             theirs = peers.get(peer, {}).get("pubsub", {}).get("msgs_per_s")
             if theirs:
-                add(f"pub/sub throughput / {peer}", round(ps["zmqbus_msgs_per_s"] / theirs, 2), "> 1",
-                    ps["zmqbus_msgs_per_s"] > theirs)
+                add(
+                    f"pub/sub throughput / {peer}",
+                    round(ps["zmqbus_msgs_per_s"] / theirs, 2),
+                    "> 1",
+                    ps["zmqbus_msgs_per_s"] > theirs,
+                )
     if rr:
-        add("request/reply p50 / raw asyncio echo", rr["p50_ratio"], f"<= {REQREP_P50_TARGET}",
-            rr["p50_ratio"] <= REQREP_P50_TARGET)
+        add(
+            "request/reply p50 / raw asyncio echo",
+            rr["p50_ratio"],
+            f"<= {REQREP_P50_TARGET}",
+            rr["p50_ratio"] <= REQREP_P50_TARGET,
+        )
         nats = peers.get("nats", {}).get("reqrep")
         if nats:
-            add("request/reply p50 / nats", round(rr["p50_us"] / nats["p50_us"], 2), "< 1",
-                rr["p50_us"] < nats["p50_us"])
-            add("requests/s, 100 in flight / nats", round(rr["throughput_req_s"] / nats["throughput_req_s"], 2),
-                "> 1", rr["throughput_req_s"] > nats["throughput_req_s"])
+            add(
+                "request/reply p50 / nats",
+                round(rr["p50_us"] / nats["p50_us"], 2),
+                "< 1",
+                rr["p50_us"] < nats["p50_us"],
+            )
+            add(
+                "requests/s, 100 in flight / nats",
+                round(rr["throughput_req_s"] / nats["throughput_req_s"], 2),
+                "> 1",
+                rr["throughput_req_s"] > nats["throughput_req_s"],
+            )
     return out

@@ -30,6 +30,7 @@ dispatch are :mod:`zmqbus.bus.receiver`; request/reply is :mod:`zmqbus.bus.rpc`
 over the sans-IO cores; sockets are :mod:`zmqbus.io.transport`. What stays
 here: the life cycle (start, ready, close), publishing, and the counters.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -215,11 +216,20 @@ class MessageBroker:
         self._faults = RateLimitedLog(log)
         #: Forwarders this client subscribes through: more than one is a redundant bus (PROTOCOL.md section 13).
         self.forwarders = len(config.split_endpoints(self.sub_endpoint))
-        self._receiver = Receiver(self._table, self._codec, max_pending_handlers, self._faults,
-                                  redundant=self.forwarders > 1)
-        self._rpc_options = RpcOptions(config.rpc_bind(rpc_bind), config.rpc_advertise(rpc_advertise), heartbeat,
-                                       liveness, reply_cache_size, max_concurrency, self.insecure, max_queue,
-                                       max_queued_bytes)
+        self._receiver = Receiver(
+            self._table, self._codec, max_pending_handlers, self._faults, redundant=self.forwarders > 1
+        )
+        self._rpc_options = RpcOptions(
+            config.rpc_bind(rpc_bind),
+            config.rpc_advertise(rpc_advertise),
+            heartbeat,
+            liveness,
+            reply_cache_size,
+            max_concurrency,
+            self.insecure,
+            max_queue,
+            max_queued_bytes,
+        )
         self._services: dict[str, ServiceHandler] = {}
         self._responder: Responder | None = None
         self._caller: Caller | None = None
@@ -316,15 +326,21 @@ class MessageBroker:
         unconfirmed = self._n.published - self._confirmed
         if unconfirmed:
             self._n.unconfirmed += unconfirmed
-            log.warning("closing with %d published message(s) not confirmed by the forwarder at %s within "
-                        "%g s: they may be lost", unconfirmed, self.pub_endpoint, timeout)
+            log.warning(
+                "closing with %d published message(s) not confirmed by the forwarder at %s within "
+                "%g s: they may be lost",
+                unconfirmed,
+                self.pub_endpoint,
+                timeout,
+            )
 
     def _check_open(self) -> None:
         if not self._closed:
             return
         if self._failure is not None:
-            raise ClosedError(f"MessageBroker failed: {type(self._failure).__name__}: {self._failure}") \
-                from self._failure
+            raise ClosedError(
+                f"MessageBroker failed: {type(self._failure).__name__}: {self._failure}"
+            ) from self._failure
         raise ClosedError("MessageBroker is closed")
 
     def _fail(self, exc: BaseException) -> None:
@@ -385,8 +401,11 @@ class MessageBroker:
         if same:
             return same[0]  # the same handler on the same pattern twice: delivered once
         if compiled.receives_all:
-            log.info("pattern %r starts with a wildcard: this client receives all bus traffic "
-                     "and filters it in Python (see statistics().unmatched)", pattern)
+            log.info(
+                "pattern %r starts with a wildcard: this client receives all bus traffic "
+                "and filters it in Python (see statistics().unmatched)",
+                pattern,
+            )
         self._sub_generation += 1
         return self._add_subscription(component_name, pattern, handler)
 
@@ -396,8 +415,9 @@ class MessageBroker:
             self._link.subscribe(prefix)
         return sub
 
-    def unsubscribe(self, component_name: str | Subscription, pattern: str | None = None,
-                    handler: MessageHandler | None = None) -> int:
+    def unsubscribe(
+        self, component_name: str | Subscription, pattern: str | None = None, handler: MessageHandler | None = None
+    ) -> int:
         """Remove subscriptions; return how many were removed.
 
         Pass the :class:`Subscription` that ``subscribe`` returned, or a
@@ -445,9 +465,11 @@ class MessageBroker:
                     watch.check()  # a refused key: say so now, not at the timeout
                 left = deadline - loop.time()
                 if left <= 0:
-                    raise BusTimeout(f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
-                                     f"{self.sub_endpoint} within {timeout:g} s (is it up? does it need "
-                                     f"CURVE keys, or is it at its connection limit?)")
+                    raise BusTimeout(
+                        f"ready(): no answer from the forwarder at {self.pub_endpoint} / "
+                        f"{self.sub_endpoint} within {timeout:g} s (is it up? does it need "
+                        f"CURVE keys, or is it at its connection limit?)"
+                    )
                 await self._send_probe(topic)
                 if not await wait_event(arrived, min(interval, left)):
                     interval = min(interval * 2, 0.25)
@@ -480,8 +502,12 @@ class MessageBroker:
         self.keys, self.policy, added, removed = reread_keys(keys, self.policy)
         if self._responder is not None:
             self._responder.allow(dict(self.keys.allowed))
-        log.info("client %s reloaded its allow-list: added %s, removed %s", self.client_id, added or "none",
-                 removed or "none")
+        log.info(
+            "client %s reloaded its allow-list: added %s, removed %s",
+            self.client_id,
+            added or "none",
+            removed or "none",
+        )
         return added, removed
 
     # -- request/reply -----------------------------------------------------
@@ -515,8 +541,9 @@ class MessageBroker:
         self._responder = responder
         await responder.start()
 
-    async def request(self, service: str, message: ProcessingMessage, *, timeout: float = 10.0,
-                      retry: RetryPolicy | None = None) -> ProcessingMessage:
+    async def request(
+        self, service: str, message: ProcessingMessage, *, timeout: float = 10.0, retry: RetryPolicy | None = None
+    ) -> ProcessingMessage:
         """Send ``message`` to one instance of ``service`` and return its reply.
 
         The reply's ``content`` is what the handler returned; its
@@ -563,8 +590,9 @@ class MessageBroker:
                 tracing.end_span(span, error)
                 tracing.detach(token)
 
-    async def wait_for_service(self, service: str, *, instances: int = 1, timeout: float = 10.0,
-                               instance_id: str | None = None) -> int:
+    async def wait_for_service(
+        self, service: str, *, instances: int = 1, timeout: float = 10.0, instance_id: str | None = None
+    ) -> int:
         """Wait until this client knows ``instances`` live instances of ``service``; return how many it knows.
 
         A request right after a responder starts can raise :class:`NoResponder`
@@ -592,8 +620,9 @@ class MessageBroker:
         """The handler ``serve`` registered for ``service`` (None if this client does not serve it)."""
         return self._services.get(service)
 
-    async def send(self, service: str, message: ProcessingMessage, *, timeout: float = 10.0,
-                   retry: RetryPolicy | None = None) -> None:
+    async def send(
+        self, service: str, message: ProcessingMessage, *, timeout: float = 10.0, retry: RetryPolicy | None = None
+    ) -> None:
         """A one-way command: like :meth:`request`, but returns nothing once the work is acknowledged done."""
         await self.request(service, message, timeout=timeout, retry=retry)
 
@@ -612,8 +641,9 @@ class MessageBroker:
 
     # -- publishing --------------------------------------------------------
 
-    async def publish(self, message: ProcessingMessage, *, topic: str | None = None,
-                      timeout: float | None = None) -> None:
+    async def publish(
+        self, message: ProcessingMessage, *, topic: str | None = None, timeout: float | None = None
+    ) -> None:
         """Publish ``message`` on ``topic`` (default: its message type's name).
 
         Raises :class:`TopicError`, :class:`EncodeError` or
@@ -685,8 +715,10 @@ class MessageBroker:
         while True:
             left = deadline - loop.time()
             if left <= 0:
-                raise BusTimeout(f"publish: high-water mark reached for {timeout:g} s "
-                                 f"(is the forwarder at {self.pub_endpoint} up and draining?)")
+                raise BusTimeout(
+                    f"publish: high-water mark reached for {timeout:g} s "
+                    f"(is the forwarder at {self.pub_endpoint} up and draining?)"
+                )
             await link.pub.wait(2, left)  # zmq.POLLOUT
             if self._closed:
                 raise ClosedError("MessageBroker closed while publishing")
@@ -699,10 +731,17 @@ class MessageBroker:
         """A consistent snapshot of this client's counters."""
         n, r = self._n, self._receiver
         return BrokerStatistics(
-            published=n.published, published_bytes=n.published_bytes, publish_waits=n.publish_waits,
-            received=r.received, received_bytes=r.received_bytes, dispatched=r.dispatched,
-            unmatched=r.unmatched, handler_errors=r.handler_errors, gaps=r.sequences.gaps,
-            sequence_resets=r.sequences.resets, unconfirmed=n.unconfirmed,
+            published=n.published,
+            published_bytes=n.published_bytes,
+            publish_waits=n.publish_waits,
+            received=r.received,
+            received_bytes=r.received_bytes,
+            dispatched=r.dispatched,
+            unmatched=r.unmatched,
+            handler_errors=r.handler_errors,
+            gaps=r.sequences.gaps,
+            sequence_resets=r.sequences.resets,
+            unconfirmed=n.unconfirmed,
             decode_errors=dict(r.decode_errors),
             subscriptions=len(self._table),
             receives_all=self._table.receives_all,
@@ -714,13 +753,16 @@ class MessageBroker:
         out: dict[str, int] = {}
         if self._caller is not None:
             core = self._caller.core
-            out.update(in_flight=len(core.tracker), retries=core.retries,
-                       failovers=core.failovers, late_replies=core.tracker.late_replies,
-                       instances_known=len(self._caller.directory))
+            out.update(
+                in_flight=len(core.tracker),
+                retries=core.retries,
+                failovers=core.failovers,
+                late_replies=core.tracker.late_replies,
+                instances_known=len(self._caller.directory),
+            )
         if self._responder is not None:
             out.update({f"served_{k}": v for k, v in self._responder.statistics().items()})
         return out
-
 
 
 class _Port:

@@ -15,6 +15,7 @@ Use :func:`run_forwarder` for a process that stops on SIGINT/SIGTERM, or
 :class:`Forwarder` to embed one in a thread (``inproc://`` works when the
 clients live in the same process).
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,11 +56,17 @@ _BACKLOG_EVERY = 0.2  # seconds between samples of the subscribers' connections
 
 # MONITOR_STOPPED is the last event libzmq sends, when it destroys the socket:
 # the watch thread reads every monitor until then (see _run_watch).
-_MONITORED = (zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-              | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-              | zmq.EVENT_MONITOR_STOPPED)
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+_MONITORED = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_MONITOR_STOPPED
+)
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 @dataclass(frozen=True)
@@ -158,8 +165,13 @@ class Forwarder:
             raise SecurityError("a policy names keys: it needs CURVE keys (--keys) to know who is who")
         if subscription_limits is None:
             subscription_limits = self.keys is not None
-        limits = subscription_limits if isinstance(subscription_limits, SubscriptionLimits) else \
-            SubscriptionLimits() if subscription_limits or self.policy is not None else None
+        limits = (
+            subscription_limits
+            if isinstance(subscription_limits, SubscriptionLimits)
+            else SubscriptionLimits()
+            if subscription_limits or self.policy is not None
+            else None
+        )
         self.guard: PolicyGuard | None = None if limits is None else PolicyGuard(self.policy, limits)
         self.max_connections = max_connections
         self.backlog = BacklogBound(max_queued_bytes) if max_queued_bytes else None
@@ -212,7 +224,8 @@ class Forwarder:
             # first bind (a server with ZAP_ENFORCE_DOMAIN and no handler refuses
             # everyone): the allow-list with keys, the connection limit always.
             self._zap_domain = zap_handler().register(
-                None if self.keys is None else dict(self.keys.allowed), "forwarder", self._admit)
+                None if self.keys is None else dict(self.keys.allowed), "forwarder", self._admit
+            )
             for sock in (xsub, xpub):
                 apply_server(sock, self.keys, self._zap_domain)
             with mapped_errors(f"bind {self.pub_endpoint}"):
@@ -228,8 +241,10 @@ class Forwarder:
             # (A monitor already made is not closed on failure: closing its
             # reader before libzmq stops it is the deadlock _run_watch avoids.)
             with mapped_errors("monitor the forwarder's sockets"):
-                monitors = (xsub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-pub"),
-                            xpub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-sub"))
+                monitors = (
+                    xsub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-pub"),
+                    xpub.get_monitor_socket(_MONITORED, f"inproc://zmqbus-{self._id}-monitor-sub"),
+                )
             with mapped_errors("bind the forwarder's control socket"):
                 control = ctx.socket(zmq.PAIR)
                 control.bind(self._control_addr)
@@ -251,8 +266,12 @@ class Forwarder:
         ]
         for thread in self._threads:
             thread.start()
-        log.info("forwarder up: publishers -> %s, subscribers -> %s%s", self.pub_endpoint, self.sub_endpoint,
-                 "" if self.keys is None else f" (CURVE, {len(self.keys.allowed)} key(s) allowed)")
+        log.info(
+            "forwarder up: publishers -> %s, subscribers -> %s%s",
+            self.pub_endpoint,
+            self.sub_endpoint,
+            "" if self.keys is None else f" (CURVE, {len(self.keys.allowed)} key(s) allowed)",
+        )
         return self
 
     def _admit(self) -> str | None:
@@ -270,9 +289,13 @@ class Forwarder:
             unseen = max(0, self._admissions - ev["pc"] - ev["sc"])
             live = ev["pc"] - ev["pd"] + ev["sc"] - ev["sd"] + unseen
         if live > self.max_connections:
-            self._faults.log(logging.WARNING, "connection-limit", "connection limit reached (%d live, "
-                             "max_connections %d): refusing new clients until some disconnect", live,
-                             self.max_connections)
+            self._faults.log(
+                logging.WARNING,
+                "connection-limit",
+                "connection limit reached (%d live, max_connections %d): refusing new clients until some disconnect",
+                live,
+                self.max_connections,
+            )
             return "connection_limit"
         return None
 
@@ -295,12 +318,16 @@ class Forwarder:
         if policy is not None and self.guard is not None:
             self.policy = policy
             self.guard.replace_policy(policy)
-        log.info("allow-list reloaded from %s: %d key(s); added %s, removed %s", keys.allowed_dir,
-                 len(self.keys.allowed), added or "none", removed or "none")
+        log.info(
+            "allow-list reloaded from %s: %d key(s); added %s, removed %s",
+            keys.allowed_dir,
+            len(self.keys.allowed),
+            added or "none",
+            removed or "none",
+        )
         if removed:
             cut = _cut_connections(list(self._live_fds), self._local_addresses())
-            log.warning("cut %d live connection(s) so that the removed key(s) %s must handshake again", cut,
-                        removed)
+            log.warning("cut %d live connection(s) so that the removed key(s) %s must handshake again", cut, removed)
         return added, removed
 
     def _local_addresses(self) -> set[object]:
@@ -389,8 +416,12 @@ class Forwarder:
                 if self.backlog is not None and time.monotonic() >= next_backlog and not self._stop.is_set():
                     next_backlog = time.monotonic() + _BACKLOG_EVERY
                     self._check_backlog(self.backlog)
-                if stats_pub is not None and self.stats_interval and not self._stop.is_set() \
-                        and time.monotonic() >= next_stats:
+                if (
+                    stats_pub is not None
+                    and self.stats_interval
+                    and not self._stop.is_set()
+                    and time.monotonic() >= next_stats
+                ):
                     next_stats += self.stats_interval
                     seq += 1
                     self._publish_stats(stats_pub, codec, seq)
@@ -434,9 +465,14 @@ class Forwarder:
             self._events["hf"] += 1  # the ZAP handler logged who and why
         elif event & _HANDSHAKE_FAILED:
             self._events["hf"] += 1
-            self._faults.log(logging.WARNING, "handshake", "handshake failed on the %s side (garbage bytes, a "
-                             "non-ZMTP peer, or a client without the right CURVE keys?): %d so far",
-                             "publisher" if publisher_side else "subscriber", self._events["hf"])
+            self._faults.log(
+                logging.WARNING,
+                "handshake",
+                "handshake failed on the %s side (garbage bytes, a "
+                "non-ZMTP peer, or a client without the right CURVE keys?): %d so far",
+                "publisher" if publisher_side else "subscriber",
+                self._events["hf"],
+            )
         return False
 
     def _check_backlog(self, bound: BacklogBound) -> None:
@@ -451,9 +487,16 @@ class Forwarder:
         slow = bound.check(forwarded, writable)
         if slow:
             cut = _cut_connections(slow, self._local_addresses())
-            self._faults.log(logging.WARNING, "slow-subscriber", "cut %d subscriber(s) that took nothing while "
-                             "more than %d bytes (max_queued_bytes) could queue for them; they reconnect and "
-                             "count what they missed as gaps (%d cut so far)", cut, bound.max_bytes, bound.cut)
+            self._faults.log(
+                logging.WARNING,
+                "slow-subscriber",
+                "cut %d subscriber(s) that took nothing while "
+                "more than %d bytes (max_queued_bytes) could queue for them; they reconnect and "
+                "count what they missed as gaps (%d cut so far)",
+                cut,
+                bound.max_bytes,
+                bound.cut,
+            )
 
     def _publish_stats(self, sock: zmq.Socket[bytes], codec: Codec, seq: int) -> None:
         try:
@@ -469,13 +512,21 @@ class Forwarder:
         values = self._counters(timeout)
         ev = self._events
         return ForwarderStatistics(
-            frames_in=values[0], bytes_in=values[1], frames_out=values[6], bytes_out=values[7],
+            frames_in=values[0],
+            bytes_in=values[1],
+            frames_out=values[6],
+            bytes_out=values[7],
             subscription_frames=values[4],
-            publisher_connects=ev["pc"], publisher_disconnects=ev["pd"],
-            subscriber_connects=ev["sc"], subscriber_disconnects=ev["sd"],
-            handshake_failures=ev["hf"], uptime=time.monotonic() - self._started_at,
-            refused={**({} if self._zap_domain is None else zap_handler().refused(self._zap_domain)),
-                     **({} if self.guard is None else self.guard.refused)},
+            publisher_connects=ev["pc"],
+            publisher_disconnects=ev["pd"],
+            subscriber_connects=ev["sc"],
+            subscriber_disconnects=ev["sd"],
+            handshake_failures=ev["hf"],
+            uptime=time.monotonic() - self._started_at,
+            refused={
+                **({} if self._zap_domain is None else zap_handler().refused(self._zap_domain)),
+                **({} if self.guard is None else self.guard.refused),
+            },
             slow_subscribers_cut=0 if self.backlog is None else self.backlog.cut,
         )
 
@@ -563,9 +614,18 @@ def run_forwarder(
 
     previous = {sig: signal.signal(sig, on_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
-    fwd = Forwarder(pub_endpoint, sub_endpoint, socket_config=socket_config, stats_interval=stats_interval,
-                    keys=keys, insecure=insecure, max_connections=max_connections,
-                    max_queued_bytes=max_queued_bytes, metrics_port=metrics_port, metrics_addr=metrics_addr)
+    fwd = Forwarder(
+        pub_endpoint,
+        sub_endpoint,
+        socket_config=socket_config,
+        stats_interval=stats_interval,
+        keys=keys,
+        insecure=insecure,
+        max_connections=max_connections,
+        max_queued_bytes=max_queued_bytes,
+        metrics_port=metrics_port,
+        metrics_addr=metrics_addr,
+    )
     last: ForwarderStatistics | None = None
     next_log = time.monotonic() + (log_interval or 0)
     try:

@@ -19,6 +19,7 @@ Reads are batched with non-blocking receives, so the loop costs about a
 microsecond or two per message on top of the C proxy (measured in
 benchmarks/README.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,8 +53,9 @@ class Guard(Protocol):
         ...
 
 
-def run_guarded_proxy(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control: zmq.Socket[bytes],
-                      guard: Guard) -> None:
+def run_guarded_proxy(
+    xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], control: zmq.Socket[bytes], guard: Guard
+) -> None:
     """Forward until ``TERMINATE`` arrives on ``control`` (or the context ends)."""
     xpub.setsockopt(zmq.XPUB_MANUAL, 1)
     poller = zmq.Poller()
@@ -203,10 +205,20 @@ class PolicyGuard:
                 self._refuse("subscribe_denied", "key %r may not subscribe to %r: refused", user, prefix)
                 return []
             held, size, limits = self._held.get(connection, 0), sum(map(len, granted)), self.limits
-            if held + len(granted) > limits.per_connection or self._total + len(granted) > limits.total \
-                    or self._bytes + size > limits.total_bytes:
-                self._refuse("subscription_limit", "subscription limit reached (%d on this connection, %d and "
-                             "%d bytes in all; %s): refused %r", held, self._total, self._bytes, limits, prefix[:64])
+            if (
+                held + len(granted) > limits.per_connection
+                or self._total + len(granted) > limits.total
+                or self._bytes + size > limits.total_bytes
+            ):
+                self._refuse(
+                    "subscription_limit",
+                    "subscription limit reached (%d on this connection, %d and %d bytes in all; %s): refused %r",
+                    held,
+                    self._total,
+                    self._bytes,
+                    limits,
+                    prefix[:64],
+                )
                 return []
             subs[prefix] = granted
             self._held[connection] = held + len(granted)

@@ -12,6 +12,7 @@ metric (``messaging.client.sent.messages`` -> ``messaging_client_sent_messages_t
     ...
     server.close()
 """
+
 from __future__ import annotations
 
 import logging
@@ -117,8 +118,11 @@ class _Families:
     def get(self, kind: str, name: str, doc: str, labels: list[str], unit: str = "") -> Any:
         family = self._by_name.get(name)
         if family is None:
-            cls = {"counter": self.core.CounterMetricFamily, "gauge": self.core.GaugeMetricFamily,
-                   "histogram": self.core.HistogramMetricFamily}[kind]
+            cls = {
+                "counter": self.core.CounterMetricFamily,
+                "gauge": self.core.GaugeMetricFamily,
+                "histogram": self.core.HistogramMetricFamily,
+            }[kind]
             family = self._by_name[name] = cls(name, doc, labels=labels, unit=unit)
         return family
 
@@ -146,32 +150,51 @@ def _broker(f: _Families, broker: MessageBroker) -> None:
     else:
         return
     who = {"messaging_system": _SYSTEM, "client_id": broker.client_id, "name": broker.name or ""}
-    f.counter("messaging_client_sent_messages", "Messages published (OpenTelemetry messaging.client.sent.messages).",
-              who, s.published)
-    f.counter("messaging_client_consumed_messages", "Messages received from the forwarder "
-              "(OpenTelemetry messaging.client.consumed.messages).", who, s.received)
+    f.counter(
+        "messaging_client_sent_messages",
+        "Messages published (OpenTelemetry messaging.client.sent.messages).",
+        who,
+        s.published,
+    )
+    f.counter(
+        "messaging_client_consumed_messages",
+        "Messages received from the forwarder (OpenTelemetry messaging.client.consumed.messages).",
+        who,
+        s.received,
+    )
     f.counter("zmqbus_published_bytes", "Bytes published.", who, s.published_bytes)
     f.counter("zmqbus_received_bytes", "Bytes received from the forwarder.", who, s.received_bytes)
     f.counter("zmqbus_dispatched", "Handler calls started.", who, s.dispatched)
-    f.counter("zmqbus_unmatched", "Messages received that no subscription wanted (wildcard-first patterns).",
-              who, s.unmatched)
+    f.counter(
+        "zmqbus_unmatched", "Messages received that no subscription wanted (wildcard-first patterns).", who, s.unmatched
+    )
     f.counter("zmqbus_handler_errors", "Handlers that raised.", who, s.handler_errors)
     f.counter("zmqbus_gaps", "Messages lost on the way (sequence gaps).", who, s.gaps)
-    f.counter("zmqbus_sequence_resets", "Sequence numbers that went back (a restarted publisher).", who,
-              s.sequence_resets)
+    f.counter(
+        "zmqbus_sequence_resets", "Sequence numbers that went back (a restarted publisher).", who, s.sequence_resets
+    )
     f.counter("zmqbus_publish_waits", "Publishes that waited at the high-water mark.", who, s.publish_waits)
-    f.counter("zmqbus_unconfirmed", "Messages whose delivery to the forwarder close() could not confirm.", who,
-              s.unconfirmed)
+    f.counter(
+        "zmqbus_unconfirmed", "Messages whose delivery to the forwarder close() could not confirm.", who, s.unconfirmed
+    )
     for reason, n in s.decode_errors.items():
         f.counter("zmqbus_decode_errors", "Frames that could not be decoded, by reason.", {**who, "reason": reason}, n)
     f.gauge("zmqbus_subscriptions", "Subscriptions held.", who, s.subscriptions)
     process_time = broker.handler_time
     if process_time is not None:
-        f.histogram("messaging_process_duration", "Handler durations (OpenTelemetry messaging.process.duration).",
-                    who, process_time)
+        f.histogram(
+            "messaging_process_duration",
+            "Handler durations (OpenTelemetry messaging.process.duration).",
+            who,
+            process_time,
+        )
     if broker.request_time.count:
-        f.histogram("messaging_client_operation_duration", "Request durations, every outcome (OpenTelemetry "
-                    "messaging.client.operation.duration).", {**who, "operation": "request"}, broker.request_time)
+        f.histogram(
+            "messaging_client_operation_duration",
+            "Request durations, every outcome (OpenTelemetry messaging.client.operation.duration).",
+            {**who, "operation": "request"},
+            broker.request_time,
+        )
     for outcome, n in sorted(broker.request_outcomes.items()):
         f.counter("zmqbus_requests", "Requests made, by outcome.", {**who, "outcome": outcome}, n)
     for key, n in sorted(s.rpc.items()):
@@ -190,24 +213,47 @@ def _forwarder(f: _Families, fwd: Forwarder) -> None:
         return  # stopped
     who = {"messaging_system": _SYSTEM}
     for direction, frames, size in (("in", s.frames_in, s.bytes_in), ("out", s.frames_out, s.bytes_out)):
-        f.counter("zmqbus_forwarder_frames", "Frames from publishers (in) and to the subscriber side (out).",
-                  {**who, "direction": direction}, frames)
-        f.counter("zmqbus_forwarder_bytes", "Bytes from publishers (in) and to the subscriber side (out).",
-                  {**who, "direction": direction}, size)
-    f.counter("zmqbus_forwarder_subscription_frames", "Subscription frames from subscribers.", who,
-              s.subscription_frames)
-    for side, connects, disconnects in (("publisher", s.publisher_connects, s.publisher_disconnects),
-                                        ("subscriber", s.subscriber_connects, s.subscriber_disconnects)):
+        f.counter(
+            "zmqbus_forwarder_frames",
+            "Frames from publishers (in) and to the subscriber side (out).",
+            {**who, "direction": direction},
+            frames,
+        )
+        f.counter(
+            "zmqbus_forwarder_bytes",
+            "Bytes from publishers (in) and to the subscriber side (out).",
+            {**who, "direction": direction},
+            size,
+        )
+    f.counter(
+        "zmqbus_forwarder_subscription_frames", "Subscription frames from subscribers.", who, s.subscription_frames
+    )
+    for side, connects, disconnects in (
+        ("publisher", s.publisher_connects, s.publisher_disconnects),
+        ("subscriber", s.subscriber_connects, s.subscriber_disconnects),
+    ):
         f.counter("zmqbus_forwarder_connects", "Connections accepted.", {**who, "side": side}, connects)
         f.counter("zmqbus_forwarder_disconnects", "Connections ended.", {**who, "side": side}, disconnects)
         f.gauge("zmqbus_forwarder_connections", "Connections live.", {**who, "side": side}, connects - disconnects)
-    f.counter("zmqbus_forwarder_handshake_failures", "Handshakes that failed (garbage, wrong keys).", who,
-              s.handshake_failures)
+    f.counter(
+        "zmqbus_forwarder_handshake_failures",
+        "Handshakes that failed (garbage, wrong keys).",
+        who,
+        s.handshake_failures,
+    )
     for reason, n in sorted(s.refused.items()):
-        f.counter("zmqbus_forwarder_refused", "Connections, subscriptions and publications refused, by reason.",
-                  {**who, "reason": reason}, n)
-    f.counter("zmqbus_forwarder_slow_subscribers_cut", "Subscribers cut for taking nothing while too much queued.",
-              who, s.slow_subscribers_cut)
+        f.counter(
+            "zmqbus_forwarder_refused",
+            "Connections, subscriptions and publications refused, by reason.",
+            {**who, "reason": reason},
+            n,
+        )
+    f.counter(
+        "zmqbus_forwarder_slow_subscribers_cut",
+        "Subscribers cut for taking nothing while too much queued.",
+        who,
+        s.slow_subscribers_cut,
+    )
     f.gauge("zmqbus_forwarder_uptime_seconds", "Seconds since the forwarder started.", who, s.uptime)
 
 

@@ -14,6 +14,7 @@ Contracts (the broker's module docstring states them for users):
 * While a handler runs, :data:`~zmqbus.core.message.current_message` is the
   message it was given, so what it publishes inherits the message's ids.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,8 +45,15 @@ _set_current = current_message.set
 class Receiver:
     """Reads one :class:`BusLink`'s subscriber socket and dispatches to a :class:`SubscriptionTable`."""
 
-    def __init__(self, table: SubscriptionTable, codec: Codec, max_pending: int, faults: RateLimitedLog, *,
-                 redundant: bool = False) -> None:
+    def __init__(
+        self,
+        table: SubscriptionTable,
+        codec: Codec,
+        max_pending: int,
+        faults: RateLimitedLog,
+        *,
+        redundant: bool = False,
+    ) -> None:
         self.table = table
         self.sequences: GapDetector | RedundantGapDetector = RedundantGapDetector() if redundant else GapDetector()
         self.max_pending = max_pending
@@ -114,8 +122,7 @@ class Receiver:
             start = self._start_traced if traced and tracing.traced(topic) else self._start  # once per message
             for sub in subs:
                 try:
-                    if start(sub, msg, perf_counter() if timed else None) \
-                            and len(self.handlers) >= self.max_pending:
+                    if start(sub, msg, perf_counter() if timed else None) and len(self.handlers) >= self.max_pending:
                         self.dispatched += dispatched  # before waiting: statistics() stays current
                         dispatched = 0
                         await self.handlers.wait_any()
@@ -194,19 +201,39 @@ class Receiver:
     def handler_error(self, sub: Subscription, exc: Exception) -> None:
         """Count and log (rate-limited) a handler that raised."""
         self.handler_errors += 1
-        self._faults.log(logging.ERROR, f"handler:{sub.component_name}:{sub.pattern.text}",
-                         "handler %s for %r (component %s) raised %s: %s",
-                         getattr(sub.handler, "__qualname__", sub.handler), sub.pattern.text,
-                         sub.component_name, type(exc).__name__, exc)
+        self._faults.log(
+            logging.ERROR,
+            f"handler:{sub.component_name}:{sub.pattern.text}",
+            "handler %s for %r (component %s) raised %s: %s",
+            getattr(sub.handler, "__qualname__", sub.handler),
+            sub.pattern.text,
+            sub.component_name,
+            type(exc).__name__,
+            exc,
+        )
 
     def _report(self, jump: SequenceJump) -> None:
         if jump.is_reset:
-            self._faults.log(logging.INFO, f"reset:{jump.topic!r}", "publisher %s restarted its sequence on "
-                             "topic %r (%d after %d)", jump.publisher_id, jump.topic, jump.sequence, jump.last)
+            self._faults.log(
+                logging.INFO,
+                f"reset:{jump.topic!r}",
+                "publisher %s restarted its sequence on topic %r (%d after %d)",
+                jump.publisher_id,
+                jump.topic,
+                jump.sequence,
+                jump.last,
+            )
         else:
-            self._faults.log(logging.WARNING, f"gap:{jump.topic!r}",
-                             "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
-                             jump.missing, jump.topic, jump.publisher_id, jump.sequence, jump.last)
+            self._faults.log(
+                logging.WARNING,
+                f"gap:{jump.topic!r}",
+                "lost %d message(s) on topic %r from publisher %s (sequence %d after %d)",
+                jump.missing,
+                jump.topic,
+                jump.publisher_id,
+                jump.sequence,
+                jump.last,
+            )
 
     def _decode_error(self, exc: DecodeError) -> None:
         self.decode_errors[exc.reason] = self.decode_errors.get(exc.reason, 0) + 1

@@ -20,6 +20,7 @@ Both classes belong to one client and see it only through :class:`BusPort`
 never import the broker nor reach into it. Presence, discovery and error
 contents are the typed objects of :mod:`zmqbus.core.control`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -140,8 +141,12 @@ class Responder:
         self._spans: dict[str, Any] = {}  # request message id -> its serve span (tracing on)
         self.handlers: dict[str, tuple[ServiceHandler, bool]] = {}
         self.core: ResponderCore[ProcessingMessage] = ResponderCore(
-            self.instance_id, max_concurrency=options.max_concurrency, cache_size=options.cache_size,
-            max_queue=options.max_queue, max_queued_bytes=options.max_queued_bytes)
+            self.instance_id,
+            max_concurrency=options.max_concurrency,
+            cache_size=options.cache_size,
+            max_queue=options.max_queue,
+            max_queued_bytes=options.max_queued_bytes,
+        )
         self.stats = ResponderStatistics()
         self._clock = clock
         self._work = TaskOwner()  # requests whose handler went on as a task
@@ -179,8 +184,10 @@ class Responder:
         self.bus.subscribe(self.bus.name or "zmqbus", DISCOVER_TOPIC, self._on_discover)
         # Both fatal: a responder that no longer reads, or no longer announces,
         # must not look alive to callers; the broker closes and says why.
-        self._loops = [owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-responder"),
-                       owner.spawn(self._heartbeat_loop(), name="zmqbus-heartbeat")]
+        self._loops = [
+            owner.spawn(_serve_router(self._router, self._on_frames), name="zmqbus-responder"),
+            owner.spawn(self._heartbeat_loop(), name="zmqbus-heartbeat"),
+        ]
         log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
 
     def add(self, service: str, handler: ServiceHandler) -> None:
@@ -191,11 +198,22 @@ class Responder:
 
     async def announce(self, leaving: bool = False, timeout: float | None = None) -> None:
         self._last_announce = time.monotonic()
-        presence = Presence(instance=self.instance_id, endpoint=self.endpoint, services=tuple(sorted(self.services)),
-                            interval=self.heartbeat, liveness=self.liveness, load=self.core.load, leaving=leaving,
-                            key=None if self.bus.keys is None else self.bus.keys.public.decode())
-        await self.bus.publish(ProcessingMessage(PRESENCE_TOPIC, presence.to_content(), MessageMetadata(
-            source_component=self.bus.name or "zmqbus")), timeout=timeout)
+        presence = Presence(
+            instance=self.instance_id,
+            endpoint=self.endpoint,
+            services=tuple(sorted(self.services)),
+            interval=self.heartbeat,
+            liveness=self.liveness,
+            load=self.core.load,
+            leaving=leaving,
+            key=None if self.bus.keys is None else self.bus.keys.public.decode(),
+        )
+        await self.bus.publish(
+            ProcessingMessage(
+                PRESENCE_TOPIC, presence.to_content(), MessageMetadata(source_component=self.bus.name or "zmqbus")
+            ),
+            timeout=timeout,
+        )
 
     async def _on_discover(self, msg: ProcessingMessage) -> None:
         wanted = discovered_service(msg.content)
@@ -231,8 +249,9 @@ class Responder:
                 await self.bus.ready(10.0)
                 break
             except BusTimeout as exc:
-                self._faults.log(logging.WARNING, "ready", "responder %s not announced yet: %s; still trying",
-                                 self.instance_id, exc)
+                self._faults.log(
+                    logging.WARNING, "ready", "responder %s not announced yet: %s; still trying", self.instance_id, exc
+                )
         while True:
             try:
                 await self.announce()
@@ -252,19 +271,28 @@ class Responder:
         parts = split_request(body)
         if parts is None:
             self.stats.malformed += 1
-            self._faults.log(logging.WARNING, "frames", "malformed request (%d frames, starting %r)",
-                             len(frames), bytes(body[:8]))
-            self._reply_error(caller, None, "", "malformed", "ProtocolError",
-                              "expected one frame: REQ, NUL, service, NUL, payload", False,
-                              request_id=_salvage(body))
+            self._faults.log(
+                logging.WARNING, "frames", "malformed request (%d frames, starting %r)", len(frames), bytes(body[:8])
+            )
+            self._reply_error(
+                caller,
+                None,
+                "",
+                "malformed",
+                "ProtocolError",
+                "expected one frame: REQ, NUL, service, NUL, payload",
+                False,
+                request_id=_salvage(body),
+            )
             return
         try:
             msg = self.bus.codec.decode(parts[0], parts[1], len(body))  # its topic is the service
         except DecodeError as exc:
             self.stats.malformed += 1
             self._faults.log(logging.WARNING, "decode", "malformed request: %s", exc)
-            self._reply_error(caller, None, "", "malformed", "DecodeError", str(exc), False,
-                              request_id=_salvage(parts[1]))
+            self._reply_error(
+                caller, None, "", "malformed", "DecodeError", str(exc), False, request_id=_salvage(parts[1])
+            )
             return
         service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
@@ -272,8 +300,9 @@ class Responder:
         if policy is not None and not policy.may_call(user, service):
             self.stats.forbidden += 1
             self._faults.log(logging.WARNING, f"forbidden:{user}", "key %r may not call %r: refused", user, service)
-            self._reply_error(caller, msg, service, "forbidden", "Forbidden",
-                              f"key {user!r} may not call {service!r}", False)
+            self._reply_error(
+                caller, msg, service, "forbidden", "Forbidden", f"key {user!r} may not call {service!r}", False
+            )
             return
         action = self.core.request(caller, service, md.message_id, md.deadline, msg, self._clock(), len(body))
         if action is not None:
@@ -336,13 +365,28 @@ class Responder:
                 tracing.end_span(span, result if kind == ERR else None)
         if kind == ERR:
             self.stats.failed += 1
-            self._faults.log(logging.WARNING, f"handler:{service}", "service %s raised %s: %s",
-                             service, type(result).__name__, result)
+            self._faults.log(
+                logging.WARNING,
+                f"handler:{service}",
+                "service %s raised %s: %s",
+                service,
+                type(result).__name__,
+                result,
+            )
             # A RemoteError from a request the handler made keeps its root type (the message keeps the path).
             root = result.error_type if isinstance(result, RemoteError) else type(result).__name__
-            payload = self._encode(msg, service, f"{service}.error", ErrorReply(
-                code="handler_error", type=root, message=str(result), retryable=is_retryable(result),
-                reported=getattr(result, "zmqbus_reported", False) is True).to_content())
+            payload = self._encode(
+                msg,
+                service,
+                f"{service}.error",
+                ErrorReply(
+                    code="handler_error",
+                    type=root,
+                    message=str(result),
+                    retryable=is_retryable(result),
+                    reported=getattr(result, "zmqbus_reported", False) is True,
+                ).to_content(),
+            )
         else:
             payload = self._encode(msg, service, f"{service}.reply", result)
         frame = reply_frame(kind, payload)
@@ -362,16 +406,40 @@ class Responder:
         try:
             return codec.encode_reply(request.metadata, mtype, content, source, self.instance_id)
         except EncodeError as exc:
-            return codec.encode_reply(request.metadata, f"{service}.error", ErrorReply(
-                code="handler_error", type="EncodeError", message=f"the reply could not be encoded: {exc}",
-                retryable=False).to_content(), source, self.instance_id)
+            return codec.encode_reply(
+                request.metadata,
+                f"{service}.error",
+                ErrorReply(
+                    code="handler_error",
+                    type="EncodeError",
+                    message=f"the reply could not be encoded: {exc}",
+                    retryable=False,
+                ).to_content(),
+                source,
+                self.instance_id,
+            )
 
-    def _reply_error(self, caller: bytes, msg: ProcessingMessage | None, service: str, code: str,
-                     error_type: str, text: str, retryable: bool, *, request_id: str = "") -> None:
-        request = msg or ProcessingMessage("_zmqbus.malformed", None, MessageMetadata(
-            message_id=request_id, correlation_id=request_id))
-        payload = self._encode(request, service or "_zmqbus", f"{service or '_zmqbus'}.error",
-                               ErrorReply(code=code, type=error_type, message=text, retryable=retryable).to_content())
+    def _reply_error(
+        self,
+        caller: bytes,
+        msg: ProcessingMessage | None,
+        service: str,
+        code: str,
+        error_type: str,
+        text: str,
+        retryable: bool,
+        *,
+        request_id: str = "",
+    ) -> None:
+        request = msg or ProcessingMessage(
+            "_zmqbus.malformed", None, MessageMetadata(message_id=request_id, correlation_id=request_id)
+        )
+        payload = self._encode(
+            request,
+            service or "_zmqbus",
+            f"{service or '_zmqbus'}.error",
+            ErrorReply(code=code, type=error_type, message=text, retryable=retryable).to_content(),
+        )
         self._send(caller, reply_frame(ERR, payload))
 
     async def close(self, grace: float = 5.0, linger: float = 1.0) -> None:
@@ -411,6 +479,7 @@ class Responder:
         if self._zap_domain is not None:
             zap_handler().unregister(self._zap_domain)
             self._zap_domain = None
+
 
 class Caller:
     """Sends requests for one client: the IO shell of :class:`~zmqbus.core.calling.CallerCore`.
@@ -454,8 +523,11 @@ class Caller:
             if isinstance(action, Wake):
                 _wake(action.call, ("retry", action.reason))
             elif isinstance(action, Connect):
-                self._router.connect(action.endpoint, action.routing_id,
-                                     None if action.server_key is None else action.server_key.encode())
+                self._router.connect(
+                    action.endpoint,
+                    action.routing_id,
+                    None if action.server_key is None else action.server_key.encode(),
+                )
                 self._announced.set()
             else:
                 self._router.disconnect(action.endpoint)
@@ -484,14 +556,21 @@ class Caller:
         try:
             p = Presence.from_content(msg.content)
         except DecodeError as exc:
-            self._faults.log(logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc,
-                             msg.content)
+            self._faults.log(
+                logging.WARNING, "presence", "ignored a malformed presence message (%s): %r", exc, msg.content
+            )
             return
         refusal = _presence_refusal(p, self.bus.keys, self.bus.policy)
         if refusal is not None:
             self.presence_refused += 1
-            self._faults.log(logging.WARNING, "presence-key", "ignored the presence of instance %s at %s: %s",
-                             p.instance, p.endpoint, refusal)
+            self._faults.log(
+                logging.WARNING,
+                "presence-key",
+                "ignored the presence of instance %s at %s: %s",
+                p.instance,
+                p.endpoint,
+                refusal,
+            )
             return
         self._act(self.core.presence(p, asyncio.get_running_loop().time()))
         self._schedule(self.core.next_deadline())
@@ -531,8 +610,10 @@ class Caller:
                 if instance_id is not None:
                     detail = f"instance {instance_id} did not announce itself within {timeout:.1f} s"
                 else:
-                    detail = f"{count()} of the {instances} instance(s) waited for announced themselves within " \
-                             f"{timeout:.1f} s"
+                    detail = (
+                        f"{count()} of the {instances} instance(s) waited for announced themselves within "
+                        f"{timeout:.1f} s"
+                    )
                 raise NoResponder(service, detail)
             if now >= next_ask:  # ask again now and then: a responder that starts later announces by itself too
                 next_ask = now + 0.5
@@ -547,8 +628,9 @@ class Caller:
         body = frames[1] if len(frames) == 2 else b""
         parts = split_reply(body)
         if parts is None:
-            self._faults.log(logging.WARNING, "frames", "malformed reply (%d frames, starting %r)",
-                             len(frames), bytes(body[:8]))
+            self._faults.log(
+                logging.WARNING, "frames", "malformed reply (%d frames, starting %r)", len(frames), bytes(body[:8])
+            )
             return
         kind, payload = parts
         try:
@@ -569,8 +651,9 @@ class Caller:
 
     # -- requests ----------------------------------------------------------
 
-    async def request(self, service: str, message: ProcessingMessage, timeout: float,
-                      policy: RetryPolicy) -> ProcessingMessage:
+    async def request(
+        self, service: str, message: ProcessingMessage, timeout: float, policy: RetryPolicy
+    ) -> ProcessingMessage:
         loop = asyncio.get_running_loop()
         md = message.metadata
         if md.deadline is None:
@@ -615,8 +698,9 @@ class Caller:
                 reason = outcome[1]
                 step = core.after_failure(call, loop.time())
                 if isinstance(step, GiveUp):
-                    raise RequestTimeout(service, call.attempt, loop.time() - call.started,
-                                         f"{step.reason}; last try: {reason}")
+                    raise RequestTimeout(
+                        service, call.attempt, loop.time() - call.started, f"{step.reason}; last try: {reason}"
+                    )
                 await asyncio.sleep(step.delay)
         finally:
             core.finish(call)
@@ -733,4 +817,3 @@ def _advertised(bound: str, advertise: str | None) -> str:
         return advertise
     port = bound.rsplit(":", 1)[1]
     return f"tcp://{advertise}:{port}"
-

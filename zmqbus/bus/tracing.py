@@ -18,6 +18,7 @@ correlation id), ``messaging.client.id``. Whatever a handler publishes or
 requests continues the handled message's trace. Control traffic
 (``_zmqbus.*``) is never traced.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,12 @@ tracer: Any = None
 
 _KINDS: dict[str, Any] = {}
 _otel: dict[str, Any] = {}  # the OpenTelemetry modules, imported once by enable()
-_OPERATIONS = {"send": ("send", "send"), "process": ("process", "process"), "request": ("request", "send"),
-               "serve": ("process", "process")}
+_OPERATIONS = {
+    "send": ("send", "send"),
+    "process": ("process", "process"),
+    "request": ("request", "send"),
+    "serve": ("process", "process"),
+}
 
 
 def enable(tracer_provider: Any = None) -> None:
@@ -48,8 +53,12 @@ def enable(tracer_provider: Any = None) -> None:
 
     _otel.update(context=context, propagate=propagate, trace=trace, Status=Status, StatusCode=StatusCode)
 
-    _KINDS.update(send=trace.SpanKind.PRODUCER, process=trace.SpanKind.CONSUMER, request=trace.SpanKind.CLIENT,
-                  serve=trace.SpanKind.SERVER)
+    _KINDS.update(
+        send=trace.SpanKind.PRODUCER,
+        process=trace.SpanKind.CONSUMER,
+        request=trace.SpanKind.CLIENT,
+        serve=trace.SpanKind.SERVER,
+    )
     tracer = trace.get_tracer("zmqbus", __version__, tracer_provider=tracer_provider)
 
 
@@ -71,20 +80,28 @@ def inject(message: ProcessingMessage) -> None:
     message.metadata.headers.update(carrier)
 
 
-def start_span(kind: str, destination: str, message: ProcessingMessage, client_id: str, *,
-               remote: bool) -> tuple[Any, Any]:
+def start_span(
+    kind: str, destination: str, message: ProcessingMessage, client_id: str, *, remote: bool
+) -> tuple[Any, Any]:
     """Start a span of ``kind`` (send, process, request, serve) for ``message`` and make it current;
     with ``remote``, its parent is the trace context in the message's headers. Returns (span, token)."""
     parent = _otel["propagate"].extract(message.metadata.headers) if remote else None
     md = message.metadata
     operation = _OPERATIONS[kind]
-    span = tracer.start_span(f"{operation[0]} {destination}", context=parent,
-                             kind=_KINDS[kind], attributes={
-                                 "messaging.system": "zmqbus", "messaging.destination.name": destination,
-                                 "messaging.operation.name": operation[0], "messaging.operation.type": operation[1],
-                                 "messaging.message.id": md.message_id,
-                                 "messaging.message.conversation_id": md.correlation_id,
-                                 "messaging.client.id": client_id})
+    span = tracer.start_span(
+        f"{operation[0]} {destination}",
+        context=parent,
+        kind=_KINDS[kind],
+        attributes={
+            "messaging.system": "zmqbus",
+            "messaging.destination.name": destination,
+            "messaging.operation.name": operation[0],
+            "messaging.operation.type": operation[1],
+            "messaging.message.id": md.message_id,
+            "messaging.message.conversation_id": md.correlation_id,
+            "messaging.client.id": client_id,
+        },
+    )
     token = _otel["context"].attach(_otel["trace"].set_span_in_context(span))
     return span, token
 

@@ -1,5 +1,6 @@
 """What every command shares: endpoint options, running a coroutine with signals honoured, and
 connecting with a word to the user when the forwarder does not answer at once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -17,10 +18,22 @@ if TYPE_CHECKING:
 
 __all__ = ["pub_option", "sub_option", "run", "connect", "fail", "CommandFailed", "EXIT_SIGNAL"]
 
-pub_option = click.option("--pub", "pub", envvar="ZMQBUS_PUB", default=config.DEFAULT_PUB, show_default=True,
-                          help="Publishers' endpoint (the forwarder's XSUB side). [env: ZMQBUS_PUB]")
-sub_option = click.option("--sub", "sub", envvar="ZMQBUS_SUB", default=config.DEFAULT_SUB, show_default=True,
-                          help="Subscribers' endpoint (the forwarder's XPUB side). [env: ZMQBUS_SUB]")
+pub_option = click.option(
+    "--pub",
+    "pub",
+    envvar="ZMQBUS_PUB",
+    default=config.DEFAULT_PUB,
+    show_default=True,
+    help="Publishers' endpoint (the forwarder's XSUB side). [env: ZMQBUS_PUB]",
+)
+sub_option = click.option(
+    "--sub",
+    "sub",
+    envvar="ZMQBUS_SUB",
+    default=config.DEFAULT_SUB,
+    show_default=True,
+    help="Subscribers' endpoint (the forwarder's XPUB side). [env: ZMQBUS_SUB]",
+)
 
 #: Exit status after SIGTERM or SIGINT ended a command (128 + SIGTERM, as shells report it).
 EXIT_SIGNAL = 143
@@ -50,6 +63,7 @@ def fail(exc: BaseException | str, code: int = 1) -> click.ClickException:
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
     """Run ``coro``; SIGTERM and SIGINT end it at any moment (exit 143 / 130, no traceback);
     zmqbus errors become one line and exit 1."""
+
     async def main() -> Any:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -82,8 +96,11 @@ async def connect(broker: MessageBroker, timeout: float) -> float:
     started = loop.time()
 
     def notice() -> None:
-        click.echo(f"waiting for the forwarder at {broker.pub_endpoint} / {broker.sub_endpoint} "
-                   f"(up to {timeout:g} s; Ctrl-C to give up)", err=True)
+        click.echo(
+            f"waiting for the forwarder at {broker.pub_endpoint} / {broker.sub_endpoint} "
+            f"(up to {timeout:g} s; Ctrl-C to give up)",
+            err=True,
+        )
 
     handle = loop.call_later(WAITING_NOTICE, notice) if timeout > WAITING_NOTICE else None
     try:

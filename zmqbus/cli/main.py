@@ -5,6 +5,7 @@ Every command takes its endpoints from ``--pub``/``--sub``, else from
 zmqbus errors are turned into a one-line message and exit status 1 here, at
 the edge, and nowhere else.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,13 +49,13 @@ class _Group(click.Group):
             name = arg.split("=", 1)[0]
             if seen_command and name in _GLOBAL_OPTIONS:
                 takes = 0 if "=" in arg else _GLOBAL_OPTIONS[name]
-                front.extend(args[i:i + 1 + takes])
+                front.extend(args[i : i + 1 + takes])
                 i += 1 + takes
                 continue
             if not arg.startswith("-"):
                 seen_command = True
             elif not seen_command and name in _GLOBAL_OPTIONS and "=" not in arg:
-                front.extend(args[i:i + 1 + _GLOBAL_OPTIONS[name]])  # a global option before the command
+                front.extend(args[i : i + 1 + _GLOBAL_OPTIONS[name]])  # a global option before the command
                 i += 1 + _GLOBAL_OPTIONS[name]
                 continue
             rest.append(arg)
@@ -64,24 +65,51 @@ class _Group(click.Group):
 
 @click.group(cls=_Group)
 @click.version_option(__version__, prog_name="zmqbus")
-@click.option("--log-level", default="WARNING", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-@click.option("--keys", envvar="ZMQBUS_KEYS", default=None, metavar="DIR",
-              help="CURVE key folder: encrypt and authenticate every socket (docs/SECURITY.md). [env: ZMQBUS_KEYS]")
-@click.option("--key-name", envvar="ZMQBUS_KEY_NAME", default=None, metavar="NAME",
-              help=f"This member's key pair in --keys (default: {config.DEFAULT_KEY_NAME}; the forwarder always "
-                   "uses 'forwarder'). [env: ZMQBUS_KEY_NAME]")
-@click.option("--insecure", is_flag=True, envvar="ZMQBUS_INSECURE",
-              help="Allow tcp beyond loopback without keys (traffic in clear). [env: ZMQBUS_INSECURE]")
-@click.option("--policy", envvar="ZMQBUS_POLICY", default=None, metavar="FILE",
-              help="Per-key permissions (TOML, docs/SECURITY.md); needs --keys. [env: ZMQBUS_POLICY]")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+@click.option(
+    "--keys",
+    envvar="ZMQBUS_KEYS",
+    default=None,
+    metavar="DIR",
+    help="CURVE key folder: encrypt and authenticate every socket (docs/SECURITY.md). [env: ZMQBUS_KEYS]",
+)
+@click.option(
+    "--key-name",
+    envvar="ZMQBUS_KEY_NAME",
+    default=None,
+    metavar="NAME",
+    help=f"This member's key pair in --keys (default: {config.DEFAULT_KEY_NAME}; the forwarder always "
+    "uses 'forwarder'). [env: ZMQBUS_KEY_NAME]",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="ZMQBUS_INSECURE",
+    help="Allow tcp beyond loopback without keys (traffic in clear). [env: ZMQBUS_INSECURE]",
+)
+@click.option(
+    "--policy",
+    envvar="ZMQBUS_POLICY",
+    default=None,
+    metavar="FILE",
+    help="Per-key permissions (TOML, docs/SECURITY.md); needs --keys. [env: ZMQBUS_POLICY]",
+)
 def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool, policy: str | None) -> None:
     """zmqbus: a brokerless ZeroMQ message bus for components that talk only through messages."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The environment is the one place security settings live: the library and
     # every process a command starts read them from there.
-    settings = {"ZMQBUS_KEYS": keys, "ZMQBUS_KEY_NAME": key_name, "ZMQBUS_INSECURE": "1" if insecure else None,
-                "ZMQBUS_POLICY": os.path.abspath(policy) if policy else None}
+    settings = {
+        "ZMQBUS_KEYS": keys,
+        "ZMQBUS_KEY_NAME": key_name,
+        "ZMQBUS_INSECURE": "1" if insecure else None,
+        "ZMQBUS_POLICY": os.path.abspath(policy) if policy else None,
+    }
     for var, value in settings.items():
         if value:
             os.environ[var] = value
@@ -90,8 +118,11 @@ def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool,
 @main.command()
 @click.argument("name")
 @click.option("--dir", "directory", default="keys", show_default=True, help="The key folder.")
-@click.option("--allow/--no-allow", default=None,
-              help="Also put the public key in DIR/allowed/ (default: yes, except for 'forwarder').")
+@click.option(
+    "--allow/--no-allow",
+    default=None,
+    help="Also put the public key in DIR/allowed/ (default: yes, except for 'forwarder').",
+)
 @click.option("--force", is_flag=True, help="Replace an existing pair.")
 def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
     """Write a CURVE key pair NAME.key / NAME.key_secret (owner-only) into DIR.
@@ -103,8 +134,9 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
     from ..io.security import keygen as make_keys
 
     try:
-        public, secret = make_keys(directory, name, allow=name != FORWARDER_KEY_NAME if allow is None else allow,
-                                   force=force)
+        public, secret = make_keys(
+            directory, name, allow=name != FORWARDER_KEY_NAME if allow is None else allow, force=force
+        )
     except ZmqbusError as exc:
         raise fail(exc) from None
     click.echo(f"wrote {public} and {secret}")
@@ -114,22 +146,47 @@ def keygen(name: str, directory: str, allow: bool | None, force: bool) -> None:
 @_pub_option
 @_sub_option
 @click.option("--hwm", default=100_000, show_default=True, help="High-water mark per peer, in messages.")
-@click.option("--max-message-size", default=1024 * 1024, show_default=True,
-              help="Largest frame accepted, in bytes; a peer sending more is disconnected.")
-@click.option("--stats-interval", default=5.0, show_default=True,
-              help="Seconds between statistics messages on _zmqbus.forwarder.stats (0: off).")
+@click.option(
+    "--max-message-size",
+    default=1024 * 1024,
+    show_default=True,
+    help="Largest frame accepted, in bytes; a peer sending more is disconnected.",
+)
+@click.option(
+    "--stats-interval",
+    default=5.0,
+    show_default=True,
+    help="Seconds between statistics messages on _zmqbus.forwarder.stats (0: off).",
+)
 @click.option("--log-interval", default=0.0, help="Log the counters every so many seconds (0: off).")
-@click.option("--max-connections", default=10_000, show_default=True,
-              help="Live connections (both endpoints) past which new clients are refused.")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve Prometheus metrics on this port (needs zmqbus[metrics]).")
+@click.option(
+    "--max-connections",
+    default=10_000,
+    show_default=True,
+    help="Live connections (both endpoints) past which new clients are refused.",
+)
+@click.option(
+    "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port (needs zmqbus[metrics])."
+)
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
-@click.option("--max-queued-bytes", default=128 * 1024 * 1024, show_default=True,
-              help="Bytes that may queue for a subscriber that reads nothing before it is cut (0: no bound "
-                   "but --hwm).")
-def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interval: float,
-              log_interval: float, max_connections: int, max_queued_bytes: int, metrics_port: int | None,
-              metrics_addr: str) -> None:
+@click.option(
+    "--max-queued-bytes",
+    default=128 * 1024 * 1024,
+    show_default=True,
+    help="Bytes that may queue for a subscriber that reads nothing before it is cut (0: no bound but --hwm).",
+)
+def forwarder(
+    pub: str,
+    sub: str,
+    hwm: int,
+    max_message_size: int,
+    stats_interval: float,
+    log_interval: float,
+    max_connections: int,
+    max_queued_bytes: int,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> None:
     """Run a forwarder until Ctrl-C or SIGTERM."""
     from ..bus.forwarder import run_forwarder
     from ..io.transport import SocketConfig
@@ -137,10 +194,17 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
     logging.getLogger("zmqbus").setLevel(min(logging.getLogger().level, logging.INFO))
     click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
     try:
-        last = run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
-                             stats_interval=stats_interval or None, log_interval=log_interval or None,
-                             max_connections=max_connections, max_queued_bytes=max_queued_bytes or None,
-                             metrics_port=metrics_port, metrics_addr=metrics_addr)
+        last = run_forwarder(
+            pub,
+            sub,
+            socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
+            stats_interval=stats_interval or None,
+            log_interval=log_interval or None,
+            max_connections=max_connections,
+            max_queued_bytes=max_queued_bytes or None,
+            metrics_port=metrics_port,
+            metrics_addr=metrics_addr,
+        )
     except ZmqbusError as exc:
         raise fail(exc) from None
     if last is not None:
@@ -152,8 +216,12 @@ def forwarder(pub: str, sub: str, hwm: int, max_message_size: int, stats_interva
 @_pub_option
 @_sub_option
 @click.option("--count", "-n", default=0, help="Exit after this many messages (0: run until Ctrl-C).")
-@click.option("--timeout", default=0.0, help="Exit after this many seconds, waiting for the forwarder included "
-              "(0: no limit; the forwarder is waited for 10 s).")
+@click.option(
+    "--timeout",
+    default=0.0,
+    help="Exit after this many seconds, waiting for the forwarder included "
+    "(0: no limit; the forwarder is waited for 10 s).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
     """Print messages whose topics match PATTERNS (default: everything, '#')."""
@@ -173,13 +241,27 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
         seen += 1
         md = msg.metadata
         if as_json:
-            click.echo(json.dumps({"topic": msg.topic, "type": msg.type_name, "content": msg.content,
-                                   "message_id": md.message_id, "correlation_id": md.correlation_id,
-                                   "source": md.source_component, "target": md.target_component,
-                                   "timestamp": md.timestamp, "sequence": md.sequence}, default=repr))
+            click.echo(
+                json.dumps(
+                    {
+                        "topic": msg.topic,
+                        "type": msg.type_name,
+                        "content": msg.content,
+                        "message_id": md.message_id,
+                        "correlation_id": md.correlation_id,
+                        "source": md.source_component,
+                        "target": md.target_component,
+                        "timestamp": md.timestamp,
+                        "sequence": md.sequence,
+                    },
+                    default=repr,
+                )
+            )
         else:
-            click.echo(f"{msg.topic}  {md.source_component or '-'} -> {md.target_component or '-'}  "
-                       f"cid={md.correlation_id}  {msg.content!r}")
+            click.echo(
+                f"{msg.topic}  {md.source_component or '-'} -> {md.target_component or '-'}  "
+                f"cid={md.correlation_id}  {msg.content!r}"
+            )
         if count and seen >= count:
             done.set()
 
@@ -207,8 +289,18 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
 @click.option("--topic", default=None, help="Topic, if not the message type.")
 @click.option("--repeat", default=1, show_default=True, help="Send the message this many times.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the forwarder.")
-def send(message_type: str, pub: str, sub: str, content: str, source: str, target: str | None,
-         correlation_id: str, topic: str | None, repeat: int, timeout: float) -> None:
+def send(
+    message_type: str,
+    pub: str,
+    sub: str,
+    content: str,
+    source: str,
+    target: str | None,
+    correlation_id: str,
+    topic: str | None,
+    repeat: int,
+    timeout: float,
+) -> None:
     """Publish a MESSAGE_TYPE message with JSON content."""
     try:
         body = json.loads(content)
@@ -217,8 +309,18 @@ def send(message_type: str, pub: str, sub: str, content: str, source: str, targe
     _run(_send(message_type, pub, sub, body, source, target, correlation_id, topic, repeat, timeout))
 
 
-async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, target: str | None,
-                correlation_id: str, topic: str | None, repeat: int, timeout: float) -> None:
+async def _send(
+    message_type: str,
+    pub: str,
+    sub: str,
+    body: Any,
+    source: str,
+    target: str | None,
+    correlation_id: str,
+    topic: str | None,
+    repeat: int,
+    timeout: float,
+) -> None:
     from ..bus.broker import MessageBroker
     from ..core.message import MessageMetadata, ProcessingMessage
     from ..core.topics import validate_topic
@@ -227,8 +329,11 @@ async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, t
     async with MessageBroker(pub, sub, name=source, publish_timeout=timeout) as broker:
         await connect(broker, timeout)
         for _ in range(repeat):
-            msg = ProcessingMessage(message_type, body, MessageMetadata(
-                correlation_id=correlation_id, source_component=source, target_component=target))
+            msg = ProcessingMessage(
+                message_type,
+                body,
+                MessageMetadata(correlation_id=correlation_id, source_component=source, target_component=target),
+            )
             await broker.publish(msg, topic=topic)
         click.echo(f"sent {repeat} x {topic or message_type} (last id {msg.metadata.message_id})", err=True)
 
@@ -236,8 +341,12 @@ async def _send(message_type: str, pub: str, sub: str, body: Any, source: str, t
 @main.command()
 @_pub_option
 @_sub_option
-@click.option("--timeout", default=5.0, show_default=True,
-              help="Seconds to wait for the forwarder and its answer (with --watch: 0 runs until Ctrl-C).")
+@click.option(
+    "--timeout",
+    default=5.0,
+    show_default=True,
+    help="Seconds to wait for the forwarder and its answer (with --watch: 0 runs until Ctrl-C).",
+)
 @click.option("--watch", is_flag=True, help="Keep printing a report every --interval seconds.")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between reports with --watch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per report.")
@@ -321,20 +430,48 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
 @click.option("--name", default=None, help="Component name (default: the class's).")
 @click.option("--replicas", default=1, show_default=True, help="Processes to run (supervised when > 1).")
 @click.option("--grace", default=10.0, show_default=True, help="Seconds running work may take to finish on stop.")
-@click.option("--startup-timeout", default=10.0, show_default=True,
-              help="Seconds to wait for the forwarder at start; then exit 1.")
+@click.option(
+    "--startup-timeout",
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the forwarder at start; then exit 1.",
+)
 @click.option("--keep-going", is_flag=True, help="With --replicas: carry on when a replica crash-loops.")
-@click.option("--rpc-bind", envvar="ZMQBUS_RPC_BIND", default=None, metavar="ENDPOINT",
-              help="Where its responder binds (default tcp://127.0.0.1:*; tcp://0.0.0.0:* across hosts). "
-                   "[env: ZMQBUS_RPC_BIND]")
-@click.option("--rpc-advertise", envvar="ZMQBUS_RPC_ADVERTISE", default=None, metavar="HOST",
-              help="The address other hosts reach it at (docs/DEPLOY.md). [env: ZMQBUS_RPC_ADVERTISE]")
-@click.option("--metrics-port", type=int, default=None,
-              help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]; one replica).")
+@click.option(
+    "--rpc-bind",
+    envvar="ZMQBUS_RPC_BIND",
+    default=None,
+    metavar="ENDPOINT",
+    help="Where its responder binds (default tcp://127.0.0.1:*; tcp://0.0.0.0:* across hosts). [env: ZMQBUS_RPC_BIND]",
+)
+@click.option(
+    "--rpc-advertise",
+    envvar="ZMQBUS_RPC_ADVERTISE",
+    default=None,
+    metavar="HOST",
+    help="The address other hosts reach it at (docs/DEPLOY.md). [env: ZMQBUS_RPC_ADVERTISE]",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]; one replica).",
+)
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
-def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: float, startup_timeout: float,
-        keep_going: bool, rpc_bind: str | None, rpc_advertise: str | None, metrics_port: int | None,
-        metrics_addr: str) -> None:
+def run(
+    spec: str,
+    pub: str,
+    sub: str,
+    name: str | None,
+    replicas: int,
+    grace: float,
+    startup_timeout: float,
+    keep_going: bool,
+    rpc_bind: str | None,
+    rpc_advertise: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> None:
     """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it.
 
     Exits 1 with a one-line error if it cannot start (no forwarder within
@@ -352,21 +489,29 @@ def run(spec: str, pub: str, sub: str, name: str | None, replicas: int, grace: f
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if replicas == 1:
-        component_main(spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout, metrics_port,
-                       metrics_addr)
+        component_main(
+            spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout, metrics_port, metrics_addr
+        )
         return
     if metrics_port is not None:
         raise click.UsageError("--metrics-port serves one process: run each replica with its own port")
-    _supervise(Supervisor(Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo,
-                          keep_going=keep_going))
+    _supervise(
+        Supervisor(
+            Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo, keep_going=keep_going
+        )
+    )
 
 
 @main.command(epilog="\b\nTHE FILE (TOML; example: topology.toml in the repository):\n" + describe_topology())
 @click.argument("topology", required=False)
 @click.option("--check", is_flag=True, help="Only validate TOPOLOGY (keys, types, classes) and exit: 0 valid, 1 not.")
 @click.option("--keep-going", is_flag=True, help="Carry on when a component crash-loops (never for the forwarder).")
-@click.option("--crash-limit", default=5, show_default=True,
-              help="Restarts within 60 s after which a process counts as crash-looping.")
+@click.option(
+    "--crash-limit",
+    default=5,
+    show_default=True,
+    help="Restarts within 60 s after which a process counts as crash-looping.",
+)
 def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) -> None:
     """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
 
@@ -391,8 +536,10 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
         replicas = sum(c.replicas for c in topo.components)
         n = len(config.split_endpoints(topo.pub))
         fwd = "" if not topo.forwarder else "a forwarder and " if n == 1 else f"{n} forwarders (redundant) and "
-        click.echo(f"{topology}: valid; {fwd}{len(topo.components)} "
-                   f"component(s), {replicas} process(es), on {topo.pub} / {topo.sub}")
+        click.echo(
+            f"{topology}: valid; {fwd}{len(topo.components)} "
+            f"component(s), {replicas} process(es), on {topo.pub} / {topo.sub}"
+        )
         return
     os.environ.update(topo.environment())  # every process it starts inherits the security settings
     from ..core.security import check_endpoint
@@ -408,8 +555,11 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
     except ZmqbusError as exc:
         raise fail(exc) from None
     click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
-    _supervise(Supervisor(topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going,
-                          crash_limit=crash_limit))
+    _supervise(
+        Supervisor(
+            topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going, crash_limit=crash_limit
+        )
+    )
 
 
 def _supervise(sup: Any) -> None:
@@ -433,16 +583,33 @@ def _supervise(sup: Any) -> None:
 @click.option("--publishers", default=2, show_default=True, help="Publisher processes (2 topics each).")
 @click.option("--subscribers", default=2, show_default=True, help="Subscriber processes (each takes every topic).")
 @click.option("--responders", default=2, show_default=True, help="Responder processes serving soak.work.")
-@click.option("--restart-forwarder-every", default=0.0, help="SIGKILL and restart the forwarder every S s (0: never); "
-              "with --forwarders N, one of them at a time, in turn.")
-@click.option("--forwarders", default=1, show_default=True,
-              help="Forwarders; more than one makes a redundant bus (every process connected to all).")
+@click.option(
+    "--restart-forwarder-every",
+    default=0.0,
+    help="SIGKILL and restart the forwarder every S s (0: never); with --forwarders N, one of them at a time, in turn.",
+)
+@click.option(
+    "--forwarders",
+    default=1,
+    show_default=True,
+    help="Forwarders; more than one makes a redundant bus (every process connected to all).",
+)
 @click.option("--kill-responder-every", default=0.0, help="SIGKILL a responder and start another every S s (0: never).")
 @click.option("--rate", default=500.0, show_default=True, help="Messages per second per publisher.")
 @click.option("--request-rate", default=50.0, show_default=True, help="Requests per second from the caller.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
-def soak(duration: float, publishers: int, subscribers: int, responders: int, restart_forwarder_every: float,
-         forwarders: int, kill_responder_every: float, rate: float, request_rate: float, as_json: bool) -> None:
+def soak(
+    duration: float,
+    publishers: int,
+    subscribers: int,
+    responders: int,
+    restart_forwarder_every: float,
+    forwarders: int,
+    kill_responder_every: float,
+    rate: float,
+    request_rate: float,
+    as_json: bool,
+) -> None:
     """Check a bus for silent loss, duplicates and double execution, under faults, on this machine.
 
     Real processes over tcp loopback: a forwarder, publishers, subscribers,
@@ -456,8 +623,17 @@ def soak(duration: float, publishers: int, subscribers: int, responders: int, re
 
     if min(publishers, subscribers, responders, forwarders) < 1 or duration <= 0 or rate <= 0 or request_rate <= 0:
         raise click.BadParameter("counts, --duration and rates must be positive")
-    opts = SoakOptions(duration, publishers, subscribers, responders, restart_forwarder_every,
-                       kill_responder_every, rate, request_rate, forwarders=forwarders)
+    opts = SoakOptions(
+        duration,
+        publishers,
+        subscribers,
+        responders,
+        restart_forwarder_every,
+        kill_responder_every,
+        rate,
+        request_rate,
+        forwarders=forwarders,
+    )
     try:
         report = run_soak(opts, progress=lambda s: click.echo(s, err=True))
     except SoakError as exc:
@@ -470,17 +646,33 @@ def soak(duration: float, publishers: int, subscribers: int, responders: int, re
 @main.group(invoke_without_command=True)
 @click.option("--quick", is_flag=True, help="The whole suite in well under a minute (checks it works; rough figures).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object (progress still on stderr).")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Write report.json, report.md and (with matplotlib) report.png into this folder.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Write report.json, report.md and (with matplotlib) report.png into this folder.",
+)
 @click.option("--peers", is_flag=True, help="Also measure Redis (redis-py) and NATS (nats-py) when installed.")
-@click.option("--only", multiple=True, type=click.Choice(["pubsub", "sizes", "fanout", "latency", "reqrep",
-                                                           "workflow", "ha", "peers"]),
-              help="Run only these sections (repeatable).")
+@click.option(
+    "--only",
+    multiple=True,
+    type=click.Choice(["pubsub", "sizes", "fanout", "latency", "reqrep", "workflow", "ha", "peers"]),
+    help="Run only these sections (repeatable).",
+)
 @click.option("--rate", default=10_000.0, show_default=True, help="Offered rate of the latency section, msg/s.")
 @click.option("--secure", is_flag=True, help="Also measure what CURVE and a publish policy cost (pub/sub, req/rep).")
 @click.pass_context
-def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, peers: bool, only: tuple[str, ...],
-          rate: float, secure: bool) -> None:
+def bench(
+    ctx: click.Context,
+    quick: bool,
+    as_json: bool,
+    out_dir: str | None,
+    peers: bool,
+    only: tuple[str, ...],
+    rate: float,
+    secure: bool,
+) -> None:
     """Benchmarks of the hot path, each next to raw pyzmq in the same run.
 
     Without a subcommand, runs the whole suite: pub/sub (headline, by size,
@@ -499,8 +691,14 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
             os.makedirs(out_dir, exist_ok=True)
         except OSError as exc:
             raise click.ClickException(f"cannot write the report into {out_dir}: {exc}") from None
-    report = run_suite(quick=quick, peers=peers or "peers" in only, only=only, rate=rate,
-                       progress=lambda s: click.echo(s, err=True), secure=secure)
+    report = run_suite(
+        quick=quick,
+        peers=peers or "peers" in only,
+        only=only,
+        rate=rate,
+        progress=lambda s: click.echo(s, err=True),
+        secure=secure,
+    )
     if out_dir:
         try:
             for path in write_report(report, out_dir):
@@ -519,8 +717,12 @@ def bench(ctx: click.Context, quick: bool, as_json: bool, out_dir: str | None, p
 @click.option("--size", default=180, show_default=True, help="Approximate content size in bytes.")
 @click.option("--rounds", default=0, help="Rounds per side, the median reported (default 3; 1 with --quick).")
 @click.option("--secure", is_flag=True, help="What CURVE costs: raw and zmqbus with CURVE, and zmqbus in clear.")
-@click.option("--trace", is_flag=True, help="What OpenTelemetry tracing costs: zmqbus with tracing off and on "
-              "(needs zmqbus[traces] and opentelemetry-sdk).")
+@click.option(
+    "--trace",
+    is_flag=True,
+    help="What OpenTelemetry tracing costs: zmqbus with tracing off and on "
+    "(needs zmqbus[traces] and opentelemetry-sdk).",
+)
 def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool, trace: bool) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
     from ..bench import report
@@ -531,10 +733,16 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
         try:
             import opentelemetry.sdk.trace  # noqa: F401
         except ImportError:
-            raise click.ClickException("--trace needs OpenTelemetry: pip install 'zmqbus[traces]' "
-                                       "opentelemetry-sdk") from None
-    run, text = ((run_pubsub_traced, report.format_pubsub_traced) if trace else
-                 (run_pubsub_secure, report.format_pubsub_secure) if secure else (run_pubsub, report.format_pubsub))
+            raise click.ClickException(
+                "--trace needs OpenTelemetry: pip install 'zmqbus[traces]' opentelemetry-sdk"
+            ) from None
+    run, text = (
+        (run_pubsub_traced, report.format_pubsub_traced)
+        if trace
+        else (run_pubsub_secure, report.format_pubsub_secure)
+        if secure
+        else (run_pubsub, report.format_pubsub)
+    )
     result = run(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
     click.echo(json.dumps(result) if as_json else text(result, size))
 
@@ -557,11 +765,14 @@ def bench_reqrep(quick: bool, as_json: bool, rounds: int, secure: bool) -> None:
         lines = [f"request/reply with CURVE, best of {out['rounds']} round(s):"]
         for name in ("raw_curve", "zmqbus_curve", "zmqbus_clear"):
             side = out[name]
-            lines.append(f"  {name:<13} p50 {side['p50_us']:>7,.0f} us   100 in flight "
-                         f"{side['throughput_req_s']:>8,.0f} req/s")
-        lines.append(f"  zmqbus/raw with CURVE: p50 {out['p50_ratio']:.2f}x, throughput {out['throughput_ratio']:.2f}; "
-                     f"CURVE costs zmqbus {out['curve_p50_cost']:.2f}x p50 and keeps "
-                     f"{out['curve_throughput_kept']:.0%} of its throughput")
+            lines.append(
+                f"  {name:<13} p50 {side['p50_us']:>7,.0f} us   100 in flight {side['throughput_req_s']:>8,.0f} req/s"
+            )
+        lines.append(
+            f"  zmqbus/raw with CURVE: p50 {out['p50_ratio']:.2f}x, throughput {out['throughput_ratio']:.2f}; "
+            f"CURVE costs zmqbus {out['curve_p50_cost']:.2f}x p50 and keeps "
+            f"{out['curve_throughput_kept']:.0%} of its throughput"
+        )
         click.echo("\n".join(lines))
         return
     r = run_reqrep(quick=quick, rounds=rounds or None, progress=progress)

@@ -5,6 +5,7 @@ probe or a script can act on them): 0 answered, 1 a bus error (no forwarder,
 bad input), 3 the service raised (a remote error), 4 no live instance, 5 no
 answer in time.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,12 +43,17 @@ def _content(text: str) -> Any:
 
 # -- ls ---------------------------------------------------------------------------------------------
 
+
 @main.command("ls")
 @pub_option
 @sub_option
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the forwarder.")
-@click.option("--listen", default=1.5, show_default=True,
-              help="Seconds to collect announcements (responders announce every second, and answer at once).")
+@click.option(
+    "--listen",
+    default=1.5,
+    show_default=True,
+    help="Seconds to collect announcements (responders announce every second, and answer at once).",
+)
 @click.option("--watch", is_flag=True, help="Keep listening; print the table every second until Ctrl-C.")
 @_json_option("One JSON object: service -> its instances.")
 def ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool) -> None:
@@ -98,8 +104,9 @@ def _services(seen: dict[str, Any], now: float) -> dict[str, list[dict[str, Any]
     out: dict[str, list[dict[str, Any]]] = {}
     for instance, (p, at) in sorted(seen.items()):
         for service in p.services:
-            out.setdefault(service, []).append({"instance": instance, "endpoint": p.endpoint, "load": p.load,
-                                                "last_seen": round(now - at, 2)})
+            out.setdefault(service, []).append(
+                {"instance": instance, "endpoint": p.endpoint, "load": p.load, "last_seen": round(now - at, 2)}
+            )
     return dict(sorted(out.items()))
 
 
@@ -107,8 +114,11 @@ def _print_services(table: dict[str, list[dict[str, Any]]]) -> None:
     if not table:
         click.echo("no services announced")
         return
-    rows = [(service, i["instance"], i["endpoint"], str(i["load"]), f"{i['last_seen']:.1f}s")
-            for service, instances in table.items() for i in instances]
+    rows = [
+        (service, i["instance"], i["endpoint"], str(i["load"]), f"{i['last_seen']:.1f}s")
+        for service, instances in table.items()
+        for i in instances
+    ]
     header = ("SERVICE", "INSTANCE", "ENDPOINT", "LOAD", "SEEN")
     widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
     for row in [header, *rows]:
@@ -117,18 +127,24 @@ def _print_services(table: dict[str, list[dict[str, Any]]]) -> None:
 
 # -- req --------------------------------------------------------------------------------------------
 
+
 @main.command("req")
 @click.argument("service")
 @pub_option
 @sub_option
 @click.option("--content", default="{}", show_default=True, help="The request's content, as JSON.")
 @click.option("--correlation-id", default="", help="Correlation id (default: the message id).")
-@click.option("--timeout", default=10.0, show_default=True,
-              help="Seconds for everything: the forwarder, finding an instance, the reply.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    help="Seconds for everything: the forwarder, finding an instance, the reply.",
+)
 @click.option("--attempts", default=1, show_default=True, help="Tries (a retry goes to another instance).")
 @_json_option("Print the whole reply (content and ids) as JSON.")
-def req(service: str, pub: str, sub: str, content: str, correlation_id: str, timeout: float, attempts: int,
-        as_json: bool) -> None:
+def req(
+    service: str, pub: str, sub: str, content: str, correlation_id: str, timeout: float, attempts: int, as_json: bool
+) -> None:
     """Send one request to SERVICE and print the reply's content as JSON.
 
     Exit status: 0 answered, 3 the service raised, 4 no live instance, 5 no reply in time, 1 any other error.
@@ -136,8 +152,17 @@ def req(service: str, pub: str, sub: str, content: str, correlation_id: str, tim
     run_async(_req(service, pub, sub, _content(content), correlation_id, timeout, attempts, as_json))
 
 
-async def _request(pub: str, sub: str, service: str, content: Any, timeout: float, *, name: str,
-                   correlation_id: str = "", attempts: int = 1) -> Any:
+async def _request(
+    pub: str,
+    sub: str,
+    service: str,
+    content: Any,
+    timeout: float,
+    *,
+    name: str,
+    correlation_id: str = "",
+    attempts: int = 1,
+) -> Any:
     """One request from the shell, within ``timeout`` in all; the reply message. Bus conditions become
     one line and the exit statuses of the module docstring."""
     from ..bus.broker import MessageBroker
@@ -150,9 +175,16 @@ async def _request(pub: str, sub: str, service: str, content: Any, timeout: floa
         await connect(broker, timeout)
         try:
             await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
-            return await broker.request(service, ProcessingMessage(service, content, MessageMetadata(
-                correlation_id=correlation_id, source_component=name, target_component=service)),
-                timeout=max(0.05, deadline - loop.time()), retry=RetryPolicy(attempts=attempts))
+            return await broker.request(
+                service,
+                ProcessingMessage(
+                    service,
+                    content,
+                    MessageMetadata(correlation_id=correlation_id, source_component=name, target_component=service),
+                ),
+                timeout=max(0.05, deadline - loop.time()),
+                retry=RetryPolicy(attempts=attempts),
+            )
         except RemoteError as exc:
             raise fail(exc, EXIT_REMOTE_ERROR) from None
         except NoResponder as exc:
@@ -161,26 +193,44 @@ async def _request(pub: str, sub: str, service: str, content: Any, timeout: floa
             raise fail(exc, EXIT_TIMEOUT) from None
 
 
-async def _req(service: str, pub: str, sub: str, content: Any, correlation_id: str, timeout: float, attempts: int,
-               as_json: bool) -> None:
-    reply = await _request(pub, sub, service, content, timeout, name="zmqbus-req", correlation_id=correlation_id,
-                           attempts=attempts)
+async def _req(
+    service: str, pub: str, sub: str, content: Any, correlation_id: str, timeout: float, attempts: int, as_json: bool
+) -> None:
+    reply = await _request(
+        pub, sub, service, content, timeout, name="zmqbus-req", correlation_id=correlation_id, attempts=attempts
+    )
     if as_json:
         md = reply.metadata
-        click.echo(json.dumps({"content": reply.content, "type": reply.type_name, "message_id": md.message_id,
-                               "correlation_id": md.correlation_id, "causation_id": md.causation_id,
-                               "source": md.source_component}, default=repr))
+        click.echo(
+            json.dumps(
+                {
+                    "content": reply.content,
+                    "type": reply.type_name,
+                    "message_id": md.message_id,
+                    "correlation_id": md.correlation_id,
+                    "causation_id": md.causation_id,
+                    "source": md.source_component,
+                },
+                default=repr,
+            )
+        )
     else:
         click.echo(json.dumps(reply.content, indent=2, default=repr))
 
 
 # -- ping -------------------------------------------------------------------------------------------
 
+
 @main.command("ping")
 @pub_option
 @sub_option
-@click.option("--service", "services", multiple=True, metavar="NAME",
-              help="Also check that NAME has a live instance that answers (repeatable).")
+@click.option(
+    "--service",
+    "services",
+    multiple=True,
+    metavar="NAME",
+    help="Also check that NAME has a live instance that answers (repeatable).",
+)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds for the whole check.")
 def ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -> None:
     """Check the bus: the forwarder's round trip and, with --service, each service's.
@@ -213,6 +263,7 @@ async def _ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -
 
 # -- dlq --------------------------------------------------------------------------------------------
 
+
 @main.group("dlq")
 def dlq() -> None:
     """Dead letters: what components could not process, kept by the error handler (they survive its
@@ -241,8 +292,10 @@ def dlq_ls(pub: str, sub: str, timeout: float, limit: int, as_json: bool) -> Non
     if not letters:
         click.echo("no dead letters")
     for letter in letters:
-        click.echo(f"{letter['message_id']}  {letter.get('component') or '-'}  {letter.get('message_type') or '-'}  "
-                   f"cid={letter.get('correlation_id') or '-'}  {letter.get('reason') or ''}")
+        click.echo(
+            f"{letter['message_id']}  {letter.get('component') or '-'}  {letter.get('message_type') or '-'}  "
+            f"cid={letter.get('correlation_id') or '-'}  {letter.get('reason') or ''}"
+        )
 
 
 @dlq.command("show")

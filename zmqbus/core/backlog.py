@@ -21,6 +21,7 @@ Because the bound counts everything forwarded, a subscriber of one quiet topic
 that stays blocked while the bus moves ``max_bytes`` of other traffic is cut
 too: it had stopped reading for that long.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping

@@ -19,6 +19,7 @@ Rules it keeps:
 * a retryable error reply retries the call elsewhere; any other reply ends it;
   a reply for a call no longer waiting is a late duplicate, counted and dropped.
 """
+
 from __future__ import annotations
 
 import math

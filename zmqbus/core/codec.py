@@ -12,6 +12,7 @@ Pure code: bytes in, objects out. Everything that goes wrong raises
 with a reason; the msgpack library's own exceptions never escape. No pickle;
 no ext types but the standard timestamp.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -34,7 +35,10 @@ __all__ = [
     "unpack",
     "frame_head",
     "SEPARATOR",
-    "REQ", "REP", "ERR", "BUSY",
+    "REQ",
+    "REP",
+    "ERR",
+    "BUSY",
     "request_head",
     "reply_frame",
     "split_request",
@@ -48,9 +52,20 @@ DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # bytes, all frames together
 
 #: Positions in the envelope array. Decoders ignore elements past the last.
 ENVELOPE_FIELDS = (
-    "version", "message_type", "message_id", "correlation_id", "causation_id",
-    "source", "target", "timestamp", "publisher_id", "sequence", "attempt",
-    "deadline", "headers", "content",
+    "version",
+    "message_type",
+    "message_id",
+    "correlation_id",
+    "causation_id",
+    "source",
+    "target",
+    "timestamp",
+    "publisher_id",
+    "sequence",
+    "attempt",
+    "deadline",
+    "headers",
+    "content",
 )
 _ENVELOPE_LEN = len(ENVELOPE_FIELDS)
 
@@ -74,8 +89,22 @@ def _reject_ext(code: int, data: Any) -> Any:
 # elements of a later minor revision).
 _Seq = Annotated[int, msgspec.Meta(ge=0)]
 _Attempt = Annotated[int, msgspec.Meta(ge=1)]
-_ENVELOPE = tuple[Literal[2], str, str, str, str | None, str, str | None, float, str, _Seq, _Attempt,
-                  float | None, dict[str, Any] | None, Any]
+_ENVELOPE = tuple[
+    Literal[2],
+    str,
+    str,
+    str,
+    str | None,
+    str,
+    str | None,
+    float,
+    str,
+    _Seq,
+    _Attempt,
+    float | None,
+    dict[str, Any] | None,
+    Any,
+]
 # Literal[2] is PROTOCOL_VERSION (mypy wants a literal there): checked at import.
 if get_args(get_args(_ENVELOPE)[0]) != (PROTOCOL_VERSION,):  # pragma: no cover
     raise ImportError("codec: the envelope's version literal is not PROTOCOL_VERSION")
@@ -222,24 +251,43 @@ class Codec:
             except (TypeError, ValueError):
                 raise EncodeError(f"timestamp and deadline must be numbers: {md!r}") from None
         if not (
-            type(md.message_id) is str and type(md.correlation_id) is str and type(src) is str
-            and (cause is None or type(cause) is str) and (dst is None or type(dst) is str)
-            and type(att) is int and att >= 1
+            type(md.message_id) is str
+            and type(md.correlation_id) is str
+            and type(src) is str
+            and (cause is None or type(cause) is str)
+            and (dst is None or type(dst) is str)
+            and type(att) is int
+            and att >= 1
         ):
             raise EncodeError(f"invalid metadata field types: {md!r}")
         try:
-            payload: bytes = self._pack([
-                PROTOCOL_VERSION, name, md.message_id, md.correlation_id, cause, src, dst,
-                ts, publisher_id, sequence, att, deadline, md.headers or None, message.content,
-            ])
+            payload: bytes = self._pack(
+                [
+                    PROTOCOL_VERSION,
+                    name,
+                    md.message_id,
+                    md.correlation_id,
+                    cause,
+                    src,
+                    dst,
+                    ts,
+                    publisher_id,
+                    sequence,
+                    att,
+                    deadline,
+                    md.headers or None,
+                    message.content,
+                ]
+            )
         except _ENCODE_FAILURES as exc:
             raise EncodeError(f"cannot encode {name} message: {exc}") from None
         if len(head) + len(payload) > self.max_message_size:
             raise MessageTooLarge(len(head) + len(payload), self.max_message_size)
         return payload
 
-    def encode_reply(self, request: MessageMetadata, message_type: str, content: Any, source: str,
-                     publisher_id: str) -> bytes:
+    def encode_reply(
+        self, request: MessageMetadata, message_type: str, content: Any, source: str, publisher_id: str
+    ) -> bytes:
         """The payload of a reply to ``request``, built straight from its fields.
 
         ``causation_id`` is the request's message id (how callers match
@@ -248,10 +296,24 @@ class Codec:
         """
         mid = new_id()
         try:
-            return self._pack([
-                PROTOCOL_VERSION, message_type, mid, request.correlation_id, request.message_id, source,
-                request.source_component or None, _now(), publisher_id, 0, 1, None, None, content,
-            ])
+            return self._pack(
+                [
+                    PROTOCOL_VERSION,
+                    message_type,
+                    mid,
+                    request.correlation_id,
+                    request.message_id,
+                    source,
+                    request.source_component or None,
+                    _now(),
+                    publisher_id,
+                    0,
+                    1,
+                    None,
+                    None,
+                    content,
+                ]
+            )
         except _ENCODE_FAILURES as exc:
             raise EncodeError(f"cannot encode the {message_type} reply: {exc}") from None
 
@@ -318,8 +380,11 @@ def _checked(env: Any) -> list[Any]:
     (_version, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, _body) = env[:_ENVELOPE_LEN]
     if not (
         _str is type(mtype) is type(mid) is type(cid) is type(src) is type(pub)
-        and (cause is None or type(cause) is _str) and (dst is None or type(dst) is _str)
-        and type(seq) is int is type(att) and seq >= 0 and att >= 1
+        and (cause is None or type(cause) is _str)
+        and (dst is None or type(dst) is _str)
+        and type(seq) is int is type(att)
+        and seq >= 0
+        and att >= 1
         and (type(ts) is float or type(ts) is int)
         and (deadline is None or type(deadline) is float or type(deadline) is int)
         and (headers is None or (type(headers) is dict and all(type(k) is _str for k in headers)))

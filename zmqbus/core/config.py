@@ -4,12 +4,23 @@
 ``ZMQBUS_SUB`` where subscribers connect (its XPUB side). Component processes
 started by the CLI inherit them, so one setting wires a whole deployment.
 """
+
 from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_PUB", "DEFAULT_SUB", "DEFAULT_KEY_NAME", "pub_endpoint", "sub_endpoint", "ipc_endpoints",
-           "keys_dir", "key_name", "insecure", "policy_file"]
+__all__ = [
+    "DEFAULT_PUB",
+    "DEFAULT_SUB",
+    "DEFAULT_KEY_NAME",
+    "pub_endpoint",
+    "sub_endpoint",
+    "ipc_endpoints",
+    "keys_dir",
+    "key_name",
+    "insecure",
+    "policy_file",
+]
 
 DEFAULT_PUB = "tcp://127.0.0.1:5570"
 DEFAULT_SUB = "tcp://127.0.0.1:5571"

@@ -6,6 +6,7 @@ that docs/PROTOCOL.md specifies (``to_content``) and is read back from one
 instead of building and parsing maps by hand. A content that breaks the
 document raises :class:`DecodeError` (reason ``field``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,16 @@ from typing import Any
 
 from .errors import DecodeError, RemoteError
 
-__all__ = ["PRESENCE_TOPIC", "DISCOVER_TOPIC", "FORWARDER_QUERY_TOPIC", "ERROR_CODES", "Presence", "ErrorReply",
-           "discover_content", "discovered_service"]
+__all__ = [
+    "PRESENCE_TOPIC",
+    "DISCOVER_TOPIC",
+    "FORWARDER_QUERY_TOPIC",
+    "ERROR_CODES",
+    "Presence",
+    "ErrorReply",
+    "discover_content",
+    "discovered_service",
+]
 
 #: Responders announce themselves here (PROTOCOL.md section 8.1).
 PRESENCE_TOPIC = "_zmqbus.presence"
@@ -23,8 +32,7 @@ DISCOVER_TOPIC = "_zmqbus.discover"
 #: A message on this topic makes a forwarder publish its statistics at once (PROTOCOL.md section 5).
 FORWARDER_QUERY_TOPIC = "_zmqbus.forwarder.query"
 #: The ``code`` of an error reply (PROTOCOL.md section 8.2).
-ERROR_CODES = ("handler_error", "malformed", "unknown_service", "expired", "shutting_down", "overloaded",
-               "forbidden")
+ERROR_CODES = ("handler_error", "malformed", "unknown_service", "expired", "shutting_down", "overloaded", "forbidden")
 
 
 def _field(content: Any, key: str) -> Any:
@@ -49,8 +57,15 @@ class Presence:
     key: str | None = None
 
     def to_content(self) -> dict[str, Any]:
-        out = {"instance": self.instance, "endpoint": self.endpoint, "services": list(self.services),
-               "interval": self.interval, "liveness": self.liveness, "load": self.load, "leaving": self.leaving}
+        out = {
+            "instance": self.instance,
+            "endpoint": self.endpoint,
+            "services": list(self.services),
+            "interval": self.interval,
+            "liveness": self.liveness,
+            "load": self.load,
+            "leaving": self.leaving,
+        }
         if self.key is not None:
             out["key"] = self.key
         return out
@@ -63,11 +78,18 @@ class Presence:
         (1 to 255 bytes of UTF-8, not starting with a NUL byte).
         """
         instance, endpoint = _field(content, "instance"), _field(content, "endpoint")
-        services, interval, liveness = _field(content, "services"), _field(content, "interval"), \
-            _field(content, "liveness")
+        services, interval, liveness = (
+            _field(content, "services"),
+            _field(content, "interval"),
+            _field(content, "liveness"),
+        )
         load, leaving, key = content.get("load", 0), content.get("leaving", False), content.get("key")
-        if not (isinstance(instance, str) and isinstance(endpoint, str) and isinstance(services, list | tuple)
-                and all(isinstance(s, str) for s in services)):
+        if not (
+            isinstance(instance, str)
+            and isinstance(endpoint, str)
+            and isinstance(services, list | tuple)
+            and all(isinstance(s, str) for s in services)
+        ):
             raise DecodeError("field", "presence: instance, endpoint and services must be strings")
         if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
             raise DecodeError("field", "presence: interval must be a positive number")
@@ -83,8 +105,16 @@ class Presence:
             raise DecodeError("field", "presence: instance is not UTF-8") from None
         if not 0 < len(routing_id) <= 255 or routing_id[0] == 0:
             raise DecodeError("field", "presence: instance is not a usable routing id")
-        return cls(instance=instance, endpoint=endpoint, services=tuple(services), interval=float(interval),
-                   liveness=liveness, load=load, leaving=leaving, key=key)
+        return cls(
+            instance=instance,
+            endpoint=endpoint,
+            services=tuple(services),
+            interval=float(interval),
+            liveness=liveness,
+            load=load,
+            leaving=leaving,
+            key=key,
+        )
 
 
 def discover_content(service: str) -> dict[str, str]:
@@ -119,11 +149,22 @@ class ErrorReply:
     def from_content(cls, content: Any) -> ErrorReply:
         """Read an error reply leniently: a peer's missing or odd field gets a safe default (not retryable)."""
         c = content if isinstance(content, dict) else {}
-        return cls(code=str(c.get("code", "handler_error")), type=str(c.get("type", "Error")),
-                   message=str(c.get("message", "")), retryable=c.get("retryable") is True,
-                   reported=c.get("reported") is True)
+        return cls(
+            code=str(c.get("code", "handler_error")),
+            type=str(c.get("type", "Error")),
+            message=str(c.get("message", "")),
+            retryable=c.get("retryable") is True,
+            reported=c.get("reported") is True,
+        )
 
     def to_exception(self, correlation_id: str, service: str) -> RemoteError:
         """The :class:`RemoteError` a caller raises for this reply."""
-        return RemoteError(self.type, self.message, correlation_id, self.code, service, retryable=self.retryable,
-                           reported=self.reported)
+        return RemoteError(
+            self.type,
+            self.message,
+            correlation_id,
+            self.code,
+            service,
+            retryable=self.retryable,
+            reported=self.reported,
+        )

@@ -29,6 +29,7 @@ The split between :class:`EncodeError` and :class:`DecodeError` mirrors h11's
 Local/RemoteProtocolError: the first means "fix your code", the second
 "a peer misbehaved; it was counted and dropped".
 """
+
 from __future__ import annotations
 
 
@@ -95,8 +96,17 @@ class RemoteError(RequestError):
     ``shutting_down``.
     """
 
-    def __init__(self, error_type: str, message: str, correlation_id: str, code: str = "handler_error",
-                 service: str = "", *, retryable: bool = False, reported: bool = False) -> None:
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        correlation_id: str,
+        code: str = "handler_error",
+        service: str = "",
+        *,
+        retryable: bool = False,
+        reported: bool = False,
+    ) -> None:
         super().__init__(f"{service or 'service'} raised {error_type}: {message} (correlation id {correlation_id})")
         self.error_type = error_type
         self.remote_message = message
@@ -121,8 +131,9 @@ class RequestTimeout(RequestError, TimeoutError):
     """The request's deadline passed or its tries ran out without a reply."""
 
     def __init__(self, service: str, attempts: int, elapsed: float, reason: str) -> None:
-        super().__init__(f"request to {service!r} got no reply after {attempts} attempt(s) in {elapsed:.3f} s "
-                         f"({reason})")
+        super().__init__(
+            f"request to {service!r} got no reply after {attempts} attempt(s) in {elapsed:.3f} s ({reason})"
+        )
         self.service = service
         self.attempts = attempts
         self.elapsed = elapsed

@@ -5,6 +5,7 @@ per-process random prefix plus a counter, which is unique across processes
 (64 random bits per process) and ordered within one. The prefix is drawn again
 after ``fork`` so that a forked child never repeats its parent's ids.
 """
+
 from __future__ import annotations
 
 import itertools

@@ -6,6 +6,7 @@ one (measured on the 2-core reference machine), more than decoding the whole
 envelope, and one is built for every message received. Treat received
 messages as read-only; zmqbus never looks at them again after dispatch.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -36,7 +37,8 @@ _registry: dict[str, Enum] = {}
 #: and names it as the cause, so a request can be followed across hops
 #: without passing ids by hand; tasks the handler starts inherit it too.
 current_message: contextvars.ContextVar[ProcessingMessage | None] = contextvars.ContextVar(
-    "zmqbus_current_message", default=None)
+    "zmqbus_current_message", default=None
+)
 
 
 def register_message_types(*enums: type[Enum]) -> None:

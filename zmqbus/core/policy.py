@@ -28,6 +28,7 @@ Contracts:
 
 Pure code: no sockets, no event loop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -93,8 +94,9 @@ class Policy:
                 raise SecurityError(f"{source}: [keys.{name}] must be a table")
             wrong = set(table) - set(_ACTIONS)
             if wrong:
-                raise SecurityError(f"{source}: [keys.{name}] has unknown key(s) {sorted(wrong)} "
-                                    f"(allowed: {', '.join(_ACTIONS)})")
+                raise SecurityError(
+                    f"{source}: [keys.{name}] has unknown key(s) {sorted(wrong)} (allowed: {', '.join(_ACTIONS)})"
+                )
             compiled: dict[str, tuple[Pattern, ...]] = {}
             for action in _ACTIONS:
                 patterns = table.get(action, [])

@@ -4,6 +4,7 @@ The first occurrence of a key is logged at once; later ones within
 ``interval`` seconds are only counted, and the next line that is logged says
 how many were suppressed. The clock is injected so tests need no sleeps.
 """
+
 from __future__ import annotations
 
 import logging

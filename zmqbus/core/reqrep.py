@@ -12,6 +12,7 @@ Rules of this module:
 * A *call* is one request from this client; every try of it carries the same
   message id, so the responder can answer a duplicate from its cache.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -56,8 +57,9 @@ class Directory:
         self._ticket = itertools.count(1)
         self._peers = itertools.count(1)
 
-    def announce(self, instance_id: str, endpoint: str, services: Iterable[str], interval: float,
-                 liveness: int, now: float) -> tuple[Instance, Instance | None]:
+    def announce(
+        self, instance_id: str, endpoint: str, services: Iterable[str], interval: float, liveness: int, now: float
+    ) -> tuple[Instance, Instance | None]:
         """Record an announcement; return ``(instance, replaced)``.
 
         ``replaced`` is an older instance at the same endpoint (a restarted
@@ -111,8 +113,11 @@ class Directory:
             if service not in inst.services:
                 continue
             avoided = inst.instance_id in avoid
-            if best is None or (best_avoided and not avoided) or (
-                    avoided == best_avoided and (inst.outstanding, inst.picked) < (best.outstanding, best.picked)):
+            if (
+                best is None
+                or (best_avoided and not avoided)
+                or (avoided == best_avoided and (inst.outstanding, inst.picked) < (best.outstanding, best.picked))
+            ):
                 best, best_avoided = inst, avoided
         if best is not None:
             best.picked = next(self._ticket)
@@ -139,11 +144,21 @@ class GiveUp:
 class Call:
     """One request in flight from this client."""
 
-    __slots__ = ("request_id", "service", "started", "deadline", "policy", "attempt", "instance_id",
-                 "attempt_deadline", "tried", "waiter", "settled")
+    __slots__ = (
+        "request_id",
+        "service",
+        "started",
+        "deadline",
+        "policy",
+        "attempt",
+        "instance_id",
+        "attempt_deadline",
+        "tried",
+        "waiter",
+        "settled",
+    )
 
-    def __init__(self, request_id: str, service: str, started: float, deadline: float,
-                 policy: RetryPolicy) -> None:
+    def __init__(self, request_id: str, service: str, started: float, deadline: float, policy: RetryPolicy) -> None:
         self.request_id = request_id
         self.service = service
         self.started = started

@@ -2,6 +2,7 @@
 
 Pure code; randomness is injected (``rand``) so tests are exact.
 """
+
 from __future__ import annotations
 
 import random

@@ -15,6 +15,7 @@ Contracts:
 
 Pure code: no sockets, no event loop.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -23,8 +24,17 @@ from dataclasses import dataclass, field
 
 from .errors import InsecureEndpoint, SecurityError
 
-__all__ = ["KeyRing", "check_endpoint", "needs_keys", "NETWORK_SCHEMES", "zap_decide", "ZapOutcome", "ZapDomain",
-           "ZAP_VERSION", "allow_list_changes"]
+__all__ = [
+    "KeyRing",
+    "check_endpoint",
+    "needs_keys",
+    "NETWORK_SCHEMES",
+    "zap_decide",
+    "ZapOutcome",
+    "ZapDomain",
+    "ZAP_VERSION",
+    "allow_list_changes",
+]
 
 ZAP_VERSION = b"1.0"
 Z85_KEY_LENGTH = 40
@@ -98,7 +108,8 @@ def check_endpoint(endpoint: str, keys: KeyRing | None, insecure: bool, what: st
         raise InsecureEndpoint(
             f"refusing to {what} {endpoint} without CURVE keys: anyone who reaches it could read and forge "
             f"the bus's traffic. Give keys (--keys DIR / $ZMQBUS_KEYS, see docs/SECURITY.md) or pass "
-            f"--insecure (insecure=True) to run it in clear")
+            f"--insecure (insecure=True) to run it in clear"
+        )
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,22 @@ PROTOCOL.md section 4.2, as code:
 
 Pure code: no sockets, no event loop.
 """
+
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["MAX_PLAUSIBLE_GAP", "SEQ_TOPICS_LIMIT", "GapDetector", "RedundantGapDetector", "DUPLICATE", "SequenceJump",
-           "Sequencer"]
+__all__ = [
+    "MAX_PLAUSIBLE_GAP",
+    "SEQ_TOPICS_LIMIT",
+    "GapDetector",
+    "RedundantGapDetector",
+    "DUPLICATE",
+    "SequenceJump",
+    "Sequencer",
+]
 
 #: A forward jump of more sequence numbers than this is not believed to be loss.
 MAX_PLAUSIBLE_GAP = 1 << 24
@@ -154,11 +162,26 @@ class RedundantGapDetector:
     as :class:`SequenceJump` for the caller to log.
     """
 
-    __slots__ = ("_streams", "gaps", "resets", "duplicates", "window", "max_skew", "reports", "_pending",
-                 "streams_limit", "clock")
+    __slots__ = (
+        "_streams",
+        "gaps",
+        "resets",
+        "duplicates",
+        "window",
+        "max_skew",
+        "reports",
+        "_pending",
+        "streams_limit",
+        "clock",
+    )
 
-    def __init__(self, window: int = 65_536, max_skew: float = 2.0, streams_limit: int = 1_000_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        window: int = 65_536,
+        max_skew: float = 2.0,
+        streams_limit: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.clock = clock  # read only while numbers are missing
         self._streams: dict[tuple[str, str], _Stream] = {}
         self._pending: set[tuple[str, str]] = set()  # streams with missing numbers

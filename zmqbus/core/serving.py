@@ -22,6 +22,7 @@ Rules it keeps:
 * on close, queued requests are refused retryably (they never started) and running ones
   not retryably (their work may have been partly done).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -98,8 +99,15 @@ class _Entry(Generic[R]):
 class ResponderCore(Generic[R]):
     """The decisions of one responder instance (see the module docstring)."""
 
-    def __init__(self, instance_id: str, *, max_concurrency: int = 100, cache_size: int = 10_000,
-                 max_queue: int = 1000, max_queued_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        instance_id: str,
+        *,
+        max_concurrency: int = 100,
+        cache_size: int = 10_000,
+        max_queue: int = 1000,
+        max_queued_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         if max_concurrency < 1 or max_queue < 0 or max_queued_bytes < 0:
             raise ValueError("max_concurrency must be at least 1, and the queue limits at least 0")
         self.instance_id = instance_id
@@ -120,8 +128,16 @@ class ResponderCore(Generic[R]):
         """Requests running or queued (what presence announces)."""
         return len(self._entries)
 
-    def request(self, caller: bytes, service: str, request_id: str, deadline: float | None, request: R,
-                now: float, size: int = 0) -> Start[R] | Refuse[R] | Cached | None:
+    def request(
+        self,
+        caller: bytes,
+        service: str,
+        request_id: str,
+        deadline: float | None,
+        request: R,
+        now: float,
+        size: int = 0,
+    ) -> Start[R] | Refuse[R] | Cached | None:
         """A request arrived (``size``: its bytes on the wire): what to do with it (None: nothing now)."""
         self.stats.requests += 1
         cached = self._cache.get(request_id)
@@ -132,19 +148,40 @@ class ResponderCore(Generic[R]):
             self.stats.duplicates_in_flight += 1
             return None
         if self.closing:
-            return self._refuse(caller, service, request, "shutting_down", "ShuttingDown",
-                                f"instance {self.instance_id} is shutting down", True)
+            return self._refuse(
+                caller,
+                service,
+                request,
+                "shutting_down",
+                "ShuttingDown",
+                f"instance {self.instance_id} is shutting down",
+                True,
+            )
         if service not in self.services:
-            return self._refuse(caller, service, request, "unknown_service", "UnknownService",
-                                f"instance {self.instance_id} does not serve {service!r}", True)
+            return self._refuse(
+                caller,
+                service,
+                request,
+                "unknown_service",
+                "UnknownService",
+                f"instance {self.instance_id} does not serve {service!r}",
+                True,
+            )
         if deadline is not None and now > deadline:
             return self._expired(caller, service, request)
         if self._running >= self.max_concurrency:
             if len(self._queue) >= self.max_queue or self._queued_bytes + size > self.max_queued_bytes:
                 self.stats.overloaded += 1
-                return self._refuse(caller, service, request, "overloaded", "Overloaded",
-                                    f"instance {self.instance_id} has {len(self._queue)} request(s) "
-                                    f"({self._queued_bytes} bytes) waiting", True)
+                return self._refuse(
+                    caller,
+                    service,
+                    request,
+                    "overloaded",
+                    "Overloaded",
+                    f"instance {self.instance_id} has {len(self._queue)} request(s) "
+                    f"({self._queued_bytes} bytes) waiting",
+                    True,
+                )
             self._entries[request_id] = _Entry(caller, service, request, deadline, None, size)
             self._queue.append(request_id)
             self._queued_bytes += size
@@ -182,8 +219,11 @@ class ResponderCore(Generic[R]):
 
     def busy(self, now: float, interval: float) -> list[Busy]:
         """The running requests that have run for at least ``interval`` seconds (PROTOCOL.md 8.2, BUSY)."""
-        return [Busy(e.caller, rid) for rid, e in self._entries.items()
-                if e.started is not None and now - e.started >= interval]
+        return [
+            Busy(e.caller, rid)
+            for rid, e in self._entries.items()
+            if e.started is not None and now - e.started >= interval
+        ]
 
     def close(self) -> list[Refuse[R]]:
         """Start closing: refuse new requests; return the refusals of the queued ones (retryable)."""
@@ -193,8 +233,17 @@ class ResponderCore(Generic[R]):
         while self._queue:
             entry = self._entries.pop(self._queue.popleft(), None)
             if entry is not None:
-                out.append(self._refuse(entry.caller, entry.service, entry.request, "shutting_down", "ShuttingDown",
-                                        f"instance {self.instance_id} is shutting down", True))
+                out.append(
+                    self._refuse(
+                        entry.caller,
+                        entry.service,
+                        entry.request,
+                        "shutting_down",
+                        "ShuttingDown",
+                        f"instance {self.instance_id} is shutting down",
+                        True,
+                    )
+                )
         return out
 
     def interrupt(self) -> list[Refuse[R]]:
@@ -202,9 +251,17 @@ class ResponderCore(Generic[R]):
         out = []
         for entry in self._entries.values():
             self.stats.interrupted += 1
-            out.append(self._refuse(entry.caller, entry.service, entry.request, "shutting_down", "ShuttingDown",
-                                    f"instance {self.instance_id} shut down while running the request; "
-                                    "it may have been partly done", False))
+            out.append(
+                self._refuse(
+                    entry.caller,
+                    entry.service,
+                    entry.request,
+                    "shutting_down",
+                    "ShuttingDown",
+                    f"instance {self.instance_id} shut down while running the request; it may have been partly done",
+                    False,
+                )
+            )
         self._entries.clear()
         self._queue.clear()
         self._running = 0
@@ -219,11 +276,20 @@ class ResponderCore(Generic[R]):
 
     def _expired(self, caller: bytes, service: str, request: R) -> Refuse[R]:
         self.stats.expired += 1
-        return self._refuse(caller, service, request, "expired", "DeadlineExpired",
-                            "the request's deadline passed before it could start", False)
+        return self._refuse(
+            caller,
+            service,
+            request,
+            "expired",
+            "DeadlineExpired",
+            "the request's deadline passed before it could start",
+            False,
+        )
 
-    def _refuse(self, caller: bytes, service: str, request: R, code: str, error_type: str, message: str,
-                retryable: bool) -> Refuse[R]:
+    def _refuse(
+        self, caller: bytes, service: str, request: R, code: str, error_type: str, message: str, retryable: bool
+    ) -> Refuse[R]:
         self.stats.refused += 1
-        return Refuse(caller, service, request, ErrorReply(code=code, type=error_type, message=message,
-                                                           retryable=retryable))
+        return Refuse(
+            caller, service, request, ErrorReply(code=code, type=error_type, message=message, retryable=retryable)
+        )

@@ -1,4 +1,5 @@
 """Latency percentiles (the demo's summary, the benchmarks) and a fixed-bucket histogram (metrics). Pure."""
+
 from __future__ import annotations
 
 from bisect import bisect_left
@@ -7,8 +8,27 @@ from collections.abc import Sequence
 __all__ = ["percentiles", "Histogram", "LATENCY_BUCKETS"]
 
 #: Seconds: from 100 us (a request on one host) to 10 s (OpenTelemetry's duration buckets, finer at the low end).
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5,
-                   0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 
 
 class Histogram:

@@ -15,6 +15,7 @@ Contracts:
 
 Pure code: no sockets, no event loop.
 """
+
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
@@ -69,30 +70,34 @@ class SubscriptionTable:
         """How many subscriptions make the socket receive all bus traffic."""
         return sum(1 for s in self._subs if s.pattern.receives_all)
 
-    def add(self, component_name: str, pattern: str, handler: MessageHandler, *,
-            is_async: bool) -> tuple[Subscription, bytes | None]:
+    def add(
+        self, component_name: str, pattern: str, handler: MessageHandler, *, is_async: bool
+    ) -> tuple[Subscription, bytes | None]:
         """Add a subscription; return it and the prefix to subscribe to, if it is a new one.
 
         Raises :class:`TopicError` for an invalid pattern.
         """
         compiled = compile_pattern(pattern)
-        sub = Subscription(component_name, compiled, handler, is_async,
-                           internal=pattern.startswith(RESERVED_PREFIX))
+        sub = Subscription(component_name, compiled, handler, is_async, internal=pattern.startswith(RESERVED_PREFIX))
         self._subs.append(sub)
         self.cache.clear()
         count = self._prefix_refs.get(compiled.prefix, 0)
         self._prefix_refs[compiled.prefix] = count + 1
         return sub, (compiled.prefix if count == 0 else None)
 
-    def select(self, component_name: str | Subscription, pattern: str | None = None,
-               handler: MessageHandler | None = None) -> list[Subscription]:
+    def select(
+        self, component_name: str | Subscription, pattern: str | None = None, handler: MessageHandler | None = None
+    ) -> list[Subscription]:
         """The subscriptions ``unsubscribe`` with these arguments would remove."""
         if isinstance(component_name, Subscription):
             return [s for s in self._subs if s is component_name]
-        return [s for s in self._subs if s.component_name == component_name
-                and (pattern is None or s.pattern.text == pattern)
-                and (handler is None or s.handler == handler
-                     or getattr(s.handler, "__wrapped__", None) == handler)]
+        return [
+            s
+            for s in self._subs
+            if s.component_name == component_name
+            and (pattern is None or s.pattern.text == pattern)
+            and (handler is None or s.handler == handler or getattr(s.handler, "__wrapped__", None) == handler)
+        ]
 
     def remove(self, gone: Iterable[Subscription]) -> list[bytes]:
         """Remove these subscriptions; return the prefixes no subscription needs any more."""

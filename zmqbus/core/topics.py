@@ -16,6 +16,7 @@ Rules of this module:
 
 Pure code: no sockets, no I/O.
 """
+
 from __future__ import annotations
 
 import re
@@ -122,7 +123,7 @@ def compile_pattern(pattern: str) -> Pattern:
         if word in ("*", "#"):
             break
         literal.append(word)
-    rest = collapsed[len(literal):]
+    rest = collapsed[len(literal) :]
     base = ".".join(literal)
     if not rest:
         return Pattern(pattern, base.encode() + b"\x00", _exact(base))

@@ -4,6 +4,7 @@ Pure: it checks the parsed TOML (a dict), so ``zmqbus up --check`` and ``up``
 report the same errors before anything starts. A typo is an error that lists
 the valid keys (and the closest one), never a silent default.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -13,8 +14,11 @@ __all__ = ["BUS_KEYS", "COMPONENT_KEYS", "TOP_LEVEL", "topology_errors", "descri
 
 #: [bus]: key -> (type, what it is)
 BUS_KEYS: dict[str, tuple[type, str]] = {
-    "pub": (str, "publishers' endpoint (default $ZMQBUS_PUB, else tcp://127.0.0.1:5570); several, "
-                 "comma-separated: a redundant bus, one forwarder each"),
+    "pub": (
+        str,
+        "publishers' endpoint (default $ZMQBUS_PUB, else tcp://127.0.0.1:5570); several, "
+        "comma-separated: a redundant bus, one forwarder each",
+    ),
     "sub": (str, "subscribers' endpoint (default $ZMQBUS_SUB, else tcp://127.0.0.1:5571); as many as pub"),
     "forwarder": (bool, "start a forwarder (default true)"),
     "keys": (str, "CURVE key folder, relative to the file (docs/SECURITY.md)"),
@@ -68,8 +72,9 @@ def topology_errors(data: dict[str, Any]) -> list[str]:
         errors.append("component must be an array of tables: write [[component]], not [component]")
         components = []
     for i, entry in enumerate(components):
-        where = f"component #{i + 1}" + (f" ({entry['class']})" if isinstance(entry, dict)
-                                         and isinstance(entry.get("class"), str) else "")
+        where = f"component #{i + 1}" + (
+            f" ({entry['class']})" if isinstance(entry, dict) and isinstance(entry.get("class"), str) else ""
+        )
         if not isinstance(entry, dict):
             errors.append(f"{where} must be a table")
             continue

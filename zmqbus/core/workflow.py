@@ -11,6 +11,7 @@ Rules of this module:
   correlation id, with the time-to-live cleanup the guide asks for.
 * Time is passed in (wall-clock seconds); no sockets, no event loop.
 """
+
 from __future__ import annotations
 
 import time
@@ -22,8 +23,16 @@ from typing import Any
 
 from .errors import ZmqbusError
 
-__all__ = ["ComponentState", "ALLOWED", "InvalidTransition", "UnknownState", "coerce_state", "ComponentMetrics",
-           "ComponentContext", "ContextStore"]
+__all__ = [
+    "ComponentState",
+    "ALLOWED",
+    "InvalidTransition",
+    "UnknownState",
+    "coerce_state",
+    "ComponentMetrics",
+    "ComponentContext",
+    "ContextStore",
+]
 
 
 class ComponentState(str, Enum):
@@ -47,12 +56,27 @@ _TERMINAL = {ComponentState.COMPLETED, ComponentState.FAILED, ComponentState.CAN
 #: The transitions a context may make; terminal states allow none.
 ALLOWED: dict[ComponentState, frozenset[ComponentState]] = {
     ComponentState.CREATED: frozenset({ComponentState.PROCESSING, ComponentState.FAILED, ComponentState.CANCELLED}),
-    ComponentState.PROCESSING: frozenset({ComponentState.WAITING, ComponentState.RETRYING, ComponentState.COMPLETED,
-                                          ComponentState.FAILED, ComponentState.CANCELLED}),
-    ComponentState.WAITING: frozenset({ComponentState.PROCESSING, ComponentState.RETRYING, ComponentState.COMPLETED,
-                                       ComponentState.FAILED, ComponentState.CANCELLED}),
-    ComponentState.RETRYING: frozenset({ComponentState.PROCESSING, ComponentState.WAITING, ComponentState.FAILED,
-                                        ComponentState.CANCELLED}),
+    ComponentState.PROCESSING: frozenset(
+        {
+            ComponentState.WAITING,
+            ComponentState.RETRYING,
+            ComponentState.COMPLETED,
+            ComponentState.FAILED,
+            ComponentState.CANCELLED,
+        }
+    ),
+    ComponentState.WAITING: frozenset(
+        {
+            ComponentState.PROCESSING,
+            ComponentState.RETRYING,
+            ComponentState.COMPLETED,
+            ComponentState.FAILED,
+            ComponentState.CANCELLED,
+        }
+    ),
+    ComponentState.RETRYING: frozenset(
+        {ComponentState.PROCESSING, ComponentState.WAITING, ComponentState.FAILED, ComponentState.CANCELLED}
+    ),
     ComponentState.COMPLETED: frozenset(),
     ComponentState.FAILED: frozenset(),
     ComponentState.CANCELLED: frozenset(),
@@ -76,9 +100,11 @@ class UnknownState(ZmqbusError, ValueError):
     """A state whose value is not one of :class:`ComponentState`'s."""
 
     def __init__(self, state: object) -> None:
-        super().__init__(f"unknown state {state!r}: zmqbus's states are "
-                         f"{', '.join(s.value for s in ComponentState)}; give your Enum these values "
-                         "(or map yours onto them) so transitions can be checked")
+        super().__init__(
+            f"unknown state {state!r}: zmqbus's states are "
+            f"{', '.join(s.value for s in ComponentState)}; give your Enum these values "
+            "(or map yours onto them) so transitions can be checked"
+        )
 
 
 class InvalidTransition(ZmqbusError, ValueError):
@@ -107,9 +133,15 @@ class ComponentMetrics:
 
     def as_dict(self) -> dict[str, Any]:
         d = sorted(self.durations)
-        return {"handled": self.handled, "failed": self.failed, "retried": self.retried,
-                "completed": self.completed, "expired": self.expired,
-                "duration_p50": d[len(d) // 2] if d else None, "duration_max": d[-1] if d else None}
+        return {
+            "handled": self.handled,
+            "failed": self.failed,
+            "retried": self.retried,
+            "completed": self.completed,
+            "expired": self.expired,
+            "duration_p50": d[len(d) // 2] if d else None,
+            "duration_max": d[-1] if d else None,
+        }
 
 
 def _now() -> datetime:
@@ -143,9 +175,14 @@ class ComponentContext:
 
     def status(self) -> dict[str, Any]:
         """What a status update carries about this process."""
-        return {"request_id": self.request_id, "correlation_id": self.correlation_id, "state": self.state.value,
-                "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
-                "metadata": self.metadata}
+        return {
+            "request_id": self.request_id,
+            "correlation_id": self.correlation_id,
+            "state": self.state.value,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "metadata": self.metadata,
+        }
 
 
 class ContextStore:
@@ -161,8 +198,7 @@ class ContextStore:
         ctx = self._contexts.get(correlation_id)
         if ctx is None:
             now = datetime.fromtimestamp(self.clock(), UTC)
-            ctx = ComponentContext(request_id, correlation_id, metadata=dict(metadata), created_at=now,
-                                   updated_at=now)
+            ctx = ComponentContext(request_id, correlation_id, metadata=dict(metadata), created_at=now, updated_at=now)
             self._contexts[correlation_id] = ctx
         return ctx
 

@@ -21,6 +21,7 @@ receiving) -> ``stop(grace)`` (no new work; running work may finish within
 ``grace`` seconds, then is cancelled; ``teardown`` runs) or ``kill`` (cancel
 everything now, no teardown).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -42,8 +43,17 @@ from ..core.retry import RetryPolicy
 from ..core.workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore, coerce_state
 from ..io.aio import TaskOwner, to_thread
 
-__all__ = ["Component", "Manager", "Handler", "Processor", "on", "service", "ERROR_PREFIX", "STATUS_PREFIX",
-           "DEADLETTER_PREFIX"]
+__all__ = [
+    "Component",
+    "Manager",
+    "Handler",
+    "Processor",
+    "on",
+    "service",
+    "ERROR_PREFIX",
+    "STATUS_PREFIX",
+    "DEADLETTER_PREFIX",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +66,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def on(pattern: str) -> Callable[[F], F]:
     """Subscribe the decorated method to ``pattern`` when the component is created."""
+
     def mark(fn: F) -> F:
         fn._zmqbus_on = getattr(fn, "_zmqbus_on", ()) + (pattern,)  # type: ignore[attr-defined]
         return fn
+
     return mark
 
 
 def service(name: str) -> Callable[[F], F]:
     """Serve requests for ``name`` with the decorated method (it returns the reply content)."""
+
     def mark(fn: F) -> F:
         fn._zmqbus_service = name  # type: ignore[attr-defined]
         return fn
+
     return mark
 
 
@@ -151,6 +165,7 @@ class Component:
             if self._stopping:
                 return
             await self._run_guarded(handler, message)
+
         guarded._zmqbus_guarded = self  # type: ignore[attr-defined]
         with contextlib.suppress(TypeError):
             self._guards[handler] = guarded
@@ -189,29 +204,39 @@ class Component:
                 raise  # the caller gets it as RemoteError, or retries when retryable
             finally:
                 self.metrics.record_duration(time.perf_counter() - started)
+
         return served
 
-    async def _on_handler_error(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage,
-                                exc: Exception) -> None:
+    async def _on_handler_error(
+        self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage, exc: Exception
+    ) -> None:
         retryable = is_retryable(exc)
         attempt = message.metadata.attempt
         if retryable and attempt < self.retry_policy.attempts and not self._stopping:
             self.metrics.retried += 1
             delay = self.retry_policy.delay(attempt)
-            log.info("%s: %s on %s (attempt %d), retrying in %.3f s", self.component_name, type(exc).__name__,
-                     message.type_name, attempt, delay)
+            log.info(
+                "%s: %s on %s (attempt %d), retrying in %.3f s",
+                self.component_name,
+                type(exc).__name__,
+                message.type_name,
+                attempt,
+                delay,
+            )
             self.spawn(self._retry_later(handler, message, delay))
             return
         self.metrics.failed += 1
         await self.report_error(message, exc, retryable=retryable)
         await self.dead_letter(message, f"{type(exc).__name__}: {exc}" + (" (retries exhausted)" if retryable else ""))
 
-    async def _retry_later(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage,
-                           delay: float) -> None:
+    async def _retry_later(
+        self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage, delay: float
+    ) -> None:
         await asyncio.sleep(delay)
         md = message.metadata
-        again = dataclasses.replace(message, metadata=dataclasses.replace(
-            md, attempt=md.attempt + 1, headers=dict(md.headers)))
+        again = dataclasses.replace(
+            message, metadata=dataclasses.replace(md, attempt=md.attempt + 1, headers=dict(md.headers))
+        )
         await self._run_guarded(handler, again)
 
     # -- lifecycle ---------------------------------------------------------
@@ -278,27 +303,53 @@ class Component:
         stale = self.active_processes.expired()
         for ctx in stale:
             self.metrics.expired += 1
-            log.warning("%s: process %s stale in state %s; cancelled and cleaned up", self.component_name,
-                        ctx.correlation_id, ctx.state.value)
+            log.warning(
+                "%s: process %s stale in state %s; cancelled and cleaned up",
+                self.component_name,
+                ctx.correlation_id,
+                ctx.state.value,
+            )
             old = ctx.transition(ComponentState.CANCELLED)
             await self._publish_status(ctx, old, reason="expired")
         return len(stale)
 
     # -- the guide's helpers -----------------------------------------------
 
-    async def publish_message(self, message_type: MessageTypeLike, content: Any, target: str | None = None, *,
-                              correlation_id: str = "", topic: str | None = None) -> ProcessingMessage:
+    async def publish_message(
+        self,
+        message_type: MessageTypeLike,
+        content: Any,
+        target: str | None = None,
+        *,
+        correlation_id: str = "",
+        topic: str | None = None,
+    ) -> ProcessingMessage:
         """Publish a message from this component (the guide's ``_publish_message``)."""
-        msg = ProcessingMessage(message_type, content, MessageMetadata(
-            correlation_id=correlation_id, source_component=self.component_name, target_component=target))
+        msg = ProcessingMessage(
+            message_type,
+            content,
+            MessageMetadata(
+                correlation_id=correlation_id, source_component=self.component_name, target_component=target
+            ),
+        )
         await self.message_broker.publish(msg, topic=topic)
         return msg
 
-    async def request(self, service_name: str, content: Any, *, timeout: float = 30.0,
-                      retry: RetryPolicy | None = None, message_type: MessageTypeLike | None = None) -> Any:
+    async def request(
+        self,
+        service_name: str,
+        content: Any,
+        *,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        message_type: MessageTypeLike | None = None,
+    ) -> Any:
         """Request ``service_name`` and return the reply's content."""
-        msg = ProcessingMessage(message_type or service_name, content, MessageMetadata(
-            source_component=self.component_name, target_component=service_name))
+        msg = ProcessingMessage(
+            message_type or service_name,
+            content,
+            MessageMetadata(source_component=self.component_name, target_component=service_name),
+        )
         reply = await self.message_broker.request(service_name, msg, timeout=timeout, retry=retry)
         return reply.content
 
@@ -325,11 +376,13 @@ class Component:
 
     async def _publish_status(self, ctx: ComponentContext, old: ComponentState, **info: Any) -> None:
         content = dict(ctx.status(), component=self.component_name, old_state=old.value, **info)
-        await self.publish_message(f"{STATUS_PREFIX}.{self.component_name}", content, "state_tracker",
-                                   correlation_id=ctx.correlation_id)
+        await self.publish_message(
+            f"{STATUS_PREFIX}.{self.component_name}", content, "state_tracker", correlation_id=ctx.correlation_id
+        )
 
-    async def report_error(self, message: ProcessingMessage, error: BaseException, *,
-                           retryable: bool | None = None) -> None:
+    async def report_error(
+        self, message: ProcessingMessage, error: BaseException, *, retryable: bool | None = None
+    ) -> None:
         """Send an error to the error handler (the guide's ``_handle_error``), once per root cause.
 
         A :class:`RemoteError` that the responding component already reported
@@ -343,28 +396,46 @@ class Component:
             return
         _mark_reported(error)
         md = message.metadata
-        content = {"correlation_id": md.correlation_id, "error_type": _error_type(error),
-                   "error_message": _error_message(error), "retryable": is_retryable(error) if retryable is None
-                   else retryable, "component": self.component_name, "message_type": message.type_name,
-                   "message_id": md.message_id, "attempt": md.attempt}
-        await self.publish_message(f"{ERROR_PREFIX}.{self.component_name}", content, "error_handler",
-                                   correlation_id=md.correlation_id)
+        content = {
+            "correlation_id": md.correlation_id,
+            "error_type": _error_type(error),
+            "error_message": _error_message(error),
+            "retryable": is_retryable(error) if retryable is None else retryable,
+            "component": self.component_name,
+            "message_type": message.type_name,
+            "message_id": md.message_id,
+            "attempt": md.attempt,
+        }
+        await self.publish_message(
+            f"{ERROR_PREFIX}.{self.component_name}", content, "error_handler", correlation_id=md.correlation_id
+        )
 
     async def dead_letter(self, message: ProcessingMessage, reason: str) -> None:
         """Park a message that cannot be processed where an operator can see and replay it."""
         md = message.metadata
-        content = {"reason": reason, "component": self.component_name, "topic": message.topic,
-                   "message_type": message.type_name, "content": message.content,
-                   "metadata": {"message_id": md.message_id, "correlation_id": md.correlation_id,
-                                "source": md.source_component, "target": md.target_component,
-                                "attempt": md.attempt}}
-        await self.publish_message(f"{DEADLETTER_PREFIX}.{self.component_name}", content, "error_handler",
-                                   correlation_id=md.correlation_id)
+        content = {
+            "reason": reason,
+            "component": self.component_name,
+            "topic": message.topic,
+            "message_type": message.type_name,
+            "content": message.content,
+            "metadata": {
+                "message_id": md.message_id,
+                "correlation_id": md.correlation_id,
+                "source": md.source_component,
+                "target": md.target_component,
+                "attempt": md.attempt,
+            },
+        }
+        await self.publish_message(
+            f"{DEADLETTER_PREFIX}.{self.component_name}", content, "error_handler", correlation_id=md.correlation_id
+        )
 
     # -- the guide's own names (its snippets call these) -----------------------
 
-    async def _publish_message(self, message_type: MessageTypeLike, content: Any, target: str | None = None
-                               ) -> ProcessingMessage:
+    async def _publish_message(
+        self, message_type: MessageTypeLike, content: Any, target: str | None = None
+    ) -> ProcessingMessage:
         """The guide's ``_publish_message``: :meth:`publish_message` (inside a handler the
         correlation id is the handled message's, so the guide's ``self.context`` is not needed)."""
         return await self.publish_message(message_type, content, target)
@@ -373,8 +444,9 @@ class Component:
         """The guide's ``_handle_error``: :meth:`report_error` (topic ``error.<component>``)."""
         await self.report_error(message, error)
 
-    async def _update_state(self, new_state: ComponentState | Enum | str, ctx: ComponentContext | None = None,
-                            **info: Any) -> None:
+    async def _update_state(
+        self, new_state: ComponentState | Enum | str, ctx: ComponentContext | None = None, **info: Any
+    ) -> None:
         """The guide's ``_update_state(new_state)``: :meth:`update_state` on the process of the
         message being handled (found by its correlation id in ``active_processes``), or on
         ``ctx``, or on ``self.context`` when the component keeps one, as the guide's does."""
@@ -385,16 +457,22 @@ class Component:
         if ctx is None and isinstance(getattr(self, "context", None), ComponentContext):
             ctx = self.context  # type: ignore[attr-defined]
         if ctx is None:
-            raise ZmqbusError("_update_state(state) found no process to update: the guide keeps one in "
-                              "self.context; zmqbus keeps one per workflow in active_processes. Call "
-                              "self.update_state(ctx, state) with the context begin_process() returned "
-                              "(or active_processes.create(...)).")
+            raise ZmqbusError(
+                "_update_state(state) found no process to update: the guide keeps one in "
+                "self.context; zmqbus keeps one per workflow in active_processes. Call "
+                "self.update_state(ctx, state) with the context begin_process() returned "
+                "(or active_processes.create(...))."
+            )
         await self.update_state(ctx, new_state, **info)
 
     def statistics(self) -> dict[str, Any]:
         """Metrics, active processes and the broker's request counters (also served as ``<name>.status``)."""
-        return {"component": self.component_name, "active_processes": len(self.active_processes),
-                **self.metrics.as_dict(), "rpc": self.message_broker.statistics().rpc}
+        return {
+            "component": self.component_name,
+            "active_processes": len(self.active_processes),
+            **self.metrics.as_dict(),
+            "rpc": self.message_broker.statistics().rpc,
+        }
 
 
 def _mark_reported(error: BaseException) -> None:
@@ -421,28 +499,36 @@ class Manager(Component):
             await self.update_state(ctx, ComponentState.PROCESSING)
         return ctx
 
-    async def complete_process(self, ctx: ComponentContext, message_type: MessageTypeLike, result: Any,
-                               target: str | None = None) -> None:
+    async def complete_process(
+        self, ctx: ComponentContext, message_type: MessageTypeLike, result: Any, target: str | None = None
+    ) -> None:
         """Publish the workflow's result and mark it COMPLETED (its context is cleaned up)."""
         await self.publish_message(message_type, result, target, correlation_id=ctx.correlation_id)
         await self.update_state(ctx, ComponentState.COMPLETED)
 
-    async def fail_process(self, ctx: ComponentContext, message_type: MessageTypeLike, error: BaseException,
-                           target: str | None = None) -> None:
+    async def fail_process(
+        self, ctx: ComponentContext, message_type: MessageTypeLike, error: BaseException, target: str | None = None
+    ) -> None:
         """Publish the failure and mark the workflow FAILED (its context is cleaned up)."""
-        await self.publish_message(message_type, {"error_type": _error_type(error), "error": _error_message(error)},
-                                   target, correlation_id=ctx.correlation_id)
+        await self.publish_message(
+            message_type,
+            {"error_type": _error_type(error), "error": _error_message(error)},
+            target,
+            correlation_id=ctx.correlation_id,
+        )
         await self.update_state(ctx, ComponentState.FAILED, error_type=_error_type(error))
 
 
 class Handler(Component):
     """Runs the tasks of one domain and coordinates Processors through requests."""
 
-    async def process_all(self, service_name: str, items: list[Any], *, timeout: float = 30.0,
-                          retry: RetryPolicy | None = None) -> list[Any]:
+    async def process_all(
+        self, service_name: str, items: list[Any], *, timeout: float = 30.0, retry: RetryPolicy | None = None
+    ) -> list[Any]:
         """Request ``service_name`` once per item, all at once (competing Processors share them)."""
-        return list(await asyncio.gather(*(self.request(service_name, item, timeout=timeout, retry=retry)
-                                           for item in items)))
+        return list(
+            await asyncio.gather(*(self.request(service_name, item, timeout=timeout, retry=retry) for item in items))
+        )
 
 
 class Processor(Component):
@@ -452,5 +538,3 @@ class Processor(Component):
     async def run_cpu(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in a worker thread (the handled message's ids carried along)."""
         return await to_thread(fn, *args)
-
-

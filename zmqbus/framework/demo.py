@@ -7,6 +7,7 @@ documents, shows each workflow as it completes, and ends with a summary:
 workflows completed and failed, throughput and latency, what the error handler
 and the state tracker saw.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,8 +30,10 @@ from .runner import ComponentSpec, Supervisor, Topology
 
 __all__ = ["run_demo", "demo_topology", "make_document"]
 
-_WORDS = ("message broker component manager handler processor context state error retry queue topic "
-          "subscriber publisher forwarder correlation workflow chunk document latency throughput").split()
+_WORDS = (
+    "message broker component manager handler processor context state error retry queue topic "
+    "subscriber publisher forwarder correlation workflow chunk document latency throughput"
+).split()
 
 
 def _secure_env(tmp: str) -> dict[str, str]:
@@ -41,13 +44,18 @@ def _secure_env(tmp: str) -> dict[str, str]:
 
 
 def demo_topology(pub: str, sub: str, analyzers: int = 3) -> Topology:
-    return Topology(pub, sub, True, [
-        ComponentSpec("zmqbus.components.error_handler:ErrorHandler"),
-        ComponentSpec("zmqbus.components.state_tracker:StateTracker"),
-        ComponentSpec("zmqbus.components.ingest:IngestManager"),
-        ComponentSpec("zmqbus.components.ingest:DocumentHandler"),
-        ComponentSpec("zmqbus.components.ingest:ChunkAnalyzer", replicas=analyzers),
-    ])
+    return Topology(
+        pub,
+        sub,
+        True,
+        [
+            ComponentSpec("zmqbus.components.error_handler:ErrorHandler"),
+            ComponentSpec("zmqbus.components.state_tracker:StateTracker"),
+            ComponentSpec("zmqbus.components.ingest:IngestManager"),
+            ComponentSpec("zmqbus.components.ingest:DocumentHandler"),
+            ComponentSpec("zmqbus.components.ingest:ChunkAnalyzer", replicas=analyzers),
+        ],
+    )
 
 
 def make_document(i: int, words: int = 300) -> dict[str, Any]:
@@ -61,8 +69,9 @@ def make_document(i: int, words: int = 300) -> dict[str, Any]:
     return {"document_id": f"doc-{i:04d}", "text": text, "chunk_words": 50}
 
 
-async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], timeout: float,
-                          echo: Callable[[str], None]) -> dict[str, Any]:
+async def submit_and_wait(
+    pub: str, sub: str, documents: list[dict[str, Any]], timeout: float, echo: Callable[[str], None]
+) -> dict[str, Any]:
     """Publish ``documents`` as ingest requests; wait for every outcome; gather the infrastructure's view."""
     outcomes: dict[str, tuple[str, Any, float]] = {}
     done = asyncio.Event()
@@ -76,8 +85,10 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         outcomes[cid] = (kind, msg.content, time.monotonic() - sent_at[cid])
         c = msg.content
         if kind == "completed":
-            echo(f"  [{len(outcomes):>3}/{len(documents)}] {c['document_id']} completed: {c['chunks']} chunks, "
-                 f"{c['words']} words, by {len(c['analyzed_by'])} analyzer(s), sha256 {c['sha256'][:12]}...")
+            echo(
+                f"  [{len(outcomes):>3}/{len(documents)}] {c['document_id']} completed: {c['chunks']} chunks, "
+                f"{c['words']} words, by {len(c['analyzed_by'])} analyzer(s), sha256 {c['sha256'][:12]}..."
+            )
         else:
             echo(f"  [{len(outcomes):>3}/{len(documents)}] {cid} FAILED: {c}")
         if len(outcomes) == len(documents):
@@ -88,13 +99,22 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         client.subscribe("demo-client", "ingest.failed", on_outcome)
         await client.ready(timeout=30)
         # wait until the workflow's services answer, so no request is lost to start-up
-        await _until_up(client, ["error_handler", "state_tracker", "ingest_manager", "document_handler",
-                                 "chunk_analyzer"], timeout=60)
+        await _until_up(
+            client,
+            ["error_handler", "state_tracker", "ingest_manager", "document_handler", "chunk_analyzer"],
+            timeout=60,
+        )
         started = time.monotonic()
         for doc in documents:
-            msg = ProcessingMessage("ingest.request", doc, MessageMetadata(
-                correlation_id=f"wf-{doc['document_id']}", source_component="demo-client",
-                target_component="ingest_manager"))
+            msg = ProcessingMessage(
+                "ingest.request",
+                doc,
+                MessageMetadata(
+                    correlation_id=f"wf-{doc['document_id']}",
+                    source_component="demo-client",
+                    target_component="ingest_manager",
+                ),
+            )
             sent_at[msg.metadata.correlation_id] = time.monotonic()
             await client.publish(msg)
         if not await wait_event(done, timeout):
@@ -103,8 +123,14 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         await _until_tracked(client, {cid: kind for cid, (kind, _, _) in outcomes.items()}, timeout=10)
         errors = (await client.request("errors.stats", ProcessingMessage("errors.stats", {}), timeout=10)).content
         states = (await client.request("state.query", ProcessingMessage("state.query", {}), timeout=10)).content
-        per_workflow = {cid: (await client.request("state.query", ProcessingMessage(
-            "state.query", {"correlation_id": cid}), timeout=10)).content for cid in list(sent_at)[:200]}
+        per_workflow = {
+            cid: (
+                await client.request(
+                    "state.query", ProcessingMessage("state.query", {"correlation_id": cid}), timeout=10
+                )
+            ).content
+            for cid in list(sent_at)[:200]
+        }
     latencies = [o[2] for o in outcomes.values()]
     pct = percentiles(latencies, scale=1000)  # ms
     return {
@@ -117,7 +143,9 @@ async def submit_and_wait(pub: str, sub: str, documents: list[dict[str, Any]], t
         "latency_p50_ms": pct["p50"] if latencies else None,
         "latency_p99_ms": pct["p99"] if latencies else None,
         "latency_max_ms": round(max(latencies) * 1000, 1) if latencies else None,
-        "errors": errors, "states": states, "per_workflow": per_workflow,
+        "errors": errors,
+        "states": states,
+        "per_workflow": per_workflow,
         "outcomes": {cid: o[0] for cid, o in outcomes.items()},
     }
 
@@ -130,8 +158,11 @@ async def _until_tracked(client: MessageBroker, outcomes: dict[str, str], timeou
     """
     deadline = time.monotonic() + timeout
     while outcomes:
-        view = (await client.request("state.query", ProcessingMessage(
-            "state.query", {"component": "ingest_manager"}), timeout=10)).content
+        view = (
+            await client.request(
+                "state.query", ProcessingMessage("state.query", {"component": "ingest_manager"}), timeout=10
+            )
+        ).content
         if all(view.get(cid) == kind for cid, kind in outcomes.items()):
             return
         if time.monotonic() > deadline:
@@ -153,24 +184,32 @@ async def _until_up(client: MessageBroker, components: list[str], timeout: float
                 await asyncio.sleep(0.2)
 
 
-def run_demo(workflows: int = 10, analyzers: int = 3, echo: Callable[[str], None] = print,
-             timeout: float = 120.0, secure: bool = False) -> dict[str, Any]:
+def run_demo(
+    workflows: int = 10,
+    analyzers: int = 3,
+    echo: Callable[[str], None] = print,
+    timeout: float = 120.0,
+    secure: bool = False,
+) -> dict[str, Any]:
     """Run the example workflow end to end and return the summary.
 
     ``secure``: CURVE on every socket (tcp loopback), with a key folder made
     for the run: the forwarder's pair and one member pair every process uses.
     """
     # The demo's components keep their state (dead letters) in its temporary folder: nothing is left behind.
-    with tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp, \
-            environment({"ZMQBUS_STATE_DIR": tmp, **(_secure_env(tmp) if secure else {})}):
+    with (
+        tempfile.TemporaryDirectory(prefix="zmqbus-demo-") as tmp,
+        environment({"ZMQBUS_STATE_DIR": tmp, **(_secure_env(tmp) if secure else {})}),
+    ):
         if secure:
             pub, sub = tcp_endpoints()
         else:
             pub, sub = ipc_endpoints(tmp)
-        echo(f"zmqbus demo: forwarder and {4 + analyzers} component processes on {pub} / {sub}"
-             + (" (CURVE: encrypted, allowed keys only)" if secure else ""))
-        sup = Supervisor(demo_topology(pub, sub, analyzers), log_level=logging.ERROR,
-                         on_event=lambda text: None)
+        echo(
+            f"zmqbus demo: forwarder and {4 + analyzers} component processes on {pub} / {sub}"
+            + (" (CURVE: encrypted, allowed keys only)" if secure else "")
+        )
+        sup = Supervisor(demo_topology(pub, sub, analyzers), log_level=logging.ERROR, on_event=lambda text: None)
         stop = threading.Event()
         watcher = threading.Thread(target=sup.run_until, args=(stop.is_set,), daemon=True)
         sup.start()
@@ -182,9 +221,13 @@ def run_demo(workflows: int = 10, analyzers: int = 3, echo: Callable[[str], None
             stop.set()
             watcher.join(5)
             sup.stop()
-    echo(f"summary: {summary['completed']}/{workflows} workflows completed, {summary['failed']} failed, "
-         f"{summary['missing']} missing, in {summary['seconds']} s ({summary['workflows_per_s']} workflows/s, "
-         f"latency p50 {summary['latency_p50_ms']} ms, max {summary['latency_max_ms']} ms)")
-    echo(f"error handler: {summary['errors']['total']} error(s) {summary['errors']['by_type'] or ''}, "
-         f"{summary['errors']['dead_letters']} dead letter(s); state tracker: {summary['states']}")
+    echo(
+        f"summary: {summary['completed']}/{workflows} workflows completed, {summary['failed']} failed, "
+        f"{summary['missing']} missing, in {summary['seconds']} s ({summary['workflows_per_s']} workflows/s, "
+        f"latency p50 {summary['latency_p50_ms']} ms, max {summary['latency_max_ms']} ms)"
+    )
+    echo(
+        f"error handler: {summary['errors']['total']} error(s) {summary['errors']['by_type'] or ''}, "
+        f"{summary['errors']['dead_letters']} dead letter(s); state tracker: {summary['states']}"
+    )
     return summary

@@ -3,6 +3,7 @@
 The ZeroMQ context is created inside each child (``spawn`` start method), so
 no socket or context ever crosses a process boundary.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,9 @@ def _forwarder_main(pub: str, sub: str, hwm: int, stats_interval: float | None, 
     run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm), stats_interval=stats_interval)
 
 
-def forwarder_process(pub: str, sub: str, *, hwm: int = 100_000, stats_interval: float | None = 5.0,
-                      log_level: int = logging.WARNING) -> multiprocessing.process.BaseProcess:
+def forwarder_process(
+    pub: str, sub: str, *, hwm: int = 100_000, stats_interval: float | None = 5.0, log_level: int = logging.WARNING
+) -> multiprocessing.process.BaseProcess:
     """Start a forwarder in its own process; stop it with :func:`stop_process`."""
     return spawn(_forwarder_main, pub, sub, hwm, stats_interval, log_level, name="zmqbus-forwarder")
 

@@ -24,6 +24,7 @@
       name = "chunk_analyzer"           # optional
       replicas = 3                      # optional, default 1
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -64,9 +65,17 @@ def load_component(spec: str) -> type[Any]:
     return cls
 
 
-def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: int = logging.WARNING,
-                   grace: float = 10.0, startup_timeout: float = 10.0, metrics_port: int | None = None,
-                   metrics_addr: str = "127.0.0.1") -> None:
+def component_main(
+    spec: str,
+    name: str | None,
+    pub: str,
+    sub: str,
+    log_level: int = logging.WARNING,
+    grace: float = 10.0,
+    startup_timeout: float = 10.0,
+    metrics_port: int | None = None,
+    metrics_addr: str = "127.0.0.1",
+) -> None:
     """Run one component in this process until SIGTERM/SIGINT (a second signal kills).
 
     Exits 0 after a signal, 1 with a one-line error on stderr if the
@@ -85,9 +94,16 @@ def component_main(spec: str, name: str | None, pub: str, sub: str, log_level: i
     raise SystemExit(code)
 
 
-async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace: float,
-                         startup_timeout: float, metrics_port: int | None = None,
-                         metrics_addr: str = "127.0.0.1") -> int:
+async def _run_component(
+    spec: str,
+    name: str | None,
+    pub: str,
+    sub: str,
+    grace: float,
+    startup_timeout: float,
+    metrics_port: int | None = None,
+    metrics_addr: str = "127.0.0.1",
+) -> int:
     from ..bus.broker import MessageBroker
     from ..core.errors import ZmqbusError
 
@@ -130,8 +146,12 @@ async def _run_component(spec: str, name: str | None, pub: str, sub: str, grace:
         starting.result()  # raises: reported in one line by component_main
     services = ", ".join(broker.services) or "none"
     metrics = "" if broker.metrics_port is None else f"; metrics on http://{metrics_addr}:{broker.metrics_port}/metrics"
-    print(f"zmqbus run: {component.component_name} ready (pid {os.getpid()}) on {pub} / {sub}; serving {services}"
-          f"{metrics}", file=sys.stderr, flush=True)
+    print(
+        f"zmqbus run: {component.component_name} ready (pid {os.getpid()}) on {pub} / {sub}; serving {services}"
+        f"{metrics}",
+        file=sys.stderr,
+        flush=True,
+    )
     await stop.wait()
     await component.stop(grace)
     return 0
@@ -157,8 +177,12 @@ class Topology:
 
     def environment(self) -> dict[str, str]:
         """The security settings as the environment variables every process reads (docs/SECURITY.md)."""
-        env = {"ZMQBUS_KEYS": self.keys, "ZMQBUS_KEY_NAME": self.key_name,
-               "ZMQBUS_INSECURE": "1" if self.insecure else None, "ZMQBUS_POLICY": self.policy}
+        env = {
+            "ZMQBUS_KEYS": self.keys,
+            "ZMQBUS_KEY_NAME": self.key_name,
+            "ZMQBUS_INSECURE": "1" if self.insecure else None,
+            "ZMQBUS_POLICY": self.policy,
+        }
         return {k: v for k, v in env.items() if v}
 
 
@@ -181,10 +205,16 @@ def load_topology(path: str) -> Topology:
     comps = [ComponentSpec(e["class"], e.get("name"), e.get("replicas", 1)) for e in data.get("component", [])]
     here = os.path.dirname(os.path.abspath(path))
     keys, policy = bus.get("keys"), bus.get("policy")
-    return Topology(config.pub_endpoint(bus.get("pub")), config.sub_endpoint(bus.get("sub")),
-                    bool(bus.get("forwarder", True)), comps,
-                    None if keys is None else os.path.join(here, str(keys)), bus.get("key_name"),
-                    bool(bus.get("insecure")), None if policy is None else os.path.join(here, str(policy)))
+    return Topology(
+        config.pub_endpoint(bus.get("pub")),
+        config.sub_endpoint(bus.get("sub")),
+        bool(bus.get("forwarder", True)),
+        comps,
+        None if keys is None else os.path.join(here, str(keys)),
+        bus.get("key_name"),
+        bool(bus.get("insecure")),
+        None if policy is None else os.path.join(here, str(policy)),
+    )
 
 
 @dataclass(eq=False)
@@ -200,9 +230,16 @@ class _Managed:
 class Supervisor:
     """Starts, watches and stops the processes of a topology (see the module docstring)."""
 
-    def __init__(self, topology: Topology, *, crash_limit: int = 5, log_level: int = logging.WARNING,
-                 on_event: Callable[[str], None] | None = None, keep_going: bool = False,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        crash_limit: int = 5,
+        log_level: int = logging.WARNING,
+        on_event: Callable[[str], None] | None = None,
+        keep_going: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.topology = topology
         self.crash_limit = crash_limit
         self.keep_going = keep_going
@@ -248,8 +285,10 @@ class Supervisor:
                 m.restarts = [t for t in m.restarts if now - t < 60.0]
                 if len(m.restarts) >= self.crash_limit:
                     m.given_up = True
-                    reason = (f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s, last exit code "
-                              f"{m.proc.exitcode}): giving up on it")
+                    reason = (
+                        f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s, last exit code "
+                        f"{m.proc.exitcode}): giving up on it"
+                    )
                     self.on_event(reason)
                     if m in self._forwarders or not self.keep_going:
                         self.failure = self.failure or reason
@@ -288,9 +327,18 @@ def _forwarder_starter(pub: str, sub: str) -> Callable[[], multiprocessing.proce
     return lambda: forwarder_process(pub, sub, stats_interval=5.0)
 
 
-def _starter(spec: ComponentSpec, topology: Topology,
-                      log_level: int) -> Callable[[], multiprocessing.process.BaseProcess]:
+def _starter(
+    spec: ComponentSpec, topology: Topology, log_level: int
+) -> Callable[[], multiprocessing.process.BaseProcess]:
     def start() -> multiprocessing.process.BaseProcess:
-        return spawn(component_main, spec.cls, spec.name, topology.pub, topology.sub, log_level,
-                     name=f"zmqbus-{spec.name or spec.cls}")
+        return spawn(
+            component_main,
+            spec.cls,
+            spec.name,
+            topology.pub,
+            topology.sub,
+            log_level,
+            name=f"zmqbus-{spec.name or spec.cls}",
+        )
+
     return start

@@ -1,4 +1,5 @@
 """Small asyncio helpers shared by the dispatcher and the responder (no sockets)."""
+
 from __future__ import annotations
 
 import asyncio

@@ -24,6 +24,7 @@ Rules of this module:
   read until libzmq's ``MONITOR_STOPPED`` (DESIGN.md section 6: an unread
   monitor blocks libzmq's I/O thread).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -49,9 +50,22 @@ from ..core.ratelog import RateLimitedLog
 from ..core.security import KeyRing, ZapDomain, allow_list_changes, zap_decide
 from .transport import BusLink, Channel, get_context, mapped_errors, mark_background
 
-__all__ = ["load_keys", "keygen", "allowed_keys", "zap_handler", "ZapHandler", "apply_server", "apply_client",
-           "HandshakeWatch", "FORWARDER_KEY_NAME", "config_keys", "secure_link", "load_policy", "config_policy",
-           "reread_keys"]
+__all__ = [
+    "load_keys",
+    "keygen",
+    "allowed_keys",
+    "zap_handler",
+    "ZapHandler",
+    "apply_server",
+    "apply_client",
+    "HandshakeWatch",
+    "FORWARDER_KEY_NAME",
+    "config_keys",
+    "secure_link",
+    "load_policy",
+    "config_policy",
+    "reread_keys",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +76,12 @@ _ZAP_ENFORCE_DOMAIN = getattr(zmq, "ZAP_ENFORCE_DOMAIN", 93)
 
 # -- key files -----------------------------------------------------------------
 
+
 def _read_cert(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
     if not path.is_file():
-        raise SecurityError(f"key file {path} not found (create it with: zmqbus keygen {path.name.split('.')[0]} "
-                            f"--dir {path.parent})")
+        raise SecurityError(
+            f"key file {path} not found (create it with: zmqbus keygen {path.name.split('.')[0]} --dir {path.parent})"
+        )
     if secret and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise SecurityError(f"secret key file {path} is readable by others: run chmod 600 {path}")
     import zmq.auth  # here, not at import: it costs tens of milliseconds at every process start
@@ -93,12 +109,14 @@ def allowed_keys(directory: str | os.PathLike[str]) -> dict[bytes, str]:
     """Public key (Z85) -> name of every ``*.key`` file in ``directory``."""
     folder = Path(directory)
     if not folder.is_dir():
-        raise SecurityError(f"allow-list folder {folder} not found (zmqbus keygen NAME --dir "
-                            f"{folder.parent} puts each new public key there)")
+        raise SecurityError(
+            f"allow-list folder {folder} not found (zmqbus keygen NAME --dir "
+            f"{folder.parent} puts each new public key there)"
+        )
     out: dict[bytes, str] = {}
     for path in sorted(folder.glob("*.key")):
         public, _ = _read_cert(path, secret=False)
-        out[public] = path.name[:-len(".key")]
+        out[public] = path.name[: -len(".key")]
     return out
 
 
@@ -114,8 +132,9 @@ def load_keys(directory: str | os.PathLike[str], name: str, *, server: bool = Tr
     return KeyRing(name, public, secret, server_key, allowed_keys(allowed_dir), str(allowed_dir))
 
 
-def keygen(directory: str | os.PathLike[str], name: str, *, allow: bool = True,
-           force: bool = False) -> tuple[Path, Path]:
+def keygen(
+    directory: str | os.PathLike[str], name: str, *, allow: bool = True, force: bool = False
+) -> tuple[Path, Path]:
     """Write ``NAME.key`` and ``NAME.key_secret`` (owner-only) into ``directory``; with ``allow``,
     also put the public key into ``directory/allowed/``. Returns the two paths."""
     if not name or "/" in name or name.startswith("."):
@@ -181,6 +200,7 @@ def config_policy() -> Policy | None:
 
 # -- the ZAP handler ----------------------------------------------------------------
 
+
 class ZapHandler:
     """Answers libzmq's ZAP requests for every CURVE server socket of one context (a daemon thread)."""
 
@@ -201,8 +221,9 @@ class ZapHandler:
         self._thread = threading.Thread(target=self._run, args=(sock,), name="zmqbus-zap", daemon=True)
         self._thread.start()
 
-    def register(self, allowed: dict[bytes, str] | None, label: str,
-                 admit: Callable[[], str | None] | None = None) -> str:
+    def register(
+        self, allowed: dict[bytes, str] | None, label: str, admit: Callable[[], str | None] | None = None
+    ) -> str:
         """A new ZAP domain; returns its name. ``allowed``: the allow-list (Z85 key -> name), or None
         for plaintext clients; ``admit``: called for each acceptable client, returns a reason to
         refuse it anyway (a limit) or None."""
@@ -242,9 +263,15 @@ class ZapHandler:
                     counts[outcome.denied] = counts.get(outcome.denied, 0) + 1
                     address = frames[3].decode(errors="replace") if len(frames) > 3 else "?"
                     key = z85.encode(frames[6]).decode() if len(frames) > 6 and len(frames[6]) == 32 else "none"
-                    self._faults.log(logging.WARNING, f"zap:{domain}:{outcome.denied}",
-                                     "refused a connection to %s from %s (%s, public key %s)",
-                                     domain, address, outcome.denied.replace("_", " "), key)
+                    self._faults.log(
+                        logging.WARNING,
+                        f"zap:{domain}:{outcome.denied}",
+                        "refused a connection to %s from %s (%s, public key %s)",
+                        domain,
+                        address,
+                        outcome.denied.replace("_", " "),
+                        key,
+                    )
                 if outcome.reply:
                     sock.send_multipart(outcome.reply)
         except zmq.ContextTerminated:
@@ -297,14 +324,21 @@ def secure_link(link: BusLink, keys: KeyRing) -> list[HandshakeWatch]:
         raise SecurityError(f"keys {keys.name!r} have no forwarder public key ({FORWARDER_KEY_NAME}.key)")
     apply_client(link.pub.sock, keys, keys.server)
     apply_client(link.sub.sock, keys, keys.server)
-    return [HandshakeWatch(link.pub.sock, "the forwarder at", keys),
-            HandshakeWatch(link.sub.sock, "the forwarder at", keys)]
+    return [
+        HandshakeWatch(link.pub.sock, "the forwarder at", keys),
+        HandshakeWatch(link.sub.sock, "the forwarder at", keys),
+    ]
 
 
 # -- a client's handshakes ------------------------------------------------------------
 
-_WATCHED = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_MONITOR_STOPPED)
+_WATCHED = (
+    zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_MONITOR_STOPPED
+)
 _monitor_ids = itertools.count(1)
 
 
@@ -350,8 +384,10 @@ class HandshakeWatch:
                     why = "the handshake failed (a wrong server key, or a server without CURVE)"
                 else:  # the server's log and statistics().refused say which
                     why = "the server refused this key (not in its allow-list) or is at its connection limit"
-                self.refusal = (f"{self.what} {endpoint}: {why} (public key {self.keys.public.decode()}, "
-                                f"key name {self.keys.name!r}; status {value})")
+                self.refusal = (
+                    f"{self.what} {endpoint}: {why} (public key {self.keys.public.decode()}, "
+                    f"key name {self.keys.name!r}; status {value})"
+                )
 
     def check(self) -> None:
         """Raise :class:`AuthenticationRefused` if the last handshake failed."""

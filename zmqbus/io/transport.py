@@ -15,6 +15,7 @@ Rules of this module:
 * ``zmq.ZMQError`` never leaves this module: it becomes :class:`TransportError`
   or :class:`ClosedError`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -33,8 +34,17 @@ import zmq
 from ..core.config import split_endpoints
 from ..core.errors import ClosedError, TransportError
 
-__all__ = ["SocketConfig", "Channel", "BusLink", "RouterLink", "get_context", "mapped_errors", "fast_send",
-           "mark_background", "user_id"]
+__all__ = [
+    "SocketConfig",
+    "Channel",
+    "BusLink",
+    "RouterLink",
+    "get_context",
+    "mapped_errors",
+    "fast_send",
+    "mark_background",
+    "user_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +90,11 @@ def _flush_at_exit() -> None:
         return
     abandoned = [ch for ch in list(_channels) if not ch.sock.closed and not ch.in_use()]
     if abandoned:
-        log.warning("exiting with %d zmqbus socket(s) never closed (a MessageBroker without close()?): "
-                    "their queued messages get each socket's linger to leave, unconfirmed", len(abandoned))
+        log.warning(
+            "exiting with %d zmqbus socket(s) never closed (a MessageBroker without close()?): "
+            "their queued messages get each socket's linger to leave, unconfirmed",
+            len(abandoned),
+        )
         for ch in abandoned:
             ch.sock.close()  # with the LINGER its SocketConfig set
     sockets = getattr(ctx, "_sockets", None)
@@ -92,8 +105,11 @@ def _flush_at_exit() -> None:
     terminator.start()
     terminator.join(EXIT_FLUSH_TIMEOUT)
     if terminator.is_alive():
-        log.warning("exit: the ZeroMQ context did not terminate within %g s (a socket dropped without close()?); "
-                    "exiting without waiting for it", EXIT_FLUSH_TIMEOUT)
+        log.warning(
+            "exit: the ZeroMQ context did not terminate within %g s (a socket dropped without close()?); "
+            "exiting without waiting for it",
+            EXIT_FLUSH_TIMEOUT,
+        )
 
 
 _background: weakref.WeakSet[zmq.Socket[bytes]] = weakref.WeakSet()
@@ -375,8 +391,14 @@ class RouterLink:
     names each responder with ``CONNECT_ROUTING_ID`` when it connects.
     """
 
-    def __init__(self, config: SocketConfig, routing_id: bytes | None = None, *, mandatory: bool = False,
-                 with_users: bool = False) -> None:
+    def __init__(
+        self,
+        config: SocketConfig,
+        routing_id: bytes | None = None,
+        *,
+        mandatory: bool = False,
+        with_users: bool = False,
+    ) -> None:
         with mapped_errors("create ROUTER socket"):
             sock = get_context().socket(zmq.ROUTER)
             config.apply(sock)

@@ -15,6 +15,7 @@ is exactly one of:
 Requests: each outcome as the caller saw it (``ok``, a documented error by
 name), and each instance's execution log checked for an id it ran twice.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -31,8 +32,7 @@ def classify_topic(sent: int, refused: list[int], received: list[int], publisher
     # received: before the first one nothing was counted.
     first = received[0] if received else 0
     last = max(counts, default=0)
-    out = {"delivered": 0, "duplicated": 0, "refused": 0, "lost_counted": 0, "lost_reported": 0,
-           "lost_silently": 0}
+    out = {"delivered": 0, "duplicated": 0, "refused": 0, "lost_counted": 0, "lost_reported": 0, "lost_silently": 0}
     for seq in range(1, sent + 1):
         times = counts.get(seq, 0)
         if times == 1:
@@ -59,11 +59,23 @@ def classify_pubsub(publishers: list[dict[str, Any]], subscribers: list[dict[str
             warned = pub["unconfirmed"] > 0
             for topic, sent in pub["calls"].items():
                 totals.update(classify_topic(sent, pub["failed"][topic], sub["received"].get(topic, []), warned))
-    return {**{k: totals.get(k, 0) for k in ("delivered", "duplicated", "refused", "lost_counted",
-                                             "lost_reported", "lost_silently", "unexpected")},
-            "gaps_counted_by_subscribers": sum(s["gaps"] for s in subscribers),
-            "sequence_resets": sum(s["sequence_resets"] for s in subscribers),
-            "end_markers_missing": sum(s.get("end_markers_missing", 0) for s in subscribers)}
+    return {
+        **{
+            k: totals.get(k, 0)
+            for k in (
+                "delivered",
+                "duplicated",
+                "refused",
+                "lost_counted",
+                "lost_reported",
+                "lost_silently",
+                "unexpected",
+            )
+        },
+        "gaps_counted_by_subscribers": sum(s["gaps"] for s in subscribers),
+        "sequence_resets": sum(s["sequence_resets"] for s in subscribers),
+        "end_markers_missing": sum(s.get("end_markers_missing", 0) for s in subscribers),
+    }
 
 
 def classify_requests(outcomes: dict[str, str], executions: dict[str, list[str]]) -> dict[str, Any]:
@@ -75,7 +87,8 @@ def classify_requests(outcomes: dict[str, str], executions: dict[str, list[str]]
     for ids in executions.values():
         ran_on.update(set(ids))
     documented = ("ok", "RequestTimeout", "NoResponder", "ClosedError") + tuple(
-        f"RemoteError:{code}" for code in ("shutting_down", "expired", "unknown_service"))
+        f"RemoteError:{code}" for code in ("shutting_down", "expired", "unknown_service")
+    )
     return {
         "sent": len(outcomes),
         "outcomes": dict(sorted(by_outcome.items())),

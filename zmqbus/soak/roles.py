@@ -5,6 +5,7 @@ Each runs in its own spawned process with its own ``MessageBroker``, signals
 saw to ``<workdir>/<label>.json`` (responders append each execution to a log
 file as it happens, so a responder killed with SIGKILL still leaves its record).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,8 +78,11 @@ async def _publisher(pub: str, sub: str, index: int, rate: float, workdir: str, 
     for topic in topics:  # a last message per topic makes any loss before it countable
         await send(topic, {"end": True})
     await broker.close(linger=5.0)
-    _write(workdir, f"publisher-{index}", {"calls": calls, "failed": failed,
-                                           "unconfirmed": broker.statistics().unconfirmed})
+    _write(
+        workdir,
+        f"publisher-{index}",
+        {"calls": calls, "failed": failed, "unconfirmed": broker.statistics().unconfirmed},
+    )
 
 
 def subscriber(pub: str, sub: str, index: int, topics: int, workdir: str, ready: Any, stop: Any) -> None:
@@ -110,10 +114,18 @@ async def _subscriber(pub: str, sub: str, index: int, topics: int, workdir: str,
         while len(ended) < topics and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         stats = broker.statistics()
-    _write(workdir, f"subscriber-{index}", {"received": received, "arrivals": [round(t, 4) for t in arrivals],
-                                            "end_markers_missing": topics - len(ended),
-                                            "gaps": stats.gaps, "sequence_resets": stats.sequence_resets,
-                                            "decode_errors": stats.decode_errors})
+    _write(
+        workdir,
+        f"subscriber-{index}",
+        {
+            "received": received,
+            "arrivals": [round(t, 4) for t in arrivals],
+            "end_markers_missing": topics - len(ended),
+            "gaps": stats.gaps,
+            "sequence_resets": stats.sequence_resets,
+            "decode_errors": stats.decode_errors,
+        },
+    )
 
 
 def responder(pub: str, sub: str, label: str, workdir: str, ready: Any, stop: Any) -> None:

@@ -10,6 +10,7 @@ process it starts is ended by its pid, whatever happens.
 The verdict fails on any silent loss, duplicate delivery, double execution
 on one instance, or undocumented error.
 """
+
 from __future__ import annotations
 
 import glob
@@ -87,8 +88,9 @@ class _Run:
 
     def start_role(self, label: str, target: Callable[..., Any], *args: Any, timeout: float = 60.0) -> _Proc:
         ready, stop = _mp.Event(), _mp.Event()
-        p = _Proc(label, spawn(target, self.pub, self.sub, *args, self.workdir, ready, stop, name=f"soak-{label}"),
-                  stop)
+        p = _Proc(
+            label, spawn(target, self.pub, self.sub, *args, self.workdir, ready, stop, name=f"soak-{label}"), stop
+        )
         self.procs.append(p)
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):
@@ -99,8 +101,10 @@ class _Run:
 
     def start_forwarder(self, index: int) -> None:
         pub, sub = self.pairs[index]
-        proc = _Proc("forwarder" if len(self.pairs) == 1 else f"forwarder-{index}",
-                     forwarder_process(pub, sub, stats_interval=None))
+        proc = _Proc(
+            "forwarder" if len(self.pairs) == 1 else f"forwarder-{index}",
+            forwarder_process(pub, sub, stats_interval=None),
+        )
         if index < len(self.forwarders):
             self.forwarders[index] = proc
         else:
@@ -215,8 +219,13 @@ def _report(run: _Run) -> dict[str, Any]:
     pubsub = classify_pubsub(publishers, subscribers)
     requests = classify_requests(_load(run.workdir, "caller")["outcomes"], executions)
     pauses = longest_pauses(run.restarts, [s["arrivals"] for s in subscribers])
-    passed = (pubsub["lost_silently"] == 0 and pubsub["duplicated"] == 0 and pubsub["unexpected"] == 0
-              and requests["executed_twice_on_one_instance"] == 0 and requests["undocumented"] == 0)
+    passed = (
+        pubsub["lost_silently"] == 0
+        and pubsub["duplicated"] == 0
+        and pubsub["unexpected"] == 0
+        and requests["executed_twice_on_one_instance"] == 0
+        and requests["undocumented"] == 0
+    )
     return {
         "options": vars(opts),
         "passed": passed,
@@ -225,8 +234,11 @@ def _report(run: _Run) -> dict[str, Any]:
         "pubsub": pubsub,
         "requests": requests,
         "pause_after_restart_s": {"each": pauses, "max": max(pauses, default=0.0)},
-        "rss_kb": {p.label + ("" if not p.label.startswith("forwarder") else f"@{p.proc.pid}"): [p.rss_start, p.rss_end]
-                   for p in run.procs if p.rss_start is not None},
+        "rss_kb": {
+            p.label + ("" if not p.label.startswith("forwarder") else f"@{p.proc.pid}"): [p.rss_start, p.rss_end]
+            for p in run.procs
+            if p.rss_start is not None
+        },
     }
 
 

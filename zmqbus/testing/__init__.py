@@ -18,6 +18,7 @@ without another plugin (a test another plugin already runs is left to it).
 
 Outside pytest, ``async with TestBus() as bus:`` does the same.
 """
+
 from __future__ import annotations
 
 from .bus import Recorder, Spawned, TestBus, wait_until

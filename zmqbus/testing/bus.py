@@ -1,4 +1,5 @@
 """TestBus: a real forwarder and real brokers for a test; Recorder: what was published, awaited and asserted."""
+
 from __future__ import annotations
 
 import asyncio
@@ -50,6 +51,7 @@ def _matcher(predicate: Predicate | None, fields: dict[str, Any]) -> Predicate:
 
     def match(m: ProcessingMessage) -> bool:
         return all(_FIELDS[k](m) == v for k, v in wanted.items()) and (predicate is None or predicate(m))
+
     return match
 
 
@@ -85,8 +87,9 @@ class Recorder:
         match = _matcher(predicate, fields)
         return [m for m in self.messages if match(m)]
 
-    async def wait_for(self, predicate: Predicate | None = None, *, count: int = 1, timeout: float = 5.0,
-                       **fields: Any) -> ProcessingMessage:
+    async def wait_for(
+        self, predicate: Predicate | None = None, *, count: int = 1, timeout: float = 5.0, **fields: Any
+    ) -> ProcessingMessage:
         """Wait until ``count`` matching messages were recorded; return the ``count``-th.
 
         Raises AssertionError after ``timeout`` seconds, listing what was recorded.
@@ -100,8 +103,10 @@ class Recorder:
                 return found[count - 1]
             left = deadline - loop.time()
             if left <= 0:
-                raise AssertionError(f"waited {timeout:g} s for {count} message(s) on {self.pattern!r}"
-                                     f"{_describe(predicate, fields)}: {len(found)} matched; {self._summary()}")
+                raise AssertionError(
+                    f"waited {timeout:g} s for {count} message(s) on {self.pattern!r}"
+                    f"{_describe(predicate, fields)}: {len(found)} matched; {self._summary()}"
+                )
             self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
@@ -118,16 +123,19 @@ class Recorder:
         await asyncio.sleep(within)
         found = self.matching(predicate, **fields)
         if found:
-            raise AssertionError(f"{len(found)} unexpected message(s) on {self.pattern!r}"
-                                 f"{_describe(predicate, fields)}: {self._summary(found)}")
+            raise AssertionError(
+                f"{len(found)} unexpected message(s) on {self.pattern!r}"
+                f"{_describe(predicate, fields)}: {self._summary(found)}"
+            )
 
     def clear(self) -> None:
         self.messages.clear()
 
     def _summary(self, messages: list[ProcessingMessage] | None = None) -> str:
         msgs = self.messages if messages is None else messages
-        shown = ", ".join(f"{m.type_name}(correlation_id={m.metadata.correlation_id!r}, content={m.content!r:.60})"
-                          for m in msgs[:10])
+        shown = ", ".join(
+            f"{m.type_name}(correlation_id={m.metadata.correlation_id!r}, content={m.content!r:.60})" for m in msgs[:10]
+        )
         return f"recorded {len(msgs)}: [{shown}{', ...' if len(msgs) > 10 else ''}]"
 
 
@@ -159,8 +167,9 @@ class TestBus:
 
     __test__ = False  # a class named Test* that pytest must not collect
 
-    def __init__(self, pub_endpoint: str | None = None, sub_endpoint: str | None = None, *,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, pub_endpoint: str | None = None, sub_endpoint: str | None = None, *, timeout: float = 10.0
+    ) -> None:
         self._dir: str | None = None
         if pub_endpoint is None or sub_endpoint is None:
             self._dir = tempfile.mkdtemp(prefix="zmqbus-test-")
@@ -233,23 +242,27 @@ class TestBus:
             comp = component
             b = comp.message_broker
             if (b.pub_endpoint, b.sub_endpoint) != (self.pub_endpoint, self.sub_endpoint):
-                raise ZmqbusError(f"{comp.component_name}'s broker is bound to {b.pub_endpoint} / "
-                                  f"{b.sub_endpoint}, not to this bus: build it on bus.broker()")
+                raise ZmqbusError(
+                    f"{comp.component_name}'s broker is bound to {b.pub_endpoint} / "
+                    f"{b.sub_endpoint}, not to this bus: build it on bus.broker()"
+                )
             if b not in self._brokers:
                 self._brokers.append(b)
         self.components.append(comp)
         with self._state():
             await comp.start(self.timeout)
-        await self.client.wait_for_service(f"{comp.component_name}.status", instance_id=comp.message_broker.client_id,
-                                           timeout=self.timeout)
+        await self.client.wait_for_service(
+            f"{comp.component_name}.status", instance_id=comp.message_broker.client_id, timeout=self.timeout
+        )
         await self._everyone_ready(comp.message_broker)
         return comp
 
     async def _everyone_ready(self, new: MessageBroker) -> None:
         """Every other broker of this process proves, with a probe, that its publisher has the new
         subscriptions (ZeroMQ hands them to each publisher in its own time)."""
-        await asyncio.gather(*(b.ready(self.timeout) for b in self._brokers
-                               if b is not new and b.started and not b.closed))
+        await asyncio.gather(
+            *(b.ready(self.timeout) for b in self._brokers if b is not new and b.started and not b.closed)
+        )
 
     async def start_all(self, *components: type[Component] | Component) -> list[Component]:
         """Start several components at once (see :meth:`start`); return them in order."""
@@ -264,16 +277,30 @@ class TestBus:
         status = f"{label}.status"
         before = len(self.client.live_instances(status))
         with self._state():
-            procs = [spawn(component_main, spec, name, self.pub_endpoint, self.sub_endpoint, logging.WARNING, grace,
-                           self.timeout, name=f"zmqbus-test-{label}") for _ in range(replicas)]
+            procs = [
+                spawn(
+                    component_main,
+                    spec,
+                    name,
+                    self.pub_endpoint,
+                    self.sub_endpoint,
+                    logging.WARNING,
+                    grace,
+                    self.timeout,
+                    name=f"zmqbus-test-{label}",
+                )
+                for _ in range(replicas)
+            ]
         handle = Spawned(spec, label, procs)
         self.spawned.append(handle)
         try:
             await self.client.wait_for_service(status, instances=before + replicas, timeout=self.timeout)
         except ZmqbusError:
             dead = [p.exitcode for p in procs if not p.is_alive()]
-            raise ZmqbusError(f"{spec} did not come up within {self.timeout:g} s"
-                              + (f" (exit codes {dead}: see its stderr)" if dead else "")) from None
+            raise ZmqbusError(
+                f"{spec} did not come up within {self.timeout:g} s"
+                + (f" (exit codes {dead}: see its stderr)" if dead else "")
+            ) from None
         return handle
 
     async def stop(self, target: Component | Spawned, grace: float = 5.0) -> None:
@@ -311,29 +338,37 @@ class TestBus:
                         left[0] -= 1
                     raise error if error is not None else RuntimeError(f"{service}: injected failure")
                 return await _call(original, message)
+
             return failing
+
         with self._patched(service, wrap):
             yield
 
     @contextlib.contextmanager
     def stall(self, service: str, seconds: float) -> Iterator[None]:
         """Within the block, ``service`` waits ``seconds`` before it runs (a slow responder)."""
+
         def wrap(original: Callable[..., Any]) -> Callable[[ProcessingMessage], Any]:
             async def stalled(message: ProcessingMessage) -> Any:
                 await asyncio.sleep(seconds)
                 return await _call(original, message)
+
             return stalled
+
         with self._patched(service, wrap):
             yield
 
     @contextlib.contextmanager
-    def _patched(self, service: str, wrap: Callable[[Callable[..., Any]], Callable[[ProcessingMessage], Any]]
-                 ) -> Iterator[None]:
+    def _patched(
+        self, service: str, wrap: Callable[[Callable[..., Any]], Callable[[ProcessingMessage], Any]]
+    ) -> Iterator[None]:
         originals = [(b, b.handler_for(service)) for b in self._brokers if not b.closed]
         originals = [(b, h) for b, h in originals if h is not None]
         if not originals:
-            raise ZmqbusError(f"no component started in this process serves {service!r} "
-                              "(bus.start() it; a spawned process cannot be patched)")
+            raise ZmqbusError(
+                f"no component started in this process serves {service!r} "
+                "(bus.start() it; a spawned process cannot be patched)"
+            )
         for b, h in originals:
             b.serve(service, wrap(h))  # type: ignore[arg-type]
         try:
@@ -361,16 +396,34 @@ class TestBus:
         await self._everyone_ready(client)
         return rec
 
-    async def publish(self, message_type: MessageTypeLike, content: Any = None, *, correlation_id: str = "",
-                      source: str = "test", target: str | None = None, topic: str | None = None) -> ProcessingMessage:
+    async def publish(
+        self,
+        message_type: MessageTypeLike,
+        content: Any = None,
+        *,
+        correlation_id: str = "",
+        source: str = "test",
+        target: str | None = None,
+        topic: str | None = None,
+    ) -> ProcessingMessage:
         """Publish one message (content default ``{}``) from the test; return it (its ids are set)."""
-        msg = ProcessingMessage(message_type, {} if content is None else content, MessageMetadata(
-            correlation_id=correlation_id, source_component=source, target_component=target))
+        msg = ProcessingMessage(
+            message_type,
+            {} if content is None else content,
+            MessageMetadata(correlation_id=correlation_id, source_component=source, target_component=target),
+        )
         await self.client.publish(msg, topic=topic)
         return msg
 
-    async def request(self, service: str, content: Any = None, *, correlation_id: str = "",
-                      timeout: float | None = None, retry: RetryPolicy | None = None) -> Any:
+    async def request(
+        self,
+        service: str,
+        content: Any = None,
+        *,
+        correlation_id: str = "",
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Any:
         """Request ``service`` once its first instance is known; return the reply's content.
 
         Raises what :meth:`MessageBroker.request` raises (``RemoteError``...).
@@ -378,10 +431,16 @@ class TestBus:
         self._check_open()
         timeout = self.timeout if timeout is None else timeout
         await self.client.wait_for_service(service, timeout=timeout)
-        reply = await self.client.request(service, ProcessingMessage(service, {} if content is None else content,
-                                          MessageMetadata(correlation_id=correlation_id, source_component="test",
-                                                          target_component=service)),
-                                          timeout=timeout, retry=retry)
+        reply = await self.client.request(
+            service,
+            ProcessingMessage(
+                service,
+                {} if content is None else content,
+                MessageMetadata(correlation_id=correlation_id, source_component="test", target_component=service),
+            ),
+            timeout=timeout,
+            retry=retry,
+        )
         return reply.content
 
     # -- life cycle ---------------------------------------------------------------------
@@ -400,8 +459,9 @@ class TestBus:
             return
         self._closed = True
         try:
-            await asyncio.gather(*(c.stop(1.0) for c in self.components if not c.message_broker.closed),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(c.stop(1.0) for c in self.components if not c.message_broker.closed), return_exceptions=True
+            )
             await asyncio.gather(*(b.close(linger=0.5, grace=0.5) for b in self._brokers), return_exceptions=True)
         finally:
             self.close()
@@ -416,8 +476,9 @@ class TestBus:
         self.spawned.clear()
         open_ = [b for b in self._brokers if b.started and not b.closed]
         if open_:
-            log.warning("TestBus closed with %d broker(s) still open (close it with aclose() in its event loop)",
-                        len(open_))
+            log.warning(
+                "TestBus closed with %d broker(s) still open (close it with aclose() in its event loop)", len(open_)
+            )
         self.stop_forwarder()
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)

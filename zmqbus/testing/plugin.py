@@ -9,6 +9,7 @@
 It imports nothing of zmqbus until a test uses it, so installing zmqbus costs
 other test suites nothing.
 """
+
 from __future__ import annotations
 
 import asyncio
