@@ -24,8 +24,7 @@ import logging
 import os
 from typing import Any, TextIO
 
-from zmqbus import MessageMetadata, ProcessingMessage
-from zmqbus.framework.component import Component, on, service
+from zmqbus import Component, MessageMetadata, ProcessingMessage, on, service
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,17 @@ import time
 from enum import Enum
 from typing import Any
 
-from zmqbus import ProcessingMessage, RetryableError, RetryPolicy
-from zmqbus.core.workflow import ComponentState
-from zmqbus.framework.component import Handler, Manager, Processor, on, service
+from zmqbus import (
+    ComponentState,
+    Handler,
+    Manager,
+    ProcessingMessage,
+    Processor,
+    RetryableError,
+    RetryPolicy,
+    on,
+    service,
+)
 
 SPLIT_SERVICE = "ingest.split"
 ANALYZE_SERVICE = "ingest.analyze"

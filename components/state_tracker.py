@@ -20,8 +20,7 @@ import json
 import os
 from typing import Any, TextIO
 
-from zmqbus import ProcessingMessage
-from zmqbus.framework.component import Component, on, service
+from zmqbus import Component, ProcessingMessage, on, service
 
 
 class StateTracker(Component):

@@ -65,7 +65,7 @@ async def storm(rounds: int, in_flight: int) -> dict[str, int]:
                             counts[kind] = counts.get(kind, 0) + 1
 
                 loops = [asyncio.create_task(load(n)) for n in range(in_flight)]
-                rpc = responder._responder  # the real announcements, through the real forwarder
+                rpc = responder._requests.responder  # the real announcements, through the real forwarder
                 assert rpc is not None
                 for _ in range(rounds):
                     await rpc.announce(leaving=True)

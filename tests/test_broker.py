@@ -280,7 +280,7 @@ def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
 
 async def test_sequence_tables_stay_bounded(forwarder: Forwarder) -> None:
     async with broker_for(forwarder) as b:
-        b._sequencer.topics_limit = b._receiver.sequences.topics_limit = 10
+        b._publisher._sequencer.topics_limit = b._receiver.sequences.topics_limit = 10
         coll = Recorder()
         b.subscribe("c", "many.#", coll)
         await b.ready()
@@ -289,7 +289,7 @@ async def test_sequence_tables_stay_bounded(forwarder: Forwarder) -> None:
         for i in range(25):
             await b.publish(msg(f"many.t{i}"))  # second round: some tables were reset meanwhile
         await coll.wait_for(count=50)
-        assert len(b._sequencer) <= 10
+        assert len(b._publisher._sequencer) <= 10
         assert b._receiver.sequences.tracked()[1] <= 10
         assert b.statistics().gaps == 0  # a reset is not a loss
 

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from zmqbus import DecodeError, EncodeError, MessageMetadata, MessageTooLarge, ProcessingMessage, TopicError
 from zmqbus.core.codec import ENVELOPE_FIELDS, PROTOCOL_VERSION, SEPARATOR, Codec, pack, split_request, unpack

@@ -19,6 +19,9 @@ from zmqbus.testing import TestBus, wait_until
 
 async def test_a_document_goes_through_and_a_bad_one_is_reported(bus: TestBus) -> None:
     await bus.start_all(IngestManager, DocumentHandler, ChunkAnalyzer, ChunkAnalyzer, ErrorHandler, StateTracker)
+    # the handler must know both analyzers before the chunks go out (each announced itself, but the
+    # handler may not have heard the second yet on a loaded machine: then all chunks went to one)
+    await bus.components[1].message_broker.wait_for_service("ingest.analyze", instances=2, timeout=10)
     outcomes, errors = await bus.record("ingest.*"), await bus.record("error.#")
     await bus.publish("ingest.request", make_document(1, words=120), correlation_id="d1")
     done = await outcomes.wait_for(message_type="ingest.complete", correlation_id="d1", timeout=20)

@@ -3,8 +3,7 @@ when no forwarder brought it. A property test against a reference, and the edge 
 
 from __future__ import annotations
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from zmqbus.core.sequence import DUPLICATE, RedundantGapDetector
 

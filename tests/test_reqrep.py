@@ -135,8 +135,8 @@ async def test_duplicates_answered_from_cache_malformed_frames_and_expired(forwa
     srv.serve("count", count)
     async with srv:
         await srv.ready()
-        await wait_until(lambda: srv._responder is not None, what="responder")
-        endpoint = srv._responder.endpoint  # type: ignore[union-attr]
+        await wait_until(lambda: srv._requests.responder is not None, what="responder")
+        endpoint = srv._requests.responder.endpoint  # type: ignore[union-attr]
         dealer = zmq.Context.instance().socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(endpoint)
@@ -278,7 +278,7 @@ async def test_a_bad_service_name_fails_at_once(forwarder: Forwarder) -> None:
 
 
 def test_bind_and_advertised_address_are_separate() -> None:
-    from zmqbus.bus.rpc import _advertised
+    from zmqbus.core.config import advertised_endpoint as _advertised
 
     assert _advertised("tcp://127.0.0.1:4000", None) == "tcp://127.0.0.1:4000"
     assert _advertised("tcp://0.0.0.0:4000", "10.1.2.3") == "tcp://10.1.2.3:4000"
@@ -293,7 +293,7 @@ async def test_advertised_endpoint_is_announced(forwarder: Forwarder) -> None:
     srv.serve("adv", lambda m: "ok")
     async with srv, MessageBroker(*ep(forwarder)) as client:
         assert (await client.request("adv", req({}))).content == "ok"  # reached through the advertised name
-        assert srv._responder is not None and srv._responder.endpoint.startswith("tcp://localhost:")
+        assert srv._requests.responder is not None and srv._requests.responder.endpoint.startswith("tcp://localhost:")
 
 
 # -- separate processes ---------------------------------------------------------
@@ -462,10 +462,10 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
     srv = MessageBroker(*ep(forwarder), heartbeat=0.2, max_concurrency=1)
     srv.serve("hold", hold)
     await srv.start()
-    await wait_until(lambda: srv._responder is not None, what="responder")
+    await wait_until(lambda: srv._requests.responder is not None, what="responder")
     dealer = zmq.Context.instance().socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(srv._responder.endpoint)  # type: ignore[union-attr]
+    dealer.connect(srv._requests.responder.endpoint)  # type: ignore[union-attr]
     try:
         for i in range(3):  # one runs, two wait for the single slot
             dealer.send(
@@ -473,7 +473,8 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
                 + msgpack.packb([2, "hold", f"q-{i}", "c", None, "raw", None, time.time(), "raw", 0, 1, None, None, i])
             )
         await wait_until(
-            lambda: srv.statistics().rpc["served_executed"] == 1 and srv._responder.core.load == 3, what="two queued"
+            lambda: srv.statistics().rpc["served_executed"] == 1 and srv._requests.responder.core.load == 3,
+            what="two queued",
         )  # type: ignore[union-attr]
         closing = asyncio.ensure_future(srv.close())
         replies = []

@@ -242,7 +242,7 @@ async def test_callers_ignore_responders_whose_key_is_not_allowed(secure_forward
                 forged["key"] = key
             await bob.publish(ProcessingMessage("_zmqbus.presence", forged))
         await wait_until(
-            lambda: alice._caller is not None and alice._caller.presence_refused >= 2,
+            lambda: alice._requests.caller is not None and alice._requests.caller.presence_refused >= 2,
             5,
             "the forged announcements to be refused",
         )
@@ -399,7 +399,7 @@ async def test_responders_enforce_call_permissions_and_callers_serve_permissions
 
         with pytest.raises(NoResponder):
             await bob.request("payroll.steal", ProcessingMessage("q", 1), timeout=2)
-        assert bob._caller is not None and bob._caller.presence_refused >= 1
+        assert bob._requests.caller is not None and bob._requests.caller.presence_refused >= 1
         assert bob.statistics().rpc["served_forbidden"] == 1
 
 
@@ -469,8 +469,8 @@ async def test_strangers_cannot_call_a_secure_responder(secure_forwarder: Forwar
     async with member(secure_forwarder, keys, "bob") as bob:
         bob.serve("state.query", lambda m: {"secret": True})
         await bob.ready(5)
-        assert bob._responder is not None
-        endpoint, server_key = bob._responder.endpoint, load_keys(keys, "bob").public
+        assert bob._requests.responder is not None
+        endpoint, server_key = bob._requests.responder.endpoint, load_keys(keys, "bob").public
         codec = Codec()
         msg = ProcessingMessage("state.query", {})
         head = request_head("state.query")
@@ -506,8 +506,8 @@ async def test_a_responder_reloads_its_allow_list(secure_forwarder: Forwarder, k
     async with member(secure_forwarder, keys, "bob") as bob:
         bob.serve("state.query", lambda m: "ok")
         await bob.ready(5)
-        assert bob._responder is not None
-        endpoint, server_key = bob._responder.endpoint, load_keys(keys, "bob").public
+        assert bob._requests.responder is not None
+        endpoint, server_key = bob._requests.responder.endpoint, load_keys(keys, "bob").public
         head = request_head("state.query")
         frame = head + Codec().encode(ProcessingMessage("state.query", {}), head, "m", 0)
 
@@ -537,14 +537,15 @@ def test_an_exposed_forwarder_limits_subscriptions_by_default(keys: Path, tcp_pa
     C proxy runs unless limits are asked for."""
     from zmqbus import SubscriptionLimits
 
-    assert Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False)).guard is not None
-    assert Forwarder(*tcp_pair).guard is None
-    assert Forwarder(*tcp_pair, subscription_limits=True).guard is not None
+    assert Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False)).policy_guard is not None
+    assert Forwarder(*tcp_pair).policy_guard is None
+    assert Forwarder(*tcp_pair, subscription_limits=True).policy_guard is not None
     assert (
-        Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False), subscription_limits=False).guard is None
+        Forwarder(*tcp_pair, keys=load_keys(keys, "forwarder", server=False), subscription_limits=False).policy_guard
+        is None
     )
     limited = Forwarder(*tcp_pair, subscription_limits=SubscriptionLimits(total=7))
-    assert limited.guard is not None and limited.guard.limits.total == 7
+    assert limited.policy_guard is not None and limited.policy_guard.limits.total == 7
 
 
 def test_the_subscription_bytes_limit_bites(tcp_pair: tuple[str, str]) -> None:
@@ -582,7 +583,7 @@ async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(
     with Forwarder(
         *tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False), policy=load_policy(path)
     ) as fwd:
-        assert fwd.guard is not None and not fwd.guard.checks_publish
+        assert fwd.policy_guard is not None and not fwd.policy_guard.checks_publish
         async with member(fwd, keys, "alice") as alice, member(fwd, keys, "bob") as bob:
             bob.subscribe("bob", "#", lambda m: got.append(m.content))
             await bob.ready(5)

@@ -148,7 +148,7 @@ async def test_heartbeat_survives_a_forwarder_that_comes_up_late() -> None:
                 # The responder's sockets reconnect with backoff (up to 2 s): until it is
                 # announced, a request fails fast with NoResponder, as documented.
                 await wait_until(
-                    lambda: srv._responder is not None and srv._is_ready,
+                    lambda: srv._requests.responder is not None and srv._publisher.is_ready,
                     10,  # type: ignore[attr-defined]
                     "the responder to reach the late forwarder",
                 )
@@ -205,7 +205,7 @@ async def test_a_dead_read_loop_stops_the_announcements(forwarder: Forwarder, mo
     srv.serve("x.work", lambda m: 1)
     async with srv:
         await srv.ready()
-        router = srv._responder._router  # type: ignore[union-attr]
+        router = srv._requests.responder._router  # type: ignore[union-attr]
 
         def broken(limit: int) -> list[list[bytes]]:
             raise TransportError("receive: simulated fault")
@@ -214,7 +214,7 @@ async def test_a_dead_read_loop_stops_the_announcements(forwarder: Forwarder, mo
         router.channel.wake()
         await wait_until(lambda: srv.closed, 5, "the responder's broker to close")
     # close() (here by `async with`) waits for the close the failure started: no socket outlives it
-    assert srv._link is None and srv._responder is None
+    assert srv._link is None and srv._requests.responder is None
 
 
 async def test_queued_requests_never_start_after_their_deadline(forwarder: Forwarder) -> None:

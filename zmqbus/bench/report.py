@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-__all__ = ["to_markdown", "plot", "write_report", "format_pubsub", "format_reqrep"]
+__all__ = ["to_markdown", "plot", "write_report", "format_pubsub", "format_reqrep", "format_reqrep_secure"]
 
 
 def _size(n: int) -> str:
@@ -400,5 +400,21 @@ def format_reqrep(r: dict[str, Any]) -> str:
         )
     lines.append(
         f"  p50 zmqbus/raw asyncio: {r['p50_ratio']:.2f}x   throughput zmqbus/raw asyncio: {r['throughput_ratio']:.2f}"
+    )
+    return "\n".join(lines)
+
+
+def format_reqrep_secure(out: dict[str, Any]) -> str:
+    """``bench reqrep --secure``: raw and zmqbus with CURVE, zmqbus in clear, and what CURVE costs."""
+    lines = [f"request/reply with CURVE, best of {out['rounds']} round(s):"]
+    for name in ("raw_curve", "zmqbus_curve", "zmqbus_clear"):
+        side = out[name]
+        lines.append(
+            f"  {name:<13} p50 {side['p50_us']:>7,.0f} us   100 in flight {side['throughput_req_s']:>8,.0f} req/s"
+        )
+    lines.append(
+        f"  zmqbus/raw with CURVE: p50 {out['p50_ratio']:.2f}x, throughput {out['throughput_ratio']:.2f}; "
+        f"CURVE costs zmqbus {out['curve_p50_cost']:.2f}x p50 and keeps "
+        f"{out['curve_throughput_kept']:.0%} of its throughput"
     )
     return "\n".join(lines)

@@ -52,10 +52,13 @@ class Receiver:
         max_pending: int,
         faults: RateLimitedLog,
         *,
-        redundant: bool = False,
+        redundant: float | None = None,
     ) -> None:
+        """``redundant``: on a redundant bus, the seconds a missing number waits for another forwarder's copy."""
         self.table = table
-        self.sequences: GapDetector | RedundantGapDetector = RedundantGapDetector() if redundant else GapDetector()
+        self.sequences: GapDetector | RedundantGapDetector = (
+            GapDetector() if redundant is None else RedundantGapDetector(max_skew=redundant)
+        )
         self.max_pending = max_pending
         self.handlers = TaskOwner()  # handlers that went on as tasks
         self.received = self.received_bytes = self.dispatched = self.unmatched = self.handler_errors = 0
@@ -83,7 +86,7 @@ class Receiver:
             if waits % 8 == 0:
                 link.drain_control()  # subscription notices pile up on the XPUB otherwise
             # Bounded wait: a lost FD edge can delay us by at most one second.
-            await link.sub.wait(1, 1.0)  # zmq.POLLIN
+            await link.sub.wait_readable(1.0)
             if self.redundant:
                 self.expire()  # a quiet stream's missing numbers are counted lost within a second of max_skew
 

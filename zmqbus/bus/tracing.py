@@ -26,7 +26,7 @@ from typing import Any
 from ..core.errors import ZmqbusError
 from ..core.message import ProcessingMessage
 
-__all__ = ["enable", "disable", "tracer", "inject", "start_span", "end_span"]
+__all__ = ["enable", "enable_tracing", "disable", "tracer", "inject", "start_span", "end_span"]
 
 #: The tracer while tracing is on, else None (read on the hot path: keep it a plain module attribute).
 tracer: Any = None
@@ -60,6 +60,10 @@ def enable(tracer_provider: Any = None) -> None:
         serve=trace.SpanKind.SERVER,
     )
     tracer = trace.get_tracer("zmqbus", __version__, tracer_provider=tracer_provider)
+
+
+#: :func:`enable` under the name ``zmqbus`` exports it by.
+enable_tracing = enable
 
 
 def disable() -> None:

@@ -1,4 +1,4 @@
-"""What an operator asks a running bus: ``ls``, ``req``, ``ping`` and ``dlq`` (``stats`` is in :mod:`.main`).
+"""What an operator asks a running bus: ``ls``, ``req``, ``ping`` and ``dlq`` (``stats`` is in :mod:`.buscmds`).
 
 Exit statuses of ``req`` and ``ping`` tell the outcomes apart (a container
 probe or a script can act on them): 0 answered, 1 a bus error (no forwarder,
@@ -17,8 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from ..core.errors import NoResponder, RemoteError, RequestTimeout
-from .common import connect, fail, pub_option, sub_option
-from .common import run as run_async
+from .common import connect, fail, pub_option, run as run_async, sub_option
 from .main import main
 
 __all__ = ["EXIT_REMOTE_ERROR", "EXIT_NO_RESPONDER", "EXIT_TIMEOUT"]

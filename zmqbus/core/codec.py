@@ -391,3 +391,21 @@ def _checked(env: Any) -> list[Any]:
     ):
         raise DecodeError("field", "envelope field of the wrong type")
     return env[:_ENVELOPE_LEN]
+
+
+def salvage_request_id(data: bytes) -> str:
+    """The message id of a malformed request, if its payload still shows one (else "").
+
+    Lets a malformed ``ERR`` carry the request's id as its ``causation_id``
+    (PROTOCOL.md section 8.2), so a DEALER caller can tell which request it answers.
+    """
+    data = bytes(data)
+    if data.startswith(b"REQ\0"):
+        data = data.split(b"\0", 2)[-1]
+    try:
+        fields = unpack(data)
+    except DecodeError:
+        return ""
+    if isinstance(fields, list) and len(fields) > 2 and isinstance(fields[2], str) and len(fields[2]) <= 255:
+        return fields[2]
+    return ""

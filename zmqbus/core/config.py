@@ -82,3 +82,18 @@ def insecure(value: bool | None = None) -> bool:
 def policy_file(value: str | None = None) -> str | None:
     """``value``, else ``$ZMQBUS_POLICY`` (a per-key permissions file, docs/SECURITY.md), else None."""
     return value or os.environ.get("ZMQBUS_POLICY") or None
+
+
+def advertised_endpoint(bound: str, advertise: str | None) -> str:
+    """The address callers should use: ``advertise`` (a host or a whole endpoint) or the bound one.
+
+    Raises :class:`ValueError` for a wildcard bind (``0.0.0.0``, ``[::]``) with nothing to advertise.
+    """
+    if not advertise:
+        if bound.startswith("tcp://0.0.0.0:") or bound.startswith("tcp://[::]:"):
+            raise ValueError(f"bound to a wildcard address ({bound}): pass advertise= with a reachable host")
+        return bound
+    if "://" in advertise:
+        return advertise
+    port = bound.rsplit(":", 1)[1]
+    return f"tcp://{advertise}:{port}"

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import functools
 import inspect
 import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
@@ -42,6 +39,7 @@ from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage, 
 from ..core.retry import RetryPolicy
 from ..core.workflow import ComponentContext, ComponentMetrics, ComponentState, ContextStore, coerce_state
 from ..io.aio import TaskOwner, to_thread
+from .guard import HandlerGuard
 
 __all__ = [
     "Component",
@@ -107,7 +105,7 @@ class Component:
             message_broker.name = self.component_name
         # Every handler subscribed through this broker runs guarded, the guide's
         # self.message_broker.subscribe(...) included.
-        self._guards: dict[Any, Callable[[ProcessingMessage], Awaitable[None]]] = {}
+        self._guard = HandlerGuard(self)
         message_broker.guard = self._guarded
         self.active_processes = ContextStore(self.context_ttl)
         self.metrics = ComponentMetrics()
@@ -151,93 +149,10 @@ class Component:
                 self.message_broker.serve(service_name, self._served(bound))
 
     def _guarded(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[None]]:
-        if getattr(handler, "_zmqbus_guarded", None) is self:
-            return handler
-        try:
-            cached = self._guards.get(handler)
-        except TypeError:  # unhashable: a new guard each time
-            cached = None
-        if cached is not None:
-            return cached  # the same guard for the same handler: subscribing it twice is a no-op
-
-        @functools.wraps(handler)
-        async def guarded(message: ProcessingMessage) -> None:
-            if self._stopping:
-                return
-            await self._run_guarded(handler, message)
-
-        guarded._zmqbus_guarded = self  # type: ignore[attr-defined]
-        with contextlib.suppress(TypeError):
-            self._guards[handler] = guarded
-        return guarded
-
-    async def _run_guarded(self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage) -> None:
-        started = time.perf_counter()
-        self.metrics.handled += 1
-        try:
-            result = handler(message)
-            if inspect.isawaitable(result):
-                await result
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            await self._on_handler_error(handler, message, exc)
-        finally:
-            self.metrics.record_duration(time.perf_counter() - started)
+        return self._guard.subscribed(handler)
 
     def _served(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[Any]]:
-        is_async = inspect.iscoroutinefunction(handler)
-
-        @functools.wraps(handler)
-        async def served(message: ProcessingMessage) -> Any:
-            started = time.perf_counter()
-            self.metrics.handled += 1
-            try:
-                if is_async:
-                    return await handler(message)
-                # sync service methods are the CPU-heavy kind: off the loop, ids carried along
-                return await to_thread(handler, message)
-            except Exception as exc:
-                self.metrics.failed += 1
-                if not is_retryable(exc):
-                    await self.report_error(message, exc, retryable=False)
-                raise  # the caller gets it as RemoteError, or retries when retryable
-            finally:
-                self.metrics.record_duration(time.perf_counter() - started)
-
-        return served
-
-    async def _on_handler_error(
-        self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage, exc: Exception
-    ) -> None:
-        retryable = is_retryable(exc)
-        attempt = message.metadata.attempt
-        if retryable and attempt < self.retry_policy.attempts and not self._stopping:
-            self.metrics.retried += 1
-            delay = self.retry_policy.delay(attempt)
-            log.info(
-                "%s: %s on %s (attempt %d), retrying in %.3f s",
-                self.component_name,
-                type(exc).__name__,
-                message.type_name,
-                attempt,
-                delay,
-            )
-            self.spawn(self._retry_later(handler, message, delay))
-            return
-        self.metrics.failed += 1
-        await self.report_error(message, exc, retryable=retryable)
-        await self.dead_letter(message, f"{type(exc).__name__}: {exc}" + (" (retries exhausted)" if retryable else ""))
-
-    async def _retry_later(
-        self, handler: Callable[[ProcessingMessage], Any], message: ProcessingMessage, delay: float
-    ) -> None:
-        await asyncio.sleep(delay)
-        md = message.metadata
-        again = dataclasses.replace(
-            message, metadata=dataclasses.replace(md, attempt=md.attempt + 1, headers=dict(md.headers))
-        )
-        await self._run_guarded(handler, again)
+        return self._guard.served(handler)
 
     # -- lifecycle ---------------------------------------------------------
 

@@ -60,7 +60,7 @@ def stop_process(proc: multiprocessing.process.BaseProcess, timeout: float = 5.0
 
 
 def _forwarder_main(pub: str, sub: str, hwm: int, stats_interval: float | None, log_level: int) -> None:
-    from ..bus.forwarder import run_forwarder
+    from ..bus.forwarding import run_forwarder
 
     logging.basicConfig(level=log_level, format="%(asctime)s forwarder %(levelname)s %(message)s")
     run_forwarder(pub, sub, socket_config=SocketConfig(hwm=hwm), stats_interval=stats_interval)

@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import config
+from ..core.security import check_endpoint
 from ..core.topology import topology_errors
+from ..io.security import config_keys, config_policy
 from .procs import forwarder_process, spawn, stop_process
 
-__all__ = ["ComponentSpec", "Topology", "Supervisor", "load_topology", "load_component", "component_main"]
+__all__ = ["ComponentSpec", "Topology", "Supervisor", "load_topology", "preflight", "load_component", "component_main"]
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +147,11 @@ async def _run_component(
         await component.stop(0)
         starting.result()  # raises: reported in one line by component_main
     services = ", ".join(broker.services) or "none"
-    metrics = "" if broker.metrics_port is None else f"; metrics on http://{metrics_addr}:{broker.metrics_port}/metrics"
+    metrics = (
+        ""
+        if broker.options.metrics_port is None
+        else f"; metrics on http://{metrics_addr}:{broker.options.metrics_port}/metrics"
+    )
     print(
         f"zmqbus run: {component.component_name} ready (pid {os.getpid()}) on {pub} / {sub}; serving {services}"
         f"{metrics}",
@@ -184,6 +190,19 @@ class Topology:
             "ZMQBUS_POLICY": self.policy,
         }
         return {k: v for k, v in env.items() if v}
+
+
+def preflight(topo: Topology) -> None:
+    """Set the topology's security environment (every process started then inherits it) and check it as
+    each process will: keys and policy readable, no plaintext tcp beyond loopback without ``--insecure``.
+    Raises the :class:`ZmqbusError` a process would die of, once, before any starts."""
+    os.environ.update(topo.environment())
+    member_keys = config_keys()
+    if topo.forwarder:
+        config_keys(server=False)
+    config_policy()
+    for endpoint in (*config.split_endpoints(topo.pub), *config.split_endpoints(topo.sub)):
+        check_endpoint(endpoint, member_keys, config.insecure(), "connect to")
 
 
 def load_topology(path: str) -> Topology:

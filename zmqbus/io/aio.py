@@ -12,7 +12,7 @@ import types
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event", "TaskOwner", "to_thread"]
+__all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event", "TaskOwner", "to_thread", "run_on_loop"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -219,3 +219,37 @@ async def to_thread(fn: Callable[..., T], /, *args: Any) -> T:
 
     _threads.submit(job)
     return await fut
+
+
+def run_on_loop(loop: asyncio.AbstractEventLoop, fn: Callable[[], T], timeout: float) -> T:
+    """Run ``fn()`` on ``loop`` and return its result, from any thread (at once on the loop's own thread).
+
+    What a loop's state is read by from another thread (a metrics scrape), so that no dict changes while
+    it is copied. Raises :class:`BusTimeout` if the loop does not run it within ``timeout`` seconds, and
+    :class:`ClosedError` if the loop is closed.
+    """
+    import concurrent.futures
+
+    from ..core.errors import BusTimeout, ClosedError
+
+    try:
+        if asyncio.get_running_loop() is loop:
+            return fn()
+    except RuntimeError:
+        pass  # no loop runs in this thread
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:
+            done.set_exception(exc)
+
+    try:
+        loop.call_soon_threadsafe(call)
+    except RuntimeError:
+        raise ClosedError("the event loop is closed") from None
+    try:
+        return done.result(timeout)
+    except concurrent.futures.TimeoutError:
+        raise BusTimeout(f"the event loop did not answer within {timeout:g} s") from None

@@ -47,8 +47,8 @@ from ..core import config
 from ..core.errors import AuthenticationRefused, SecurityError
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
-from ..core.security import KeyRing, ZapDomain, allow_list_changes, zap_decide
-from .transport import BusLink, Channel, get_context, mapped_errors, mark_background
+from ..core.security import KeyRing, ZapDomain, allow_list_changes, check_endpoint, zap_decide
+from .transport import BusLink, Channel, SocketConfig, get_context, mapped_errors, mark_background
 
 __all__ = [
     "load_keys",
@@ -328,6 +328,24 @@ def secure_link(link: BusLink, keys: KeyRing) -> list[HandshakeWatch]:
         HandshakeWatch(link.pub.sock, "the forwarder at", keys),
         HandshakeWatch(link.sub.sock, "the forwarder at", keys),
     ]
+
+
+def open_link(
+    sockets: SocketConfig, pub_endpoint: str, sub_endpoint: str, keys: KeyRing | None, insecure: bool
+) -> tuple[BusLink, list[HandshakeWatch]]:
+    """A client's two bus sockets, connected (CURVE clients of the forwarder with ``keys``), and the watches of
+    their handshakes. Raises :class:`InsecureEndpoint` for a non-loopback endpoint without keys (unless
+    ``insecure``) and :class:`TransportError` for a bad endpoint; nothing is left open then."""
+    for endpoint in (*config.split_endpoints(pub_endpoint), *config.split_endpoints(sub_endpoint)):
+        check_endpoint(endpoint, keys, insecure, "connect to")
+    link = BusLink(sockets)
+    try:
+        watches = [] if keys is None else secure_link(link, keys)
+        link.connect(pub_endpoint, sub_endpoint)
+    except BaseException:
+        link.close(0)
+        raise
+    return link, watches
 
 
 # -- a client's handshakes ------------------------------------------------------------

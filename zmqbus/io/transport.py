@@ -196,6 +196,14 @@ class Channel:
         self._waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self._recheck_due = False
 
+    async def wait_readable(self, timeout: float | None) -> bool:
+        """Wait until a receive may succeed (False on timeout; see :meth:`wait`)."""
+        return await self.wait(zmq.POLLIN, timeout)
+
+    async def wait_writable(self, timeout: float | None) -> bool:
+        """Wait until a send may succeed (False on timeout; see :meth:`wait`)."""
+        return await self.wait(zmq.POLLOUT, timeout)
+
     async def wait(self, event: int, timeout: float | None) -> bool:
         """Wait until ``event`` (``zmq.POLLIN``/``POLLOUT``) may be possible.
 

@@ -1,0 +1,128 @@
+"""The publishing path of one client: the mirror of :mod:`.receiver`.
+
+One frame per message (``topic NUL payload``, PROTOCOL.md section 2): the
+frame head of each message type is cached, each (publisher, topic) stream is
+numbered (section 4.2), and a publish never drops at the publisher: at the
+high-water mark it waits for room, up to its timeout, then raises
+:class:`BusTimeout`. The very first publish waits for the forwarder's
+subscriptions to reach this client (:meth:`Publisher.publish` asks
+``ready``), so the first messages are not lost to the slow-joiner effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from ..core.codec import Codec
+from ..core.errors import BusTimeout, ClosedError
+from ..core.message import ProcessingMessage
+from ..core.sequence import Sequencer
+from ..io.transport import BusLink
+from . import tracing
+
+__all__ = ["Publisher"]
+
+_CACHE_LIMIT = 10_000
+
+
+class Publisher:
+    """Publishes for one client over its :class:`BusLink` (set by the client once it is connected)."""
+
+    __slots__ = (
+        "codec",
+        "client_id",
+        "name",
+        "timeout",
+        "link",
+        "is_ready",
+        "closed",
+        "_ready",
+        "_heads",
+        "_sequencer",
+        "published",
+        "published_bytes",
+        "publish_waits",
+        "unconfirmed",
+    )
+
+    def __init__(self, codec: Codec, client_id: str, timeout: float, ready: Callable[[float], Awaitable[None]]) -> None:
+        self.codec, self.client_id, self.timeout = codec, client_id, timeout
+        #: The ``source_component`` of messages that leave it empty (the client's name).
+        self.name = ""
+        self.link: BusLink | None = None
+        #: Set once the forwarder's subscriptions are known to reach this client (the first ``ready``).
+        self.is_ready = False
+        self.closed = False
+        self._ready = ready
+        self._heads: dict[object, bytes] = {}
+        self._sequencer = Sequencer()
+        self.published = self.published_bytes = self.publish_waits = self.unconfirmed = 0
+
+    async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
+        """Encode, number and send ``message`` (see :meth:`MessageBroker.publish` for what it raises)."""
+        if timeout is None:
+            timeout = self.timeout
+        codec = self.codec
+        if not self.is_ready:
+            # Bad input fails at once, not after waiting for the bus; then wait, once, until a new publishing
+            # socket holds the forwarder's subscriptions instead of losing the first messages silently.
+            codec.encode(message, codec.frame_head(message, topic), self.client_id, 0, self.name)
+            await self._ready(timeout)
+        link = self.link
+        if link is None:
+            raise ClosedError("MessageBroker is closed" if self.closed else "MessageBroker is not started")
+        if topic is None and message.topic is None:
+            # The common case: the topic is the message type's name.
+            head = self._heads.get(message.message_type)
+            if head is None:
+                head = self._type_head(message)
+        else:
+            head = codec.frame_head(message, topic)
+        seq = self._sequencer.next(head)  # per (publisher, topic): PROTOCOL.md section 4.2
+        frame = head + codec.encode(message, head, self.client_id, seq, self.name)
+        if not link.send(frame):
+            await self._publish_slowly(link, frame, timeout)
+        self.published += 1
+        self.published_bytes += len(frame)
+
+    async def publish_traced(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
+        """:meth:`publish` inside a ``send`` span, the trace context carried in the message's headers
+        (tracing is on: :mod:`zmqbus.bus.tracing`)."""
+        destination = topic or message.topic or message.type_name
+        if not tracing.traced(destination):
+            return await self.publish(message, topic, timeout)
+        span, token = tracing.start_span("send", destination, message, self.client_id, remote=False)
+        try:
+            tracing.inject(message)
+            await self.publish(message, topic, timeout)
+        except BaseException as exc:
+            tracing.end_span(span, exc)
+            raise
+        else:
+            tracing.end_span(span)
+        finally:
+            tracing.detach(token)
+
+    def _type_head(self, message: ProcessingMessage) -> bytes:
+        head = self.codec.frame_head(message)
+        if len(self._heads) >= _CACHE_LIMIT:
+            self._heads.clear()
+        self._heads[message.message_type] = head
+        return head
+
+    async def _publish_slowly(self, link: BusLink, frame: bytes, timeout: float) -> None:
+        self.publish_waits += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise BusTimeout(
+                    f"publish: high-water mark reached for {timeout:g} s (is the forwarder up and draining?)"
+                )
+            await link.pub.wait_writable(left)
+            if self.closed:
+                raise ClosedError("MessageBroker closed while publishing")
+            if link.send(frame):
+                return

@@ -1,0 +1,110 @@
+"""Proof that a client's subscriptions are live at the forwarder, and that what it published got there.
+
+A probe is a message on a private topic that the client subscribes to and
+publishes through the forwarder back to itself. ZeroMQ keeps a connection's
+messages and subscriptions in order, so when a probe comes back every
+earlier subscription has reached the forwarder, the forwarder's
+subscriptions have reached the client's publishing socket, and everything
+published before the probe has left (PROTOCOL.md section 5).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..core.errors import BusTimeout, ClosedError, ZmqbusError
+from ..core.message import MessageMetadata, ProcessingMessage
+from ..core.topics import RESERVED_PREFIX
+from ..io.aio import wait_event
+from .publisher import Publisher
+from .subscribing import Subscriptions
+
+__all__ = ["Readiness"]
+
+log = logging.getLogger("zmqbus.bus.broker")
+
+_PROBE_TYPE = "_zmqbus.probe"
+
+
+class Readiness:
+    """The probes of one client. ``generation`` counts its user subscriptions; :meth:`probe` proves them."""
+
+    def __init__(
+        self, publisher: Publisher, subscriptions: Subscriptions, check: Callable[[], None], where: str
+    ) -> None:
+        self._publisher, self._subs, self._check = publisher, subscriptions, check
+        self._where = where  # the forwarder's endpoints, for messages
+        self._count = 0
+        #: User subscriptions made so far, and how many of them a probe has proven live.
+        self.generation = self.proven = 0
+        #: Published messages known to have reached the forwarder.
+        self.confirmed = 0
+
+    @property
+    def live(self) -> bool:
+        """True once a probe has proven every subscription made so far."""
+        return self._publisher.is_ready and self.proven >= self.generation
+
+    async def probe(self, timeout: float) -> None:
+        """Send probes (backing off from 5 ms to 250 ms) until one comes back; raise :class:`BusTimeout`
+        after ``timeout`` seconds, or what ``check`` raises (a refused CURVE key) at once."""
+        pub = self._publisher
+        generation, published = self.generation, pub.published
+        self._count += 1
+        topic = f"{RESERVED_PREFIX}probe.{pub.client_id.replace('-', '')}.{self._count}"
+        arrived = asyncio.Event()
+        sub = self._subs.add_private(pub.name or "zmqbus", topic, lambda m: arrived.set())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        interval = 0.005
+        try:
+            while not arrived.is_set():
+                self._check()
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise BusTimeout(
+                        f"ready(): no answer from the forwarder at {self._where} within {timeout:g} s (is it up? "
+                        "does it need CURVE keys, or is it at its connection limit?)"
+                    )
+                self._send(topic)
+                if not await wait_event(arrived, min(interval, left)):
+                    interval = min(interval * 2, 0.25)
+            pub.is_ready = True
+            # Probes travel behind everything published before them, in order.
+            self.proven = max(self.proven, generation)
+            self.confirmed = max(self.confirmed, published)
+        finally:
+            self._subs.remove(sub)
+
+    def _send(self, topic: str) -> None:
+        pub = self._publisher
+        link = pub.link
+        if link is None:
+            raise ClosedError("MessageBroker is closed")
+        msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=pub.name))
+        head = pub.codec.frame_head(msg, topic)
+        # a probe lost at the high-water mark is simply sent again
+        link.send(head + pub.codec.encode(msg, head, pub.client_id, 0, pub.name))
+
+    async def confirm_published(self, timeout: float) -> None:
+        """Prove with a probe that every published message reached the forwarder, or count the rest
+        (``unconfirmed``) and say so."""
+        pub = self._publisher
+        if pub.published == self.confirmed:
+            return
+        try:
+            await self.probe(timeout)
+        except ZmqbusError:
+            pass
+        unconfirmed = pub.published - self.confirmed
+        if unconfirmed:
+            pub.unconfirmed += unconfirmed
+            log.warning(
+                "closing with %d published message(s) not confirmed by the forwarder at %s within %g s: they may "
+                "be lost",
+                unconfirmed,
+                self._where,
+                timeout,
+            )

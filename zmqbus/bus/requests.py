@@ -1,0 +1,151 @@
+"""The request/reply side of one client: its responder (once it serves) and its caller (once it asks).
+
+:class:`Requests` owns both, starts each when it is first needed, times and
+counts every request by outcome (what metrics read), and wraps requests in
+``request`` spans when tracing is on. The responder and the caller see the
+client only through its :class:`~zmqbus.bus.port.BusPort`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import perf_counter
+
+from ..core.errors import NoResponder, RemoteError, RequestTimeout
+from ..core.message import ProcessingMessage
+from ..core.retry import RetryPolicy
+from ..core.stats import Histogram
+from ..core.topics import validate_topic
+from . import tracing
+from .caller import Caller
+from .port import BusPort, RpcOptions, ServiceHandler
+from .responder import Responder
+
+__all__ = ["Requests"]
+
+_DEFAULT_RETRY = RetryPolicy()
+_OUTCOMES: tuple[tuple[type[BaseException], str], ...] = (
+    (RemoteError, "remote_error"),
+    (NoResponder, "no_responder"),
+    (RequestTimeout, "timeout"),
+)
+
+
+class Requests:
+    """Serve and call services for one client (see :meth:`MessageBroker.serve` and ``request``)."""
+
+    def __init__(self, port: BusPort, options: RpcOptions) -> None:
+        self.port, self.options = port, options
+        self.handlers: dict[str, ServiceHandler] = {}
+        self.responder: Responder | None = None
+        self.caller: Caller | None = None
+        self._caller_lock: asyncio.Lock | None = None
+        #: Seconds per request (every outcome) and requests by outcome: ok, remote_error, no_responder,
+        #: timeout, error (metrics read them; a few additions per request).
+        self.request_time = Histogram()
+        self.outcomes: dict[str, int] = {}
+
+    # -- serving -------------------------------------------------------------
+
+    def serve(self, service: str, handler: ServiceHandler, connected: bool) -> None:
+        """Register ``handler``; once ``connected``, start the responder or announce the new service."""
+        validate_topic(service)
+        self.handlers[service] = handler
+        owner = self.port.owner
+        if self.responder is not None:
+            self.responder.add(service, handler)
+            owner.spawn(self.responder.announce(), name="zmqbus-announce", fatal=False)
+        elif connected:
+            # A responder that cannot bind closes the broker; the next call raises why.
+            owner.spawn(self.start_responder(), name="zmqbus-start-responder")
+
+    async def start_responder(self) -> None:
+        """Bind and announce the responder, if this client serves anything (idempotent)."""
+        if self.responder is not None or not self.handlers:
+            return
+        responder = Responder(self.port, self.options)
+        for service, handler in self.handlers.items():
+            responder.add(service, handler)
+        self.responder = responder
+        await responder.start()
+
+    def allow(self, allowed: dict[bytes, str]) -> None:
+        """A reloaded allow-list for the responder's callers."""
+        if self.responder is not None:
+            self.responder.allow(allowed)
+
+    # -- calling ---------------------------------------------------------------
+
+    async def get_caller(self) -> Caller:
+        """The caller, started on first use (its presence subscription goes with it)."""
+        if self.caller is not None:
+            return self.caller
+        if self._caller_lock is None:
+            self._caller_lock = asyncio.Lock()
+        async with self._caller_lock:
+            if self.caller is None:
+                caller = Caller(self.port)
+                await caller.start()
+                self.caller = caller
+        return self.caller
+
+    async def request(
+        self, service: str, message: ProcessingMessage, timeout: float, retry: RetryPolicy | None
+    ) -> ProcessingMessage:
+        caller = self.caller or await self.get_caller()
+        started = perf_counter()
+        outcome = "error"
+        span = token = None
+        if tracing.tracer is not None and tracing.traced(service):
+            span, token = tracing.start_span("request", service, message, self.port.client_id, remote=False)
+            tracing.inject(message)
+        error: BaseException | None = None
+        try:
+            reply = await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
+            outcome = "ok"
+            return reply
+        except BaseException as exc:
+            error = exc
+            outcome = next((name for kind, name in _OUTCOMES if isinstance(exc, kind)), "error")
+            raise
+        finally:
+            self.request_time.observe(perf_counter() - started)
+            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            if span is not None:
+                tracing.end_span(span, error)
+                tracing.detach(token)
+
+    def live_instances(self, service: str) -> list[str]:
+        if self.caller is None:
+            return []
+        return [i.instance_id for i in self.caller.directory.live(service)]
+
+    # -- observability and life cycle ------------------------------------------
+
+    def counters(self) -> dict[str, int]:
+        """The caller's and the responder's counters (``statistics().rpc``)."""
+        out: dict[str, int] = {}
+        if self.caller is not None:
+            core = self.caller.core
+            out.update(
+                in_flight=len(core.tracker),
+                retries=core.retries,
+                failovers=core.failovers,
+                late_replies=core.tracker.late_replies,
+                instances_known=len(self.caller.directory),
+            )
+        if self.responder is not None:
+            out.update({f"served_{k}": v for k, v in self.responder.statistics().items()})
+        return out
+
+    async def close_responder(self, grace: float, linger: float) -> None:
+        """Finish running requests (up to ``grace`` s) and say goodbye on the bus."""
+        if self.responder is not None:
+            await self.responder.close(grace, linger)
+            self.responder = None
+
+    async def close_caller(self) -> None:
+        """End every waiting request with :class:`ClosedError` and close the caller's socket."""
+        if self.caller is not None:
+            await self.caller.close()
+            self.caller = None

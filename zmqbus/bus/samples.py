@@ -1,0 +1,174 @@
+"""A client's statistics, and the metric samples of a client and of a forwarder: names and help texts.
+
+Names follow Prometheus's conventions (``_total``, ``_seconds``, ``_bytes``;
+the server adds ``_total`` to counters) and, where one exists,
+OpenTelemetry's messaging metric (``messaging.client.sent.messages`` ->
+``messaging_client_sent_messages_total``).
+"""
+
+from __future__ import annotations
+
+from ..core.snapshots import BrokerStatistics, ForwarderStatistics, Sample
+from ..core.stats import Histogram
+from ..core.subscriptions import SubscriptionTable
+from .publisher import Publisher
+from .receiver import Receiver
+
+__all__ = ["broker_statistics", "broker_samples", "forwarder_samples"]
+
+_SYSTEM = "zmqbus"
+
+
+def broker_statistics(p: Publisher, r: Receiver, table: SubscriptionTable, rpc: dict[str, int]) -> BrokerStatistics:
+    """A client's counters, from its publisher, its receiver, its subscription table and its requests."""
+    return BrokerStatistics(
+        published=p.published,
+        published_bytes=p.published_bytes,
+        publish_waits=p.publish_waits,
+        received=r.received,
+        received_bytes=r.received_bytes,
+        dispatched=r.dispatched,
+        unmatched=r.unmatched,
+        handler_errors=r.handler_errors,
+        gaps=r.sequences.gaps,
+        sequence_resets=r.sequences.resets,
+        unconfirmed=p.unconfirmed,
+        decode_errors=dict(r.decode_errors),
+        subscriptions=len(table),
+        receives_all=table.receives_all,
+        rpc=rpc,
+        duplicates=r.duplicates,
+    )
+
+
+class _Rows:
+    """Collects samples through the three calls the functions below make."""
+
+    def __init__(self) -> None:
+        self.rows: list[Sample] = []
+
+    def counter(self, name: str, doc: str, labels: dict[str, str], value: float) -> None:
+        self.rows.append(Sample("counter", name, doc, labels, value))
+
+    def gauge(self, name: str, doc: str, labels: dict[str, str], value: float) -> None:
+        self.rows.append(Sample("gauge", name, doc, labels, value))
+
+    def histogram(self, name: str, doc: str, labels: dict[str, str], value: Histogram) -> None:
+        self.rows.append(Sample("histogram", name, doc, labels, value))
+
+
+def broker_samples(
+    s: BrokerStatistics,
+    who: dict[str, str],
+    handler_time: Histogram | None,
+    request_time: Histogram,
+    request_outcomes: dict[str, int],
+) -> list[Sample]:
+    """A client's metrics: its statistics, handler and request durations, requests by outcome."""
+    f = _Rows()
+    who = {"messaging_system": _SYSTEM, **who}
+    f.counter(
+        "messaging_client_sent_messages",
+        "Messages published (OpenTelemetry messaging.client.sent.messages).",
+        who,
+        s.published,
+    )
+    f.counter(
+        "messaging_client_consumed_messages",
+        "Messages received from the forwarder (OpenTelemetry messaging.client.consumed.messages).",
+        who,
+        s.received,
+    )
+    f.counter("zmqbus_published_bytes", "Bytes published.", who, s.published_bytes)
+    f.counter("zmqbus_received_bytes", "Bytes received from the forwarder.", who, s.received_bytes)
+    f.counter("zmqbus_dispatched", "Handler calls started.", who, s.dispatched)
+    f.counter(
+        "zmqbus_unmatched", "Messages received that no subscription wanted (wildcard-first patterns).", who, s.unmatched
+    )
+    f.counter("zmqbus_handler_errors", "Handlers that raised.", who, s.handler_errors)
+    f.counter("zmqbus_gaps", "Messages lost on the way (sequence gaps).", who, s.gaps)
+    f.counter(
+        "zmqbus_sequence_resets", "Sequence numbers that went back (a restarted publisher).", who, s.sequence_resets
+    )
+    f.counter("zmqbus_publish_waits", "Publishes that waited at the high-water mark.", who, s.publish_waits)
+    f.counter(
+        "zmqbus_unconfirmed", "Messages whose delivery to the forwarder close() could not confirm.", who, s.unconfirmed
+    )
+    for reason, n in s.decode_errors.items():
+        f.counter("zmqbus_decode_errors", "Frames that could not be decoded, by reason.", {**who, "reason": reason}, n)
+    f.gauge("zmqbus_subscriptions", "Subscriptions held.", who, s.subscriptions)
+    process_time = handler_time
+    if process_time is not None:
+        f.histogram(
+            "messaging_process_duration",
+            "Handler durations (OpenTelemetry messaging.process.duration).",
+            who,
+            process_time,
+        )
+    if request_time.count:
+        f.histogram(
+            "messaging_client_operation_duration",
+            "Request durations, every outcome (OpenTelemetry messaging.client.operation.duration).",
+            {**who, "operation": "request"},
+            request_time,
+        )
+    for outcome, n in sorted(request_outcomes.items()):
+        f.counter("zmqbus_requests", "Requests made, by outcome.", {**who, "outcome": outcome}, n)
+    for key, n in sorted(s.rpc.items()):
+        if key.startswith("served_"):
+            f.counter("zmqbus_served", "Requests served, by outcome.", {**who, "outcome": key[7:]}, n)
+        elif key in ("retries", "failovers", "late_replies"):
+            f.counter(f"zmqbus_request_{key}", f"Request {key.replace('_', ' ')}.", who, n)
+        elif key in ("in_flight", "instances_known"):
+            f.gauge(f"zmqbus_request_{key}", f"Requests: {key.replace('_', ' ')}.", who, n)
+    return f.rows
+
+
+def forwarder_samples(s: ForwarderStatistics) -> list[Sample]:
+    """A forwarder's metrics, from its statistics."""
+    f = _Rows()
+    who = {"messaging_system": _SYSTEM}
+    for direction, frames, size in (("in", s.frames_in, s.bytes_in), ("out", s.frames_out, s.bytes_out)):
+        f.counter(
+            "zmqbus_forwarder_frames",
+            "Frames from publishers (in) and to the subscriber side (out).",
+            {**who, "direction": direction},
+            frames,
+        )
+        f.counter(
+            "zmqbus_forwarder_bytes",
+            "Bytes from publishers (in) and to the subscriber side (out).",
+            {**who, "direction": direction},
+            size,
+        )
+    f.counter(
+        "zmqbus_forwarder_subscription_frames", "Subscription frames from subscribers.", who, s.subscription_frames
+    )
+    for side, connects, disconnects in (
+        ("publisher", s.publisher_connects, s.publisher_disconnects),
+        ("subscriber", s.subscriber_connects, s.subscriber_disconnects),
+    ):
+        f.counter("zmqbus_forwarder_connects", "Connections accepted.", {**who, "side": side}, connects)
+        f.counter("zmqbus_forwarder_disconnects", "Connections ended.", {**who, "side": side}, disconnects)
+        f.gauge("zmqbus_forwarder_connections", "Connections live.", {**who, "side": side}, connects - disconnects)
+    f.counter(
+        "zmqbus_forwarder_handshake_failures",
+        "Handshakes that failed (garbage, wrong keys).",
+        who,
+        s.handshake_failures,
+    )
+    for reason, n in sorted(s.refused.items()):
+        f.counter(
+            "zmqbus_forwarder_refused",
+            "Connections, subscriptions and publications refused, by reason.",
+            {**who, "reason": reason},
+            n,
+        )
+    f.counter(
+        "zmqbus_forwarder_slow_subscribers_cut",
+        "Subscribers cut for taking nothing while too much queued.",
+        who,
+        s.slow_subscribers_cut,
+    )
+    f.gauge("zmqbus_forwarder_uptime_seconds", "Seconds since the forwarder started.", who, s.uptime)
+    return f.rows

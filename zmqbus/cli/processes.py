@@ -1,0 +1,186 @@
+"""The commands that run components: ``demo`` (the example workflow, all started for you), ``run`` (a
+component's processes) and ``up`` (a whole topology, supervised)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from ..core import config
+from ..core.errors import ZmqbusError
+from ..core.topology import describe as describe_topology
+from .common import fail, pub_option as _pub_option, sub_option as _sub_option
+from .main import main
+
+__all__: list[str] = []
+
+
+@main.command()
+@click.option("--workflows", "-n", default=10, show_default=True, help="Documents to ingest.")
+@click.option("--analyzers", default=3, show_default=True, help="ChunkAnalyzer processes.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for every workflow.")
+@click.option("--secure", is_flag=True, help="CURVE on every socket, with keys made for the run.")
+def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
+    """Run the example workflow end to end: a forwarder and every component as processes, no setup.
+
+    An ingest manager, a document handler and ANALYZERS chunk analyzers process
+    WORKFLOWS documents, with the error handler and the state tracker watching.
+    """
+    from ..framework.demo import run_demo
+
+    try:
+        summary = run_demo(workflows, analyzers, echo=click.echo, timeout=timeout, secure=secure)
+    except ZmqbusError as exc:
+        raise fail(exc) from None
+    if summary["completed"] != workflows:
+        raise click.ClickException(f"only {summary['completed']} of {workflows} workflows completed")
+
+
+@main.command()
+@click.argument("spec")
+@_pub_option
+@_sub_option
+@click.option("--name", default=None, help="Component name (default: the class's).")
+@click.option("--replicas", default=1, show_default=True, help="Processes to run (supervised when > 1).")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds running work may take to finish on stop.")
+@click.option(
+    "--startup-timeout",
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the forwarder at start; then exit 1.",
+)
+@click.option("--keep-going", is_flag=True, help="With --replicas: carry on when a replica crash-loops.")
+@click.option(
+    "--rpc-bind",
+    envvar="ZMQBUS_RPC_BIND",
+    default=None,
+    metavar="ENDPOINT",
+    help="Where its responder binds (default tcp://127.0.0.1:*; tcp://0.0.0.0:* across hosts). [env: ZMQBUS_RPC_BIND]",
+)
+@click.option(
+    "--rpc-advertise",
+    envvar="ZMQBUS_RPC_ADVERTISE",
+    default=None,
+    metavar="HOST",
+    help="The address other hosts reach it at (docs/DEPLOY.md). [env: ZMQBUS_RPC_ADVERTISE]",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=None,
+    help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]; one replica).",
+)
+@click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
+def run(
+    spec: str,
+    pub: str,
+    sub: str,
+    name: str | None,
+    replicas: int,
+    grace: float,
+    startup_timeout: float,
+    keep_going: bool,
+    rpc_bind: str | None,
+    rpc_advertise: str | None,
+    metrics_port: int | None,
+    metrics_addr: str,
+) -> None:
+    """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it.
+
+    Exits 1 with a one-line error if it cannot start (no forwarder within
+    --startup-timeout) or, with --replicas, when a replica crash-loops.
+    """
+    from ..framework.runner import ComponentSpec, Supervisor, Topology, component_main, load_component
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` does: a module in the current folder is found
+    for var, value in (("ZMQBUS_RPC_BIND", rpc_bind), ("ZMQBUS_RPC_ADVERTISE", rpc_advertise)):
+        if value:
+            os.environ[var] = value  # the component's broker, and every replica, read them
+    try:
+        load_component(spec)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if replicas == 1:
+        component_main(
+            spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout, metrics_port, metrics_addr
+        )
+        return
+    if metrics_port is not None:
+        raise click.UsageError("--metrics-port serves one process: run each replica with its own port")
+    _supervise(
+        Supervisor(
+            Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo, keep_going=keep_going
+        )
+    )
+
+
+@main.command(epilog="\b\nTHE FILE (TOML; example: topology.toml in the repository):\n" + describe_topology())
+@click.argument("topology", required=False)
+@click.option("--check", is_flag=True, help="Only validate TOPOLOGY (keys, types, classes) and exit: 0 valid, 1 not.")
+@click.option("--keep-going", is_flag=True, help="Carry on when a component crash-loops (never for the forwarder).")
+@click.option(
+    "--crash-limit",
+    default=5,
+    show_default=True,
+    help="Restarts within 60 s after which a process counts as crash-looping.",
+)
+def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) -> None:
+    """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
+
+    A process that dies is restarted with backoff unless it crash-loops:
+    then everything is stopped and `up` exits 1 with the reason (for a
+    component, unless --keep-going). Ctrl-C or SIGTERM stops everything cleanly.
+    The file is validated first: an unknown key or a wrong type is an error
+    that lists the valid keys.
+    """
+    from ..framework.demo import demo_topology
+    from ..framework.runner import Supervisor, load_topology, preflight
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # components in the current folder, as `zmqbus run` finds them
+    if check and not topology:
+        raise click.UsageError("--check needs a TOPOLOGY file")
+    try:
+        topo = load_topology(topology) if topology else demo_topology(config.pub_endpoint(), config.sub_endpoint())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if check:
+        replicas = sum(c.replicas for c in topo.components)
+        n = len(config.split_endpoints(topo.pub))
+        fwd = "" if not topo.forwarder else "a forwarder and " if n == 1 else f"{n} forwarders (redundant) and "
+        click.echo(
+            f"{topology}: valid; {fwd}{len(topo.components)} "
+            f"component(s), {replicas} process(es), on {topo.pub} / {topo.sub}"
+        )
+        return
+    try:  # bad keys or policy, or plaintext beyond loopback: one line now, not a crash loop later
+        preflight(topo)
+    except ZmqbusError as exc:
+        raise fail(exc) from None
+    click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
+    _supervise(
+        Supervisor(
+            topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going, crash_limit=crash_limit
+        )
+    )
+
+
+def _supervise(sup: Any) -> None:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sup.start()
+    try:
+        sup.run_until(stop.is_set)
+    finally:
+        sup.stop()
+    if sup.failure is not None:
+        raise click.ClickException(sup.failure)
