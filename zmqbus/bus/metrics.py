@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from ..core.errors import ZmqbusError
+from ..core.ratelog import RateLimitedLog
 from ..core.snapshots import Sample
 from ..core.stats import Histogram
 
@@ -53,6 +54,7 @@ class MetricsServer:
         self._sources: list[MetricSource] = []
         self._server: Any = None
         self._thread: Any = None
+        self._faults = RateLimitedLog(log)
 
     def add(self, source: MetricSource) -> None:
         """Serve ``source``'s metrics too (a broker's handler durations are timed from now on)."""
@@ -96,8 +98,8 @@ class MetricsServer:
         for source in list(self._sources):
             try:
                 samples = source.metric_samples()
-            except ZmqbusError as exc:  # a source that cannot answer now is left out of this scrape, said once
-                log.warning("metrics: %s left out of this scrape: %s", type(source).__name__, exc)
+            except ZmqbusError as exc:  # a source that cannot answer now is left out of this scrape (logged)
+                self._faults.log(logging.WARNING, "scrape", "metrics: %s left out of a scrape: %s", source, exc)
                 continue
             for sample in samples:
                 families.add(sample)
