@@ -5,8 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 
-from zmqbus.io.aio import TaskOwner, to_thread
+import pytest
+
+from zmqbus.core.errors import BusTimeout, ClosedError
+from zmqbus.io.aio import TaskOwner, run_on_loop, to_thread
 
 
 async def test_drain_waits_for_tasks_started_while_draining() -> None:
@@ -56,3 +60,24 @@ async def test_to_thread_carries_context_and_uses_daemon_threads() -> None:
         return threading.current_thread().daemon, var.get()
 
     assert await to_thread(where) == (True, "the caller's")
+
+
+def test_run_on_loop_reads_state_on_the_loop_from_another_thread() -> None:
+    """What a metrics scrape does: the function runs on the loop's thread, its result comes back; a
+    loop that does not answer in time raises BusTimeout, a closed one ClosedError."""
+    loop = asyncio.new_event_loop()
+    ran_on: list[int] = []
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    try:
+        assert run_on_loop(loop, lambda: ran_on.append(threading.get_ident()) or 42, 2.0) == 42
+        assert ran_on == [thread.ident]
+        loop.call_soon_threadsafe(time.sleep, 0.5)  # the loop is busy for half a second
+        with pytest.raises(BusTimeout):
+            run_on_loop(loop, lambda: 1, 0.1)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+    with pytest.raises(ClosedError):
+        run_on_loop(loop, lambda: 1, 0.1)

@@ -308,3 +308,15 @@ def test_errors_users_can_see_derive_from_zmqbus_error(tcp_pair: tuple[str, str]
     with pytest.raises(InvalidTransition) as info:
         ctx.transition(ComponentState.COMPLETED)
     assert isinstance(info.value, ZmqbusError)
+
+
+def test_settings_come_as_keywords_or_as_one_options_object() -> None:
+    """Keywords override an options object field by field; a misspelt setting fails at once."""
+    from zmqbus import BrokerOptions
+
+    base = BrokerOptions(name="a", heartbeat=0.5, hwm=10)
+    broker = MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", options=base, heartbeat=0.25)
+    assert (broker.name, broker.options.heartbeat, broker.options.hwm) == ("a", 0.25, 10)
+    assert broker.socket_config.hwm == 10
+    with pytest.raises(TypeError, match="hearbeat"):
+        MessageBroker(hearbeat=1.0)  # type: ignore[call-arg]

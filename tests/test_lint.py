@@ -67,3 +67,26 @@ def test_user_code_importing_the_public_names_passes_mypy_strict(tmp_path: Path)
         timeout=280,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_users_type_checker_sees_the_brokers_settings(tmp_path: Path) -> None:
+    """``MessageBroker(**settings)`` is typed (``Unpack[BrokerSettings]``): mypy accepts the settings
+    with their types and rejects a misspelt one or a wrong type, in the user's own code."""
+    user = tmp_path / "user_settings.py"
+    user.write_text(
+        "from zmqbus import MessageBroker\n"
+        "ok = MessageBroker(name='shop', heartbeat=0.5, hwm=10)\n"
+        "typo = MessageBroker(hearbeat=0.5)\n"
+        "wrong = MessageBroker(hwm='many')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert ':3: error: Unexpected keyword argument "hearbeat"' in done.stdout, done.stdout
+    assert ':4: error: Argument "hwm"' in done.stdout, done.stdout
+    assert ":2:" not in done.stdout, done.stdout
