@@ -237,3 +237,21 @@ async def test_error_handler_counts_and_replays_dead_letters(forwarder: Forwarde
     finally:
         await picky.stop(grace=1)
         await handler.stop(grace=1)
+
+
+async def test_a_processor_runs_cpu_work_in_a_thread_with_the_handled_message() -> None:
+    """``Processor.run_cpu`` (GUIDE.md): the loop's thread stays free, and the function sees the message
+    being handled, so what it publishes or requests keeps the ids."""
+    import threading
+
+    from zmqbus import Processor
+    from zmqbus.core.message import current_message
+
+    proc = Processor(MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2"), name="cpu")
+    msg = ProcessingMessage("work.item", {}, MessageMetadata(correlation_id="c-1"))
+    token = current_message.set(msg)
+    try:
+        thread, seen = await proc.run_cpu(lambda: (threading.get_ident(), current_message.get()))
+    finally:
+        current_message.reset(token)
+    assert thread != threading.get_ident() and seen is msg

@@ -73,9 +73,7 @@ class Caller:
         self.bus = bus
         self.discover_timeout = discover_timeout
         self.core = CallerCore(random.random)
-        self._router = RouterLink(bus.socket_config, bus.client_id.encode(), mandatory=True)
-        if bus.keys is not None:
-            apply_client(self._router.channel.sock, bus.keys, None)  # each responder's key at its connect
+        self._router: RouterLink  # made by start(): no socket before it
         self.presence_refused = 0
         self._announced = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
@@ -92,7 +90,11 @@ class Caller:
         return self.core.tracker
 
     async def start(self) -> None:
-        """Subscribe to presence and start reading replies (each request waits for the bus itself)."""
+        """Open the ROUTER, subscribe to presence and start reading replies (each request waits for the
+        bus itself). Called once, before any other method."""
+        self._router = RouterLink(self.bus.socket_config, self.bus.client_id.encode(), mandatory=True)
+        if self.bus.keys is not None:
+            apply_client(self._router.channel.sock, self.bus.keys, None)  # each responder's key at its connect
         self.bus.subscribe(self.bus.name or "zmqbus", PRESENCE_TOPIC, self._on_presence)
         self._loops = [self.bus.owner.spawn(serve_router(self._router, self._on_frames), name="zmqbus-caller")]
 
