@@ -188,12 +188,16 @@ async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair
 
 
 async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
-    """A blocked subscriber behind a tiny HWM loses messages; every loss shows up as a gap."""
+    """A blocked subscriber behind a tiny HWM loses messages; with recovery off, every loss shows up as a
+    gap (tests/test_recovery.py: with it on, they are fetched back)."""
     from zmqbus.io.transport import SocketConfig
 
     fwd = Forwarder(*tcp_pair, socket_config=SocketConfig(hwm=20), stats_interval=None).start()
     try:
-        async with MessageBroker(*tcp_pair) as pub, MessageBroker(*tcp_pair, hwm=20) as sub:
+        async with (
+            MessageBroker(*tcp_pair, history=False) as pub,
+            MessageBroker(*tcp_pair, hwm=20, history=False) as sub,
+        ):
             gate = asyncio.Event()
             got: list[int] = []
 
@@ -279,7 +283,8 @@ def test_forwarder_bind_errors(tcp_pair: tuple[str, str]) -> None:
 
 
 async def test_sequence_tables_stay_bounded(forwarder: Forwarder) -> None:
-    async with broker_for(forwarder) as b:
+    """The gap detector's tables (recovery off; core.recovery bounds its own streams)."""
+    async with MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, history=False) as b:
         b._publisher._sequencer.topics_limit = b._receiver.sequences.topics_limit = 10
         coll = Recorder()
         b.subscribe("c", "many.#", coll)

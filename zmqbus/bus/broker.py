@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Unpack
@@ -50,10 +51,12 @@ from ..core.retry import RetryPolicy
 from ..core.snapshots import BrokerStatistics, Sample
 from ..core.stats import Histogram
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
+from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner, run_on_loop
 from ..io.security import HandshakeWatch, open_link, reread_keys
 from ..io.transport import BusLink
 from . import tracing
+from .history import enable_recovery
 from .options import BrokerOptions, BrokerSettings
 from .port import ServiceHandler
 from .publisher import Publisher
@@ -110,6 +113,8 @@ class MessageBroker:
         where = f"{self.pub_endpoint} / {self.sub_endpoint}"
         self._readiness = Readiness(self._publisher, self._subs, self._check, where)
         self._requests = Requests(_Port(self), opts.rpc(self.insecure))
+        parts = (self.codec, self._publisher, self._receiver, self._subs, self._requests, self._owner)
+        self._recoverer = enable_recovery(opts, *parts, lambda: self.policy) if opts.history else None
         self._watches: list[HandshakeWatch] = []  # CURVE handshakes of the bus sockets
         self._link: BusLink | None = None
         self._metrics: Any = None
@@ -257,6 +262,8 @@ class MessageBroker:
         self._check_open()
         await self.start()
         await self._readiness.probe(timeout)
+        if self._recoverer is not None and not self._recoverer.live_since:
+            self._recoverer.live_since = time.time()  # streams first seen after this are fetched from here
 
     # -- publishing --------------------------------------------------------------
 
@@ -317,7 +324,7 @@ class MessageBroker:
     @property
     def services(self) -> tuple[str, ...]:
         """The services this client serves (``serve``), sorted."""
-        return tuple(sorted(self._requests.handlers))
+        return tuple(sorted(s for s in self._requests.handlers if not s.startswith(RESERVED_PREFIX)))
 
     def live_instances(self, service: str) -> list[str]:
         """The instance ids of ``service`` this client knows alive now (none before its first request or
@@ -346,7 +353,9 @@ class MessageBroker:
 
     def statistics(self) -> BrokerStatistics:
         """A consistent snapshot of this client's counters (call it on the broker's event loop)."""
-        return broker_statistics(self._publisher, self._receiver, self._table, self._requests.counters())
+        return broker_statistics(
+            self._publisher, self._receiver, self._table, self._requests.counters(), self._recoverer
+        )
 
     def metric_samples(self) -> list[Sample]:
         """This client's metrics (:mod:`zmqbus.bus.metrics`), taken on its event loop, from any thread."""

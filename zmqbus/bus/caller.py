@@ -157,12 +157,12 @@ class Caller:
         self._act(self.core.presence(p, asyncio.get_running_loop().time()))
         self._schedule(self.core.next_deadline())
 
-    async def _wait_for_instance(self, service: str, deadline: float) -> None:
+    async def _wait_for_instance(self, service: str, deadline: float, only: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         until = min(deadline, loop.time() + self.discover_timeout)
         await self.bus.publish(ProcessingMessage(DISCOVER_TOPIC, discover_content(service)))
         log.debug("discovering %s (known instances: %d)", service, len(self.directory))
-        while not self.directory.live(service):
+        while not any(only is None or i.instance_id == only for i in self.directory.live(service)):
             if self._closed:
                 raise ClosedError(f"request to {service!r}: the broker was closed")
             left = until - loop.time()
@@ -234,7 +234,7 @@ class Caller:
     # -- requests ----------------------------------------------------------
 
     async def request(
-        self, service: str, message: ProcessingMessage, timeout: float, policy: RetryPolicy
+        self, service: str, message: ProcessingMessage, timeout: float, policy: RetryPolicy, instance: str | None = None
     ) -> ProcessingMessage:
         loop = asyncio.get_running_loop()
         md = message.metadata
@@ -243,6 +243,7 @@ class Caller:
         head = request_head(service)  # validated: a service name is a topic
         core = self.core
         call = core.begin(md.message_id, service, loop.time(), timeout, policy)
+        call.only = instance
         reason = "no reply"
         try:
             if not self.bus.subscriptions_live:  # the presence subscription (once; a property read after)
@@ -257,7 +258,7 @@ class Caller:
                     inst = core.assign(call, loop.time())
                     if inst is None:
                         try:
-                            await self._wait_for_instance(service, call.deadline)
+                            await self._wait_for_instance(service, call.deadline, call.only)
                         except NoResponder:
                             if call.settled is None:
                                 raise

@@ -60,6 +60,14 @@ class BrokerOptions:
         if set): its responder refuses calls the caller's key may not make
         (``forbidden``), its caller ignores instances announcing services their
         key may not serve.
+    :param history: recovery (PROTOCOL.md section 14), on by default: this client keeps what it publishes
+        (within ``history_messages``, ``history_bytes`` and ``history_age`` seconds, oldest evicted first)
+        and serves it to subscribers that missed some, and it fetches what it misses itself.
+    :param history_messages: messages kept, at most (all topics together).
+    :param history_bytes: bytes of messages kept, at most (all topics together).
+    :param history_age: seconds a message is kept, at most.
+    :param holdback: seconds a subscriber holds later messages of a stream while it fetches missing ones;
+        what has not come by then is counted lost.
     :param redundant_skew: on a redundant bus (several forwarders), seconds a
         missing number may wait for the other forwarder's copy before it is
         counted lost.
@@ -86,6 +94,11 @@ class BrokerOptions:
     keys: KeyRing | None = None
     insecure: bool | None = None
     policy: Policy | None = None
+    history: bool = True
+    history_messages: int = 100_000
+    history_bytes: int = 64 * 1024 * 1024
+    history_age: float = 60.0
+    holdback: float = 1.0
     redundant_skew: float = 2.0
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
@@ -137,6 +150,11 @@ class BrokerSettings(TypedDict, total=False):
     keys: KeyRing | None
     insecure: bool | None
     policy: Policy | None
+    history: bool
+    history_messages: int
+    history_bytes: int
+    history_age: float
+    holdback: float
     redundant_skew: float
     metrics_port: int | None
     metrics_addr: str

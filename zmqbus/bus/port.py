@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -29,9 +30,12 @@ from ..core.security import KeyRing
 from ..io.aio import TaskOwner
 from ..io.transport import RouterLink, SocketConfig
 
-__all__ = ["BusPort", "RpcOptions", "ServiceHandler", "serve_router"]
+__all__ = ["BusPort", "RpcOptions", "ServiceHandler", "serve_router", "caller_key"]
 
 ServiceHandler = Callable[[ProcessingMessage], Awaitable[Any] | Any]
+
+#: Inside a service handler: the key name of the caller (its ZAP user id on a secure bus; "" otherwise).
+caller_key: ContextVar[str] = ContextVar("zmqbus_caller_key", default="")
 
 
 class BusPort(Protocol):

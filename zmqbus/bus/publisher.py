@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from ..core.codec import Codec
 from ..core.errors import BusTimeout, ClosedError
@@ -20,6 +21,9 @@ from ..core.message import ProcessingMessage
 from ..core.sequence import Sequencer
 from ..io.transport import BusLink
 from . import tracing
+
+if TYPE_CHECKING:
+    from .history import PublisherHistory
 
 __all__ = ["Publisher"]
 
@@ -44,6 +48,8 @@ class Publisher:
         "published_bytes",
         "publish_waits",
         "unconfirmed",
+        "history",
+        "on_first",
     )
 
     def __init__(self, codec: Codec, client_id: str, timeout: float, ready: Callable[[float], Awaitable[None]]) -> None:
@@ -58,12 +64,19 @@ class Publisher:
         self._heads: dict[object, bytes] = {}
         self._sequencer = Sequencer()
         self.published = self.published_bytes = self.publish_waits = self.unconfirmed = 0
+        #: Where what is published is kept for recovery (None: history off), and what to call on the first
+        #: publish (start serving that history).
+        self.history: PublisherHistory | None = None
+        self.on_first: Callable[[], None] | None = None
 
     async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
         """Encode, number and send ``message`` (see :meth:`MessageBroker.publish` for what it raises)."""
         if timeout is None:
             timeout = self.timeout
         codec = self.codec
+        if self.on_first is not None and not (topic or message.topic or message.type_name).startswith("_zmqbus."):
+            on_first, self.on_first = self.on_first, None
+            on_first()  # the first message on a user topic: start serving the history it goes into
         if not self.is_ready:
             # Bad input fails at once, not after waiting for the bus; then wait, once, until a new publishing
             # socket holds the forwarder's subscriptions instead of losing the first messages silently.
@@ -83,6 +96,8 @@ class Publisher:
         frame = head + codec.encode(message, head, self.client_id, seq, self.name)
         if not link.send(frame):
             await self._publish_slowly(link, frame, timeout)
+        if self.history is not None:
+            self.history.record(head, seq, frame)
         self.published += 1
         self.published_bytes += len(frame)
 

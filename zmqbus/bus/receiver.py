@@ -5,7 +5,11 @@ Contracts (the broker's module docstring states them for users):
 * Frames are read in batches of up to 256 and decoded one by one; a
   malformed one is counted by reason, logged rate-limited, and dropped.
 * Every decoded message goes through the :class:`GapDetector` (per
-  publisher and topic) before dispatch, matched or not.
+  publisher and topic) before dispatch, matched or not; with recovery on
+  (PROTOCOL.md section 14), a numbered message on a user topic goes through
+  the :class:`~zmqbus.core.recovery.Recovery` core instead, which delivers
+  each stream once and in order, holding later messages while missing ones
+  are fetched.
 * Handlers start one at a time, in arrival order. One that completes without
   awaiting costs no task; one that awaits goes on as a task (owned here) and
   does not hold up later messages, up to ``max_pending`` at once, after which
@@ -20,16 +24,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
 
 from ..core.codec import Codec
 from ..core.errors import DecodeError
-from ..core.message import current_message
+from ..core.message import ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
+from ..core.recovery import Fetch, Recovery
 from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, SequenceJump
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
+from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner, resume
 from ..io.transport import BusLink
 from . import tracing
@@ -69,6 +76,10 @@ class Receiver:
         self.decode_errors: dict[str, int] = {}
         self._decode = codec.decode_frame
         self._faults = faults
+        #: With recovery on: the streams' recovery core, and who runs the fetches it asks for.
+        self.recovery: Recovery[ProcessingMessage] | None = None
+        self.on_fetch: Callable[[Fetch], None] | None = None
+        self._next_expiry = 0.0
 
     async def run(self, link: BusLink) -> None:
         """Read and dispatch until cancelled."""
@@ -86,20 +97,20 @@ class Receiver:
             if waits % 8 == 0:
                 link.drain_control()  # subscription notices pile up on the XPUB otherwise
             # Bounded wait: a lost FD edge can delay us by at most one second.
-            await link.sub.wait_readable(1.0)
+            await link.sub.wait_readable(0.25 if self.recovery is not None else 1.0)
             if self.redundant:
                 self.expire()  # a quiet stream's missing numbers are counted lost within a second of max_skew
+            if self.recovery is not None:
+                await self.release(self.recovery.expire(asyncio.get_running_loop().time()))
 
     async def dispatch(self, batch: list[bytes]) -> None:
         """Decode and dispatch one batch of frames (the hot path: kept flat on purpose)."""
         decode = self._decode
-        cache = self.table.cache
         observe = self.sequences.observe
-        timed = self.process_time is not None
-        traced = tracing.tracer is not None
+        recovery = self.recovery
+        now = asyncio.get_running_loop().time() if recovery is not None else 0.0
         self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
         self.received_bytes += sum(map(len, batch))
-        dispatched = 0
         for frame in batch:
             try:
                 msg = decode(frame)
@@ -108,33 +119,56 @@ class Receiver:
                 continue
             md = msg.metadata
             topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
-            jump = observe(md.publisher_id, topic, md.sequence)
-            if jump is not None:
-                if jump is DUPLICATE:
-                    self.duplicates += 1
-                    continue
-                self._report(jump)
-            subs = cache.get(topic)
-            if subs is None:
-                subs = self.table.match(topic)
-            if not subs:
-                self.unmatched += 1
+            if recovery is None or not md.sequence or topic.startswith(RESERVED_PREFIX):
+                jump = observe(md.publisher_id, topic, md.sequence)
+                if jump is not None:
+                    if jump is DUPLICATE:
+                        self.duplicates += 1
+                        continue
+                    self._report(jump)
+                if self.deliver(topic, (msg,)):
+                    await self.handlers.wait_any()
                 continue
-            _set_current(msg)  # reset once per batch, below
-            dispatched += len(subs)
-            start = self._start_traced if traced and tracing.traced(topic) else self._start  # once per message
-            for sub in subs:
-                try:
-                    if start(sub, msg, perf_counter() if timed else None) and len(self.handlers) >= self.max_pending:
-                        self.dispatched += dispatched  # before waiting: statistics() stays current
-                        dispatched = 0
-                        await self.handlers.wait_any()
-                except Exception as exc:  # a handler's fault must not stop dispatch
-                    self.handler_error(sub, exc)
-        self.dispatched += dispatched
+            ready, fetch = recovery.observe(md.publisher_id, topic, md.sequence, msg, now)
+            if fetch is not None and self.on_fetch is not None:
+                self.on_fetch(fetch)
+            if ready and self.deliver(topic, ready):
+                await self.handlers.wait_any()
         _set_current(None)
         if self.redundant:
             self.expire()
+        if recovery is not None and now >= self._next_expiry:
+            self._next_expiry = now + 0.05
+            await self.release(recovery.expire(now))
+
+    async def release(self, msgs: list[ProcessingMessage]) -> None:
+        """Deliver messages that recovery released (in order within each stream), outside a batch."""
+        for msg in msgs:
+            if self.deliver(msg.topic, (msg,)):  # type: ignore[arg-type]  # a decoded message has its topic
+                await self.handlers.wait_any()
+        _set_current(None)
+
+    def deliver(self, topic: str, msgs: Sequence[ProcessingMessage]) -> bool:
+        """Start the handlers of ``topic`` on each message, in order (the messages of one stream); True when
+        ``max_pending`` handlers are now running as tasks (the caller waits for one to end)."""
+        subs = self.table.cache.get(topic)
+        if subs is None:
+            subs = self.table.match(topic)
+        if not subs:
+            self.unmatched += len(msgs)
+            return False
+        timed = self.process_time is not None
+        start = self._start_traced if tracing.tracer is not None and tracing.traced(topic) else self._start
+        went = False
+        for msg in msgs:
+            _set_current(msg)  # reset once per batch (dispatch) or per release
+            self.dispatched += len(subs)
+            for sub in subs:
+                try:
+                    went = start(sub, msg, perf_counter() if timed else None) or went
+                except Exception as exc:  # a handler's fault must not stop dispatch
+                    self.handler_error(sub, exc)
+        return went and len(self.handlers) >= self.max_pending
 
     def expire(self) -> None:
         """On a redundant bus: count (and log) what no forwarder brought in time."""

@@ -9,9 +9,10 @@ client only through its :class:`~zmqbus.bus.port.BusPort`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from time import perf_counter
 
-from ..core.errors import NoResponder, RemoteError, RequestTimeout
+from ..core.errors import ClosedError, NoResponder, RemoteError, RequestTimeout
 from ..core.message import ProcessingMessage
 from ..core.retry import RetryPolicy
 from ..core.stats import Histogram
@@ -40,10 +41,13 @@ class Requests:
         self.responder: Responder | None = None
         self.caller: Caller | None = None
         self._caller_lock: asyncio.Lock | None = None
+        self._closed = self._responder_closed = False
         #: Seconds per request (every outcome) and requests by outcome: ok, remote_error, no_responder,
         #: timeout, error (metrics read them; a few additions per request).
         self.request_time = Histogram()
         self.outcomes: dict[str, int] = {}
+        #: The streams the responder's presence announces (a publisher keeping history), if any.
+        self.streams: Callable[[], dict[str, int]] | None = None
 
     # -- serving -------------------------------------------------------------
 
@@ -60,10 +64,11 @@ class Requests:
             owner.spawn(self.start_responder(), name="zmqbus-start-responder")
 
     async def start_responder(self) -> None:
-        """Bind and announce the responder, if this client serves anything (idempotent)."""
-        if self.responder is not None or not self.handlers:
+        """Bind and announce the responder, if this client serves anything (idempotent; nothing once closing)."""
+        if self.responder is not None or not self.handlers or self._responder_closed:
             return
         responder = Responder(self.port, self.options)
+        responder.streams = self.streams
         for service, handler in self.handlers.items():
             responder.add(service, handler)
         self.responder = responder
@@ -77,12 +82,17 @@ class Requests:
     # -- calling ---------------------------------------------------------------
 
     async def get_caller(self) -> Caller:
-        """The caller, started on first use (its presence subscription goes with it)."""
+        """The caller, started on first use (its presence subscription goes with it); :class:`ClosedError`
+        once :meth:`close_caller` ran (a late task must not open a socket nobody will close)."""
         if self.caller is not None:
             return self.caller
+        if self._closed:
+            raise ClosedError("MessageBroker is closed")
         if self._caller_lock is None:
             self._caller_lock = asyncio.Lock()
         async with self._caller_lock:
+            if self._closed:
+                raise ClosedError("MessageBroker is closed")
             if self.caller is None:
                 caller = Caller(self.port)
                 await caller.start()
@@ -140,12 +150,14 @@ class Requests:
 
     async def close_responder(self, grace: float, linger: float) -> None:
         """Finish running requests (up to ``grace`` s) and say goodbye on the bus."""
+        self._responder_closed = True
         if self.responder is not None:
             await self.responder.close(grace, linger)
             self.responder = None
 
     async def close_caller(self) -> None:
         """End every waiting request with :class:`ClosedError` and close the caller's socket."""
+        self._closed = True
         if self.caller is not None:
             await self.caller.close()
             self.caller = None

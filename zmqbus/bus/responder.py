@@ -25,11 +25,12 @@ from ..core.message import MessageMetadata, ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.security import check_endpoint
 from ..core.serving import Cached, Refuse, ResponderCore, Start
+from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread
 from ..io.security import apply_server, zap_handler
 from ..io.transport import RouterLink
 from . import tracing
-from .port import BusPort, RpcOptions, ServiceHandler, serve_router
+from .port import BusPort, RpcOptions, ServiceHandler, caller_key, serve_router
 from .presence import Announcer
 
 __all__ = ["Responder", "ResponderStatistics"]
@@ -80,6 +81,9 @@ class Responder:
         self.endpoint = ""
         self._loops: list[asyncio.Task[None]] = []
         self.presence = Announcer(bus, self._presence)
+        self._users: dict[bytes, str] = {}  # caller routing id -> its key name (a secure bus)
+        #: What the presence announces as this publisher's streams (PROTOCOL.md section 14), if anything.
+        self.streams: Callable[[], dict[str, int]] | None = None
 
     @property
     def services(self) -> set[str]:
@@ -129,6 +133,7 @@ class Responder:
             load=self.core.load,
             leaving=leaving,
             key=None if self.bus.keys is None else self.bus.keys.public.decode(),
+            streams=None if self.streams is None or leaving else self.streams(),
         )
 
     def add(self, service: str, handler: ServiceHandler) -> None:
@@ -195,7 +200,11 @@ class Responder:
         service: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
         md = msg.metadata
         policy = self.bus.policy
-        if policy is not None and not policy.may_call(user, service):
+        if user:
+            if len(self._users) >= 10_000:
+                self._users.clear()
+            self._users[caller] = user  # what the handler may ask (caller_key): a connection's key never changes
+        if policy is not None and not service.startswith(RESERVED_PREFIX) and not policy.may_call(user, service):
             self.stats.forbidden += 1
             self._faults.log(logging.WARNING, f"forbidden:{user}", "key %r may not call %r: refused", user, service)
             self._reply_error(
@@ -224,6 +233,7 @@ class Responder:
         # sync one goes to a daemon worker thread (the context carried), so
         # the loop keeps heartbeating.
         token = current_message.set(msg)
+        key_token = caller_key.set(self._users.get(caller, ""))
         trace_token = None
         if tracing.tracer is not None and tracing.traced(service):
             span, trace_token = tracing.start_span("serve", service, msg, self.instance_id, remote=True)
@@ -240,6 +250,7 @@ class Responder:
                 self._track(self._finish(caller, service, msg, outcome))
         finally:
             current_message.reset(token)
+            caller_key.reset(key_token)
             if trace_token is not None:
                 tracing.detach(trace_token)
 

@@ -8,19 +8,39 @@ OpenTelemetry's messaging metric (``messaging.client.sent.messages`` ->
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..core.snapshots import BrokerStatistics, ForwarderStatistics, Sample
 from ..core.stats import Histogram
 from ..core.subscriptions import SubscriptionTable
 from .publisher import Publisher
 from .receiver import Receiver
 
+if TYPE_CHECKING:
+    from .history import Recoverer
+
 __all__ = ["broker_statistics", "broker_samples", "forwarder_samples"]
 
 _SYSTEM = "zmqbus"
 
 
-def broker_statistics(p: Publisher, r: Receiver, table: SubscriptionTable, rpc: dict[str, int]) -> BrokerStatistics:
-    """A client's counters, from its publisher, its receiver, its subscription table and its requests."""
+def broker_statistics(
+    p: Publisher, r: Receiver, table: SubscriptionTable, rpc: dict[str, int], recoverer: Recoverer | None
+) -> BrokerStatistics:
+    """A client's counters, from its publisher, its receiver, its subscription table, its requests and its
+    recovery (None: off)."""
+    recovery: dict[str, int] = {}
+    gaps, duplicates, resets = r.sequences.gaps, r.duplicates, r.sequences.resets
+    if recoverer is not None:
+        s = recoverer.recovery.stats
+        recovery.update(recovered=s.recovered, lost=s.lost, held=s.held, fetches=s.fetches, failed=s.failed_fetches)
+        gaps, duplicates, resets = gaps + s.lost, duplicates + s.duplicates, resets + s.resets
+        if recoverer.history is not None:
+            h = recoverer.history
+            recovery.update(
+                history_messages=len(h.cache), history_bytes=h.cache.bytes, history_evicted=h.cache.evicted,
+                served=h.served, refused=h.refused,
+            )  # fmt: skip
     return BrokerStatistics(
         published=p.published,
         published_bytes=p.published_bytes,
@@ -30,14 +50,15 @@ def broker_statistics(p: Publisher, r: Receiver, table: SubscriptionTable, rpc: 
         dispatched=r.dispatched,
         unmatched=r.unmatched,
         handler_errors=r.handler_errors,
-        gaps=r.sequences.gaps,
-        sequence_resets=r.sequences.resets,
+        gaps=gaps,
+        sequence_resets=resets,
         unconfirmed=p.unconfirmed,
         decode_errors=dict(r.decode_errors),
-        subscriptions=len(table),
+        subscriptions=table.user_count,
         receives_all=table.receives_all,
         rpc=rpc,
-        duplicates=r.duplicates,
+        duplicates=duplicates,
+        recovery=recovery,
     )
 
 

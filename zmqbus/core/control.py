@@ -23,6 +23,10 @@ __all__ = [
     "ErrorReply",
     "discover_content",
     "discovered_service",
+    "HISTORY_SERVICE",
+    "MAX_ANNOUNCED_STREAMS",
+    "HistoryQuery",
+    "HistoryReply",
 ]
 
 #: Responders announce themselves here (PROTOCOL.md section 8.1).
@@ -31,6 +35,10 @@ PRESENCE_TOPIC = "_zmqbus.presence"
 DISCOVER_TOPIC = "_zmqbus.discover"
 #: A message on this topic makes a forwarder publish its statistics at once (PROTOCOL.md section 5).
 FORWARDER_QUERY_TOPIC = "_zmqbus.forwarder.query"
+#: A publisher's history is fetched through this service (PROTOCOL.md section 14).
+HISTORY_SERVICE = "_zmqbus.history"
+#: The most streams one presence announcement names (PROTOCOL.md section 14).
+MAX_ANNOUNCED_STREAMS = 10_000
 #: The ``code`` of an error reply (PROTOCOL.md section 8.2).
 ERROR_CODES = ("handler_error", "malformed", "unknown_service", "expired", "shutting_down", "overloaded", "forbidden")
 
@@ -55,6 +63,8 @@ class Presence:
     leaving: bool = False
     #: The responder's CURVE public key (Z85) on a secure bus: callers connect with it as the server key.
     key: str | None = None
+    #: A publisher's recent streams: topic -> the last sequence number it published there (section 14).
+    streams: dict[str, int] | None = None
 
     def to_content(self) -> dict[str, Any]:
         out = {
@@ -68,6 +78,8 @@ class Presence:
         }
         if self.key is not None:
             out["key"] = self.key
+        if self.streams:
+            out["streams"] = self.streams
         return out
 
     @classmethod
@@ -84,6 +96,13 @@ class Presence:
             _field(content, "liveness"),
         )
         load, leaving, key = content.get("load", 0), content.get("leaving", False), content.get("key")
+        streams = content.get("streams")
+        if streams is not None and not (
+            isinstance(streams, dict)
+            and len(streams) <= MAX_ANNOUNCED_STREAMS
+            and all(isinstance(t, str) and type(n) is int and n > 0 for t, n in streams.items())
+        ):
+            raise DecodeError("field", "presence: streams must map topics to positive sequence numbers")
         if not (
             isinstance(instance, str)
             and isinstance(endpoint, str)
@@ -114,6 +133,7 @@ class Presence:
             load=load,
             leaving=leaving,
             key=key,
+            streams=streams,
         )
 
 
@@ -168,3 +188,58 @@ class ErrorReply:
             retryable=self.retryable,
             reported=self.reported,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryQuery:
+    """A subscriber's request to a publisher's ``_zmqbus.history`` service (PROTOCOL.md section 14): the
+    numbers ``first`` to ``last`` (None: up to the newest) on ``topic``, or (``since``, a time in seconds
+    since the epoch) from the first message published at that time or later; at most ``limit``."""
+
+    topic: str
+    first: int = 1
+    last: int | None = None
+    since: float | None = None
+    limit: int = 1000
+
+    def to_content(self) -> dict[str, Any]:
+        return {"topic": self.topic, "first": self.first, "last": self.last, "since": self.since, "limit": self.limit}
+
+    @classmethod
+    def from_content(cls, content: Any, max_limit: int) -> HistoryQuery:
+        """Read a query; raise :class:`DecodeError` if it breaks section 14 (``limit`` is capped at ``max_limit``)."""
+        topic, first = _field(content, "topic"), _field(content, "first")
+        last, since, limit = content.get("last"), content.get("since"), content.get("limit", max_limit)
+        if not isinstance(topic, str) or type(first) is not int or first < 1:
+            raise DecodeError("field", "history: topic must be a string and first a positive integer")
+        if last is not None and (type(last) is not int or last < first):
+            raise DecodeError("field", "history: last must be an integer not below first")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int | float)):
+            raise DecodeError("field", "history: since must be a number")
+        if type(limit) is not int or limit < 1:
+            raise DecodeError("field", "history: limit must be a positive integer")
+        return cls(topic=topic, first=first, last=last, since=since, limit=min(limit, max_limit))
+
+
+@dataclass(frozen=True, kw_only=True)
+class HistoryReply:
+    """A publisher's answer: ``frames`` (whole messages, ``topic NUL payload``) from number ``first`` on, and the
+    ``oldest`` and ``last`` numbers it holds on the topic now (0, 0: none)."""
+
+    frames: tuple[bytes, ...]
+    first: int
+    oldest: int
+    last: int
+
+    def to_content(self) -> dict[str, Any]:
+        return {"frames": list(self.frames), "first": self.first, "oldest": self.oldest, "last": self.last}
+
+    @classmethod
+    def from_content(cls, content: Any) -> HistoryReply:
+        frames, first = _field(content, "frames"), _field(content, "first")
+        oldest, last = _field(content, "oldest"), _field(content, "last")
+        if not isinstance(frames, list) or not all(isinstance(f, bytes) for f in frames):
+            raise DecodeError("field", "history reply: frames must be a list of binary frames")
+        if not all(type(n) is int and n >= 0 for n in (first, oldest, last)):
+            raise DecodeError("field", "history reply: first, oldest and last must be integers")
+        return cls(frames=tuple(frames), first=first, oldest=oldest, last=last)

@@ -118,6 +118,12 @@ class Policy:
         perms = self.keys.get(key)
         return perms is not None and (topic.startswith(RESERVED_PREFIX) or _allows(perms.publish, topic))
 
+    def may_read(self, key: str, topic: str) -> bool:
+        """Whether ``key`` may receive ``topic`` (its subscribe patterns): also what it may fetch from a
+        publisher's history (PROTOCOL.md section 14)."""
+        perms = self.keys.get(key)
+        return perms is not None and (topic.startswith(RESERVED_PREFIX) or _allows(perms.subscribe, topic))
+
     def may_call(self, key: str, service: str) -> bool:
         perms = self.keys.get(key)
         return perms is not None and _allows(perms.call, service)

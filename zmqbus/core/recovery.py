@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from .sequence import MAX_PLAUSIBLE_GAP
+
 __all__ = ["Recovery", "Fetch", "RecoveryStatistics"]
 
 M = TypeVar("M")
@@ -49,7 +51,7 @@ class Fetch:
 @dataclass
 class RecoveryStatistics:
     """What recovery did: messages recovered from history, lost for good, duplicates dropped, held now,
-    fetches asked and failed."""
+    fetches asked and failed, and numberings that restarted (not loss)."""
 
     recovered: int = 0
     lost: int = 0
@@ -57,6 +59,7 @@ class RecoveryStatistics:
     held: int = 0
     fetches: int = 0
     failed_fetches: int = 0
+    resets: int = 0
 
 
 @dataclass
@@ -103,7 +106,7 @@ class Recovery(Generic[M]):
             stream.fetching, stream.deadline, stream.serial = True, now + self.holdback, 1
             self.stats.fetches += 1
             return Fetch(publisher, topic, 1, last, since, 1)
-        if stream.last is not None and last < stream.last - (1 << 24):
+        if stream.last is not None and last < stream.last - MAX_PLAUSIBLE_GAP:
             return None  # a restarted publisher's numbering: its next message resets the stream
         stream.target = max(stream.target, last)
         return self._next_fetch(publisher, topic, stream, now)
@@ -182,10 +185,11 @@ class Recovery(Generic[M]):
         if last is None:
             self._hold(stream, seq, msg, out)
             return
-        if seq <= last or seq in stream.held:
+        if (seq <= last and last - seq <= MAX_PLAUSIBLE_GAP) or seq in stream.held:
             self.stats.duplicates += 1
             return
-        if seq > last + (1 << 24):  # not a gap: the publisher restarted its numbering
+        if not 0 <= seq - last - 1 <= MAX_PLAUSIBLE_GAP:  # no gap: the numbering restarted (as GapDetector says)
+            self.stats.resets += 1
             self.stats.held -= len(stream.held)
             out.extend(stream.held[k] for k in sorted(stream.held))
             stream.held.clear()

@@ -102,15 +102,14 @@ class Directory:
     def live(self, service: str) -> list[Instance]:
         return [i for i in self._instances.values() if service in i.services]
 
-    def pick(self, service: str, avoid: Iterable[str] = ()) -> Instance | None:
-        """The live instance with the fewest outstanding calls, preferring ones not in ``avoid``.
-
-        Ties go to the instance picked least recently (round robin).
+    def pick(self, service: str, avoid: Iterable[str] = (), only: str | None = None) -> Instance | None:
+        """The live instance with the fewest outstanding calls, preferring ones not in ``avoid``
+        (``only``: that instance or none). Ties go to the instance picked least recently (round robin).
         """
         best: Instance | None = None
         best_avoided = True
         for inst in self._instances.values():  # a plain loop: this runs once per request
-            if service not in inst.services:
+            if service not in inst.services or (only is not None and inst.instance_id != only):
                 continue
             avoided = inst.instance_id in avoid
             if (
@@ -156,6 +155,7 @@ class Call:
         "tried",
         "waiter",
         "settled",
+        "only",
     )
 
     def __init__(self, request_id: str, service: str, started: float, deadline: float, policy: RetryPolicy) -> None:
@@ -172,6 +172,8 @@ class Call:
         #: The shell's outcome of a reply that arrived while no try waited (between two tries, after the
         #: instance was lost): the call ends with it instead of trying again. Opaque here.
         self.settled: Any = None
+        #: The one instance this call may go to (None: any instance of the service).
+        self.only: str | None = None
 
     def __repr__(self) -> str:
         return f"Call({self.request_id!r}, {self.service!r}, attempt={self.attempt}, on={self.instance_id!r})"
@@ -194,7 +196,7 @@ class CallTracker:
     def assign(self, call: Call, now: float) -> Instance | None:
         """Start the next try on the best instance (another one than before if possible)."""
         self._release(call)
-        inst = self.directory.pick(call.service, call.tried)
+        inst = self.directory.pick(call.service, call.tried, call.only)
         if inst is None:
             return None
         call.attempt += 1

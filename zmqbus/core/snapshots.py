@@ -34,8 +34,13 @@ class BrokerStatistics:
     subscriptions: int
     receives_all: int
     rpc: dict[str, int]
-    #: On a redundant bus: copies dropped because another forwarder's copy was delivered first.
+    #: Copies dropped because the same number was delivered already (a second forwarder's copy on a redundant
+    #: bus, a message that came live after it was recovered).
     duplicates: int = 0
+    #: Recovery (PROTOCOL.md section 14), when on: messages recovered from publishers' history, lost for
+    #: good (also counted in ``gaps``), held now, fetches made and failed; and this client's own history:
+    #: messages and bytes kept, evicted, fetches served and refused.
+    recovery: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,11 @@ class SubscriptionTable:
         self.cache: dict[str, tuple[Subscription, ...]] = {}
         self.cache_limit = cache_limit
 
+    @property
+    def user_count(self) -> int:
+        """Subscriptions on user topics (the client's own control subscriptions, ``_zmqbus.``, left out)."""
+        return sum(1 for s in self._subs if not s.internal)
+
     def __len__(self) -> int:
         return len(self._subs)
 
