@@ -66,6 +66,10 @@ class Receiver:
         self.sequences: GapDetector | RedundantGapDetector = (
             GapDetector() if redundant is None else RedundantGapDetector(max_skew=redundant)
         )
+        #: The same for control topics (``_zmqbus.``): copies dropped, gaps not counted as the user's loss.
+        self.control_sequences: GapDetector | RedundantGapDetector = (
+            GapDetector() if redundant is None else RedundantGapDetector(max_skew=redundant)
+        )
         self.max_pending = max_pending
         self.handlers = TaskOwner()  # handlers that went on as tasks
         self.received = self.received_bytes = self.dispatched = self.unmatched = self.handler_errors = 0
@@ -106,7 +110,7 @@ class Receiver:
     async def dispatch(self, batch: list[bytes]) -> None:
         """Decode and dispatch one batch of frames (the hot path: kept flat on purpose)."""
         decode = self._decode
-        observe = self.sequences.observe
+        observe, control = self.sequences.observe, self.control_sequences.observe
         recovery = self.recovery
         now = asyncio.get_running_loop().time() if recovery is not None else 0.0
         self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
@@ -119,7 +123,13 @@ class Receiver:
                 continue
             md = msg.metadata
             topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
-            if recovery is None or not md.sequence or topic.startswith(RESERVED_PREFIX):
+            if topic.startswith(RESERVED_PREFIX):  # control traffic: deduplicated, its gaps no user loss
+                if control(md.publisher_id, topic, md.sequence) is DUPLICATE:
+                    continue
+                if self.deliver(topic, (msg,)):
+                    await self.handlers.wait_any()
+                continue
+            if recovery is None or not md.sequence:
                 jump = observe(md.publisher_id, topic, md.sequence)
                 if jump is not None:
                     if jump is DUPLICATE:
@@ -178,6 +188,10 @@ class Receiver:
             for jump in sequences.reports:
                 self._report(jump)
             sequences.reports.clear()
+        control = self.control_sequences
+        if isinstance(control, RedundantGapDetector):
+            control.expire()
+            control.reports.clear()
 
     def _start(self, sub: Subscription, msg: Any, started: float | None = None, span: Any = None) -> bool:
         """Run ``sub``'s handler eagerly; return True if it went on as a task.
