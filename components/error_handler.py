@@ -25,6 +25,7 @@ import os
 from typing import Any, TextIO
 
 from zmqbus import Component, MessageMetadata, ProcessingMessage, on, service
+from zmqbus.core import config
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,8 @@ MAX_DEAD_LETTERS = 1000
 
 
 def state_dir() -> str:
-    """Where components keep state across restarts: ``$ZMQBUS_STATE_DIR``, else
-    ``$XDG_STATE_HOME/zmqbus``, else ``~/.local/state/zmqbus``."""
-    return os.environ.get("ZMQBUS_STATE_DIR") or os.path.join(
-        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "zmqbus"
-    )
+    """Where components keep state across restarts (:func:`zmqbus.core.config.state_dir`)."""
+    return config.state_dir()
 
 
 class DeadLetterFile:

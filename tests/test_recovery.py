@@ -11,7 +11,7 @@ from typing import Any
 
 from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.framework.procs import tcp_endpoints
-from zmqbus.testing import wait_until
+from zmqbus.testing import TestBus, wait_until
 
 
 async def test_what_a_killed_forwarder_held_is_recovered_once_and_in_order(spawn_forwarder: Any) -> None:
@@ -81,3 +81,37 @@ async def test_the_first_and_the_last_messages_of_a_stream_are_recovered(spawn_f
     )
     assert len(got) == 3 and stats.gaps == 0
     assert stats.recovery["recovered"] == 2, stats.recovery
+
+
+async def test_a_component_killed_and_restarted_misses_nothing_and_handles_nothing_twice(
+    bus: TestBus, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """SIGKILL, then the same component (same name and replica) again: it resumes from the positions it
+    recorded before each message was handled, and fetches what was published while it was down."""
+    tally = tmp_path / "tally"
+    monkeypatch.setenv("TALLY_FILE", str(tally))
+    first = await bus.spawn("tally_components:Tally")
+    pub = bus.broker("producer")
+    await pub.ready()
+    n = 0
+
+    async def send(count: int) -> None:
+        nonlocal n
+        for _ in range(count):
+            await pub.publish(ProcessingMessage("work.item", {"i": n}))
+            n += 1
+            await asyncio.sleep(0.005)
+
+    def handled() -> list[int]:
+        return [int(line) for line in tally.read_text().split()] if tally.exists() else []
+
+    await send(100)
+    await wait_until(lambda: len(handled()) >= 50, timeout=10, what="the component at work")
+    await bus.kill(first)
+    await send(100)  # published while it is down
+    await bus.spawn("tally_components:Tally")
+    await send(100)
+    await wait_until(lambda: len(handled()) >= n, timeout=15, what="every item, handled")
+    await asyncio.sleep(0.5)  # nothing more comes
+    got = handled()
+    assert got == list(range(n)), f"{len(got)} handled of {n}: each once, in order"

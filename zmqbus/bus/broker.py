@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Unpack
@@ -107,11 +106,10 @@ class MessageBroker:
         self.forwarders = len(config.split_endpoints(self.sub_endpoint))
         skew = opts.redundant_skew if self.forwarders > 1 else None
         self._receiver = Receiver(self._table, self.codec, opts.max_pending_handlers, self._faults, redundant=skew)
-        self._publisher = Publisher(self.codec, self.client_id, opts.publish_timeout, self.ready)
-        self._publisher.name = opts.name
+        self._publisher = Publisher(self.codec, self.client_id, opts.publish_timeout, self.ready, opts.name)
         self._subs = Subscriptions(self._table, self._receiver)
         where = f"{self.pub_endpoint} / {self.sub_endpoint}"
-        self._readiness = Readiness(self._publisher, self._subs, self._check, where)
+        self._readiness = Readiness(self._publisher, self._subs, lambda: self._watches, where)
         self._requests = Requests(_Port(self), opts.rpc(self.insecure))
         parts = (self.codec, self._publisher, self._receiver, self._subs, self._requests, self._owner)
         self._recoverer = enable_recovery(opts, *parts, lambda: self.policy) if opts.history else None
@@ -150,6 +148,8 @@ class MessageBroker:
         for watch in self._watches:
             self._owner.spawn(watch.run(), name="zmqbus-handshakes", fatal=False)
         self._subs.attach(link)
+        if self._recoverer is not None:
+            self._recoverer.open_journal(self._receiver)
         self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
         if self.options.metrics_port is not None and self._metrics is None:
             from .metrics import serve_metrics
@@ -189,6 +189,8 @@ class MessageBroker:
                 self._subs.attach(None)
             await asyncio.gather(*(watch.close(linger + 1.0) for watch in self._watches))
             self._watches = []
+            if self._recoverer is not None:
+                self._recoverer.close(self._receiver)
             if self._metrics is not None:
                 self._metrics.close()
                 self._metrics = None
@@ -200,10 +202,6 @@ class MessageBroker:
             raise ClosedError(f"MessageBroker failed: {type(failure).__name__}: {failure}") from failure
         if self._closed:
             raise ClosedError("MessageBroker is closed")
-
-    def _check(self) -> None:
-        for watch in self._watches:
-            watch.check()  # a refused key: say so now, not at a timeout
 
     def _fail(self, exc: BaseException) -> None:
         """A fatal background failure (an owned task died): close, and make the next call raise it."""
@@ -262,8 +260,8 @@ class MessageBroker:
         self._check_open()
         await self.start()
         await self._readiness.probe(timeout)
-        if self._recoverer is not None and not self._recoverer.live_since:
-            self._recoverer.live_since = time.time()  # streams first seen after this are fetched from here
+        if self._recoverer is not None:
+            self._recoverer.went_live()
 
     # -- publishing --------------------------------------------------------------
 

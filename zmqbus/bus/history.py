@@ -39,6 +39,7 @@ from ..core.retry import RetryPolicy
 from ..core.subscriptions import SubscriptionTable
 from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner
+from ..io.journal import StreamJournal
 from .options import BrokerOptions
 from .port import caller_key
 from .publisher import Publisher
@@ -111,7 +112,27 @@ class Recoverer:
         #: When this client's subscriptions went live (epoch seconds): a stream it never saw is fetched from then.
         self.live_since = 0.0
         self.history: PublisherHistory | None = None  # the same client's publishing side
+        self.journal: StreamJournal | None = None  # where it stands in each stream, across restarts
         self._faults = RateLimitedLog(log)
+
+    def went_live(self) -> None:
+        """This client's subscriptions are live (its first ``ready``): streams first seen later are fetched
+        from this time on."""
+        if not self.live_since:
+            self.live_since = time.time()
+
+    def open_journal(self, receiver: Receiver) -> None:
+        """Resume from the journal's positions (a restarted process) and record from now on."""
+        if self.journal is None or receiver.journal is not None:
+            return
+        for (publisher, topic), seq in self.journal.load().items():
+            self.recovery.resume(publisher, topic, seq)
+        receiver.journal = self.journal
+
+    def close(self, receiver: Receiver) -> None:
+        receiver.journal = None
+        if self.journal is not None:
+            self.journal.close()
 
     def fetch(self, fetch: Fetch) -> None:
         """Start a fetch (a task: the receiver goes on meanwhile)."""
@@ -197,6 +218,8 @@ def enable_recovery(
     recoverer = Recoverer(recovery, codec, subscriptions.table, fetch, receiver.release, spawn)
     receiver.on_fetch = recoverer.fetch
     recoverer.history = history
+    if options.resume_file:
+        recoverer.journal = StreamJournal(options.resume_file)
 
     def on_presence(msg: ProcessingMessage) -> None:
         try:

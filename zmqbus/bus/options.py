@@ -68,6 +68,10 @@ class BrokerOptions:
     :param history_age: seconds a message is kept, at most.
     :param holdback: seconds a subscriber holds later messages of a stream while it fetches missing ones;
         what has not come by then is counted lost.
+    :param resume_file: where this subscriber records, before each message is handled, how far it got in
+        each stream; a process restarted with the same file fetches what was published meanwhile (within
+        the publishers' history) and never handles a message twice. ``zmqbus run`` and ``zmqbus up`` give
+        each component replica one under ``$ZMQBUS_STATE_DIR``. Default: none.
     :param redundant_skew: on a redundant bus (several forwarders), seconds a
         missing number may wait for the other forwarder's copy before it is
         counted lost.
@@ -99,6 +103,7 @@ class BrokerOptions:
     history_bytes: int = 64 * 1024 * 1024
     history_age: float = 60.0
     holdback: float = 1.0
+    resume_file: str | None = None
     redundant_skew: float = 2.0
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
@@ -155,6 +160,7 @@ class BrokerSettings(TypedDict, total=False):
     history_bytes: int
     history_age: float
     holdback: float
+    resume_file: str | None
     redundant_skew: float
     metrics_port: int | None
     metrics_addr: str

@@ -52,10 +52,12 @@ class Publisher:
         "on_first",
     )
 
-    def __init__(self, codec: Codec, client_id: str, timeout: float, ready: Callable[[float], Awaitable[None]]) -> None:
+    def __init__(
+        self, codec: Codec, client_id: str, timeout: float, ready: Callable[[float], Awaitable[None]], name: str = ""
+    ) -> None:
         self.codec, self.client_id, self.timeout = codec, client_id, timeout
         #: The ``source_component`` of messages that leave it empty (the client's name).
-        self.name = ""
+        self.name = name
         self.link: BusLink | None = None
         #: Set once the forwarder's subscriptions are known to reach this client (the first ``ready``).
         self.is_ready = False

@@ -18,6 +18,7 @@ from ..core.errors import BusTimeout, ClosedError, ZmqbusError
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.topics import RESERVED_PREFIX
 from ..io.aio import wait_event
+from ..io.security import HandshakeWatch
 from .publisher import Publisher
 from .subscribing import Subscriptions
 
@@ -32,9 +33,13 @@ class Readiness:
     """The probes of one client. ``generation`` counts its user subscriptions; :meth:`probe` proves them."""
 
     def __init__(
-        self, publisher: Publisher, subscriptions: Subscriptions, check: Callable[[], None], where: str
+        self,
+        publisher: Publisher,
+        subscriptions: Subscriptions,
+        watches: Callable[[], list[HandshakeWatch]],
+        where: str,
     ) -> None:
-        self._publisher, self._subs, self._check = publisher, subscriptions, check
+        self._publisher, self._subs, self._watches = publisher, subscriptions, watches
         self._where = where  # the forwarder's endpoints, for messages
         self._count = 0
         #: User subscriptions made so far, and how many of them a probe has proven live.
@@ -49,7 +54,7 @@ class Readiness:
 
     async def probe(self, timeout: float) -> None:
         """Send probes (backing off from 5 ms to 250 ms) until one comes back; raise :class:`BusTimeout`
-        after ``timeout`` seconds, or what ``check`` raises (a refused CURVE key) at once."""
+        after ``timeout`` seconds, or what a handshake watch raises (a refused CURVE key) at once."""
         pub = self._publisher
         generation, published = self.generation, pub.published
         self._count += 1
@@ -61,7 +66,8 @@ class Readiness:
         interval = 0.005
         try:
             while not arrived.is_set():
-                self._check()
+                for watch in self._watches():
+                    watch.check()  # a refused key: say so now, not at a timeout
                 left = deadline - loop.time()
                 if left <= 0:
                     raise BusTimeout(

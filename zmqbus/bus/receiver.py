@@ -38,6 +38,7 @@ from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner, resume
+from ..io.journal import StreamJournal
 from ..io.transport import BusLink
 from . import tracing
 
@@ -83,6 +84,7 @@ class Receiver:
         #: With recovery on: the streams' recovery core, and who runs the fetches it asks for.
         self.recovery: Recovery[ProcessingMessage] | None = None
         self.on_fetch: Callable[[Fetch], None] | None = None
+        self.journal: StreamJournal | None = None  # records each stream's position before its handlers run
         self._next_expiry = 0.0
 
     async def run(self, link: BusLink) -> None:
@@ -142,8 +144,11 @@ class Receiver:
             ready, fetch = recovery.observe(md.publisher_id, topic, md.sequence, msg, now)
             if fetch is not None and self.on_fetch is not None:
                 self.on_fetch(fetch)
-            if ready and self.deliver(topic, ready):
-                await self.handlers.wait_any()
+            if ready:
+                if self.journal is not None:  # before the handlers run: never twice, even across a kill
+                    self.journal.record(md.publisher_id, topic, ready[-1].metadata.sequence)
+                if self.deliver(topic, ready):
+                    await self.handlers.wait_any()
         _set_current(None)
         if self.redundant:
             self.expire()
@@ -154,7 +159,10 @@ class Receiver:
     async def release(self, msgs: list[ProcessingMessage]) -> None:
         """Deliver messages that recovery released (in order within each stream), outside a batch."""
         for msg in msgs:
-            if self.deliver(msg.topic, (msg,)):  # type: ignore[arg-type]  # a decoded message has its topic
+            topic: str = msg.topic  # type: ignore[assignment]  # a decoded message has its topic
+            if self.journal is not None:
+                self.journal.record(msg.metadata.publisher_id, topic, msg.metadata.sequence)
+            if self.deliver(topic, (msg,)):
                 await self.handlers.wait_any()
         _set_current(None)
 

@@ -97,3 +97,17 @@ def advertised_endpoint(bound: str, advertise: str | None) -> str:
         return advertise
     port = bound.rsplit(":", 1)[1]
     return f"tcp://{advertise}:{port}"
+
+
+def state_dir() -> str:
+    """Where components keep state across restarts (dead letters, stream positions): ``$ZMQBUS_STATE_DIR``,
+    else ``$XDG_STATE_HOME/zmqbus``, else ``~/.local/state/zmqbus``."""
+    return os.environ.get("ZMQBUS_STATE_DIR") or os.path.join(
+        os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "zmqbus"
+    )
+
+
+def resume_file(component: str, replica: int) -> str:
+    """The stream positions of one component replica (``zmqbus run``/``up``), under :func:`state_dir`."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in component)
+    return os.path.join(state_dir(), f"streams-{safe}-{replica}.jsonl")

@@ -77,8 +77,11 @@ def component_main(
     startup_timeout: float = 10.0,
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
+    replica: int = 1,
 ) -> None:
-    """Run one component in this process until SIGTERM/SIGINT (a second signal kills).
+    """Run one component in this process until SIGTERM/SIGINT (a second signal kills). Replica ``replica``
+    of its name records its stream positions in :func:`zmqbus.core.config.resume_file` and resumes from
+    them (a restarted replica fetches what it missed while it was down).
 
     Exits 0 after a signal, 1 with a one-line error on stderr if the
     component cannot start (no forwarder within ``startup_timeout``, a
@@ -89,7 +92,9 @@ def component_main(
     label = name or spec
     logging.basicConfig(level=log_level, format=f"%(asctime)s {label} %(levelname)s %(message)s")
     try:
-        code = asyncio.run(_run_component(spec, name, pub, sub, grace, startup_timeout, metrics_port, metrics_addr))
+        code = asyncio.run(
+            _run_component(spec, name, pub, sub, grace, startup_timeout, metrics_port, metrics_addr, replica)
+        )
     except (ZmqbusError, ValueError) as exc:
         print(f"zmqbus run {label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         code = 1
@@ -105,6 +110,7 @@ async def _run_component(
     startup_timeout: float,
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
+    replica: int = 1,
 ) -> int:
     from ..bus.broker import MessageBroker
     from ..core.errors import ZmqbusError
@@ -122,7 +128,9 @@ async def _run_component(
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    broker = MessageBroker(pub, sub, metrics_port=metrics_port, metrics_addr=metrics_addr)
+    cls = load_component(spec)
+    resume = config.resume_file(name or cls.default_name(), replica)
+    broker = MessageBroker(pub, sub, metrics_port=metrics_port, metrics_addr=metrics_addr, resume_file=resume)
 
     def on_hup() -> None:  # reload the allow-list (and policy) of a secure member
         try:
@@ -132,7 +140,6 @@ async def _run_component(
 
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     log.info("starting %s (publishers -> %s, subscribers -> %s); SIGTERM stops it at any moment", spec, pub, sub)
-    cls = load_component(spec)
     component = cls(broker, name=name) if name else cls(broker)  # a guide-style __init__ takes the broker only
     starting = asyncio.ensure_future(component.start(startup_timeout))
     stopping = asyncio.ensure_future(stop.wait())
@@ -278,7 +285,7 @@ class Supervisor:
         for spec in t.components:
             for r in range(spec.replicas):
                 label = f"{spec.name or spec.cls.rsplit(':', 1)[1]}#{r + 1}"
-                self._components.append(_Managed(label, _starter(spec, t, log_level)))
+                self._components.append(_Managed(label, _starter(spec, t, log_level, r + 1)))
 
     @property
     def managed(self) -> list[_Managed]:
@@ -347,7 +354,7 @@ def _forwarder_starter(pub: str, sub: str) -> Callable[[], multiprocessing.proce
 
 
 def _starter(
-    spec: ComponentSpec, topology: Topology, log_level: int
+    spec: ComponentSpec, topology: Topology, log_level: int, replica: int = 1
 ) -> Callable[[], multiprocessing.process.BaseProcess]:
     def start() -> multiprocessing.process.BaseProcess:
         return spawn(
@@ -357,6 +364,11 @@ def _starter(
             topology.pub,
             topology.sub,
             log_level,
+            10.0,
+            10.0,
+            None,
+            "127.0.0.1",
+            replica,
             name=f"zmqbus-{spec.name or spec.cls}",
         )
 

@@ -287,9 +287,12 @@ class TestBus:
                     logging.WARNING,
                     grace,
                     self.timeout,
+                    None,
+                    "127.0.0.1",
+                    replica,
                     name=f"zmqbus-test-{label}",
                 )
-                for _ in range(replicas)
+                for replica in range(1, replicas + 1)
             ]
         handle = Spawned(spec, label, procs)
         self.spawned.append(handle)
