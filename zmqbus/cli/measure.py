@@ -30,6 +30,11 @@ __all__: list[str] = []
     help="Forwarders; more than one makes a redundant bus (every process connected to all).",
 )
 @click.option("--kill-responder-every", default=0.0, help="SIGKILL a responder and start another every S s (0: never).")
+@click.option(
+    "--kill-subscriber-every",
+    default=0.0,
+    help="SIGKILL a subscriber and start it again (its streams resumed) every S s (0: never).",
+)
 @click.option("--rate", default=500.0, show_default=True, help="Messages per second per publisher.")
 @click.option("--request-rate", default=50.0, show_default=True, help="Requests per second from the caller.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
@@ -41,18 +46,21 @@ def soak(
     restart_forwarder_every: float,
     forwarders: int,
     kill_responder_every: float,
+    kill_subscriber_every: float,
     rate: float,
     request_rate: float,
     as_json: bool,
 ) -> None:
-    """Check a bus for silent loss, duplicates and double execution, under faults, on this machine.
+    """Check a bus for loss, duplicates and double execution, under faults, on this machine.
 
     Real processes over tcp loopback: a forwarder, publishers, subscribers,
     responders and a caller. Every (publisher, topic, sequence) is classified
     per subscriber as delivered once, lost and counted, lost silently or
-    duplicated; every request as ok, failed with a documented error, or
-    executed twice by one instance. Exits 1 on any silent loss, duplicate
-    delivery, double execution on one instance or undocumented error.
+    duplicated, and each stream's order is checked; every request as ok,
+    failed with a documented error, or executed twice by one instance. Exits 1
+    on any loss (recovery is on: even a counted one), duplicate or
+    out-of-order delivery, double execution on one instance or undocumented
+    error.
     """
     from ..soak.run import SoakError, SoakOptions, format_report, run_soak
 
@@ -65,8 +73,9 @@ def soak(
         responders,
         restart_forwarder_every,
         kill_responder_every,
-        rate,
-        request_rate,
+        kill_subscriber_every=kill_subscriber_every,
+        rate=rate,
+        request_rate=request_rate,
         forwarders=forwarders,
     )
     try:

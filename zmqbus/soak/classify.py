@@ -19,6 +19,7 @@ name), and each instance's execution log checked for an id it ran twice.
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 __all__ = ["classify_topic", "classify_pubsub", "classify_requests", "longest_pauses"]
@@ -72,6 +73,12 @@ def classify_pubsub(publishers: list[dict[str, Any]], subscribers: list[dict[str
                 "unexpected",
             )
         },
+        "out_of_order": sum(
+            sum(1 for a, b in pairwise(seqs) if b <= a)
+            for s in subscribers
+            for seqs in s["received"].values()
+        ),
+        "recovered": sum(s.get("recovery", {}).get("recovered", 0) for s in subscribers),
         "gaps_counted_by_subscribers": sum(s["gaps"] for s in subscribers),
         "sequence_resets": sum(s["sequence_resets"] for s in subscribers),
         "end_markers_missing": sum(s.get("end_markers_missing", 0) for s in subscribers),

@@ -91,20 +91,21 @@ def subscriber(pub: str, sub: str, index: int, topics: int, workdir: str, ready:
 
 
 async def _subscriber(pub: str, sub: str, index: int, topics: int, workdir: str, ready: Any, stop: Any) -> None:
-    """Record every soak message; once told to stop, wait (up to 30 s) for each of the ``topics``
-    last messages ({"end": true}) the publishers send when they stop, rather than guess a settling time."""
-    received: dict[str, list[int]] = {}
-    arrivals: list[float] = []
+    """Record every soak message as it is handled (appended to a log, so a subscriber killed with SIGKILL
+    leaves its record, and its replacement goes on with it: the same label resumes the same streams);
+    once told to stop, wait (up to 30 s) for each of the ``topics`` last messages ({"end": true}) the
+    publishers send when they stop, rather than guess a settling time."""
+    label = f"subscriber-{index}"
+    fd = os.open(os.path.join(workdir, f"recv-{label}.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     ended: set[str] = set()
-    now = time.monotonic
 
     def on_message(msg: ProcessingMessage) -> None:
-        received.setdefault(msg.topic or "", []).append(msg.metadata.sequence)
-        arrivals.append(now())
+        os.write(fd, f"{msg.topic} {msg.metadata.sequence} {time.monotonic():.4f}\n".encode())
         if isinstance(msg.content, dict) and msg.content.get("end"):
             ended.add(msg.topic or "")
 
-    broker = MessageBroker(pub, sub, name=f"soak-subscriber-{index}")
+    resume = os.path.join(workdir, f"streams-{label}.jsonl")
+    broker = MessageBroker(pub, sub, name=f"soak-{label}", resume_file=resume)
     broker.subscribe("soak", "soak.#", on_message)
     async with broker:
         await broker.ready(30.0)
@@ -114,16 +115,26 @@ async def _subscriber(pub: str, sub: str, index: int, topics: int, workdir: str,
         while len(ended) < topics and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         stats = broker.statistics()
+    os.close(fd)
+    received: dict[str, list[int]] = {}
+    arrivals: list[float] = []
+    with open(os.path.join(workdir, f"recv-{label}.log")) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3:  # a line torn by a kill is not a delivery
+                received.setdefault(parts[0], []).append(int(parts[1]))
+                arrivals.append(float(parts[2]))
     _write(
         workdir,
-        f"subscriber-{index}",
+        label,
         {
             "received": received,
             "arrivals": [round(t, 4) for t in arrivals],
-            "end_markers_missing": topics - len(ended),
+            "end_markers_missing": topics - len(ended),  # they come after the last fault: this process saw them
             "gaps": stats.gaps,
             "sequence_resets": stats.sequence_resets,
             "decode_errors": stats.decode_errors,
+            "recovery": stats.recovery,
         },
     )
 

@@ -7,8 +7,11 @@ their timers, then stops the faults, lets the bus settle, stops everyone in
 order and classifies every message and request (:mod:`.classify`). Every
 process it starts is ended by its pid, whatever happens.
 
-The verdict fails on any silent loss, duplicate delivery, double execution
-on one instance, or undocumented error.
+The verdict fails on any loss (recovery is on: nothing may be lost, counted
+or not), duplicate or out-of-order delivery, double execution on one
+instance, or undocumented error. ``kill_subscriber_every`` kills a
+subscriber with SIGKILL and starts it again with the same stream positions
+(it must miss nothing published while it was down).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class SoakOptions:
     responders: int = 2
     restart_forwarder_every: float = 0.0  # seconds; 0: never (with several forwarders: one at a time, in turn)
     kill_responder_every: float = 0.0
+    kill_subscriber_every: float = 0.0  # SIGKILL a subscriber and start it again (same streams, resumed)
     rate: float = 500.0  # messages per second per publisher
     request_rate: float = 50.0  # requests per second
     settle: float = 2.0  # seconds between the last fault and stopping the publishers (reconnections finish)
@@ -85,6 +89,7 @@ class _Run:
     forwarders: list[_Proc] = field(default_factory=list)
     restarts: list[float] = field(default_factory=list)
     kills: int = 0
+    subscriber_kills: int = 0
 
     def start_role(self, label: str, target: Callable[..., Any], *args: Any, timeout: float = 60.0) -> _Proc:
         ready, stop = _mp.Event(), _mp.Event()
@@ -130,6 +135,17 @@ class _Run:
         self.start_role(f"responder-{index}", roles.responder, f"responder-{index}")
         self.progress(f"killed {victim.label} (pid {victim.proc.pid}), started responder-{index}")
 
+    def kill_subscriber(self) -> None:
+        live = [p for p in self.procs if p.label.startswith("subscriber") and p.proc.is_alive()]
+        victim = random.choice(live)
+        os.kill(victim.proc.pid, signal.SIGKILL)
+        victim.proc.join(10)
+        self.subscriber_kills += 1
+        index = int(victim.label.rsplit("-", 1)[1])
+        topics = self.opts.publishers * roles.TOPICS_PER_PUBLISHER
+        self.start_role(victim.label, roles.subscriber, index, topics)  # the same streams, resumed
+        self.progress(f"killed {victim.label} (pid {victim.proc.pid}) and started it again")
+
     def stop_roles(self, prefix: str, timeout: float = 45.0) -> None:
         group = [p for p in self.procs if p.label.startswith(prefix) and p.proc.is_alive()]
         for p in group:
@@ -173,6 +189,7 @@ def _drive(run: _Run) -> None:
     start = time.monotonic()
     next_restart = start + opts.restart_forwarder_every if opts.restart_forwarder_every else float("inf")
     next_kill = start + opts.kill_responder_every if opts.kill_responder_every else float("inf")
+    next_sub_kill = start + opts.kill_subscriber_every if opts.kill_subscriber_every else float("inf")
     index = opts.responders
     while True:
         now = time.monotonic()
@@ -188,6 +205,9 @@ def _drive(run: _Run) -> None:
             run.kill_responder(index)
             index += 1
             next_kill += opts.kill_responder_every
+        if now >= next_sub_kill:
+            run.kill_subscriber()
+            next_sub_kill += opts.kill_subscriber_every
         time.sleep(0.05)
     time.sleep(opts.settle)  # queued messages flush, reconnections finish
     run.progress("stopping: publishers and caller first")
@@ -219,9 +239,13 @@ def _report(run: _Run) -> dict[str, Any]:
     pubsub = classify_pubsub(publishers, subscribers)
     requests = classify_requests(_load(run.workdir, "caller")["outcomes"], executions)
     pauses = longest_pauses(run.restarts, [s["arrivals"] for s in subscribers])
+    # Recovery is on in every role (the default): a message lost at all, counted or not, or one delivered
+    # out of its stream's order, fails the soak too.
     passed = (
         pubsub["lost_silently"] == 0
+        and pubsub["lost_counted"] == 0
         and pubsub["duplicated"] == 0
+        and pubsub["out_of_order"] == 0
         and pubsub["unexpected"] == 0
         and requests["executed_twice_on_one_instance"] == 0
         and requests["undocumented"] == 0
@@ -231,6 +255,7 @@ def _report(run: _Run) -> dict[str, Any]:
         "passed": passed,
         "forwarder_restarts": len(run.restarts),
         "responder_kills": run.kills,
+        "subscriber_kills": run.subscriber_kills,
         "pubsub": pubsub,
         "requests": requests,
         "pause_after_restart_s": {"each": pauses, "max": max(pauses, default=0.0)},
@@ -248,11 +273,12 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"soak: {report['options']['duration']:g} s, {report['options'].get('forwarders', 1)} forwarder(s), "
         f"{report['forwarder_restarts']} forwarder kill(s) and restart(s), "
-        f"{report['responder_kills']} responder kill(s)",
+        f"{report['responder_kills']} responder kill(s), {report.get('subscriber_kills', 0)} subscriber kill(s)",
         f"pub/sub: delivered {ps['delivered']:,}, lost and counted {ps['lost_counted']:,}, lost and reported by the "
         f"publisher {ps['lost_reported']:,}, refused {ps['refused']:,}, LOST SILENTLY {ps['lost_silently']:,}, "
-        f"DUPLICATED {ps['duplicated']:,} (subscribers' gap counters: {ps['gaps_counted_by_subscribers']:,}, "
-        f"resets: {ps['sequence_resets']})",
+        f"DUPLICATED {ps['duplicated']:,}, OUT OF ORDER {ps.get('out_of_order', 0):,} (subscribers' gap counters: "
+        f"{ps['gaps_counted_by_subscribers']:,}, resets: {ps['sequence_resets']}, recovered: "
+        f"{ps.get('recovered', 0):,})",
         f"requests: {rq['sent']:,} sent: {rq['outcomes']}; undocumented errors {rq['undocumented']}, "
         f"EXECUTED TWICE ON ONE INSTANCE {rq['executed_twice_on_one_instance']}, on several instances "
         f"{rq['executed_on_several_instances']}",
