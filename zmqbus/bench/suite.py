@@ -9,6 +9,8 @@ Sections (``SECTIONS``), each run in its own processes on tcp loopback:
 * ``reqrep``: request/reply with 1 and 100 requests in flight;
 * ``workflow``: the demo workflow end to end (no raw equivalent exists);
 * ``ha``: a redundant bus (two forwarders) against one, and a forwarder killed mid-run (:mod:`.ha`);
+* ``recovery``: pub/sub with history on and off, the time until a killed forwarder's messages are
+  recovered, a full history's memory (:mod:`.recovery`);
 * ``peers`` (only with ``peers=True``): Redis and NATS, see :mod:`.peers`;
 * ``secure_pubsub`` and ``secure_reqrep`` (only with ``secure=True``): what CURVE and a publish
   policy cost, raw and zmqbus both encrypted, next to zmqbus in clear.
@@ -30,7 +32,7 @@ from .common import Progress
 
 __all__ = ["SECTIONS", "SIZES", "FANOUT", "run_suite", "check_targets"]
 
-SECTIONS = ("pubsub", "sizes", "fanout", "latency", "reqrep", "workflow", "ha")
+SECTIONS = ("pubsub", "sizes", "fanout", "latency", "reqrep", "workflow", "ha", "recovery")
 SIZES = (64, 1024, 16 * 1024, 64 * 1024)
 FANOUT = (1, 2, 4)
 
@@ -154,6 +156,10 @@ def _section(name: str, quick: bool, rate: float, say: Progress) -> Any:
         from .ha import run_ha
 
         return run_ha(quick=quick, progress=say)
+    if name == "recovery":
+        from .recovery import run_recovery
+
+        return run_recovery(quick=quick, progress=say)
     if name == "secure_pubsub":
         return run_pubsub_secure(quick=quick, progress=say)
     if name == "secure_reqrep":

@@ -61,11 +61,6 @@ class PublisherHistory:
         self.cache, self.max_reply_bytes, self._policy = cache, max_reply_bytes, policy
         self.served = self.refused = 0
 
-    def record(self, head: bytes, seq: int, frame: bytes) -> None:
-        """Keep one published frame (control topics are not kept)."""
-        if not head.startswith(_RESERVED):
-            self.cache.record(head, seq, frame, time.time())
-
     def streams(self) -> dict[str, int]:
         """The topics published within the cache's age, with their last numbers (for presence)."""
         latest = self.cache.latest(time.time())
@@ -202,7 +197,7 @@ def enable_recovery(
         options.max_message_size // 2,
         policy,
     )
-    publisher.history = history
+    publisher.record = history.cache.record
     requests.streams = history.streams
     publisher.on_first = lambda: requests.serve(HISTORY_SERVICE, history.serve, True)
 

@@ -62,7 +62,8 @@ class BrokerOptions:
         key may not serve.
     :param history: recovery (PROTOCOL.md section 14), on by default: this client keeps what it publishes
         (within ``history_messages``, ``history_bytes`` and ``history_age`` seconds, oldest evicted first)
-        and serves it to subscribers that missed some, and it fetches what it misses itself.
+        and serves it to subscribers that missed some, and it fetches what it misses itself. Default:
+        ``$ZMQBUS_HISTORY`` (``0`` turns it off), else on.
     :param history_messages: messages kept, at most (all topics together).
     :param history_bytes: bytes of messages kept, at most (all topics together).
     :param history_age: seconds a message is kept, at most.
@@ -98,7 +99,7 @@ class BrokerOptions:
     keys: KeyRing | None = None
     insecure: bool | None = None
     policy: Policy | None = None
-    history: bool = True
+    history: bool | None = None
     history_messages: int = 100_000
     history_bytes: int = 64 * 1024 * 1024
     history_age: float = 60.0
@@ -155,7 +156,7 @@ class BrokerSettings(TypedDict, total=False):
     keys: KeyRing | None
     insecure: bool | None
     policy: Policy | None
-    history: bool
+    history: bool | None
     history_messages: int
     history_bytes: int
     history_age: float

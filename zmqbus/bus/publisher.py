@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from time import time as _time
 
 from ..core.codec import Codec
 from ..core.errors import BusTimeout, ClosedError
@@ -21,9 +21,6 @@ from ..core.message import ProcessingMessage
 from ..core.sequence import Sequencer
 from ..io.transport import BusLink
 from . import tracing
-
-if TYPE_CHECKING:
-    from .history import PublisherHistory
 
 __all__ = ["Publisher"]
 
@@ -48,7 +45,7 @@ class Publisher:
         "published_bytes",
         "publish_waits",
         "unconfirmed",
-        "history",
+        "record",
         "on_first",
     )
 
@@ -66,9 +63,9 @@ class Publisher:
         self._heads: dict[object, bytes] = {}
         self._sequencer = Sequencer()
         self.published = self.published_bytes = self.publish_waits = self.unconfirmed = 0
-        #: Where what is published is kept for recovery (None: history off), and what to call on the first
-        #: publish (start serving that history).
-        self.history: PublisherHistory | None = None
+        #: Keeps what is published for recovery (a HistoryCache's record; None: history off), and what to
+        #: call on the first publish on a user topic (start serving that history).
+        self.record: Callable[[bytes, int, bytes, float], None] | None = None
         self.on_first: Callable[[], None] | None = None
 
     async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
@@ -98,8 +95,9 @@ class Publisher:
         frame = head + codec.encode(message, head, self.client_id, seq, self.name)
         if not link.send(frame):
             await self._publish_slowly(link, frame, timeout)
-        if self.history is not None:
-            self.history.record(head, seq, frame)
+        record = self.record
+        if record is not None and not head.startswith(b"_zmqbus."):  # control topics are not kept
+            record(head, seq, frame, _time())
         self.published += 1
         self.published_bytes += len(frame)
 

@@ -8,6 +8,7 @@ import os
 
 import click
 
+from ..bench.suite import SECTIONS
 from .main import main
 
 __all__: list[str] = []
@@ -101,7 +102,7 @@ def soak(
 @click.option(
     "--only",
     multiple=True,
-    type=click.Choice(["pubsub", "sizes", "fanout", "latency", "reqrep", "workflow", "ha", "peers"]),
+    type=click.Choice([*SECTIONS, "peers"]),
     help="Run only these sections (repeatable).",
 )
 @click.option("--rate", default=10_000.0, show_default=True, help="Offered rate of the latency section, msg/s.")

@@ -111,3 +111,11 @@ def resume_file(component: str, replica: int) -> str:
     """The stream positions of one component replica (``zmqbus run``/``up``), under :func:`state_dir`."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in component)
     return os.path.join(state_dir(), f"streams-{safe}-{replica}.jsonl")
+
+
+def history(value: bool | None = None) -> bool:
+    """``value``, else whether ``$ZMQBUS_HISTORY`` leaves recovery on (default on; ``0``, ``false`` or ``no``
+    turn it off for every broker of the process)."""
+    if value is not None:
+        return value
+    return os.environ.get("ZMQBUS_HISTORY", "").strip().lower() not in ("0", "false", "no")

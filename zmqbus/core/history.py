@@ -48,8 +48,9 @@ class HistoryCache:
         self.max_messages, self.max_bytes, self.max_age = max_messages, max_bytes, max_age
         self.bytes = self.count = 0  # the frames held: their sizes summed, and how many
         self.evicted = 0
-        self._order: deque[tuple[bytes, int]] = deque()  # (head, seq), oldest first, every topic
-        self._topics: dict[bytes, deque[tuple[int, float, bytes]]] = {}  # head -> (seq, time, frame)
+        # One entry (seq, time, frame, head) per message, in both: every topic's, oldest first, and its topic's.
+        self._order: deque[tuple[int, float, bytes, bytes]] = deque()
+        self._topics: dict[bytes, deque[tuple[int, float, bytes, bytes]]] = {}
 
     def __len__(self) -> int:
         return self.count
@@ -62,11 +63,15 @@ class HistoryCache:
         elif entries and seq != entries[-1][0] + 1:
             self._drop_topic(head)  # a new numbering: the old range means nothing now
             entries = self._topics[head] = deque()
-        entries.append((seq, now, frame))
-        self._order.append((head, seq))
+        entry = (seq, now, frame, head)
+        entries.append(entry)
+        order = self._order
+        order.append(entry)
         self.bytes += len(frame)
         self.count += 1
-        self._evict(now)
+        # the hot path (every publish): evict only when a bound is passed, then 1% more at once
+        if self.count > self.max_messages or self.bytes > self.max_bytes or order[0][1] <= now - self.max_age:
+            self._evict(now, self.max_messages // 100, self.max_bytes // 100)
 
     def fetch(
         self,
@@ -99,7 +104,7 @@ class HistoryCache:
     def since(self, head: bytes, when: float, now: float) -> int:
         """The first sequence number on ``head``'s topic published at or after ``when`` (0: none held)."""
         self._evict(now)
-        for seq, at, _ in self._topics.get(head, ()):
+        for seq, at, _, _ in self._topics.get(head, ()):
             if at >= when:
                 return seq
         return 0
@@ -109,23 +114,26 @@ class HistoryCache:
         self._evict(now)
         return {head: entries[-1][0] for head, entries in self._topics.items() if entries}
 
-    def _evict(self, now: float) -> None:
+    def _evict(self, now: float, spare_messages: int = 0, spare_bytes: int = 0) -> None:
+        """Evict the oldest until every bound holds (with ``spare_*`` room below the count and byte bounds)."""
         order, topics = self._order, self._topics
         too_old = now - self.max_age
+        max_count, max_bytes = self.max_messages - spare_messages, self.max_bytes - spare_bytes
         while order:
-            head, seq = order[0]
-            entries = topics.get(head)
-            if not entries or entries[0][0] != seq:
+            entry = order[0]
+            entries = topics.get(entry[3])
+            if not entries or entries[0] is not entry:
                 order.popleft()  # dropped with its topic already
                 continue
-            if self.count <= self.max_messages and self.bytes <= self.max_bytes and entries[0][1] > too_old:
+            if self.count <= max_count and self.bytes <= max_bytes and entry[1] > too_old:
                 return
             order.popleft()
-            self.bytes -= len(entries.popleft()[2])
+            entries.popleft()
+            self.bytes -= len(entry[2])
             self.count -= 1
             self.evicted += 1
             if not entries:
-                del topics[head]
+                del topics[entry[3]]
 
     def _drop_topic(self, head: bytes) -> None:
         entries = self._topics.pop(head, None)

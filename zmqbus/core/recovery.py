@@ -85,6 +85,11 @@ class Recovery(Generic[M]):
     def observe(self, publisher: str, topic: str, seq: int, msg: M, now: float) -> tuple[list[M], Fetch | None]:
         """A live message: what to deliver now (in order), and a fetch to start, if any."""
         stream = self._streams.get((publisher, topic))
+        if stream is not None and stream.last is not None and seq == stream.last + 1 and not stream.held:
+            stream.last = seq  # the hot path: the next number, nothing held
+            if seq > stream.target:
+                stream.target = seq
+            return [msg], None
         if stream is None:
             if len(self._streams) >= self.streams_limit:
                 self._forget_idle()

@@ -74,9 +74,7 @@ def classify_pubsub(publishers: list[dict[str, Any]], subscribers: list[dict[str
             )
         },
         "out_of_order": sum(
-            sum(1 for a, b in pairwise(seqs) if b <= a)
-            for s in subscribers
-            for seqs in s["received"].values()
+            sum(1 for a, b in pairwise(seqs) if b <= a) for s in subscribers for seqs in s["received"].values()
         ),
         "recovered": sum(s.get("recovery", {}).get("recovered", 0) for s in subscribers),
         "gaps_counted_by_subscribers": sum(s["gaps"] for s in subscribers),
