@@ -142,6 +142,10 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
     assert ha["one_forwarder_msgs_per_s"] > 0 and ha["two_forwarders_msgs_per_s"] > 0
     assert (ha["failover"]["lost"], ha["failover"]["duplicated"]) == (0, 0), "a redundant bus loses nothing"
     assert ha["single_restart"]["lost"] == ha["single_restart"]["gaps_counted"], "one forwarder's loss is counted"
+    rc = s["recovery"]
+    assert rc["history_on_msgs_per_s"] > 0 and rc["history_off_msgs_per_s"] > 0 and rc["cache_memory"]["rss_mb"] > 0
+    for run in rc["restart"]["runs"]:  # what a killed forwarder held comes back, once and in order
+        assert (run["delivered"], run["in_order_once"], run["lost"]) == (300, True, 0), run
     for peer in ("redis", "nats"):  # measured where installed, else skipped with the reason
         entry = s["peers"][peer]
         assert ("skipped" in entry and "not" in entry["skipped"]) or entry["pubsub"]["msgs_per_s"] > 0

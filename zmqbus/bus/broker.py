@@ -16,8 +16,9 @@ Contracts:
   goes on as a task and does not hold up the messages behind it, up to
   ``max_pending_handlers`` at once. A handler that raises is logged
   (rate-limited) and counted; dispatch goes on.
-* Delivery is at-most-once, like all PUB/SUB, but no loss is silent: each
-  publisher numbers its messages per topic and subscribers count the gaps.
+* Each publisher numbers its messages per topic and keeps them for a while;
+  subscribers deliver each stream once and in order, fetch what they missed
+  from the publisher, and count as lost only what could not come back.
 * ``publish`` never drops at the publisher: at the high-water mark it waits up
   to ``publish_timeout`` seconds for room, then raises :class:`BusTimeout`.
 * Malformed input (wrong frame count, bad msgpack, unknown version, oversized)
