@@ -9,6 +9,8 @@ import os
 import signal
 from typing import Any
 
+import pytest
+
 from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.framework.procs import tcp_endpoints
 from zmqbus.testing import TestBus, wait_until
@@ -115,3 +117,43 @@ async def test_a_component_killed_and_restarted_misses_nothing_and_handles_nothi
     await asyncio.sleep(0.5)  # nothing more comes
     got = handled()
     assert got == list(range(n)), f"{len(got)} handled of {n}: each once, in order"
+
+
+async def test_bad_history_requests_are_refused_and_bounded(bus: TestBus) -> None:
+    """A malformed query and a topic-less one are refused (counted), a huge range gets at most 1,000 frames."""
+    from zmqbus import RemoteError
+    from zmqbus.core.control import HISTORY_SERVICE
+
+    pub, asker = bus.broker("pub"), bus.broker("asker")
+    for i in range(1500):
+        await pub.publish(ProcessingMessage("big.stream", i))
+    await asker.wait_for_service(HISTORY_SERVICE, instance_id=pub.client_id)
+    for content in ({"topic": "big.stream", "first": 0}, {"first": 1}, "not a map", {"topic": 3, "first": 1}):
+        with pytest.raises(RemoteError) as err:
+            await asker.request(HISTORY_SERVICE, ProcessingMessage(HISTORY_SERVICE, content), timeout=5)
+        assert err.value.error_type == "DecodeError"
+    reply = await asker.request(
+        HISTORY_SERVICE, ProcessingMessage(HISTORY_SERVICE, {"topic": "big.stream", "first": 1, "limit": 10**9})
+    )
+    assert 1 <= len(reply.content["frames"]) <= 1000 and reply.content["last"] == 1500
+    stats = pub.statistics().recovery
+    assert stats["refused"] == 4 and stats["served"] == 1
+
+
+async def test_what_a_gone_publisher_held_is_counted_lost_exactly(bus: TestBus) -> None:
+    """A publisher with no history (a raw peer) skips numbers: the fetch finds no one, the gap is counted."""
+
+    from test_faults import good_frame, raw_publisher
+
+    sub = bus.broker("sub")
+    got: list[int] = []
+    sub.subscribe("sub", "raw.#", lambda m: got.append(m.metadata.sequence))
+    await sub.ready()
+    sock = raw_publisher(bus.pub_endpoint, b"raw")
+    try:
+        for seq in (1, 2, 6, 7):
+            sock.send(good_frame("raw.a", seq, seq))
+        await wait_until(lambda: len(got) == 4, timeout=10, what="the four sent, after the fetch gave up")
+    finally:
+        sock.close(0)
+    assert got == [1, 2, 6, 7] and sub.statistics().gaps == 3

@@ -142,7 +142,24 @@ def broker_samples(
             f.counter(f"zmqbus_request_{key}", f"Request {key.replace('_', ' ')}.", who, n)
         elif key in ("in_flight", "instances_known"):
             f.gauge(f"zmqbus_request_{key}", f"Requests: {key.replace('_', ' ')}.", who, n)
+    for key, (kind, doc) in _RECOVERY.items():
+        if key in s.recovery:
+            (f.gauge if kind == "gauge" else f.counter)(f"zmqbus_recovery_{key}", doc, who, s.recovery[key])
     return f.rows
+
+
+_RECOVERY = {
+    "recovered": ("counter", "Messages fetched back from publishers' history and delivered."),
+    "lost": ("counter", "Messages lost for good: not recovered (also in zmqbus_gaps_total)."),
+    "held": ("gauge", "Messages held while missing ones are fetched."),
+    "fetches": ("counter", "History fetches made."),
+    "failed": ("counter", "History fetches that got no answer."),
+    "history_messages": ("gauge", "Published messages kept for recovery."),
+    "history_bytes": ("gauge", "Bytes of published messages kept for recovery."),
+    "history_evicted": ("counter", "Kept messages evicted (bounds reached)."),
+    "served": ("counter", "History fetches served to subscribers."),
+    "refused": ("counter", "History fetches refused (malformed, or a topic the key may not read)."),
+}
 
 
 def forwarder_samples(s: ForwarderStatistics) -> list[Sample]:
