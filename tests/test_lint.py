@@ -59,13 +59,7 @@ def test_user_code_importing_the_public_names_passes_mypy_strict(tmp_path: Path)
 
     user = tmp_path / "user_code.py"
     user.write_text(f"from zmqbus import {', '.join(n for n in zmqbus.__all__ if n != '__version__')}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    done = run("mypy", "--strict", "--no-incremental", str(user))
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -79,13 +73,7 @@ def test_a_users_type_checker_sees_the_brokers_settings(tmp_path: Path) -> None:
         "typo = MessageBroker(hearbeat=0.5)\n"
         "wrong = MessageBroker(hwm='many')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(user)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    done = run("mypy", "--strict", "--no-incremental", str(user))
     assert done.returncode == 1, done.stdout + done.stderr
     assert ':3: error: Unexpected keyword argument "hearbeat"' in done.stdout, done.stdout
     assert ':4: error: Argument "hwm"' in done.stdout, done.stdout
