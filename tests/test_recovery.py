@@ -157,3 +157,28 @@ async def test_what_a_gone_publisher_held_is_counted_lost_exactly(bus: TestBus) 
     finally:
         sock.close(0)
     assert got == [1, 2, 6, 7] and sub.statistics().gaps == 3
+
+
+async def test_a_late_joiner_starts_with_the_history_it_asks_for(bus: TestBus) -> None:
+    """``subscribe(..., history=5)``: each stream starts with up to its last 5 messages the publisher
+    still holds, then goes on live, in order, once."""
+    pub, late = bus.broker("pub"), bus.broker("late")
+    for i in range(20):
+        await pub.publish(ProcessingMessage("news.x", {"i": i}))
+    got: list[int] = []
+    late.subscribe("late", "news.#", lambda m: got.append(m.content["i"]), history=5)
+    await late.ready()
+    await wait_until(lambda: len(got) == 5, timeout=10, what="the last five, from history")
+    for i in range(20, 23):
+        await pub.publish(ProcessingMessage("news.x", {"i": i}))
+    await wait_until(lambda: len(got) == 8, timeout=10, what="then the live ones")
+    assert got == list(range(15, 23))
+    assert late.statistics().gaps == 0
+
+
+async def test_history_needs_recovery_on(bus: TestBus) -> None:
+    from zmqbus import ZmqbusError
+
+    plain = bus.broker("plain", history=False)
+    with pytest.raises(ZmqbusError, match="history= needs recovery"):
+        plain.subscribe("plain", "news.#", lambda m: None, history=5)

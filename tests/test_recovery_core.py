@@ -193,3 +193,17 @@ def test_history_never_passes_its_bounds_and_serves_exactly_what_it_holds(
             assert got.last == last and got.first == got.oldest
             assert len(got.frames) == last - got.oldest + 1
     assert sum(len(f) for head in nxt for f in h.fetch(head, 1, None, 0.0, limit=10_000).frames) == h.bytes
+
+
+def test_a_late_joiner_starts_with_the_last_n_messages_still_held() -> None:
+    r: Recovery[int] = Recovery()
+    r.backfill = lambda topic: 5 if topic == T else 0
+    out, fetch = r.observe(P, T, 50, 50, 0.0)  # the first message seen: the 5 before it are fetched first
+    assert out == [] and fetch == Fetch(P, T, 45, 49, serial=1)
+    assert r.recovered(fetch, [(n, n) for n in range(47, 50)], oldest=47, newest=50, now=0.1)[0] == [47, 48, 49, 50]
+    assert r.stats.lost == 0  # 45 and 46 were gone: history asked for, never promised
+    # announced before any live message: the last 5 of the stream
+    fetch2 = r.announced("pub-2", T, 3, 0.2)
+    assert fetch2 == Fetch("pub-2", T, 1, 3, serial=1)
+    assert r.recovered(fetch2, [(1, 1), (2, 2), (3, 3)], oldest=1, newest=3, now=0.3)[0] == [1, 2, 3]
+    assert r.announced("pub-3", "other", 9, 0.4) is None  # no backfill asked there

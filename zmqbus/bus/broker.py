@@ -230,16 +230,19 @@ class MessageBroker:
 
     # -- subscriptions -----------------------------------------------------------
 
-    def subscribe(self, component_name: str, pattern: str, handler: MessageHandler) -> Subscription:
+    def subscribe(
+        self, component_name: str, pattern: str, handler: MessageHandler, *, history: int = 0
+    ) -> Subscription:
         """Call ``handler(message)`` for every message whose topic matches ``pattern`` (:class:`TopicError`
         if it is invalid). A plain call, usable before the broker starts, as in the guide. A
         :class:`~zmqbus.Component`'s broker runs it through the component's :attr:`guard` (timed, retried,
         reported like ``@on``). The same handler on the same pattern twice is one subscription. Topics under
-        ``_zmqbus.`` (control traffic) reach only patterns that name that first word literally."""
+        ``_zmqbus.`` (control traffic) reach only patterns that name that first word literally. ``history``: a
+        late joiner's start, each stream with up to that many earlier messages its publisher still holds."""
         self._check_open()
-        sub, new = self._subs.add(component_name, pattern, handler if self.guard is None else self.guard(handler))
-        if new:
-            self._readiness.generation += 1
+        guarded = handler if self.guard is None else self.guard(handler)
+        sub, new = self._subs.add(component_name, pattern, guarded, history)
+        self._readiness.generation += new
         return sub
 
     def unsubscribe(
@@ -306,8 +309,7 @@ class MessageBroker:
     async def send(
         self, service: str, message: ProcessingMessage, *, timeout: float = 10.0, retry: RetryPolicy | None = None
     ) -> None:
-        """A one-way command to a service: like :meth:`request` (it waits until the work is acknowledged
-        done), but drops the result. To fire and forget, :meth:`publish`."""
+        """A one-way command: :meth:`request` (until the work is done), the result dropped; else publish."""
         await self.request(service, message, timeout=timeout, retry=retry)
 
     async def wait_for_service(
@@ -326,8 +328,7 @@ class MessageBroker:
         return tuple(sorted(s for s in self._requests.handlers if not s.startswith(RESERVED_PREFIX)))
 
     def live_instances(self, service: str) -> list[str]:
-        """The instance ids of ``service`` this client knows alive now (none before its first request or
-        :meth:`wait_for_service`: it learns them from their announcements)."""
+        """The instance ids of ``service`` this client knows alive now (learnt from announcements once it asks)."""
         return self._requests.live_instances(service)
 
     def handler_for(self, service: str) -> ServiceHandler | None:

@@ -209,6 +209,8 @@ def enable_recovery(
         return owner.spawn(coro, name="zmqbus-recovery", fatal=False)
 
     recovery: Recovery[ProcessingMessage] = Recovery(options.holdback)
+    subscriptions.backfills = []
+    recovery.backfill = subscriptions.backfill_for
     receiver.recovery = recovery
     recoverer = Recoverer(recovery, codec, subscriptions.table, fetch, receiver.release, spawn)
     receiver.on_fetch = recoverer.fetch

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 
+from ..core.errors import ZmqbusError
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
-from ..core.topics import compile_pattern
+from ..core.topics import Pattern, compile_pattern
 from ..io.aio import is_async_callable
 from ..io.transport import BusLink
 from .receiver import Receiver
@@ -26,6 +27,12 @@ class Subscriptions:
     def __init__(self, table: SubscriptionTable, receiver: Receiver) -> None:
         self.table, self.receiver = table, receiver
         self.link: BusLink | None = None
+        #: Patterns that asked for history (a late joiner's last N per stream); None: recovery is off.
+        self.backfills: list[tuple[Pattern, int]] | None = None
+
+    def backfill_for(self, topic: str) -> int:
+        """How many earlier messages a stream first seen on ``topic`` starts with (the largest asked)."""
+        return max((n for p, n in self.backfills or () if p.match(topic)), default=0)
 
     def attach(self, link: BusLink | None) -> None:
         """Subscribe ``link`` to every prefix held (None: the socket is gone)."""
@@ -34,10 +41,18 @@ class Subscriptions:
             for prefix in self.table.prefixes:
                 link.subscribe(prefix)
 
-    def add(self, component_name: str, pattern: str, handler: MessageHandler) -> tuple[Subscription, bool]:
+    def add(
+        self, component_name: str, pattern: str, handler: MessageHandler, history: int = 0
+    ) -> tuple[Subscription, bool]:
         """Subscribe ``handler`` to ``pattern``; True with it when it is new (the same handler on the same
-        pattern twice is one subscription). Raises :class:`TopicError` before anything changes."""
+        pattern twice is one subscription). ``history``: start each stream with up to that many earlier
+        messages its publisher still holds. Raises :class:`TopicError` before anything changes, and
+        :class:`ZmqbusError` for ``history`` with recovery off."""
         compiled = compile_pattern(pattern)
+        if history:
+            if self.backfills is None or history < 0:
+                raise ZmqbusError("history= needs recovery on (MessageBroker(history=True)) and a count >= 0")
+            self.backfills.append((compiled, history))
         same = [s for s in self.table.select(component_name, pattern, handler) if s.handler == handler]
         if same:
             return same[0], False

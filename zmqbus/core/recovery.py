@@ -24,6 +24,7 @@ publisher's history (PROTOCOL.md section 14). The shell hands the reply to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -70,6 +71,7 @@ class _Stream(Generic[M]):
     fetching: bool = False
     deadline: float = 0.0
     serial: int = 0  # the fetch in flight
+    floor: int = 0  # numbers below it are a late joiner's history: missing ones are not lost
 
 
 class Recovery(Generic[M]):
@@ -79,6 +81,9 @@ class Recovery(Generic[M]):
         self.holdback, self.max_held, self.streams_limit = holdback, max_held, streams_limit
         self.stats = RecoveryStatistics()
         self._streams: dict[tuple[str, str], _Stream[M]] = {}
+        #: How many earlier messages a stream first seen on ``topic`` should start with (a late joiner's
+        #: history; 0: none). Asked only when a stream is new.
+        self.backfill: Callable[[str], int] = lambda topic: 0
 
     # -- events ----------------------------------------------------------------
 
@@ -93,18 +98,27 @@ class Recovery(Generic[M]):
         if stream is None:
             if len(self._streams) >= self.streams_limit:
                 self._forget_idle()
-            self._streams[(publisher, topic)] = _Stream(last=seq, target=seq)
-            return [msg], None
+            wanted = min(self.backfill(topic), seq - 1)
+            if wanted <= 0:
+                self._streams[(publisher, topic)] = _Stream(last=seq, target=seq)
+                return [msg], None
+            # a late joiner's history: start ``wanted`` numbers earlier, fetched first
+            stream = self._streams[(publisher, topic)] = _Stream(last=seq - wanted - 1, target=seq, floor=seq)
         out: list[M] = []
         self._take(stream, seq, msg, out)
         return out, self._next_fetch(publisher, topic, stream, now)
 
     def announced(self, publisher: str, topic: str, last: int, now: float, since: float | None = None) -> Fetch | None:
         """The publisher says ``last`` is its newest number on ``topic``. ``since`` (a stream this subscriber
-        never saw, on a topic it subscribes to): fetch what was published from that time on."""
+        never saw, on a topic it subscribes to): fetch what was published from that time on, or the last
+        :attr:`backfill` ones if more."""
         key = (publisher, topic)
         stream = self._streams.get(key)
         if stream is None:
+            wanted = min(self.backfill(topic), last)
+            if wanted > 0:
+                stream = self._streams[key] = _Stream(last=last - wanted, target=last, floor=last + 1)
+                return self._next_fetch(publisher, topic, stream, now)
             if since is None:
                 return None
             stream = self._streams[key] = _Stream(last=None, target=last)
@@ -233,7 +247,7 @@ class Recovery(Generic[M]):
     def _lose(self, stream: _Stream[M], upto: int, out: list[M]) -> None:
         assert stream.last is not None
         if upto > stream.last:
-            self.stats.lost += upto - stream.last
+            self.stats.lost += max(0, upto - max(stream.last, stream.floor - 1))  # history asked for is no loss
             stream.last = upto
         self._release(stream, out)
 
