@@ -600,3 +600,26 @@ async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(
             await wait_until(lambda: got[-1] == 3, 5, "alice's allowed message after the reload")
             assert got == [1, 3]
         assert fwd.statistics().refused["publish_denied"] == 1
+
+
+async def test_a_publishers_history_serves_only_topics_the_callers_key_may_read(policed: Any, keys: Path) -> None:
+    """Recovery's fetches go peer to peer to the publisher, over CURVE, and obey the policy: alice (who may
+    subscribe to order.# only) gets bob's order history and is refused his payroll history."""
+    from zmqbus import RemoteError
+    from zmqbus.core.control import HISTORY_SERVICE
+
+    fwd, policy = policed
+    async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        await bob.publish(ProcessingMessage("order.done", 1))
+        await bob.publish(ProcessingMessage("payroll.run", "salaries"))
+        await alice.wait_for_service(HISTORY_SERVICE, instance_id=bob.client_id, timeout=10)
+        got = await alice.request(
+            HISTORY_SERVICE, ProcessingMessage(HISTORY_SERVICE, {"topic": "order.done", "first": 1})
+        )
+        assert len(got.content["frames"]) == 1
+        with pytest.raises(RemoteError) as refused:
+            await alice.request(
+                HISTORY_SERVICE, ProcessingMessage(HISTORY_SERVICE, {"topic": "payroll.run", "first": 1})
+            )
+        assert refused.value.error_type == "PermissionError"
+        assert bob.statistics().recovery["refused"] == 1 and bob.statistics().recovery["served"] == 1

@@ -73,9 +73,6 @@ class Publisher:
         if timeout is None:
             timeout = self.timeout
         codec = self.codec
-        if self.on_first is not None and not (topic or message.topic or message.type_name).startswith("_zmqbus."):
-            on_first, self.on_first = self.on_first, None
-            on_first()  # the first message on a user topic: start serving the history it goes into
         if not self.is_ready:
             # Bad input fails at once, not after waiting for the bus; then wait, once, until a new publishing
             # socket holds the forwarder's subscriptions instead of losing the first messages silently.
@@ -98,6 +95,9 @@ class Publisher:
         record = self.record
         if record is not None and not head.startswith(b"_zmqbus."):  # control topics are not kept
             record(head, seq, frame, _time())
+            if self.on_first is not None:  # the first message sent on a user topic: serve the history
+                on_first, self.on_first = self.on_first, None
+                on_first()
         self.published += 1
         self.published_bytes += len(frame)
 

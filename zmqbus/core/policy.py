@@ -129,8 +129,10 @@ class Policy:
         return perms is not None and _allows(perms.call, service)
 
     def may_serve(self, key: str, service: str) -> bool:
+        """Whether ``key`` may serve ``service``; every named key serves the bus's own control services
+        (``_zmqbus.history``: a publisher's history, which answers by :meth:`may_read`)."""
         perms = self.keys.get(key)
-        return perms is not None and _allows(perms.serve, service)
+        return perms is not None and (service.startswith(RESERVED_PREFIX) or _allows(perms.serve, service))
 
     def grant(self, key: str, prefix: bytes) -> list[bytes]:
         """The socket prefixes to apply for ``key``'s subscription to ``prefix`` (empty: denied)."""
