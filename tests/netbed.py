@@ -94,6 +94,9 @@ class NetBed:
             PYTHONPATH=os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")]),
             PYTHONUNBUFFERED="1",
             ZMQBUS_INSECURE="1",
+            # every member reachable across hosts at its request port (a publisher's history too)
+            ZMQBUS_RPC_BIND="tcp://0.0.0.0:*",
+            ZMQBUS_RPC_ADVERTISE=self.addr(host),
         )  # plaintext on the bed's own addresses
         proc = subprocess.Popen(
             ["ip", "netns", "exec", self.hosts[host], sys.executable, *args],

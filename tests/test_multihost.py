@@ -80,22 +80,23 @@ def _forwarder(bed: NetBed, host: str) -> tuple[str, str]:
     return pub, sub
 
 
-def test_pubsub_across_hosts_accounts_for_every_message_through_a_partition(bed: NetBed) -> None:
+def test_pubsub_across_hosts_loses_nothing_through_a_partition(bed: NetBed) -> None:
+    """The subscriber's host cut off for 2 s mid-stream: everything arrives, in order, once (what the
+    cut cost, if anything, is fetched from the publisher on its own host, at its advertised address)."""
     pub, sub = _forwarder(bed, "h1")
-    n = 3000
+    n = 4000
     receiver = Lines(_role(bed, "h3", f"subscriber({pub!r}, {sub!r}, 'bed.data', {n}, 60)").stdout)
     receiver.json("ready", 40, "the subscriber on h3 to reach the forwarder on h1")
     sender = Lines(_role(bed, "h2", f"publisher({pub!r}, {sub!r}, 'bed.data', {n}, 1000)").stdout)
-    sender.wait(lambda line: '"sent": 1000' in line, 30, "a third of the stream")
-    bed.partition("h3")  # the subscriber's host: cut off for half a second
-    sender.wait(lambda line: '"sent": 1500' in line, 30, "half the stream")
+    sender.wait(lambda line: '"sent": 1000' in line, 30, "a quarter of the stream")
+    bed.partition("h3")
+    time.sleep(2.0)  # the fault's length, not a wait for something to happen
     bed.heal("h3")
     sender.json("done", 60, "the publisher to finish")
     result = receiver.json("got", 90, "the subscriber's account")
     got, gaps = result["got"], result["gaps"]
-    assert got == sorted(set(got)), "in order, each once"
-    assert got[0] == 0 and got[-1] == n - 1
-    assert len(got) + gaps == n, f"delivered {len(got)} + counted lost {gaps} != sent {n}"
+    assert got == list(range(n)), f"in order, each once, none lost: {len(got)} of {n}, {gaps} counted lost"
+    assert gaps == 0
 
 
 def test_requests_fail_over_when_a_responders_host_is_cut_off_and_come_back(bed: NetBed) -> None:
