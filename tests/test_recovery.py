@@ -165,6 +165,7 @@ async def test_a_late_joiner_starts_with_the_history_it_asks_for(bus: TestBus) -
     pub, late = bus.broker("pub"), bus.broker("late")
     for i in range(20):
         await pub.publish(ProcessingMessage("news.x", {"i": i}))
+    await pub.ready()  # past the forwarder: the late joiner can only get them from history
     got: list[int] = []
     late.subscribe("late", "news.#", lambda m: got.append(m.content["i"]), history=5)
     await late.ready()
@@ -182,3 +183,33 @@ async def test_history_needs_recovery_on(bus: TestBus) -> None:
     plain = bus.broker("plain", history=False)
     with pytest.raises(ZmqbusError, match="history= needs recovery"):
         plain.subscribe("plain", "news.#", lambda m: None, history=5)
+
+
+async def test_a_restart_beyond_the_publishers_history_counts_exactly_what_fell_outside(
+    bus: TestBus, tmp_path: Any
+) -> None:
+    """A subscriber stops; 200 messages are published while the publisher keeps only 50; the subscriber
+    started again from its recorded positions gets what is still held, in order, and counts what fell
+    outside the window as lost, exactly."""
+    resume = str(tmp_path / "streams.jsonl")
+    pub = bus.broker("pub", history_messages=50)
+    first = bus.broker("sub", resume_file=resume)
+    got: list[int] = []
+    first.subscribe("sub", "work.item", lambda m: got.append(m.content["i"]))
+    await first.ready()
+    for i in range(10):
+        await pub.publish(ProcessingMessage("work.item", {"i": i}))
+    await wait_until(lambda: len(got) == 10, what="the first ten")
+    await first.close()
+    for i in range(10, 210):
+        await pub.publish(ProcessingMessage("work.item", {"i": i}))
+    await pub.ready()  # a probe behind them: they have passed the forwarder, where nobody took them
+    again = bus.broker("sub", resume_file=resume)
+    later: list[int] = []
+    again.subscribe("sub", "work.item", lambda m: later.append(m.content["i"]))
+    await again.ready()
+    await pub.publish(ProcessingMessage("work.item", {"i": 210}))
+    await wait_until(lambda: bool(later) and later[-1] == 210, timeout=10, what="the live one, after the rest")
+    # the 50 held at the fetch: 49 of the 200 and the live one itself; 11..161 (151 numbers) fell outside
+    assert later == list(range(161, 211)), (pub.statistics().recovery, again.statistics().recovery)
+    assert again.statistics().gaps == 151
