@@ -207,3 +207,11 @@ def test_a_late_joiner_starts_with_the_last_n_messages_still_held() -> None:
     assert fetch2 == Fetch("pub-2", T, 1, 3, serial=1)
     assert r.recovered(fetch2, [(1, 1), (2, 2), (3, 3)], oldest=1, newest=3, now=0.3)[0] == [1, 2, 3]
     assert r.announced("pub-3", "other", 9, 0.4) is None  # no backfill asked there
+
+
+def test_a_history_fetch_is_bounded_in_bytes_but_returns_at_least_one_frame() -> None:
+    h = HistoryCache()
+    for seq in range(1, 11):
+        h.record(b"a\0", seq, b"a\0" + b"x" * 98, now=0.0)  # 100 bytes each
+    assert len(h.fetch(b"a\0", 1, None, now=0.0, max_bytes=350).frames) == 3
+    assert len(h.fetch(b"a\0", 1, None, now=0.0, max_bytes=10).frames) == 1  # one, even if larger
