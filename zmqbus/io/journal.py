@@ -11,11 +11,19 @@ the last writes, and then messages are delivered again.
 At start, the file is read (the last line of each stream wins, a torn last
 line is ignored) and rewritten compactly; past ``max_bytes`` it is compacted
 again, so it holds about one line per stream.
+
+One process at a time: the journal holds an exclusive lock on ``PATH.lock``
+while open (the kernel drops it when the process dies, SIGKILL included). A
+second process given the same path (two ``zmqbus run`` of one component)
+takes the next free slot, ``PATH.2``, ``PATH.3``..., so no two live
+processes ever share positions, and a restarted one takes over the slot its
+predecessor left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -32,10 +40,32 @@ class StreamJournal:
         self.path, self.max_bytes, self.max_streams = path, max_bytes, max_streams
         self.positions: dict[tuple[str, str], int] = {}
         self._fd = -1
+        self._lock = -1
         self._size = 0
 
+    def _claim(self) -> None:
+        """Take the first slot no live process holds (see the module docstring)."""
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        base = self.path
+        for slot in range(1, 1001):
+            path = base if slot == 1 else f"{base}.{slot}"
+            fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.path, self._lock = path, fd
+            if slot > 1:
+                log.info("stream positions: %s is held by another process; using %s", base, path)
+            return
+        raise OSError(f"no free slot for the stream positions in {base}")
+
     def load(self) -> dict[tuple[str, str], int]:
-        """Read the file (missing: nothing), compact it, and open it for appending."""
+        """Claim a slot, read its file (missing: nothing), compact it, and open it for appending."""
+        self._claim()
         try:
             with open(self.path, encoding="utf-8") as f:
                 for line in f:
@@ -79,12 +109,15 @@ class StreamJournal:
         with open(tmp, "wb") as f:
             f.write(data)
         os.replace(tmp, self.path)
-        self.close()
+        if self._fd >= 0:
+            os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._size = len(data)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-            self._fd = -1
+        """Stop recording; the slot is free for the next process."""
+        for fd in (self._fd, self._lock):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._fd = self._lock = -1
