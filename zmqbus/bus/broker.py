@@ -14,7 +14,7 @@ Contracts:
   A handler that completes without awaiting anything (most do) finishes
   before the next message is dispatched; one that awaits (a request, a sleep)
   goes on as a task and does not hold up the messages behind it, up to
-  ``max_pending_handlers`` at once. A handler that raises is logged
+  about ``max_pending_handlers`` at once (checked between messages). A handler that raises is logged
   (rate-limited) and counted; dispatch goes on.
 * Each publisher numbers its messages per topic and keeps them for a while;
   subscribers deliver each stream once and in order, fetch what they missed

@@ -51,8 +51,6 @@ __all__ = ["PublisherHistory", "Recoverer", "enable_recovery"]
 
 log = logging.getLogger("zmqbus.bus.broker")
 
-_RESERVED = RESERVED_PREFIX.encode()
-
 
 class PublisherHistory:
     """A client's published messages, kept within the cache's bounds and served to subscribers."""

@@ -19,12 +19,14 @@ from ..core.codec import Codec
 from ..core.errors import BusTimeout, ClosedError
 from ..core.message import ProcessingMessage
 from ..core.sequence import Sequencer
+from ..core.topics import RESERVED_PREFIX
 from ..io.transport import BusLink
 from . import tracing
 
 __all__ = ["Publisher"]
 
 _CACHE_LIMIT = 10_000
+_CONTROL = RESERVED_PREFIX.encode()
 
 
 class Publisher:
@@ -93,7 +95,7 @@ class Publisher:
         if not link.send(frame):
             await self._publish_slowly(link, frame, timeout)
         record = self.record
-        if record is not None and not head.startswith(b"_zmqbus."):  # control topics are not kept
+        if record is not None and not head.startswith(_CONTROL):  # control topics are not kept
             record(head, seq, frame, _time())
             if self.on_first is not None:  # the first message sent on a user topic: serve the history
                 on_first, self.on_first = self.on_first, None

@@ -147,8 +147,9 @@ class Receiver:
             if ready:
                 if self.journal is not None:  # before the handlers run: never twice, even across a kill
                     self.journal.record(md.publisher_id, topic, ready[-1].metadata.sequence)
-                if self.deliver(topic, ready):
-                    await self.handlers.wait_any()
+                for one in ready:  # a message at a time: the pending-handler bound is checked between them
+                    if self.deliver(topic, (one,)):
+                        await self.handlers.wait_any()
         _set_current(None)
         if self.redundant:
             self.expire()
@@ -168,7 +169,8 @@ class Receiver:
 
     def deliver(self, topic: str, msgs: Sequence[ProcessingMessage]) -> bool:
         """Start the handlers of ``topic`` on each message, in order (the messages of one stream); True when
-        ``max_pending`` handlers are now running as tasks (the caller waits for one to end)."""
+        ``max_pending`` handlers are now running as tasks: the caller waits for one to end before the next
+        message (so the bound is passed by at most one message's handlers, less one)."""
         subs = self.table.cache.get(topic)
         if subs is None:
             subs = self.table.match(topic)
