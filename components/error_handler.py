@@ -93,8 +93,8 @@ class ErrorHandler(Component):
     def __init__(
         self, *args: Any, guide_topics: bool | None = None, dead_letters: str | None = None, **kwargs: Any
     ) -> None:
-        if guide_topics is not None:
-            self.guide_topics = guide_topics
+        if guide_topics is not None or not config.guide_topics():
+            self.guide_topics = config.guide_topics(guide_topics)
         #: The dead letters' file (set before start): ``dead_letters=``, ``$ZMQBUS_DEAD_LETTERS``, else one
         #: per bus in :func:`state_dir`; "" keeps them in memory only.
         self.dead_letters_path = dead_letters if dead_letters is not None else os.environ.get("ZMQBUS_DEAD_LETTERS")

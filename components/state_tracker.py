@@ -21,6 +21,7 @@ import os
 from typing import Any, TextIO
 
 from zmqbus import Component, ProcessingMessage, on, service
+from zmqbus.core import config
 
 
 class StateTracker(Component):
@@ -30,8 +31,8 @@ class StateTracker(Component):
     guide_topics = True
 
     def __init__(self, *args: Any, journal: str | None = None, guide_topics: bool | None = None, **kwargs: Any) -> None:
-        if guide_topics is not None:
-            self.guide_topics = guide_topics
+        if guide_topics is not None or not config.guide_topics():
+            self.guide_topics = config.guide_topics(guide_topics)
         self.by_correlation: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         self.updates = 0
         self.journal_path = journal or os.environ.get("ZMQBUS_STATE_JOURNAL") or None

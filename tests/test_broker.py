@@ -157,6 +157,34 @@ async def test_ready_times_out_without_forwarder(tcp_pair: tuple[str, str]) -> N
             await b.publish(msg("a.b"))
 
 
+async def test_concurrent_ready_calls_share_one_probe(forwarder: Forwarder) -> None:
+    # A burst of first requests or publishes used to send one probe each (and subscribe and unsubscribe a
+    # private topic each): 300 workflows at once sent 300 probes through the forwarder.
+    async with broker_for(forwarder, name="burst") as b:
+        await b.start()
+        readiness = b._readiness
+        await asyncio.gather(*(b.ready() for _ in range(200)))
+        first = readiness._count
+        assert 1 <= first <= 2, first  # one, or one more for calls that came after the first had started
+        b.subscribe("c", "x.y", lambda m: None)  # a new subscription: the next calls need a newer probe
+        await asyncio.gather(*(b.ready() for _ in range(200)))
+        assert readiness.live and readiness._count - first <= 2
+
+
+async def test_shared_probe_keeps_each_callers_timeout(tcp_pair: tuple[str, str]) -> None:
+    async with MessageBroker(*tcp_pair) as b:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        short = asyncio.ensure_future(b.ready(timeout=0.2))
+        long = asyncio.ensure_future(b.ready(timeout=0.6))
+        with pytest.raises(BusTimeout):
+            await short
+        assert loop.time() - t0 < 0.45
+        with pytest.raises(BusTimeout):  # outlived the shared probe that timed out at 0.2 s
+            await long
+        assert loop.time() - t0 >= 0.55
+
+
 async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair: tuple[str, str]) -> None:
     """With the forwarder's proxy unable to keep up, publish blocks, then times out; nothing is dropped."""
     fwd = Forwarder(*tcp_pair, stats_interval=None).start()

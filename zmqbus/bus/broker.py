@@ -182,6 +182,7 @@ class MessageBroker:
             await self._receiver.handlers.cancel()
             if self._link is not None and self._reader is not None and not self._reader.done():
                 await self._readiness.confirm_published(linger)
+            self._readiness.cancel()
             await self._owner.cancel()
             self._reader = None
             if self._link is not None:

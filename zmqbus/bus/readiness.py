@@ -24,6 +24,13 @@ from .subscribing import Subscriptions
 
 __all__ = ["Readiness"]
 
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """A shared probe's failure reaches its waiters; one nobody waits for any more is not logged as lost."""
+    if not task.cancelled():
+        task.exception()
+
+
 log = logging.getLogger("zmqbus.bus.broker")
 
 _PROBE_TYPE = "_zmqbus.probe"
@@ -46,6 +53,9 @@ class Readiness:
         self.generation = self.proven = 0
         #: Published messages known to have reached the forwarder.
         self.confirmed = 0
+        #: The probe in flight (shared by concurrent calls), and the (generation, published) it proves.
+        self._running: asyncio.Task[None] | None = None
+        self._covers = (0, 0)
 
     @property
     def live(self) -> bool:
@@ -53,10 +63,57 @@ class Readiness:
         return self._publisher.is_ready and self.proven >= self.generation
 
     async def probe(self, timeout: float) -> None:
-        """Send probes (backing off from 5 ms to 250 ms) until one comes back; raise :class:`BusTimeout`
-        after ``timeout`` seconds, or what a handshake watch raises (a refused CURVE key) at once."""
+        """Prove every subscription made and message published so far: send probes (backing off from 5 ms to
+        250 ms) until one comes back; raise :class:`BusTimeout` after ``timeout`` seconds, or what a handshake
+        watch raises (a refused CURVE key) at once.
+
+        Concurrent calls share one probe (a burst of first requests or publishes sends one, not one each): a
+        call joins the probe in flight when that probe started after everything the call must prove, else it
+        waits for it and the next one starts, which every call waiting by then shares."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        want = (self.generation, self._publisher.published)
+        while True:
+            running = self._running
+            if running is None or running.done() or not (self._covers[0] >= want[0] and self._covers[1] >= want[1]):
+                if running is not None and not running.done():
+                    await asyncio.wait((running,), timeout=max(0.0, deadline - loop.time()))
+                    if not running.done():
+                        raise self._timeout(timeout)
+                    continue
+                self._covers = (self.generation, self._publisher.published)
+                running = self._running = loop.create_task(self._probe(max(0.0, deadline - loop.time())))
+                running.add_done_callback(_retrieve)
+            left = deadline - loop.time()
+            try:
+                await asyncio.wait_for(asyncio.shield(running), max(0.0, left))
+                return
+            except BusTimeout:  # (a TimeoutError too: before the clause below)
+                if loop.time() >= deadline - 0.001:
+                    raise self._timeout(timeout) from None
+                # the shared probe had a shorter timeout than this call: go on with a new one
+            except TimeoutError:
+                raise self._timeout(timeout) from None
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if running.cancelled() and (me is None or not me.cancelling()):
+                    raise ClosedError("MessageBroker is closed") from None  # the client closed, not this call
+                raise
+
+    def cancel(self) -> None:
+        """Stop the probe in flight (the client is closing)."""
+        if self._running is not None:
+            self._running.cancel()
+
+    def _timeout(self, timeout: float) -> BusTimeout:
+        return BusTimeout(
+            f"ready(): no answer from the forwarder at {self._where} within {timeout:g} s (is it up? "
+            "does it need CURVE keys, or is it at its connection limit?)"
+        )
+
+    async def _probe(self, timeout: float) -> None:
         pub = self._publisher
-        generation, published = self.generation, pub.published
+        generation, published = self._covers
         self._count += 1
         topic = f"{RESERVED_PREFIX}probe.{pub.client_id.replace('-', '')}.{self._count}"
         arrived = asyncio.Event()
@@ -70,10 +127,7 @@ class Readiness:
                     watch.check()  # a refused key: say so now, not at a timeout
                 left = deadline - loop.time()
                 if left <= 0:
-                    raise BusTimeout(
-                        f"ready(): no answer from the forwarder at {self._where} within {timeout:g} s (is it up? "
-                        "does it need CURVE keys, or is it at its connection limit?)"
-                    )
+                    raise self._timeout(timeout)
                 self._send(topic)
                 if not await wait_event(arrived, min(interval, left)):
                     interval = min(interval * 2, 0.25)

@@ -119,3 +119,11 @@ def history(value: bool | None = None) -> bool:
     if value is not None:
         return value
     return os.environ.get("ZMQBUS_HISTORY", "").strip().lower() not in ("0", "false", "no")
+
+
+def guide_topics(value: bool | None = None) -> bool:
+    """``value``, else whether ``$ZMQBUS_GUIDE_TOPICS`` leaves the bundled error handler's and state tracker's
+    guide patterns (``#.error``, ``#.status.update``) on (default on; ``0``, ``false`` or ``no`` turn them off)."""
+    if value is not None:
+        return value
+    return os.environ.get("ZMQBUS_GUIDE_TOPICS", "").strip().lower() not in ("0", "false", "no")
