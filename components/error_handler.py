@@ -5,10 +5,10 @@ Subscribes to ``error.#`` (what zmqbus components report) and ``deadletter.#``
 per bus, since a second one would keep the same file),
 and to ``#.error``: the guide's own error messages (``component.error``,
 ``order.error``: ``{"correlation_id", "error_type", "error_message"}``, the
-component taken from the message's source). That pattern starts with a
-wildcard, so this process receives all pub/sub traffic and filters it; on a
-busy bus whose components report errors zmqbus's way, pass
-``guide_topics=False``. Answers ``errors.dead_letters`` (a list),
+component taken from the message's source). That pattern is a tail pattern
+(PROTOCOL.md section 2.3): publishers send this process a copy of each message
+whose topic ends in ``error``, nothing else. ``guide_topics=False`` (or
+``$ZMQBUS_GUIDE_TOPICS=0``) leaves it out. Answers ``errors.dead_letters`` (a list),
 ``errors.dead_letter`` (one, whole), ``errors.stats``
 (counts by error type and by component, the latest errors, dead letters held)
 and ``errors.replay`` (publish a dead-lettered message again, by message id,

@@ -3,9 +3,10 @@
 Subscribes to ``status.#`` (zmqbus components' updates) and to
 ``#.status.update``: the guide's own (``component.status.update`` with
 ``{"new_state": value}``; the workflow is the message's correlation id, the
-component its source). That pattern starts with a wildcard, so this process
-receives all pub/sub traffic and filters it; pass ``guide_topics=False`` on a
-busy bus whose components report zmqbus's way. Answers ``state.query``: with
+component its source). That pattern is a tail pattern (PROTOCOL.md section
+2.3): publishers send this process a copy of each message whose topic ends in
+``update``, nothing else. ``guide_topics=False`` (or ``$ZMQBUS_GUIDE_TOPICS=0``)
+leaves it out. Answers ``state.query``: with
 ``{"correlation_id": id}`` the states of that workflow in every component,
 with ``{"component": name}`` that component's processes, with ``{}`` counts
 by state. With a journal file (``journal=`` or ``$ZMQBUS_STATE_JOURNAL``) it

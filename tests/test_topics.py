@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from zmqbus import TopicError, validate_topic
-from zmqbus.core.topics import compile_pattern
+from zmqbus.core.topics import compile_pattern, tail_prefix, tail_word
 
 
 def reference_match(pattern: list[str], topic: list[str]) -> bool:
@@ -59,7 +59,9 @@ def test_examples(pattern: str, topic: str, expected: bool) -> None:
         ("a.*.c", b"a."),
         ("a.b", b"a.b\x00"),
         ("#", b""),
-        ("*.error", b""),
+        ("*.error", b"\x01error\x00"),  # a tail pattern (PROTOCOL.md section 2.3)
+        ("#.status.update", b"\x01update\x00"),
+        ("*.a.#", b""),
         ("a.#.b", b"a"),
         ("order.start.request.#", b"order.start.request"),
     ],
@@ -104,8 +106,13 @@ def test_matches_reference(pattern: list[str], topic: list[str]) -> None:
     expected = reference_match(pattern, topic)
     assert compiled.match(text) is expected
     if expected:
-        # The SUB prefix must never filter out a frame (topic, NUL, payload) the pattern matches.
-        assert (text.encode() + b"\x00\x9e").startswith(compiled.prefix)
+        # The SUB prefix must never filter out a frame (topic, NUL, payload) the pattern matches: the
+        # ordinary frame, or for a tail pattern the tail copy a publisher sends under the topic's last word.
+        frame = text.encode() + b"\x00\x9e"
+        if compiled.tail is not None:
+            assert tail_word(text) == compiled.tail
+            frame = tail_prefix(tail_word(text)) + frame
+        assert frame.startswith(compiled.prefix)
 
 
 @settings(max_examples=300, deadline=None)

@@ -152,6 +152,7 @@ class MessageBroker:
         if self._recoverer is not None:
             self._recoverer.open_journal(self._receiver)
         self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
+        self._owner.spawn(self._publisher.watch_notices(link), name="zmqbus-notices")
         if self.options.metrics_port is not None and self._metrics is None:
             from .metrics import serve_metrics
 

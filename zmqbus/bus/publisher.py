@@ -7,6 +7,12 @@ high-water mark it waits for room, up to its timeout, then raises
 :class:`BusTimeout`. The very first publish waits for the forwarder's
 subscriptions to reach this client (:meth:`Publisher.publish` asks
 ``ready``), so the first messages are not lost to the slow-joiner effect.
+
+Tail routing (PROTOCOL.md section 2.3): the publishing socket's subscription
+notices tell which tail words some subscriber wants (``#.error`` subscribes
+the tail prefix of ``error``); a message whose topic ends with such a word is
+also sent as a tail copy. With no tail subscription on the bus a publish pays
+one truth test for it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from ..core.codec import Codec
 from ..core.errors import BusTimeout, ClosedError
 from ..core.message import ProcessingMessage
 from ..core.sequence import Sequencer
-from ..core.topics import RESERVED_PREFIX
+from ..core.topics import RESERVED_PREFIX, TAIL_MARK, tail_prefix, tail_word
 from ..io.transport import BusLink
 from . import tracing
 
@@ -49,6 +55,10 @@ class Publisher:
         "unconfirmed",
         "record",
         "on_first",
+        "tails",
+        "tail_copies",
+        "tail_copies_skipped",
+        "_tail_heads",
     )
 
     def __init__(
@@ -69,6 +79,10 @@ class Publisher:
         #: call on the first publish on a user topic (start serving that history).
         self.record: Callable[[bytes, int, bytes, float], None] | None = None
         self.on_first: Callable[[], None] | None = None
+        #: The tail words subscribed somewhere on the bus (from the notices), and the tail copies sent.
+        self.tails: set[str] = set()
+        self.tail_copies = self.tail_copies_skipped = 0
+        self._tail_heads: dict[bytes, bytes] = {}  # frame head -> its tail copy's head (b"": none wanted)
 
     async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
         """Encode, number and send ``message`` (see :meth:`MessageBroker.publish` for what it raises)."""
@@ -94,6 +108,16 @@ class Publisher:
         frame = head + codec.encode(message, head, self.client_id, seq, self.name)
         if not link.send(frame):
             await self._publish_slowly(link, frame, timeout)
+        if self.tails:  # someone subscribed a tail pattern (#.error): a copy under the topic's last word
+            tail = self._tail_heads.get(head)
+            if tail is None:
+                tail = self._tail_head(head)
+            if tail and len(tail) + len(frame) <= codec.max_message_size:
+                self.tail_copies += 1
+                if not link.send(tail + frame):
+                    await self._publish_slowly(link, tail + frame, timeout)
+            elif tail:  # within a tail header of the size limit: its tail subscribers count it as a gap
+                self.tail_copies_skipped += 1
         record = self.record
         if record is not None and not head.startswith(_CONTROL):  # control topics are not kept
             record(head, seq, frame, _time())
@@ -120,6 +144,39 @@ class Publisher:
             tracing.end_span(span)
         finally:
             tracing.detach(token)
+
+    async def watch_notices(self, link: BusLink) -> None:
+        """Read the publishing socket's subscription notices as they come, until cancelled. A send may eat
+        the socket's wake-up, so the wait is bounded: under load, a new tail subscription is seen within
+        0.25 s (and at once by a ``ready()`` of this client)."""
+        while True:
+            self.poll_notices()
+            await link.pub.wait_readable(0.25)
+
+    def poll_notices(self) -> None:
+        """Read the subscription notices that reached the publishing socket and keep :attr:`tails` current."""
+        link = self.link
+        if link is None:
+            return
+        changed = False
+        for notice in link.read_notices():
+            if notice[1:2] == TAIL_MARK and notice.endswith(b"\x00") and len(notice) > 3:
+                word = notice[2:-1].decode(errors="replace")
+                if notice[0] == 1:
+                    self.tails.add(word)
+                else:
+                    self.tails.discard(word)
+                changed = True
+        if changed:
+            self._tail_heads.clear()
+
+    def _tail_head(self, head: bytes) -> bytes:
+        word = tail_word(head[:-1].decode())
+        tail = tail_prefix(word) if word in self.tails and not head.startswith(_CONTROL) else b""
+        if len(self._tail_heads) >= _CACHE_LIMIT:
+            self._tail_heads.clear()
+        self._tail_heads[head] = tail
+        return tail
 
     def _type_head(self, message: ProcessingMessage) -> bytes:
         head = self.codec.frame_head(message)

@@ -84,21 +84,19 @@ class Readiness:
                 self._covers = (self.generation, self._publisher.published)
                 running = self._running = loop.create_task(self._probe(max(0.0, deadline - loop.time())))
                 running.add_done_callback(_retrieve)
-            left = deadline - loop.time()
-            try:
-                await asyncio.wait_for(asyncio.shield(running), max(0.0, left))
+            # asyncio.wait, not wait_for: wait_for (3.11) returns the result of a probe that ends as this call
+            # is cancelled, and so loses the cancellation (a task cancelled then runs on forever).
+            await asyncio.wait((running,), timeout=max(0.0, deadline - loop.time()))
+            if not running.done():
+                raise self._timeout(timeout)
+            if running.cancelled():
+                raise ClosedError("MessageBroker is closed")  # the client closed, not this call
+            error = running.exception()
+            if error is None:
                 return
-            except BusTimeout:  # (a TimeoutError too: before the clause below)
-                if loop.time() >= deadline - 0.001:
-                    raise self._timeout(timeout) from None
-                # the shared probe had a shorter timeout than this call: go on with a new one
-            except TimeoutError:
-                raise self._timeout(timeout) from None
-            except asyncio.CancelledError:
-                me = asyncio.current_task()
-                if running.cancelled() and (me is None or not me.cancelling()):
-                    raise ClosedError("MessageBroker is closed") from None  # the client closed, not this call
-                raise
+            if not isinstance(error, BusTimeout) or loop.time() >= deadline - 0.001:
+                raise self._timeout(timeout) if isinstance(error, BusTimeout) else error
+            # the shared probe had a shorter timeout than this call: go on with a new one
 
     def cancel(self) -> None:
         """Stop the probe in flight (the client is closing)."""
@@ -132,6 +130,7 @@ class Readiness:
                 if not await wait_event(arrived, min(interval, left)):
                     interval = min(interval * 2, 0.25)
             pub.is_ready = True
+            pub.poll_notices()  # the tail words subscribed on the bus, as of this probe
             # Probes travel behind everything published before them, in order.
             self.proven = max(self.proven, generation)
             self.confirmed = max(self.confirmed, published)

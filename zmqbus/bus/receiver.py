@@ -36,7 +36,7 @@ from ..core.recovery import Fetch, Recovery
 from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, SequenceJump
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
-from ..core.topics import RESERVED_PREFIX
+from ..core.topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
 from ..io.aio import TaskOwner, resume
 from ..io.journal import StreamJournal
 from ..io.transport import BusLink
@@ -75,6 +75,7 @@ class Receiver:
         self.handlers = TaskOwner()  # handlers that went on as tasks
         self.received = self.received_bytes = self.dispatched = self.unmatched = self.handler_errors = 0
         self.duplicates = 0  # copies of one message through a second forwarder (a redundant bus), dropped
+        self.tail_copies_dropped = 0  # tail copies of messages an ordinary subscription brings too
         self.redundant = redundant
         #: Handler durations (seconds), measured only once metrics are on: two clock reads per handler.
         self.process_time: Histogram | None = None
@@ -89,7 +90,6 @@ class Receiver:
 
     async def run(self, link: BusLink) -> None:
         """Read and dispatch until cancelled."""
-        waits = 0
         while True:
             batch = link.recv_batch(BATCH)
             if batch:
@@ -99,9 +99,6 @@ class Receiver:
                     continue
             # Empty, or a short batch that ended in Again: drained either way,
             # so wait (wait() reads EVENTS first) rather than pay for another Again.
-            waits += 1
-            if waits % 8 == 0:
-                link.drain_control()  # subscription notices pile up on the XPUB otherwise
             # Bounded wait: a lost FD edge can delay us by at most one second.
             await link.sub.wait_readable(0.25 if self.recovery is not None else 1.0)
             if self.redundant:
@@ -118,6 +115,10 @@ class Receiver:
         self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
         self.received_bytes += sum(map(len, batch))
         for frame in batch:
+            if frame.startswith(TAIL_MARK):  # a tail copy (PROTOCOL.md section 2.3)
+                frame = self._untail(frame)  # type: ignore[assignment]
+                if frame is None:
+                    continue
             try:
                 msg = decode(frame)
             except DecodeError as exc:
@@ -189,6 +190,19 @@ class Receiver:
                 except Exception as exc:  # a handler's fault must not stop dispatch
                     self.handler_error(sub, exc)
         return went and len(self.handlers) >= self.max_pending
+
+    def _untail(self, frame: bytes) -> bytes | None:
+        """The ordinary frame inside a tail copy, or None: malformed (counted), or a second copy of a message
+        this client's ordinary subscriptions bring anyway (dropped: each message is delivered once)."""
+        inner = split_tail_copy(frame)
+        if inner is None:
+            self._decode_error(DecodeError("topic", "a tail copy without its word and NUL"))
+            return None
+        cut = inner.find(0, 0, 256)
+        if cut > 0 and self.table.ordinary_covers(inner[:cut]):
+            self.tail_copies_dropped += 1
+            return None
+        return inner
 
     def expire(self) -> None:
         """On a redundant bus: count (and log) what no forwarder brought in time."""

@@ -59,7 +59,11 @@ def broker_statistics(
         rpc=rpc,
         duplicates=duplicates,
         recovery=recovery,
-    )
+        tails={
+            "sent": p.tail_copies, "skipped": p.tail_copies_skipped, "dropped": r.tail_copies_dropped,
+            "words": len(p.tails),
+        },
+    )  # fmt: skip
 
 
 class _Rows:

@@ -11,7 +11,7 @@ import logging
 
 from ..core.errors import ZmqbusError
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
-from ..core.topics import Pattern, compile_pattern
+from ..core.topics import TAIL_MARK, Pattern, compile_pattern
 from ..io.aio import is_async_callable
 from ..io.transport import BusLink
 from .receiver import Receiver
@@ -79,5 +79,8 @@ class Subscriptions:
         for prefix in self.table.remove(gone):
             if self.link is not None:
                 self.link.unsubscribe(prefix)
-            self.receiver.sequences.forget(prefix.rstrip(b"\x00").decode())
+            if prefix.startswith(TAIL_MARK):  # a tail pattern's: the topics ending with its word
+                self.receiver.sequences.forget("", tail=prefix[1:-1].decode())
+            else:
+                self.receiver.sequences.forget(prefix.rstrip(b"\x00").decode())
         return len(gone)

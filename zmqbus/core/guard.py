@@ -13,8 +13,24 @@ from typing import Protocol
 
 from .policy import Policy, SubscriptionLimits
 from .ratelog import RateLimitedLog
+from .topics import TAIL_MARK, split_tail_copy
 
-__all__ = ["Guard", "PolicyGuard"]
+__all__ = ["Guard", "PolicyGuard", "publication_topic"]
+
+
+def publication_topic(head: bytes) -> bytes:
+    """The topic a publication's first bytes (up to 512) name: an ordinary frame's, or the one inside a tail
+    copy (``0x01 word NUL topic NUL ...``, PROTOCOL.md section 2.3), which the publish rules apply to."""
+    word = None
+    if head.startswith(TAIL_MARK):
+        inner = split_tail_copy(head)
+        word, head = head[1 : len(head) - len(inner) - 1] if inner is not None else b"", inner or b""
+    cut = head.find(b"\x00")
+    topic = head[:cut] if cut >= 0 else head
+    if word is not None and topic.rpartition(b".")[2] != word:
+        return b""  # a tail copy under another word than its topic's last: refused
+    return topic
+
 
 log = logging.getLogger("zmqbus.bus.forwarder")
 
@@ -64,7 +80,9 @@ class PolicyGuard:
     def may_publish(self, user: str, topic: bytes) -> bool:
         cache = self._publish_cache
         allowed = cache.get((user, topic))
-        if allowed is None:
+        if allowed is None and not topic:
+            allowed = False  # no topic, or a tail copy whose word is not its topic's last
+        elif allowed is None:
             assert self.policy is not None
             allowed = self.policy.may_publish(user, topic.decode(errors="replace"))
             if len(cache) >= 100_000:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import SecurityError, TopicError
-from .topics import RESERVED_PREFIX, Pattern, compile_pattern
+from .topics import RESERVED_PREFIX, TAIL_MARK, Pattern, compile_pattern
 
 __all__ = ["Permissions", "Policy", "SubscriptionLimits"]
 
@@ -141,6 +141,10 @@ class Policy:
             return []
         if prefix.startswith(_RESERVED):
             return [prefix]
+        if prefix.startswith(TAIL_MARK):  # a tail pattern's (PROTOCOL.md section 2.3): every topic ending in W
+            word = prefix[1:-1].decode(errors="replace")
+            wide = any(p.text in ("#", f"#.{word}") for p in perms.subscribe)
+            return [prefix] if wide else []
         out: list[bytes] = []
         for p in perms.subscribe:
             granted = _grant_one(p, prefix)

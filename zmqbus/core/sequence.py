@@ -121,11 +121,11 @@ class GapDetector:
             self.gaps += jump.missing
         return jump
 
-    def forget(self, topic_prefix: str) -> None:
-        """Forget every topic that starts with ``topic_prefix`` (its subscription ended: what is
-        published while nobody listens is not loss)."""
+    def forget(self, topic_prefix: str, tail: str | None = None) -> None:
+        """Forget every topic that starts with ``topic_prefix``, or (``tail``) whose last word is ``tail`` (its
+        subscription ended: what is published while nobody listens is not loss)."""
         for per_pub in self._last.values():
-            for topic in [t for t in per_pub if t.startswith(topic_prefix)]:
+            for topic in [t for t in per_pub if _under(t, topic_prefix, tail)]:
                 del per_pub[topic]
 
     def tracked(self) -> tuple[int, int]:
@@ -280,9 +280,10 @@ class RedundantGapDetector:
         """Numbers skipped but perhaps still on their way through another forwarder."""
         return sum(len(self._streams[k].missing) for k in self._pending if k in self._streams)
 
-    def forget(self, topic_prefix: str) -> None:
-        """Forget every topic that starts with ``topic_prefix`` (its subscription ended)."""
-        for key in [k for k in self._streams if k[1].startswith(topic_prefix)]:
+    def forget(self, topic_prefix: str, tail: str | None = None) -> None:
+        """Forget every topic that starts with ``topic_prefix``, or whose last word is ``tail`` (its
+        subscription ended)."""
+        for key in [k for k in self._streams if _under(k[1], topic_prefix, tail)]:
             del self._streams[key]
             self._pending.discard(key)
 
@@ -292,3 +293,9 @@ class RedundantGapDetector:
         for publisher, _ in self._streams:
             per[publisher] = per.get(publisher, 0) + 1
         return len(per), max(per.values(), default=0)
+
+
+def _under(topic: str, prefix: str, tail: str | None) -> bool:
+    if tail is not None:
+        return topic == tail or topic.endswith("." + tail)
+    return topic.startswith(prefix)

@@ -41,6 +41,11 @@ class BrokerStatistics:
     #: good (also counted in ``gaps``), held now, fetches made and failed; and this client's own history:
     #: messages and bytes kept, evicted, fetches served and refused.
     recovery: dict[str, int] = field(default_factory=dict)
+    #: Tail routing (PROTOCOL.md section 2.3): tail copies this client sent (``sent``), did not send because
+    #: the message was within a tail header of the size limit (``skipped``), received as a second copy of a
+    #: message its ordinary subscriptions bring and dropped (``dropped``), and the tail words subscribed on
+    #: the bus as its publishing socket knows them (``words``).
+    tails: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ Contracts:
 * :meth:`SubscriptionTable.match` returns the subscriptions a topic reaches,
   in the order they were added, and caches the answer per topic (bounded:
   the cache starts over past ``cache_limit`` topics; any change clears it).
+* :meth:`SubscriptionTable.ordinary_covers` says whether the socket's
+  ordinary prefixes let a topic through: a tail copy (PROTOCOL.md section
+  2.3) of such a topic is a second copy of a message that arrives anyway.
 * Topics under ``_zmqbus.`` (control traffic) reach only subscriptions whose
   pattern names that first word literally (``internal``): a user's ``#``
   never sees probes and presence.
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .message import ProcessingMessage
-from .topics import RESERVED_PREFIX, Pattern, compile_pattern
+from .topics import RESERVED_PREFIX, TAIL_MARK, Pattern, compile_pattern
 
 __all__ = ["MessageHandler", "Subscription", "SubscriptionTable"]
 
@@ -45,7 +48,7 @@ class Subscription:
 class SubscriptionTable:
     """Subscriptions, their shared socket prefixes, and a per-topic match cache (see the module docstring)."""
 
-    __slots__ = ("_subs", "_prefix_refs", "cache", "cache_limit")
+    __slots__ = ("_subs", "_prefix_refs", "cache", "cache_limit", "_covers")
 
     def __init__(self, cache_limit: int = 10_000) -> None:
         self._subs: list[Subscription] = []
@@ -53,6 +56,7 @@ class SubscriptionTable:
         #: topic -> the subscriptions it reaches; read directly on the hot path, filled by :meth:`match`.
         self.cache: dict[str, tuple[Subscription, ...]] = {}
         self.cache_limit = cache_limit
+        self._covers: dict[bytes, bool] = {}  # topic -> whether an ordinary prefix lets it through (cached)
 
     @property
     def user_count(self) -> int:
@@ -86,6 +90,7 @@ class SubscriptionTable:
         sub = Subscription(component_name, compiled, handler, is_async, internal=pattern.startswith(RESERVED_PREFIX))
         self._subs.append(sub)
         self.cache.clear()
+        self._covers.clear()
         count = self._prefix_refs.get(compiled.prefix, 0)
         self._prefix_refs[compiled.prefix] = count + 1
         return sub, (compiled.prefix if count == 0 else None)
@@ -110,6 +115,7 @@ class SubscriptionTable:
         for sub in gone:
             self._subs.remove(sub)
             self.cache.clear()
+            self._covers.clear()
             prefix = sub.pattern.prefix
             count = self._prefix_refs.pop(prefix) - 1
             if count:
@@ -117,6 +123,17 @@ class SubscriptionTable:
             else:
                 unneeded.append(prefix)
         return unneeded
+
+    def ordinary_covers(self, topic: bytes) -> bool:
+        """Whether one of the socket's ordinary (not tail) prefixes lets ``topic`` through (cached)."""
+        covered = self._covers.get(topic)
+        if covered is None:
+            framed = topic + b"\x00"
+            covered = any(framed.startswith(p) for p in self._prefix_refs if not p.startswith(TAIL_MARK))
+            if len(self._covers) >= self.cache_limit:
+                self._covers.clear()
+            self._covers[topic] = covered
+        return covered
 
     def match(self, topic: str) -> tuple[Subscription, ...]:
         """The subscriptions ``topic`` reaches, in the order they were added (cached)."""

@@ -10,9 +10,15 @@ Rules of this module:
 * ZeroMQ filters only by byte prefix, so every pattern compiles to the longest
   literal byte prefix it implies (a pattern without wildcards: the topic and
   the NUL that ends it in a frame, so ZeroMQ filters it exactly) (what the SUB socket subscribes to) plus an
-  exact matcher applied in the process. A pattern that starts with a wildcard
-  has the empty prefix and receives *all* traffic; :attr:`Pattern.receives_all`
-  makes that cost visible.
+  exact matcher applied in the process.
+* A pattern that starts with a wildcard and ends with a literal word (a *tail
+  pattern*: ``#.error``, ``*.status.update``) subscribes the *tail prefix*
+  of that word (:func:`tail_prefix`: ``0x01``, the word, NUL): publishers
+  that see such a subscription also send a *tail copy* of each message whose
+  topic ends with the word (PROTOCOL.md section 2.3), so the subscriber does
+  not receive the whole bus. Any other pattern that starts with a wildcard
+  (``#``, ``*.order.#``) has the empty prefix and receives *all* traffic;
+  :attr:`Pattern.receives_all` makes that cost visible.
 
 Pure code: no sockets, no I/O.
 """
@@ -26,11 +32,24 @@ from functools import lru_cache
 
 from .errors import TopicError
 
-__all__ = ["MAX_TOPIC_BYTES", "Pattern", "compile_pattern", "validate_topic", "RESERVED_PREFIX"]
+__all__ = [
+    "MAX_TOPIC_BYTES",
+    "Pattern",
+    "compile_pattern",
+    "validate_topic",
+    "RESERVED_PREFIX",
+    "TAIL_MARK",
+    "tail_prefix",
+    "tail_word",
+    "split_tail_copy",
+]
 
 MAX_TOPIC_BYTES = 255
 #: Topics whose first word is ``_zmqbus`` carry control traffic (see PROTOCOL.md).
 RESERVED_PREFIX = "_zmqbus."
+
+#: The first byte of a tail copy's frame and of a tail subscription (no topic starts with a control character).
+TAIL_MARK = b"\x01"
 
 _BAD_WORD = re.compile(r"[*#\s\x00-\x1f\x7f]")
 
@@ -75,10 +94,30 @@ class Pattern:
     text: str
     prefix: bytes
     match: Callable[[str], bool] = field(repr=False, compare=False)
+    #: A tail pattern's last word (``prefix`` is then its :func:`tail_prefix`); None for other patterns.
+    tail: str | None = None
 
     @property
     def receives_all(self) -> bool:
         return not self.prefix
+
+
+def tail_prefix(word: str) -> bytes:
+    """What a tail pattern ending in ``word`` subscribes to, and what starts the tail copies it receives."""
+    return TAIL_MARK + word.encode() + b"\x00"
+
+
+def tail_word(topic: str) -> str:
+    """The last word of ``topic`` (what a tail copy is sent under)."""
+    return topic.rpartition(".")[2]
+
+
+def split_tail_copy(frame: bytes) -> bytes | None:
+    """The ordinary frame inside a tail copy (``0x01 word NUL`` + frame), or None if it is not one."""
+    cut = frame.find(0, 1, 257)  # the word is 1 to 255 bytes
+    if cut < 2:
+        return None
+    return frame[cut + 1 :]
 
 
 def _exact(literal: str) -> Callable[[str], bool]:
@@ -127,6 +166,9 @@ def compile_pattern(pattern: str) -> Pattern:
     base = ".".join(literal)
     if not rest:
         return Pattern(pattern, base.encode() + b"\x00", _exact(base))
+    if not literal and collapsed[-1] not in ("*", "#"):
+        # a tail pattern (#.error, *.a.b): its last word routes it (PROTOCOL.md section 2.3)
+        return Pattern(pattern, tail_prefix(collapsed[-1]), _regex(collapsed), collapsed[-1])
     if rest[0] == "*":
         prefix = (base + ".") if base else ""
     else:  # "#" may match zero words, so "a.#" must also receive "a" itself

@@ -27,7 +27,7 @@ import struct
 import zmq
 
 from ..core.control import FORWARDER_QUERY_TOPIC
-from ..core.guard import Guard
+from ..core.guard import Guard, publication_topic
 from .transport import user_id
 
 __all__ = ["run_guarded_proxy"]
@@ -77,9 +77,7 @@ def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard
         counts[_FRONT_IN_FRAMES] += len(parts)
         counts[_FRONT_IN_BYTES] += size
         if guard is not None:
-            head = bytes(frame.buffer[:256])
-            cut = head.find(b"\x00")
-            if not guard.may_publish(user_id(frame), head[:cut] if cut >= 0 else head):
+            if not guard.may_publish(user_id(frame), publication_topic(bytes(frame.buffer[:512]))):
                 continue
         for p in parts[:-1]:
             send(p, zmq.SNDMORE, copy=False)

@@ -375,15 +375,15 @@ class BusLink:
                 raise exc
         return out
 
-    def drain_control(self) -> int:
-        """Discard subscription notices queued on the XPUB; return how many."""
-        n = 0
+    def read_notices(self) -> list[bytes]:
+        """The subscription notices queued on the XPUB, oldest first (``0x01`` + prefix: subscribed,
+        ``0x00`` + prefix: unsubscribed); reading them also keeps them from piling up."""
+        out: list[bytes] = []
         recv = self.pub.sock.recv
         with contextlib.suppress(zmq.ZMQError):
             while True:
-                recv(zmq.NOBLOCK)
-                n += 1
-        return n
+                out.append(recv(zmq.NOBLOCK))
+        return out
 
     def close(self, linger: float | None = None) -> None:
         """Close both sockets; queued outgoing messages get ``linger`` seconds."""
