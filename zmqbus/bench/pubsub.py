@@ -313,8 +313,10 @@ def run_pubsub(
     subscribers: int = 1,
     progress: Progress = lambda s: None,
     label: str = "",
+    batching: bool = False,
 ) -> dict[str, Any]:
-    """Throughput of both sides in alternating rounds; each side's median round is reported.
+    """Throughput of both sides in alternating rounds; each side's median round is reported. ``batching``:
+    a third side, zmqbus with publisher batching on (PROTOCOL.md section 2.4), in the same rounds.
 
     The median, not the best: the raw side's figure swings by up to 20% from
     round to round on a 2-core machine, and a best-of would reward whichever
@@ -322,14 +324,28 @@ def run_pubsub(
     """
     count = count or (20_000 if quick else 200_000)
     rounds = rounds or (1 if quick else 3)
-    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "zmqbus": []}
+    kinds = ("raw", "zmqbus", "zmqbus_batching") if batching else ("raw", "zmqbus")
+    runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in kinds}
     for r in range(rounds):
-        for kind in ("raw", "zmqbus"):
-            res = pubsub_once(kind, count, size, shape, subscribers)
+        for kind in kinds:
+            if kind == "zmqbus_batching":
+                with environment({"ZMQBUS_BATCHING": "1"}):
+                    res = pubsub_once("zmqbus", count, size, shape, subscribers)
+            else:
+                res = pubsub_once(kind, count, size, shape, subscribers)
             progress(f"{label}round {r + 1}/{rounds}: {kind} {res['msgs_per_s']:,} msg/s ({res['lost']} lost)")
             runs[kind].append(res)
     mid = {kind: sorted(rs, key=lambda x: x["msgs_per_s"])[(len(rs) - 1) // 2] for kind, rs in runs.items()}
     zb, raw = mid["zmqbus"]["msgs_per_s"], mid["raw"]["msgs_per_s"]
+    extra: dict[str, Any] = {}
+    if batching:
+        b = mid["zmqbus_batching"]
+        extra = {
+            "batching_msgs_per_s": b["msgs_per_s"],
+            "batching_ratio": round(b["msgs_per_s"] / raw, 3) if raw else 0.0,
+            "batching": b,
+            "batching_rounds": [x["msgs_per_s"] for x in runs["zmqbus_batching"]],
+        }
     return {
         "benchmark": "pubsub",
         "count": count,
@@ -345,6 +361,7 @@ def run_pubsub(
         "raw": mid["raw"],
         "zmqbus_rounds": [x["msgs_per_s"] for x in runs["zmqbus"]],
         "raw_rounds": [x["msgs_per_s"] for x in runs["raw"]],
+        **extra,
     }
 
 

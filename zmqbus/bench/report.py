@@ -60,6 +60,19 @@ def to_markdown(report: dict[str, Any]) -> str:
                     ", ".join(f"{x:,}" for x in p["zmqbus_rounds"]),
                 ],
                 ["**ratio**", f"**{p['ratio']:.2f}**", "", ""],
+                *(
+                    [
+                        [
+                            "zmqbus, batching on",
+                            f"{p['batching_msgs_per_s']:,}",
+                            p["batching"]["lost"],
+                            ", ".join(f"{x:,}" for x in p["batching_rounds"]),
+                        ],
+                        ["**ratio, batching on**", f"**{p['batching_ratio']:.2f}**", "", ""],
+                    ]
+                    if "batching_ratio" in p
+                    else []
+                ),
             ],
         )
     if "sizes" in s:
@@ -372,6 +385,15 @@ def format_pubsub(result: dict[str, Any], size: int) -> str:
             f"  zmqbus              : {result['zmqbus_msgs_per_s']:>10,} msg/s"
             f"  (lost {z['lost']}, gaps counted {z['gaps_counted']})",
             f"  ratio zmqbus/raw    : {result['ratio']:.2f}",
+            *(
+                [
+                    f"  zmqbus, batching on : {result['batching_msgs_per_s']:>10,} msg/s"
+                    f"  (lost {result['batching']['lost']}, gaps counted {result['batching']['gaps_counted']})",
+                    f"  ratio batching/raw  : {result['batching_ratio']:.2f}",
+                ]
+                if "batching_ratio" in result
+                else []
+            ),
         ]
     )
 

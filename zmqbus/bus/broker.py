@@ -56,6 +56,7 @@ from ..io.aio import TaskOwner, run_on_loop
 from ..io.security import HandshakeWatch, open_link, reread_keys
 from ..io.transport import BusLink
 from . import tracing
+from .batching import Batcher
 from .history import enable_recovery
 from .options import BrokerOptions, BrokerSettings
 from .port import ServiceHandler
@@ -108,6 +109,8 @@ class MessageBroker:
         skew = opts.redundant_skew if self.forwarders > 1 else None
         self._receiver = Receiver(self._table, self.codec, opts.max_pending_handlers, self._faults, redundant=skew)
         self._publisher = Publisher(self.codec, self.client_id, opts.publish_timeout, self.ready, opts.name)
+        if config.batching(opts.batching):
+            self._publisher.batcher = Batcher(self._publisher, opts.batch_messages)
         self._subs = Subscriptions(self._table, self._receiver)
         where = f"{self.pub_endpoint} / {self.sub_endpoint}"
         self._readiness = Readiness(self._publisher, self._subs, lambda: self._watches, where)
@@ -181,11 +184,14 @@ class MessageBroker:
             self._closed = self._publisher.closed = True
             await self._requests.close_caller()
             await self._receiver.handlers.cancel()
+            self._publisher.flush()
             if self._link is not None and self._reader is not None and not self._reader.done():
                 await self._readiness.confirm_published(linger)
             self._readiness.cancel()
             await self._owner.cancel()
             self._reader = None
+            if self._publisher.batcher is not None:
+                self._publisher.batcher.close()  # what it still held is counted in unconfirmed above
             if self._link is not None:
                 self._link.close(linger)
                 self._link = self._publisher.link = None

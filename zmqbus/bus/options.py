@@ -73,6 +73,12 @@ class BrokerOptions:
         each stream; a process restarted with the same file fetches what was published meanwhile (within
         the publishers' history) and never handles a message twice. ``zmqbus run`` and ``zmqbus up`` give
         each component replica one under ``$ZMQBUS_STATE_DIR``. Default: none.
+    :param batching: send several messages of one topic in one frame when more than one is published in
+        the same event-loop turn (PROTOCOL.md section 2.4; :mod:`zmqbus.bus.batching`): fewer, larger
+        frames, no added wait. Every receiver on the bus must understand batch frames (zmqbus from
+        protocol revision 2.2 on; another must implement section 2.4), so it is off unless asked:
+        default ``$ZMQBUS_BATCHING`` (``1``), else off.
+    :param batch_messages: messages in one batch frame, at most (2 to 65535).
     :param redundant_skew: on a redundant bus (several forwarders), seconds a
         missing number may wait for the other forwarder's copy before it is
         counted lost.
@@ -105,6 +111,8 @@ class BrokerOptions:
     history_age: float = 60.0
     holdback: float = 1.0
     resume_file: str | None = None
+    batching: bool | None = None
+    batch_messages: int = 64
     redundant_skew: float = 2.0
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
@@ -162,6 +170,8 @@ class BrokerSettings(TypedDict, total=False):
     history_age: float
     holdback: float
     resume_file: str | None
+    batching: bool | None
+    batch_messages: int
     redundant_skew: float
     metrics_port: int | None
     metrics_addr: str

@@ -28,6 +28,7 @@ from ..core.sequence import Sequencer
 from ..core.topics import RESERVED_PREFIX, TAIL_MARK, tail_prefix, tail_word
 from ..io.transport import BusLink
 from . import tracing
+from .batching import Batcher
 
 __all__ = ["Publisher"]
 
@@ -59,6 +60,7 @@ class Publisher:
         "tail_copies",
         "tail_copies_skipped",
         "_tail_heads",
+        "batcher",
     )
 
     def __init__(
@@ -83,6 +85,13 @@ class Publisher:
         self.tails: set[str] = set()
         self.tail_copies = self.tail_copies_skipped = 0
         self._tail_heads: dict[bytes, bytes] = {}  # frame head -> its tail copy's head (b"": none wanted)
+        #: Opt-in batching (PROTOCOL.md section 2.4); None: every message is sent as its own frame.
+        self.batcher: Batcher | None = None
+
+    def flush(self) -> None:
+        """Send what batching has queued (before a probe, at close)."""
+        if self.batcher is not None:
+            self.batcher.flush()
 
     async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
         """Encode, number and send ``message`` (see :meth:`MessageBroker.publish` for what it raises)."""
@@ -105,13 +114,19 @@ class Publisher:
         else:
             head = codec.frame_head(message, topic)
         seq = self._sequencer.next(head)  # per (publisher, topic): PROTOCOL.md section 4.2
-        frame = head + codec.encode(message, head, self.client_id, seq, self.name)
-        if not link.send(frame):
+        payload = codec.encode(message, head, self.client_id, seq, self.name)
+        frame = head + payload
+        batcher = self.batcher
+        if batcher is not None:  # opt-in: queued, sent as one frame with the topic's others (batching.py)
+            if batcher.stalled:
+                await batcher.wait_room(timeout)
+            batcher.add(head, payload)
+        elif not link.send(frame):
             await self._publish_slowly(link, frame, timeout)
-        if self.tails:  # someone subscribed a tail pattern (#.error): a copy under the topic's last word
+        if self.tails and batcher is None:  # a tail pattern (#.error) is subscribed: a copy under the last word
             tail = self._tail_heads.get(head)
             if tail is None:
-                tail = self._tail_head(head)
+                tail = self.tail_head(head)
             if tail and len(tail) + len(frame) <= codec.max_message_size:
                 self.tail_copies += 1
                 if not link.send(tail + frame):
@@ -170,7 +185,11 @@ class Publisher:
         if changed:
             self._tail_heads.clear()
 
-    def _tail_head(self, head: bytes) -> bytes:
+    def tail_head(self, head: bytes) -> bytes:
+        """The tail copy's header for a frame head (cached), b"" when no subscriber wants that tail."""
+        tail = self._tail_heads.get(head)
+        if tail is not None:
+            return tail
         word = tail_word(head[:-1].decode())
         tail = tail_prefix(word) if word in self.tails and not head.startswith(_CONTROL) else b""
         if len(self._tail_heads) >= _CACHE_LIMIT:

@@ -142,6 +142,9 @@ class Readiness:
         link = pub.link
         if link is None:
             raise ClosedError("MessageBroker is closed")
+        pub.flush()  # batched messages leave before the probe that proves they left
+        if pub.batcher is not None and pub.batcher.stalled:
+            return  # a probe must not pass held frames: the next round sends it
         msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=pub.name))
         head = pub.codec.frame_head(msg, topic)
         # a probe lost at the high-water mark is simply sent again

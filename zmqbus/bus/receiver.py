@@ -106,26 +106,36 @@ class Receiver:
             if self.recovery is not None:
                 await self.release(self.recovery.expire(asyncio.get_running_loop().time()))
 
-    async def dispatch(self, batch: list[bytes]) -> None:
-        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose)."""
+    async def dispatch(self, batch: list[Any], decoded: bool = False) -> None:
+        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose); ``decoded``: the
+        messages of one batch frame (PROTOCOL.md section 2.4), already decoded and counted."""
         decode = self._decode
         observe, control = self.sequences.observe, self.control_sequences.observe
         recovery = self.recovery
         now = asyncio.get_running_loop().time() if recovery is not None else 0.0
-        self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
-        self.received_bytes += sum(map(len, batch))
+        if not decoded:
+            self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
+            self.received_bytes += sum(map(len, batch))
+        msg: Any
         for frame in batch:
-            if frame.startswith(TAIL_MARK):  # a tail copy (PROTOCOL.md section 2.3)
-                frame = self._untail(frame)  # type: ignore[assignment]
-                if frame is None:
+            if decoded:
+                msg = frame
+            else:
+                if frame.startswith(TAIL_MARK):  # a tail copy (PROTOCOL.md section 2.3)
+                    frame = self._untail(frame)
+                    if frame is None:
+                        continue
+                try:
+                    msg = decode(frame)
+                except DecodeError as exc:
+                    self._decode_error(exc)
                     continue
-            try:
-                msg = decode(frame)
-            except DecodeError as exc:
-                self._decode_error(exc)
-                continue
+                if msg.__class__ is list:  # a batch frame: its messages, in order, the same way
+                    self.received += len(msg) - 1
+                    await self.dispatch(msg, True)
+                    continue
             md = msg.metadata
-            topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
+            topic: str = msg.topic  # always set on a decoded message
             if topic.startswith(RESERVED_PREFIX):  # control traffic: deduplicated, its gaps no user loss
                 if control(md.publisher_id, topic, md.sequence) is DUPLICATE:
                     continue

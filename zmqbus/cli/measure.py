@@ -168,7 +168,14 @@ def bench(
     help="What OpenTelemetry tracing costs: zmqbus with tracing off and on "
     "(needs zmqbus[traces] and opentelemetry-sdk).",
 )
-def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool, trace: bool) -> None:
+@click.option(
+    "--batching",
+    is_flag=True,
+    help="Also zmqbus with publisher batching on (PROTOCOL.md section 2.4), in the same rounds.",
+)
+def bench_pubsub(
+    quick: bool, as_json: bool, count: int, size: int, rounds: int, secure: bool, trace: bool, batching: bool
+) -> None:
     """Publisher -> forwarder -> subscriber throughput, zmqbus vs raw pyzmq + msgpack."""
     from ..bench import report
     from ..bench.pubsub import run_pubsub, run_pubsub_secure, run_pubsub_traced
@@ -188,7 +195,11 @@ def bench_pubsub(quick: bool, as_json: bool, count: int, size: int, rounds: int,
         if secure
         else (run_pubsub, report.format_pubsub)
     )
-    result = run(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
+    if batching and run is run_pubsub:
+        result = run_pubsub(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress,
+                            batching=True)  # fmt: skip
+    else:
+        result = run(quick=quick, count=count or None, size=size, rounds=rounds or None, progress=progress)
     click.echo(json.dumps(result) if as_json else text(result, size))
 
 

@@ -35,6 +35,8 @@ __all__ = [
     "unpack",
     "frame_head",
     "SEPARATOR",
+    "BATCH_MARK",
+    "batch_frame",
     "REQ",
     "REP",
     "ERR",
@@ -48,6 +50,9 @@ __all__ = [
 PROTOCOL_VERSION = 2
 #: Ends the topic inside a pub/sub frame; a topic never holds it.
 SEPARATOR = b"\x00"
+#: Starts a batch frame's payload (PROTOCOL.md section 2.4): msgpack's "never used" byte, so a receiver that
+#: does not know batches counts the frame as malformed instead of misreading it.
+BATCH_MARK = b"\xc1"
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024  # bytes, all frames together
 
 #: Positions in the envelope array. Decoders ignore elements past the last.
@@ -109,6 +114,7 @@ _ENVELOPE = tuple[
 if get_args(get_args(_ENVELOPE)[0]) != (PROTOCOL_VERSION,):  # pragma: no cover
     raise ImportError("codec: the envelope's version literal is not PROTOCOL_VERSION")
 _typed_decode = msgspec.msgpack.Decoder(_ENVELOPE, ext_hook=_reject_ext).decode
+_typed_batch_decode = msgspec.msgpack.Decoder(list[_ENVELOPE], ext_hook=_reject_ext).decode
 _any_decode = msgspec.msgpack.Decoder(ext_hook=_reject_ext).decode
 _ValidationError = msgspec.ValidationError
 # What a decode or an encode may raise. msgspec's own errors are named: before 0.19 they were not
@@ -336,7 +342,11 @@ class Codec:
         return _build(tstr, payload)
 
     def decode_frame(self, frame: bytes) -> ProcessingMessage:
-        """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError`."""
+        """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError`.
+
+        A batch frame (``topic NUL 0xC1 array``, PROTOCOL.md section 2.4) decodes to a *list* of messages:
+        callers that may receive batches test ``type(result) is list`` (found on the error path of the
+        single decode, so an ordinary frame pays nothing for it)."""
         size = len(frame)
         if size > self.max_message_size:
             raise DecodeError("size", f"{size} bytes over the limit of {self.max_message_size}")
@@ -347,7 +357,42 @@ class Codec:
             tstr = frame[:i].decode()
         except UnicodeDecodeError:
             raise DecodeError("topic", "topic is not UTF-8") from None
-        return _build(tstr, _after(frame, i + 1))
+        try:
+            return _build(tstr, _after(frame, i + 1))
+        except DecodeError:
+            if frame[i + 1 : i + 2] != BATCH_MARK:
+                raise
+            return _build_batch(tstr, _after(frame, i + 2))  # type: ignore[return-value]  # see decode_frame's doc
+
+
+def batch_frame(head: bytes, payloads: list[bytes]) -> bytes:
+    """One frame for several payloads of one topic (PROTOCOL.md section 2.4): ``head``, ``0xC1``, a msgpack
+    array header, the payloads one after another (each already a msgpack array: together, one array of
+    them). One payload makes an ordinary frame."""
+    n = len(payloads)
+    if n == 1:
+        return head + payloads[0]
+    count = bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+    return b"".join((head, BATCH_MARK, count, *payloads))
+
+
+def _build_batch(tstr: str, payload: Any) -> list[ProcessingMessage]:
+    """The messages of a batch frame's payload (after its 0xC1), checked as one ordinary payload each."""
+    envs: Any
+    try:
+        envs = _typed_batch_decode(payload)
+    except _ValidationError:
+        envs = None  # the generic path below says why (or accepts a later revision's extra elements)
+    except _DECODE_FAILURES as exc:
+        raise DecodeError("msgpack", f"batch: {type(exc).__name__}: {exc}") from None
+    if envs is None:
+        envs = unpack(payload)
+        if type(envs) is not list:
+            raise DecodeError("batch", "a batch is not an array of payloads")
+        envs = [_checked(env) for env in envs]
+    if not envs:
+        raise DecodeError("batch", "an empty batch")
+    return [_from_envelope(tstr, env) for env in envs]
 
 
 def _build(tstr: str, payload: Any) -> ProcessingMessage:
@@ -359,6 +404,10 @@ def _build(tstr: str, payload: Any) -> ProcessingMessage:
         env = _checked(unpack(payload))
     except _DECODE_FAILURES as exc:
         raise DecodeError("msgpack", f"{type(exc).__name__}: {exc}") from None
+    return _from_envelope(tstr, env)
+
+
+def _from_envelope(tstr: str, env: Any) -> ProcessingMessage:
     (_, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env
     md = _new(_Metadata)
     md.correlation_id, md.source_component, md.target_component, md.message_id = cid, src, dst, mid

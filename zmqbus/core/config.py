@@ -127,3 +127,11 @@ def guide_topics(value: bool | None = None) -> bool:
     if value is not None:
         return value
     return os.environ.get("ZMQBUS_GUIDE_TOPICS", "").strip().lower() not in ("0", "false", "no")
+
+
+def batching(value: bool | None = None) -> bool:
+    """``value``, else whether ``$ZMQBUS_BATCHING`` turns publisher batching on (``1``, ``true`` or ``yes``;
+    default off: every receiver must understand batch frames, PROTOCOL.md section 2.4)."""
+    if value is not None:
+        return value
+    return os.environ.get("ZMQBUS_BATCHING", "").strip().lower() in ("1", "true", "yes")

@@ -1,0 +1,105 @@
+"""Publisher batching (PROTOCOL.md section 2.4): runs of one topic share a frame, nothing else changes."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgpack
+import pytest
+import zmq
+
+from zmqbus import DecodeError, Forwarder, MessageBroker, MessageMetadata, ProcessingMessage
+from zmqbus.core.codec import BATCH_MARK, Codec, batch_frame
+from zmqbus.testing import Recorder
+
+
+def broker_for(fwd: Forwarder, name: str, **kw: object) -> MessageBroker:
+    return MessageBroker(fwd.pub_endpoint, fwd.sub_endpoint, name=name, **kw)  # type: ignore[arg-type]
+
+
+def msg(topic: str, i: int) -> ProcessingMessage:
+    return ProcessingMessage(topic, {"i": i}, MessageMetadata())
+
+
+def test_a_batch_frame_decodes_to_its_messages_in_order() -> None:
+    codec = Codec()
+    head = codec.frame_head(msg("a.b", 0))
+    payloads = [codec.encode(msg("a.b", i), head, "p", i + 1) for i in range(40)]
+    frame = batch_frame(head, payloads)
+    assert frame.startswith(b"a.b\x00\xc1\xdc\x00\x28")  # 0xC1, then a msgpack array of 40
+    out = codec.decode_frame(frame)
+    assert isinstance(out, list) and [m.content["i"] for m in out] == list(range(40))
+    assert [m.metadata.sequence for m in out] == list(range(1, 41)) and {m.topic for m in out} == {"a.b"}
+    assert batch_frame(head, payloads[:1]) == head + payloads[0]  # one message: an ordinary frame
+    # what a peer in another language writes by hand: 0xC1 + msgpack array of ordinary payloads
+    by_hand = head + BATCH_MARK + msgpack.packb([msgpack.unpackb(p) for p in payloads[:3]])
+    assert [m.content["i"] for m in codec.decode_frame(by_hand)] == [0, 1, 2]  # type: ignore[union-attr]
+    for bad in (head + b"\xc1\x90", head + b"\xc1\x92\x01", head + b"\xc1" + msgpack.packb([[1, 2]])):
+        with pytest.raises(DecodeError):
+            codec.decode_frame(bad)
+
+
+async def test_batched_publishing_keeps_every_message_and_the_order(forwarder: Forwarder) -> None:
+    async with broker_for(forwarder, "sub") as sub, broker_for(forwarder, "pub", batching=True) as pub:
+        got = Recorder()
+        sub.subscribe("c", "data.#", got)
+        await sub.ready()
+        await pub.ready()
+        n = 5_000
+        for i in range(n):  # runs of one topic, and a second topic between them every 100 messages
+            await pub.publish(msg("data.x" if i % 100 else "data.y", i))
+        await got.wait_for(count=n, timeout=20)
+        assert [m.content["i"] for m in got.messages] == list(range(n))  # across topics too
+        batcher = pub._publisher.batcher
+        assert batcher is not None and batcher.batches >= n // 64 and batcher.batched >= n * 9 // 10
+        stats = sub.statistics()
+        assert stats.gaps == 0 and stats.decode_errors == {} and stats.dispatched >= n
+
+
+async def test_one_message_per_loop_turn_leaves_at_once_unbatched(forwarder: Forwarder) -> None:
+    async with broker_for(forwarder, "sub") as sub, broker_for(forwarder, "pub", batching=True) as pub:
+        got = Recorder()
+        sub.subscribe("c", "tick", got)
+        await sub.ready()
+        await pub.ready()
+        for i in range(5):
+            await pub.publish(msg("tick", i))
+            await got.wait_for(count=i + 1, timeout=2)  # no timer holds it: it left at the end of the turn
+        assert pub._publisher.batcher is not None and pub._publisher.batcher.batches == 0
+
+
+async def test_close_sends_what_is_queued(forwarder: Forwarder) -> None:
+    async with broker_for(forwarder, "sub") as sub:
+        got = Recorder()
+        sub.subscribe("c", "last.#", got)
+        await sub.ready()
+        pub = broker_for(forwarder, "pub", batching=True)
+        await pub.ready()
+        for i in range(10):
+            await pub.publish(msg("last.words", i))  # queued: the loop has not turned yet
+        await pub.close()
+        await got.wait_for(count=10, timeout=5)
+        assert pub.statistics().unconfirmed == 0
+
+
+async def test_a_receiver_without_batches_counts_them_malformed(forwarder: Forwarder) -> None:
+    # The reason batching is opt-in: a peer that does not implement section 2.4 sees 0xC1 where a payload
+    # starts, and must count the frame as malformed rather than misread it.
+    raw = zmq.Context.instance().socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SUBSCRIBE, b"old.")
+    raw.connect(forwarder.sub_endpoint)
+    try:
+        async with broker_for(forwarder, "pub", batching=True) as pub:
+            await pub.ready()
+            await asyncio.sleep(0.2)  # the raw subscription reaches the forwarder
+            for i in range(3):
+                await pub.publish(msg("old.topic", i))
+            await asyncio.sleep(0.1)  # the loop turns: the queue leaves
+            assert raw.poll(5000)
+            topic, _, payload = raw.recv().partition(b"\x00")
+            assert topic == b"old.topic" and payload[:1] == BATCH_MARK
+            with pytest.raises(ValueError):
+                msgpack.unpackb(payload)
+    finally:
+        raw.close(0)

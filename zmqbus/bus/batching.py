@@ -1,0 +1,134 @@
+"""Publisher batching (opt-in): several messages of one topic in one frame (PROTOCOL.md section 2.4).
+
+Contracts:
+
+* A publish queues its payload and returns; the queue leaves as one batch
+  frame when it holds ``max_messages``, would pass ``max_bytes``, or the next
+  message is on another topic, and whatever is queued leaves at the end of the
+  event loop's turn (``call_soon``): a publisher that publishes one message
+  per turn sends ordinary frames, with no timer and no added wait. A single
+  message leaves as an ordinary frame, never as a batch of one.
+* Messages never change order, across topics included: only a run of
+  messages on one topic shares a frame. Numbering (section 4.2), history and tail copies (section 2.3) are the
+  same as without batching: each message keeps its own sequence number.
+* No loss at the publisher: a frame the socket refuses at its high-water mark
+  is held (``stalled``) and sent first when there is room; the next publish
+  waits for that, up to its timeout, then raises :class:`BusTimeout`, as an
+  unbatched publish does.
+* :meth:`Batcher.flush` sends what is queued now: before a probe (what
+  ``ready()`` proves must have left) and at close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+from ..core.codec import batch_frame
+from ..core.errors import BusTimeout
+
+if TYPE_CHECKING:
+    from .publisher import Publisher
+
+__all__ = ["Batcher"]
+
+
+class Batcher:
+    """The queues of one publisher (see the module docstring)."""
+
+    def __init__(self, publisher: Publisher, max_messages: int = 64, max_bytes: int = 64 * 1024) -> None:
+        if not 2 <= max_messages <= 65_535:
+            raise ValueError("max_messages must be 2 to 65535")
+        self.publisher = publisher
+        self.max_messages = max_messages
+        # a batch frame, with a tail header, stays within the receivers' size limit
+        self.max_bytes = max(1, min(max_bytes, publisher.codec.max_message_size - 600))
+        self._head = b""  # the topic being queued (one at a time: messages never change order)
+        self._queue: list[bytes] = []
+        self._size = 0
+        self._armed = False
+        #: Frames the socket refused at its high-water mark, sent first when there is room.
+        self.stalled: deque[bytes] = deque()
+        self._draining: asyncio.Task[None] | None = None
+        #: Batch frames sent, and the messages they carried.
+        self.batches = self.batched = 0
+
+    def add(self, head: bytes, payload: bytes) -> None:
+        """Queue one message's payload under its frame head."""
+        queue = self._queue
+        if queue and (head != self._head or self._size + len(payload) > self.max_bytes):
+            self.flush()  # another topic (or a full frame): what is queued leaves first, in order
+            queue = self._queue
+        if not queue:
+            self._head = head
+            if not self._armed:
+                self._armed = True
+                asyncio.get_running_loop().call_soon(self._turn_ends)
+        queue.append(payload)
+        self._size += len(payload)
+        if len(queue) >= self.max_messages:
+            self.flush()
+
+    def _turn_ends(self) -> None:
+        self._armed = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is queued now."""
+        if self._queue:
+            queue, self._queue, self._size = self._queue, [], 0
+            self._send(self._head, queue)
+
+    @property
+    def queued(self) -> int:
+        """Messages queued or held, not yet handed to the socket."""
+        return len(self._queue) + len(self.stalled)
+
+    async def wait_room(self, timeout: float) -> None:
+        """Return once no frame is held (at once, usually); :class:`BusTimeout` after ``timeout`` seconds."""
+        draining = self._draining
+        if draining is None or draining.done():
+            return
+        self.publisher.publish_waits += 1
+        await asyncio.wait((draining,), timeout=timeout)
+        if not draining.done():
+            raise BusTimeout(f"publish: high-water mark reached for {timeout:g} s (is the forwarder up and draining?)")
+
+    def _send(self, head: bytes, queue: list[bytes]) -> None:
+        frame = batch_frame(head, queue)
+        if len(queue) > 1:
+            self.batches += 1
+            self.batched += len(queue)
+        self._put(frame)
+        pub = self.publisher
+        if pub.tails:
+            tail = pub.tail_head(head)
+            if tail:
+                pub.tail_copies += len(queue)
+                self._put(tail + frame)
+
+    def _put(self, frame: bytes) -> None:
+        link = self.publisher.link
+        if self.stalled or link is None or not link.send(frame):
+            self.stalled.append(frame)
+            if self._draining is None or self._draining.done():
+                self._draining = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self.stalled:
+            link = self.publisher.link
+            if link is None:
+                return  # closed: close() counts what was held
+            if link.send(self.stalled[0]):
+                self.stalled.popleft()
+            else:
+                await link.pub.wait_writable(0.25)
+
+    def close(self) -> int:
+        """Stop; return how many frames were still held (lost with the socket)."""
+        if self._draining is not None:
+            self._draining.cancel()
+        held = len(self.stalled)
+        self.stalled.clear()
+        return held
