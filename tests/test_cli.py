@@ -138,6 +138,15 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
         assert r["p50_us"] > 0 and r["throughput_req_s"] > 0 and r["many_p50_us"] > 0
     w = s["workflow"]
     assert w["completed"] == w["workflows"] == 30 and w["workflows_per_s"] > 0
+    assert len(w["workflows_per_s_rounds"]) == w["rounds"] == 1
+    assert s["pubsub"]["batching"]["lost"] == 0 and s["pubsub"]["batching_ratio"] > 0
+    # the saved report as a baseline: the same section again, each figure next to the saved one
+    code, out, err = finish(
+        run_cli("bench", "--quick", "--only", "workflow", "--compare", str(out_dir / "report.json")), timeout=120
+    )
+    assert code == 0, err
+    assert f"## Compared with {out_dir / 'report.json'}" in out and "| workflow: workflows/s |" in out
+    assert "beyond the noise" in out
     ha = s["ha"]
     assert ha["one_forwarder_msgs_per_s"] > 0 and ha["two_forwarders_msgs_per_s"] > 0
     assert (ha["failover"]["lost"], ha["failover"]["duplicated"]) == (0, 0), "a redundant bus loses nothing"
@@ -236,6 +245,13 @@ def test_up_runs_the_shipped_topology_and_stops_cleanly(tmp_path: Any, run_cli: 
     code, _, err = finish(proc, timeout=30)
     assert code == 0, err
     assert err.count("started ") == 8 and "all processes stopped" in err
+
+
+def test_bench_compare_with_a_file_that_is_no_report_fails_before_measuring(run_cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text('{"nothing": 1}')
+    for path in (tmp_path / "x.json", tmp_path / "missing.json"):
+        code, _out, err = finish(run_cli("bench", "--quick", "--compare", str(path)), timeout=30)
+        assert code == 1 and f"--compare {path}" in err and "round" not in err
 
 
 def test_bench_out_dir_that_cannot_be_written_fails_before_measuring(run_cli: Any, tmp_path: Path) -> None:

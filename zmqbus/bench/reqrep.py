@@ -297,14 +297,18 @@ def run_reqrep(
     latency_n, throughput_n = (500, 5_000) if quick else (3_000, 30_000)
     rounds = rounds or (1 if quick else 3)
     best: dict[str, dict[str, Any]] = {}
+    ratios: dict[str, list[float]] = {"p50": [], "throughput": []}  # zmqbus over raw asyncio, per round
     for r in range(rounds):
+        this: dict[str, dict[str, Any]] = {}
         for kind in ("async", "sync", "zmqbus"):
-            res = _one(kind, latency_n, throughput_n)
+            res = this[kind] = _one(kind, latency_n, throughput_n)
             progress(
                 f"{label}round {r + 1}/{rounds}: {kind} p50 {res['p50_us']:.0f} us, p99 {res['p99_us']:.0f} us, "
                 f"{res['throughput_req_s']:,.0f} req/s with 100 in flight"
             )
             keep_best(best.setdefault(kind, dict(res)), res)  # best of each figure
+        ratios["p50"].append(round(this["zmqbus"]["p50_us"] / this["async"]["p50_us"], 3))
+        ratios["throughput"].append(round(this["zmqbus"]["throughput_req_s"] / this["async"]["throughput_req_s"], 3))
     zb, raw, sync = best["zmqbus"], best["async"], best["sync"]
     out: dict[str, Any] = {
         "benchmark": "reqrep",
@@ -318,6 +322,8 @@ def run_reqrep(
         "sync": rounded(sync),
         "p50_ratio": round(zb["p50_us"] / raw["p50_us"], 2),
         "throughput_ratio": round(zb["throughput_req_s"] / raw["throughput_req_s"], 2),
+        "p50_ratio_rounds": ratios["p50"],
+        "throughput_ratio_rounds": ratios["throughput"],
     }
     for prefix, side in (("", zb), ("raw_", raw), ("sync_", sync)):  # the flat keys of earlier versions
         for key in ("p50_us", "p99_us", "throughput_req_s"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import click
 
@@ -107,6 +108,14 @@ def soak(
 )
 @click.option("--rate", default=10_000.0, show_default=True, help="Offered rate of the latency section, msg/s.")
 @click.option("--secure", is_flag=True, help="Also measure what CURVE and a publish policy cost (pub/sub, req/rep).")
+@click.option(
+    "--compare",
+    "baseline",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A saved report (--json output, or report.json of --out): run the same sections, then print each "
+    "figure next to it and mark what dropped beyond the run-to-run noise.",
+)
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -117,6 +126,7 @@ def bench(
     only: tuple[str, ...],
     rate: float,
     secure: bool,
+    baseline: str | None,
 ) -> None:
     """Benchmarks of the hot path, each next to raw pyzmq in the same run.
 
@@ -131,6 +141,19 @@ def bench(
 
     if rate <= 0:
         raise click.BadParameter("must be positive", param_hint="--rate")
+    saved: dict[str, Any] | None = None
+    if baseline is not None:  # read before minutes of measuring, not after
+        try:
+            with open(baseline, encoding="utf-8") as f:
+                saved = json.load(f)
+            if not isinstance(saved, dict) or not isinstance(saved.get("sections"), dict):
+                raise ValueError("not a zmqbus bench report (no 'sections')")
+        except (OSError, ValueError) as exc:
+            raise click.ClickException(f"--compare {baseline}: {exc}") from None
+        if not only:  # the same sections as the saved run, so that like is compared with like
+            only = tuple(name for name in saved["sections"] if name in (*SECTIONS, "peers"))
+        if bool(saved.get("quick")) != quick:
+            click.echo(f"note: {baseline} was {'' if saved.get('quick') else 'not '}a --quick run", err=True)
     if out_dir:  # fail before minutes of measuring, not after
         try:
             os.makedirs(out_dir, exist_ok=True)
@@ -151,6 +174,10 @@ def bench(
         except OSError as exc:
             raise click.ClickException(f"cannot write the report into {out_dir}: {exc}") from None
     click.echo(json.dumps(report) if as_json else to_markdown(report))
+    if saved is not None and baseline is not None:
+        from ..bench.compare import compare, format_compare
+
+        click.echo(("\n" if not as_json else "") + format_compare(compare(saved, report), baseline), err=as_json)
     if report["failed"]:
         raise click.ClickException(f"benchmark section(s) failed: {', '.join(report['failed'])}")
 
