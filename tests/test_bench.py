@@ -241,3 +241,17 @@ def test_the_report_shows_the_secure_sections() -> None:
     md = to_markdown(report)
     assert "## Pub/sub with CURVE" in md and "a publish policy keeps 71%" in md
     assert "## Request/reply with CURVE" in md and "20,000" in md
+
+
+def test_the_hot_path_breakdown_runs() -> None:
+    """`python3 benchmarks/hotpath.py` (the per-step costs the README and benchmarks/profiles quote)."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "hotpath.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 15 and all(float(line.rsplit("|", 2)[1]) > 0 for line in rows)

@@ -157,6 +157,10 @@ class Caller:
         self._act(self.core.presence(p, asyncio.get_running_loop().time()))
         self._schedule(self.core.next_deadline())
 
+    async def discover_all(self) -> None:
+        """Ask every responder on the bus to announce itself now (each is then connected as it does)."""
+        await self.bus.publish(ProcessingMessage(DISCOVER_TOPIC, {}))
+
     async def _wait_for_instance(self, service: str, deadline: float, only: str | None = None) -> None:
         loop = asyncio.get_running_loop()
         until = min(deadline, loop.time() + self.discover_timeout)

@@ -89,9 +89,15 @@ class RpcOptions:
     max_queued_bytes: int = 64 * 1024 * 1024
 
 
-async def serve_router(router: RouterLink, on_frames: Callable[[list[bytes], str], None]) -> None:
+async def serve_router(
+    router: RouterLink,
+    on_frames: Callable[[list[bytes], str], None],
+    after_batch: Callable[[], None] | None = None,
+) -> None:
     """Hand every message arriving on ``router`` to ``on_frames`` (with its key name when the router
-    records them), draining in batches."""
+    records them), draining in batches; ``after_batch`` runs after each batch (a responder sends the
+    replies its handlers gave meanwhile there, back to back: ZeroMQ then wakes its I/O thread once for
+    them, not once per reply)."""
     while True:
         batch = router.recv_batch(256)
         users = router.users
@@ -101,6 +107,8 @@ async def serve_router(router: RouterLink, on_frames: Callable[[list[bytes], str
         else:
             for frames in batch:
                 on_frames(frames, "")
+        if after_batch is not None:
+            after_batch()
         if len(batch) == 256:
             await asyncio.sleep(0)  # let the rest of the loop run
         else:

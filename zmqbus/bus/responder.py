@@ -76,6 +76,9 @@ class Responder:
         self._faults = RateLimitedLog(log)
         self._options = options
         self._router: RouterLink | None = None
+        #: Replies held while a batch of requests is read (sent together at its end: :meth:`_flush`).
+        self._reading = False
+        self._outbox: list[tuple[bytes, bytes]] = []
         self._zap_domain: str | None = None
         #: Where callers reach it (the advertised address), once started.
         self.endpoint = ""
@@ -118,7 +121,7 @@ class Responder:
         # Both fatal: a responder that no longer reads, or no longer announces,
         # must not look alive to callers; the broker closes and says why.
         self._loops = [
-            owner.spawn(serve_router(router, self._on_frames), name="zmqbus-responder"),
+            owner.spawn(serve_router(router, self._on_frames, self._flush), name="zmqbus-responder"),
             owner.spawn(self._heartbeat_loop(), name="zmqbus-heartbeat"),
         ]
         log.info("responder %s serving %s at %s", self.instance_id, sorted(self.services), self.endpoint)
@@ -169,6 +172,7 @@ class Responder:
     # -- requests ----------------------------------------------------------
 
     def _on_frames(self, frames: list[bytes], user: str = "") -> None:
+        self._reading = True  # replies given now wait for the batch's end (_flush)
         caller = frames[0]
         body = frames[1] if len(frames) == 2 else b""
         parts = split_request(body)
@@ -306,9 +310,21 @@ class Responder:
             self._act(action)
 
     def _send(self, caller: bytes, frame: bytes) -> None:
+        """Send a reply: while a batch of requests is being read, after the batch (:meth:`_flush`), all at
+        once; otherwise now."""
+        if self._reading:
+            self._outbox.append((caller, frame))
+            return
         router = self._router
         if router is None or not router.send(caller, frame):
             self.stats.undeliverable += 1
+
+    def _flush(self) -> None:
+        """The end of a batch of requests: send the replies their handlers gave meanwhile, back to back."""
+        self._reading = False
+        outbox, self._outbox = self._outbox, []
+        for caller, frame in outbox:
+            self._send(caller, frame)
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
         codec = self.bus.codec

@@ -97,6 +97,10 @@ class Component:
     retry_policy: ClassVar[RetryPolicy] = RetryPolicy(attempts=3, attempt_timeout=None, backoff=0.05)
     #: Seconds a process context may go without an update before it is cleaned up as stale.
     context_ttl: ClassVar[float] = 300.0
+    #: Start the requesting side with the component (:meth:`MessageBroker.discover`): it knows and connects
+    #: to the bus's responders before its first request. True for Managers and Handlers, which call
+    #: services; a Processor, which only answers, opens no connections it does not need.
+    discover_at_start: ClassVar[bool] = False
 
     def __init__(self, message_broker: MessageBroker, name: str | None = None) -> None:
         self.message_broker = message_broker
@@ -170,7 +174,10 @@ class Component:
         """
         await self.setup()
         await self.message_broker.start()
-        await self.message_broker.ready(timeout)
+        if self.discover_at_start:
+            await self.message_broker.discover(timeout)  # ready() included: no first request waits
+        else:
+            await self.message_broker.ready(timeout)
         self._janitor = asyncio.get_running_loop().create_task(self._clean_loop(), name=f"{self.component_name}-ttl")
         log.info("component %s started", self.component_name)
 
@@ -406,6 +413,8 @@ def _error_message(error: BaseException) -> str:
 class Manager(Component):
     """Orchestrates workflows: one context per workflow, kept in ``active_processes``."""
 
+    discover_at_start: ClassVar[bool] = True
+
     async def begin_process(self, message: ProcessingMessage, **metadata: Any) -> ComponentContext:
         """Create the workflow's context from ``message`` and move it to PROCESSING."""
         md = message.metadata
@@ -436,6 +445,8 @@ class Manager(Component):
 
 class Handler(Component):
     """Runs the tasks of one domain and coordinates Processors through requests."""
+
+    discover_at_start: ClassVar[bool] = True
 
     async def process_all(
         self, service_name: str, items: list[Any], *, timeout: float = 30.0, retry: RetryPolicy | None = None

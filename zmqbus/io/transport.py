@@ -474,10 +474,11 @@ class RouterLink:
         try:
             for _ in range(limit):
                 try:
-                    frame = recv(1, copy=False)  # zmq.NOBLOCK
+                    peer = recv(1)  # zmq.NOBLOCK; the routing id, always followed by the rest
                 except zmq.Again:
                     break
-                frames = [frame.bytes]
+                frame = recv(1, copy=False)  # a Frame: its more flag (no getsockopt) and its key name
+                frames = [peer, frame.bytes]
                 while frame.more:  # the rest of a multipart message is always there
                     frame = recv(1, copy=False)
                     frames.append(frame.bytes)
