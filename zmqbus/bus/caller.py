@@ -78,6 +78,9 @@ class Caller:
         self._announced = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._timer: asyncio.TimerHandle | None = None
+        #: Requests queued in this event-loop turn (:meth:`_post`), sent together at its end.
+        self._outbox: list[tuple[bytes, bytes, asyncio.Future[Outcome]]] = []
+        self._flush_armed = False
         self._faults = RateLimitedLog(log)
         self._closed = False
 
@@ -272,9 +275,10 @@ class Caller:
                     fut: asyncio.Future[Outcome] = loop.create_future()
                     call.waiter = fut  # resolved by a reply, the timer (timeout) or a lost instance
                     self._schedule(call.attempt_deadline)
-                    if self._router.send(inst.peer, frame):
-                        outcome = await fut
-                    else:
+                    self._post(inst.peer, frame, fut)
+                    outcome = await fut
+                    if outcome is _UNSENT:  # the instance is not reachable (yet)
+                        call.waiter = loop.create_future()
                         outcome = await self._send_slowly(call, inst.peer, frame)
                     call.waiter = None
                     outcome = call.settled or outcome  # a reply that came after a retry was decided wins
@@ -291,6 +295,24 @@ class Caller:
                 await asyncio.sleep(step.delay)
         finally:
             core.finish(call)
+
+    def _post(self, peer: bytes, frame: bytes, fut: asyncio.Future[Outcome]) -> None:
+        """Queue a request; every request queued in one event-loop turn leaves at its end, back to back
+        (libzmq then wakes its I/O thread once for them, not once per request)."""
+        self._outbox.append((peer, frame, fut))
+        if not self._flush_armed:
+            self._flush_armed = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_armed = False
+        outbox, self._outbox = self._outbox, []
+        router = self._router
+        for peer, frame, fut in outbox:
+            if fut.done() or self._closed:
+                continue  # the try ended before it left (its timeout, a lost instance, the close)
+            if not router.send(peer, frame):
+                fut.set_result(_UNSENT)
 
     async def _send_slowly(self, call: Call, peer: bytes, frame: bytes) -> Outcome:
         """The instance is unreachable: right after discovery that means "still connecting"."""
@@ -341,6 +363,10 @@ def _presence_refusal(p: Presence, keys: KeyRing | None, policy: Policy | None =
         if denied:
             return f"key {name!r} may not serve {denied}"
     return None
+
+
+#: What a queued request's try gets when the socket refused it (the instance is not connected yet).
+_UNSENT = TryFailed("not sent: instance unreachable")
 
 
 def _wake(call: Call, outcome: Outcome) -> None:
