@@ -255,3 +255,34 @@ async def test_a_processor_runs_cpu_work_in_a_thread_with_the_handled_message() 
     finally:
         current_message.reset(token)
     assert thread != threading.get_ident() and seen is msg
+
+
+async def test_managers_and_handlers_discover_at_start_processors_do_not(forwarder: Forwarder) -> None:
+    from zmqbus.framework.component import Handler, Processor
+
+    class Calc(Processor):
+        @service("calc.double")
+        def double(self, message: ProcessingMessage) -> int:
+            return int(message.content) * 2
+
+    class Boss(Manager):
+        pass
+
+    class Worker(Handler):
+        pass
+
+    calc = Calc(MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint))
+    boss = Boss(MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint))
+    worker = Worker(MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint))
+    await calc.start()
+    try:
+        await boss.start()
+        await worker.start()
+        # the callers knew the service before any request: no first request waits for discovery
+        for c in (boss, worker):
+            await wait_until(lambda c=c: c.message_broker.live_instances("calc.double") != [], 5, "discovered")  # type: ignore[misc]
+        assert calc.message_broker._requests.caller is None  # a Processor opens no calling side
+        assert (await boss.request("calc.double", 21)) == 42
+    finally:
+        for c in (worker, boss, calc):
+            await c.stop(1)

@@ -520,3 +520,43 @@ async def test_a_full_queue_refuses_retryably_and_keeps_memory_bounded(forwarder
         stats = srv.statistics().rpc
         assert stats["served_overloaded"] >= len(failed) > 0
         assert stats["served_executed"] == len(ok)
+
+
+async def test_discover_knows_the_responders_before_the_first_request(forwarder: Forwarder) -> None:
+    async with MessageBroker(*ep(forwarder), name="srv") as srv, MessageBroker(*ep(forwarder), name="cli") as cli:
+        srv.serve("work.echo", lambda m: m.content)
+        await srv.ready()
+        await cli.discover()  # asks every responder to announce itself now
+        await wait_until(lambda: cli.live_instances("work.echo") != [], 5, "the responder known without a request")
+        caller = cli._requests.caller
+        assert caller is not None
+        queries_before = cli.statistics().published
+        assert (await cli.request("work.echo", req(7), timeout=5)).content == 7
+        assert cli.statistics().published == queries_before  # no discovery query for the first request
+
+
+async def test_a_burst_of_requests_leaves_together_and_every_reply_comes_back(forwarder: Forwarder) -> None:
+    async def slow_echo(m: ProcessingMessage) -> Any:
+        if m.content % 2:
+            await asyncio.sleep(0.01)  # its reply leaves outside the batch it came in: at once, not held
+        return m.content
+
+    async with MessageBroker(*ep(forwarder), name="srv") as srv, MessageBroker(*ep(forwarder), name="cli") as cli:
+        srv.serve("work.echo", slow_echo)
+        await srv.ready()
+        await cli.wait_for_service("work.echo")
+        caller = cli._requests.caller
+        assert caller is not None
+        flushes = 0
+        real_flush = caller._flush
+
+        def counting_flush() -> None:
+            nonlocal flushes
+            flushes += 1
+            real_flush()
+
+        caller._flush = counting_flush  # type: ignore[method-assign]
+        replies = await asyncio.gather(*(cli.request("work.echo", req(i), timeout=10) for i in range(200)))
+        assert [r.content for r in replies] == list(range(200))
+        assert flushes <= 3  # 200 requests made in one loop turn left in one flush (a retry would add one)
+        assert srv.statistics().rpc["served_undeliverable"] == 0
