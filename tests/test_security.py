@@ -21,6 +21,7 @@ from zmqbus import (
     InsecureEndpoint,
     KeyRing,
     MessageBroker,
+    MessageMetadata,
     ProcessingMessage,
     SecurityError,
     keygen,
@@ -380,6 +381,31 @@ async def test_the_forwarder_enforces_publish_and_subscribe_permissions(policed:
         assert alice.statistics().unmatched == 0  # "order.#" was narrowed: nothing else reached the socket
     refused = fwd.statistics().refused
     assert refused["publish_denied"] >= 2 and refused["subscribe_denied"] >= 1
+
+
+async def test_recovery_does_not_carry_what_the_forwarder_refused(policed: Any, keys: Path) -> None:
+    # alice's forged payroll.run is dropped by the forwarder, but her history keeps it and her presence
+    # names the stream: bob (who may read '#') must not fetch it peer to peer, and alice must not serve it.
+    from zmqbus import RemoteError
+    from zmqbus.core.control import HISTORY_SERVICE, HistoryQuery
+
+    fwd, policy = policed
+    to_bob: list[str] = []
+    async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        bob.subscribe("bob", "#", lambda m: to_bob.append(f"{m.metadata.source_component}:{m.topic}"))
+        await bob.ready(5)
+        await alice.ready(5)
+        await alice.publish(ProcessingMessage("payroll.run", "forged", MessageMetadata(source_component="alice")))
+        await alice.publish(ProcessingMessage("order.start", 1, MessageMetadata(source_component="alice")))
+        # alice's presence (every second) names both streams; bob refuses to fetch the one she may not publish
+        await wait_until(lambda: bob.statistics().recovery.get("streams_refused", 0) >= 1, 5, "presence seen")
+        await wait_until(lambda: "alice:order.start" in to_bob, 5, "the allowed message")
+        with pytest.raises(RemoteError):  # asked directly, alice's history refuses it too
+            await bob.request(
+                HISTORY_SERVICE, ProcessingMessage(HISTORY_SERVICE, HistoryQuery(topic="payroll.run").to_content())
+            )
+        assert "alice:payroll.run" not in to_bob
+        assert alice.statistics().recovery["refused"] >= 1
 
 
 async def test_responders_enforce_call_permissions_and_callers_serve_permissions(policed: Any, keys: Path) -> None:

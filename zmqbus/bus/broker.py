@@ -116,7 +116,11 @@ class MessageBroker:
         self._readiness = Readiness(self._publisher, self._subs, lambda: self._watches, where)
         self._requests = Requests(_Port(self), opts.rpc(self.insecure))
         parts = (self.codec, self._publisher, self._receiver, self._subs, self._requests, self._owner)
-        self._recoverer = enable_recovery(opts, *parts, lambda: self.policy) if config.history(opts.history) else None
+        self._recoverer = (
+            enable_recovery(opts, *parts, lambda: self.policy, lambda: self.keys)
+            if config.history(opts.history)
+            else None
+        )
         self._watches: list[HandshakeWatch] = []  # CURVE handshakes of the bus sockets
         self._link: BusLink | None = None
         self._metrics: Any = None

@@ -36,6 +36,7 @@ from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.recovery import Fetch, Recovery
 from ..core.retry import RetryPolicy
+from ..core.security import KeyRing
 from ..core.subscriptions import SubscriptionTable
 from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner
@@ -55,8 +56,11 @@ log = logging.getLogger("zmqbus.bus.broker")
 class PublisherHistory:
     """A client's published messages, kept within the cache's bounds and served to subscribers."""
 
-    def __init__(self, cache: HistoryCache, max_reply_bytes: int, policy: Callable[[], Policy | None]) -> None:
+    def __init__(
+        self, cache: HistoryCache, max_reply_bytes: int, policy: Callable[[], Policy | None], key_name: str = ""
+    ) -> None:
         self.cache, self.max_reply_bytes, self._policy = cache, max_reply_bytes, policy
+        self.key_name = key_name  # this client's own key (a secure bus): it serves only what it may publish
         self.served = self.refused = 0
 
     def streams(self) -> dict[str, int]:
@@ -75,6 +79,10 @@ class PublisherHistory:
         if policy is not None and not policy.may_read(caller_key.get(), query.topic):
             self.refused += 1
             raise PermissionError(f"key {caller_key.get()!r} may not read {query.topic!r}")
+        if policy is not None and self.key_name and not policy.may_publish(self.key_name, query.topic):
+            # the forwarder dropped what this key published there: its history must not hand it out either
+            self.refused += 1
+            raise PermissionError(f"key {self.key_name!r} may not publish {query.topic!r}")
         head, now = query.topic.encode() + b"\0", time.time()
         first = query.first
         if query.since is not None:
@@ -102,9 +110,13 @@ class Recoverer:
     ) -> None:
         self.recovery, self.codec, self.table = recovery, codec, table
         self._request, self._deliver, self._spawn = request, deliver, spawn
+        #: Whether the publisher that announced these streams may publish ``topic`` (a secure bus with a
+        #: policy): a stream it may not publish is never fetched, since the forwarder dropped it.
+        self.may_publish: Callable[[Presence, str], bool] = lambda presence, topic: True
         #: When this client's subscriptions went live (epoch seconds): a stream it never saw is fetched from then.
         self.live_since = 0.0
         self.history: PublisherHistory | None = None  # the same client's publishing side
+        self.refused_streams = 0  # announced streams of topics their publisher may not publish: not fetched
         self.journal: StreamJournal | None = None  # where it stands in each stream, across restarts
         self._faults = RateLimitedLog(log)
 
@@ -137,6 +149,9 @@ class Recoverer:
             return
         for topic, last in presence.streams.items():
             if topic.startswith(RESERVED_PREFIX) or not self.table.match(topic):
+                continue
+            if not self.may_publish(presence, topic):
+                self.refused_streams += 1
                 continue
             since = None if self.recovery.last(presence.instance, topic) is not None else self.live_since
             fetch = self.recovery.announced(presence.instance, topic, last, now, since)
@@ -187,6 +202,7 @@ def enable_recovery(
     requests: Requests,
     owner: TaskOwner,
     policy: Callable[[], Policy | None],
+    keys: Callable[[], KeyRing | None] = lambda: None,
 ) -> Recoverer:
     """Give a client both sides of recovery (its settings: ``options.history*`` and ``holdback``): its
     publisher keeps and serves history, its receiver recovers, its presence names its streams."""
@@ -195,6 +211,8 @@ def enable_recovery(
         options.max_message_size // 2,
         policy,
     )
+    ring = keys()
+    history.key_name = ring.name if ring is not None else ""
     publisher.record = history.cache.record
     requests.streams = history.streams
     publisher.on_first = lambda: requests.serve(HISTORY_SERVICE, history.serve, True)
@@ -211,6 +229,15 @@ def enable_recovery(
     recovery.backfill = subscriptions.backfill_for
     receiver.recovery = recovery
     recoverer = Recoverer(recovery, codec, subscriptions.table, fetch, receiver.release, spawn)
+
+    def may_publish(presence: Presence, topic: str) -> bool:
+        rules, ring = policy(), keys()
+        if rules is None or ring is None or presence.key is None:
+            return True  # no publish rules (or a plaintext bus, where none can be enforced)
+        name = ring.allowed.get(presence.key.encode())
+        return name is not None and rules.may_publish(name, topic)
+
+    recoverer.may_publish = may_publish
     receiver.on_fetch = recoverer.fetch
     recoverer.history = history
     if options.resume_file:

@@ -34,6 +34,7 @@ def broker_statistics(
     if recoverer is not None:
         s = recoverer.recovery.stats
         recovery.update(recovered=s.recovered, lost=s.lost, held=s.held, fetches=s.fetches, failed=s.failed_fetches)
+        recovery["streams_refused"] = recoverer.refused_streams
         gaps, duplicates, resets = gaps + s.lost, duplicates + s.duplicates, resets + s.resets
         if recoverer.history is not None:
             h = recoverer.history
