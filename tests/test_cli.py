@@ -141,12 +141,12 @@ def test_bench_suite_quick(run_cli: Any, tmp_path: Path) -> None:
     assert len(w["workflows_per_s_rounds"]) == w["rounds"] == 1
     assert s["pubsub"]["batching"]["lost"] == 0 and s["pubsub"]["batching_ratio"] > 0
     # the saved report as a baseline: the same section again, each figure next to the saved one
-    code, out, err = finish(
+    ccode, cout, cerr = finish(
         run_cli("bench", "--quick", "--only", "workflow", "--compare", str(out_dir / "report.json")), timeout=120
     )
-    assert code == 0, err
-    assert f"## Compared with {out_dir / 'report.json'}" in out and "| workflow: workflows/s |" in out
-    assert "beyond the noise" in out
+    assert ccode == 0, cerr
+    assert f"## Compared with {out_dir / 'report.json'}" in cout and "| workflow: workflows/s |" in cout
+    assert "beyond the noise" in cout
     ha = s["ha"]
     assert ha["one_forwarder_msgs_per_s"] > 0 and ha["two_forwarders_msgs_per_s"] > 0
     assert (ha["failover"]["lost"], ha["failover"]["duplicated"]) == (0, 0), "a redundant bus loses nothing"
