@@ -383,6 +383,52 @@ async def test_the_forwarder_enforces_publish_and_subscribe_permissions(policed:
     assert refused["publish_denied"] >= 2 and refused["subscribe_denied"] >= 1
 
 
+TAIL_POLICY_TOML = """
+[keys.alice]
+publish = ["order.#"]
+subscribe = ["order.#"]
+
+[keys.bob]
+publish = ["order.#"]
+subscribe = ["#.error"]
+"""
+
+
+async def test_tail_routing_under_a_policy(keys: Path, tcp_pair: tuple[str, str], tmp_path: Path) -> None:
+    # PROTOCOL.md 2.3 under section 12's rules: a tail subscription is granted by '#.word' (bob) and refused
+    # to a key that may read only 'order.#' (alice); a tail copy passes the publish rules of the topic inside
+    # it, so alice's forbidden payroll.error reaches nobody.
+    from zmqbus import load_policy
+
+    (tmp_path / "tail-policy.toml").write_text(TAIL_POLICY_TOML)
+    policy = load_policy(tmp_path / "tail-policy.toml")
+    fwd = Forwarder(*tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False), policy=policy)
+    fwd.start()
+    try:
+        to_alice: list[str] = []
+        to_bob: list[str] = []
+        async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+            alice.subscribe("alice", "#.error", lambda m: to_alice.append(m.topic or ""))  # refused: order.# only
+            bob.subscribe("bob", "#.error", lambda m: to_bob.append(m.topic or ""))
+            await alice.ready(5)
+            await bob.ready(5)
+            await wait_until(lambda: alice.statistics().tails["words"] == 1, 5, "alice sees bob's tail")
+            await alice.publish(ProcessingMessage("payroll.error", "forged"))  # alice may not publish payroll
+            await alice.publish(ProcessingMessage("order.created", 1))
+            await alice.publish(ProcessingMessage("order.error", 2))
+            await wait_until(lambda: "order.error" in to_bob, 5, "the tail copy")
+            await alice.ready(5)  # a probe behind everything alice sent
+            assert to_bob == ["order.error"] and to_alice == []
+            assert bob.statistics().unmatched == 0  # only its tail reached it, not the bus
+        refused = fwd.statistics().refused
+        # payroll.error's tail copy, refused by the topic inside it (its ordinary frame never left alice: no
+        # one subscribes a prefix of it)
+        assert refused["publish_denied"] >= 1
+        assert refused["subscribe_denied"] >= 1  # alice's tail prefix
+    finally:
+        fwd.stop()
+
+
 async def test_recovery_does_not_carry_what_the_forwarder_refused(policed: Any, keys: Path) -> None:
     # alice's forged payroll.run is dropped by the forwarder, but her history keeps it and her presence
     # names the stream: bob (who may read '#') must not fetch it peer to peer, and alice must not serve it.
