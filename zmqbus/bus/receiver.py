@@ -44,6 +44,11 @@ from . import tracing
 
 __all__ = ["Receiver"]
 
+
+def _decoded(msg: ProcessingMessage) -> ProcessingMessage:
+    return msg
+
+
 log = logging.getLogger("zmqbus.bus.broker")  # users filter the client's log by one name
 
 BATCH = 256
@@ -81,6 +86,7 @@ class Receiver:
         self.process_time: Histogram | None = None
         self.decode_errors: dict[str, int] = {}
         self._decode = codec.decode_frame
+        self._codec = codec
         self._faults = faults
         #: With recovery on: the streams' recovery core, and who runs the fetches it asks for.
         self.recovery: Recovery[ProcessingMessage] | None = None
@@ -106,36 +112,28 @@ class Receiver:
             if self.recovery is not None:
                 await self.release(self.recovery.expire(asyncio.get_running_loop().time()))
 
-    async def dispatch(self, batch: list[Any], decoded: bool = False) -> None:
-        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose); ``decoded``: the
-        messages of one batch frame (PROTOCOL.md section 2.4), already decoded and counted."""
-        decode = self._decode
+    async def dispatch(self, batch: list[Any], decode: Callable[[Any], Any] | None = None) -> None:
+        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose). ``decode``: how to
+        turn each item into a message; given only for the messages of a batch frame or a tail copy, which
+        are already decoded and counted (they are found where an ordinary decode fails, so an ordinary
+        frame pays nothing for them)."""
+        if decode is None:
+            decode = self._decode
+            self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
+            self.received_bytes += sum(map(len, batch))
         observe, control = self.sequences.observe, self.control_sequences.observe
         recovery = self.recovery
         now = asyncio.get_running_loop().time() if recovery is not None else 0.0
-        if not decoded:
-            self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
-            self.received_bytes += sum(map(len, batch))
-        msg: Any
         for frame in batch:
-            if decoded:
-                msg = frame
-            else:
-                if frame.startswith(TAIL_MARK):  # a tail copy (PROTOCOL.md section 2.3)
-                    frame = self._untail(frame)
-                    if frame is None:
-                        continue
-                try:
-                    msg = decode(frame)
-                except DecodeError as exc:
-                    self._decode_error(exc)
-                    continue
-                if msg.__class__ is list:  # a batch frame: its messages, in order, the same way
-                    self.received += len(msg) - 1
-                    await self.dispatch(msg, True)
-                    continue
+            try:
+                msg = decode(frame)
+            except DecodeError as exc:
+                special = self._special(frame, exc)
+                if special:
+                    await self.dispatch(special, _decoded)
+                continue
             md = msg.metadata
-            topic: str = msg.topic  # always set on a decoded message
+            topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
             if topic.startswith(RESERVED_PREFIX):  # control traffic: deduplicated, its gaps no user loss
                 if control(md.publisher_id, topic, md.sequence) is DUPLICATE:
                     continue
@@ -200,6 +198,26 @@ class Receiver:
                 except Exception as exc:  # a handler's fault must not stop dispatch
                     self.handler_error(sub, exc)
         return went and len(self.handlers) >= self.max_pending
+
+    def _special(self, frame: bytes, error: DecodeError) -> list[ProcessingMessage] | None:
+        """The messages of a frame an ordinary decode refused: a tail copy's (PROTOCOL.md section 2.3, maybe
+        holding a batch), a batch frame's (section 2.4); None for a malformed frame (counted and logged) or a
+        tail copy this client gets anyway."""
+        if frame.startswith(TAIL_MARK):
+            inner = self._untail(frame)
+            if inner is None:
+                return None
+            try:
+                return [self._decode(inner)]
+            except DecodeError as exc:
+                frame, error = inner, exc
+        try:
+            msgs = self._codec.decode_batch(frame)
+        except DecodeError as exc:
+            self._decode_error(error if exc.reason == "batch" else exc)
+            return None
+        self.received += len(msgs) - 1
+        return msgs
 
     def _untail(self, frame: bytes) -> bytes | None:
         """The ordinary frame inside a tail copy, or None: malformed (counted), or a second copy of a message

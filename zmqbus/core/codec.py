@@ -342,11 +342,8 @@ class Codec:
         return _build(tstr, payload)
 
     def decode_frame(self, frame: bytes) -> ProcessingMessage:
-        """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError`.
-
-        A batch frame (``topic NUL 0xC1 array``, PROTOCOL.md section 2.4) decodes to a *list* of messages:
-        callers that may receive batches test ``type(result) is list`` (found on the error path of the
-        single decode, so an ordinary frame pays nothing for it)."""
+        """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError` (a batch frame or a
+        tail copy too: see :meth:`decode_batch` and PROTOCOL.md section 2.3)."""
         size = len(frame)
         if size > self.max_message_size:
             raise DecodeError("size", f"{size} bytes over the limit of {self.max_message_size}")
@@ -357,12 +354,22 @@ class Codec:
             tstr = frame[:i].decode()
         except UnicodeDecodeError:
             raise DecodeError("topic", "topic is not UTF-8") from None
+        return _build(tstr, _after(frame, i + 1))
+
+    def decode_batch(self, frame: bytes) -> list[ProcessingMessage]:
+        """Decode a batch frame (``topic NUL 0xC1 array``, PROTOCOL.md section 2.4) into its messages, in
+        order; raise :class:`DecodeError` (``batch`` when it is not one). Receivers try it when
+        :meth:`decode_frame` failed: an ordinary frame pays nothing for batches."""
+        if len(frame) > self.max_message_size:
+            raise DecodeError("size", f"{len(frame)} bytes over the limit of {self.max_message_size}")
+        i = frame.find(0, 0, 256)
+        if i <= 0 or frame[i + 1 : i + 2] != BATCH_MARK:
+            raise DecodeError("batch", "not a batch frame")
         try:
-            return _build(tstr, _after(frame, i + 1))
-        except DecodeError:
-            if frame[i + 1 : i + 2] != BATCH_MARK:
-                raise
-            return _build_batch(tstr, _after(frame, i + 2))  # type: ignore[return-value]  # see decode_frame's doc
+            tstr = frame[:i].decode()
+        except UnicodeDecodeError:
+            raise DecodeError("topic", "topic is not UTF-8") from None
+        return _build_batch(tstr, _after(frame, i + 2))
 
 
 def batch_frame(head: bytes, payloads: list[bytes]) -> bytes:
