@@ -276,6 +276,9 @@ def to_markdown(report: dict[str, Any]) -> str:
                 ]
             ],
         )
+        if w.get("workflows_per_s_rounds"):
+            rounds = ", ".join(f"{x:,}" for x in w["workflows_per_s_rounds"])
+            lines += [f"The median of {w.get('rounds', 1)} round(s); workflows/s of every round: {rounds}.", ""]
     if "peers" in s:
         lines += ["## Peers: the same guide-shaped message through their servers", ""]
         rows = []
