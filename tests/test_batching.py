@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import msgpack
 import pytest
@@ -19,6 +21,18 @@ def broker_for(fwd: Forwarder, name: str, **kw: object) -> MessageBroker:
 
 def msg(topic: str, i: int) -> ProcessingMessage:
     return ProcessingMessage(topic, {"i": i}, MessageMetadata())
+
+
+@contextlib.asynccontextmanager
+async def batching_pair(fwd: Forwarder, pattern: str) -> AsyncIterator[tuple[MessageBroker, MessageBroker, Recorder]]:
+    """A batching publisher, a subscriber of ``pattern`` whose subscription the publisher has seen, and what
+    the subscriber got."""
+    async with broker_for(fwd, "sub") as sub, broker_for(fwd, "pub", batching=True) as pub:
+        got = Recorder()
+        sub.subscribe("c", pattern, got)
+        await sub.ready()
+        await pub.ready()
+        yield pub, sub, got
 
 
 def test_a_batch_frame_decodes_to_its_messages_in_order() -> None:
@@ -42,11 +56,7 @@ def test_a_batch_frame_decodes_to_its_messages_in_order() -> None:
 
 
 async def test_batched_publishing_keeps_every_message_and_the_order(forwarder: Forwarder) -> None:
-    async with broker_for(forwarder, "sub") as sub, broker_for(forwarder, "pub", batching=True) as pub:
-        got = Recorder()
-        sub.subscribe("c", "data.#", got)
-        await sub.ready()
-        await pub.ready()
+    async with batching_pair(forwarder, "data.#") as (pub, sub, got):
         n = 5_000
         for i in range(n):  # runs of one topic, and a second topic between them every 100 messages
             await pub.publish(msg("data.x" if i % 100 else "data.y", i))
@@ -59,11 +69,7 @@ async def test_batched_publishing_keeps_every_message_and_the_order(forwarder: F
 
 
 async def test_one_message_per_loop_turn_leaves_at_once_unbatched(forwarder: Forwarder) -> None:
-    async with broker_for(forwarder, "sub") as sub, broker_for(forwarder, "pub", batching=True) as pub:
-        got = Recorder()
-        sub.subscribe("c", "tick", got)
-        await sub.ready()
-        await pub.ready()
+    async with batching_pair(forwarder, "tick") as (pub, _sub, got):
         for i in range(5):
             await pub.publish(msg("tick", i))
             await got.wait_for(count=i + 1, timeout=2)  # no timer holds it: it left at the end of the turn
@@ -94,10 +100,16 @@ async def test_a_receiver_without_batches_counts_them_malformed(forwarder: Forwa
     try:
         async with broker_for(forwarder, "pub", batching=True) as pub:
             await pub.ready()
-            await asyncio.sleep(0.2)  # the raw subscription reaches the forwarder
+            for _ in range(500):  # until the raw subscription has reached the publisher: a first message arrives
+                await pub.publish(msg("old.warmup", 0))
+                await asyncio.sleep(0)  # the loop turns: the queue leaves
+                if raw.poll(10):
+                    break
+            while raw.poll(0):
+                raw.recv()
             for i in range(3):
                 await pub.publish(msg("old.topic", i))
-            await asyncio.sleep(0.1)  # the loop turns: the queue leaves
+            await asyncio.sleep(0)  # the loop turns: the queue leaves
             assert raw.poll(5000)
             topic, _, payload = raw.recv().partition(b"\x00")
             assert topic == b"old.topic" and payload[:1] == BATCH_MARK

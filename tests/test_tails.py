@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import zmq
 
@@ -93,10 +94,14 @@ async def test_publishers_stop_copying_when_the_last_tail_subscriber_leaves(forw
 async def test_a_raw_zmq_subscriber_joins_by_the_tail_prefix(forwarder: Forwarder) -> None:
     # What PROTOCOL.md section 2.3 tells a peer in another language: subscribe 0x01 word NUL, strip up to the
     # first NUL, and the rest is an ordinary frame.
+    # A subscriber of everything gets the tail copies too, each after its ordinary frame, and tells them
+    # apart by their first byte (it drops them: it has every ordinary frame already).
     raw = zmq.Context.instance().socket(zmq.SUB)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.setsockopt(zmq.SUBSCRIBE, tail_prefix("update"))
-    raw.connect(forwarder.sub_endpoint)
+    everything = zmq.Context.instance().socket(zmq.SUB)
+    for sock, prefix in ((raw, tail_prefix("update")), (everything, b"")):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, prefix)
+        sock.connect(forwarder.sub_endpoint)
     try:
         async with broker_for(forwarder, "pub") as pub:
             await wait_until(
@@ -104,14 +109,29 @@ async def test_a_raw_zmq_subscriber_joins_by_the_tail_prefix(forwarder: Forwarde
             )
             await pub.publish(msg("order.status.update"))
             await pub.publish(msg("order.created"))
-            assert raw.poll(5000)
-            frame = raw.recv()
-            header, _, inner = frame.partition(b"\x00")
-            assert header == b"\x01update" and inner.startswith(b"order.status.update\x00\x9e")
-            await asyncio.sleep(0.1)
-            assert not raw.poll(0)  # order.created never came
+            await pub.publish(msg("end.status.update"))  # a marker: one publisher's frames arrive in order
+            got = []
+            for _ in range(2):
+                assert raw.poll(5000)
+                header, _, inner = raw.recv().partition(b"\x00")
+                assert header == b"\x01update"
+                got.append(inner.partition(b"\x00")[0])
+            assert got == [b"order.status.update", b"end.status.update"]  # order.created never came
+            seen = []
+            while len(seen) < 5 and everything.poll(5000):
+                frame = everything.recv()
+                if not frame.startswith(b"_zmqbus."):
+                    seen.append(frame.split(b"\x00")[0])
+            assert seen == [
+                b"order.status.update",
+                b"\x01update",
+                b"order.created",
+                b"end.status.update",
+                b"\x01update",
+            ]
     finally:
         raw.close(0)
+        everything.close(0)
 
 
 def test_table_knows_what_its_ordinary_prefixes_let_through() -> None:
@@ -142,3 +162,37 @@ def test_the_forwarder_checks_the_topic_inside_a_tail_copy() -> None:
     assert policy.grant("errors", tail_prefix("error")) == [tail_prefix("error")]
     assert policy.grant("errors", tail_prefix("update")) == []
     assert policy.grant("orders", tail_prefix("error")) == []
+
+
+async def test_a_publisher_that_never_yields_sees_a_new_tail_within_256_messages(forwarder: Forwarder) -> None:
+    # PROTOCOL.md 2.3's bound for a busy publisher: its notices are read every 256th message of a topic, so a
+    # tail subscribed while it publishes without ever yielding (its watcher task cannot run) still gets copies.
+    import threading
+
+    got: list[bytes] = []
+    async with broker_for(forwarder, "pub") as pub:
+        await pub.ready()
+        publisher = pub._publisher
+
+        def subscribe_midway() -> None:
+            sock = zmq.Context.instance().socket(zmq.SUB)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(forwarder.sub_endpoint)
+            deadline = time.monotonic() + 20
+            while publisher.published < 2_000 and time.monotonic() < deadline:  # the loop below is running
+                time.sleep(0.0001)
+            sock.setsockopt(zmq.SUBSCRIBE, tail_prefix("error"))
+            while sock.poll(2_000):
+                got.append(sock.recv())
+            sock.close(0)
+
+        thread = threading.Thread(target=subscribe_midway, daemon=True)
+        thread.start()
+        try:
+            for i in range(1, 60_001):  # never awaits anything that yields
+                await pub.publish(msg("x.error", i))
+        finally:
+            await asyncio.to_thread(thread.join, 20)
+        assert publisher.tails == {"error"}  # learnt inside publish(): the loop never let the watcher run
+        sent = pub.statistics().tails["sent"]
+        assert sent > 0 and len(got) == sent and got[-1].startswith(b"\x01error\x00x.error\x00")

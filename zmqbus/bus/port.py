@@ -101,14 +101,16 @@ async def serve_router(
     while True:
         batch = router.recv_batch(256)
         users = router.users
-        if users:
-            for frames, user in zip(batch, users, strict=True):
-                on_frames(frames, user)
-        else:
-            for frames in batch:
-                on_frames(frames, "")
-        if after_batch is not None:
-            after_batch()
+        try:
+            if users:
+                for frames, user in zip(batch, users, strict=True):
+                    on_frames(frames, user)
+            else:
+                for frames in batch:
+                    on_frames(frames, "")
+        finally:  # replies held during the batch leave even when a message's handling raised
+            if after_batch is not None:
+                after_batch()
         if len(batch) == 256:
             await asyncio.sleep(0)  # let the rest of the loop run
         else:

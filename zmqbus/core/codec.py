@@ -344,6 +344,20 @@ class Codec:
     def decode_frame(self, frame: bytes) -> ProcessingMessage:
         """Decode one pub/sub frame, ``topic NUL payload``; raise :class:`DecodeError` (a batch frame or a
         tail copy too: see :meth:`decode_batch` and PROTOCOL.md section 2.3)."""
+        tstr, i = self._topic(frame)
+        return _build(tstr, _after(frame, i + 1))
+
+    def decode_batch(self, frame: bytes) -> list[ProcessingMessage]:
+        """Decode a batch frame (``topic NUL 0xC1 array``, PROTOCOL.md section 2.4) into its messages, in
+        order; raise :class:`DecodeError` (``batch`` when it is not one). Receivers try it when
+        :meth:`decode_frame` failed: an ordinary frame pays nothing for batches."""
+        tstr, i = self._topic(frame)
+        if frame[i + 1 : i + 2] != BATCH_MARK:
+            raise DecodeError("batch", "not a batch frame")
+        return _build_batch(tstr, _after(frame, i + 2))
+
+    def _topic(self, frame: bytes) -> tuple[str, int]:
+        """A pub/sub frame's topic and the index of the NUL that ends it, the frame's size checked."""
         size = len(frame)
         if size > self.max_message_size:
             raise DecodeError("size", f"{size} bytes over the limit of {self.max_message_size}")
@@ -351,25 +365,9 @@ class Codec:
         if i <= 0:
             raise DecodeError("topic", "no topic, or no NUL after it within 256 bytes")
         try:
-            tstr = frame[:i].decode()
+            return frame[:i].decode(), i
         except UnicodeDecodeError:
             raise DecodeError("topic", "topic is not UTF-8") from None
-        return _build(tstr, _after(frame, i + 1))
-
-    def decode_batch(self, frame: bytes) -> list[ProcessingMessage]:
-        """Decode a batch frame (``topic NUL 0xC1 array``, PROTOCOL.md section 2.4) into its messages, in
-        order; raise :class:`DecodeError` (``batch`` when it is not one). Receivers try it when
-        :meth:`decode_frame` failed: an ordinary frame pays nothing for batches."""
-        if len(frame) > self.max_message_size:
-            raise DecodeError("size", f"{len(frame)} bytes over the limit of {self.max_message_size}")
-        i = frame.find(0, 0, 256)
-        if i <= 0 or frame[i + 1 : i + 2] != BATCH_MARK:
-            raise DecodeError("batch", "not a batch frame")
-        try:
-            tstr = frame[:i].decode()
-        except UnicodeDecodeError:
-            raise DecodeError("topic", "topic is not UTF-8") from None
-        return _build_batch(tstr, _after(frame, i + 2))
 
 
 def batch_frame(head: bytes, payloads: list[bytes]) -> bytes:
