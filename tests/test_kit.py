@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -138,3 +139,126 @@ async def test_outside_pytest_a_test_bus_is_a_context_manager() -> None:
 def test_recorders_stand_alone() -> None:
     rec = Recorder()
     assert rec.pattern == "#" and rec.matching() == []
+
+
+# -- faults go through the component's own path (issue 23) ------------------------------------
+
+
+async def test_an_injected_failure_is_reported_counted_and_logged_like_a_real_one(
+    bus: TestBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kit_components import Loans
+
+    from zmqbus.components.error_handler import ErrorHandler
+
+    loans, errors = await bus.start_all(Loans, ErrorHandler)
+    reports = await bus.record("error.#")
+    once = RetryPolicy(attempts=1)
+    with pytest.raises(RemoteError, match="may not be lent"):  # the real failure
+        await bus.request("loans.reserve", {"book": "forbidden"}, retry=once, correlation_id="real")
+    with bus.fail("loans.reserve", ValueError("injected: the shelf is on fire")):
+        with pytest.raises(RemoteError, match="the shelf is on fire") as injected:
+            await bus.request("loans.reserve", {"book": "b-1"}, retry=once, correlation_id="fake")
+    assert injected.value.error_type == "ValueError"
+    real = await reports.wait_for(correlation_id="real")
+    fake = await reports.wait_for(correlation_id="fake")
+    assert real.topic == fake.topic == "error.loans" and real.content["error_type"] == fake.content["error_type"]
+    await wait_until(lambda: errors.total == 2, what="both failures counted by the error handler")
+    assert loans.metrics.failed == 2 and loans.reserved == []
+    assert sum("service loans.reserve raised ValueError" in r.getMessage() for r in caplog.records) >= 1
+    assert await bus.request("loans.reserve", {"book": "b-2"}) is not None and loans.reserved == ["b-2"]
+
+
+async def test_a_stall_past_the_deadline_never_runs_the_handler(bus: TestBus) -> None:
+    """README: a responder skips work whose deadline has passed; a stall is abandoned at it."""
+    from kit_components import Loans
+
+    loans = await bus.start(Loans)
+    with bus.stall("loans.reserve", 0.6):
+        with pytest.raises(RequestTimeout):
+            await bus.request("loans.reserve", {"book": "b-1"}, timeout=0.2, retry=RetryPolicy(attempts=1))
+        await wait_until(
+            lambda: loans.message_broker.statistics().rpc["served_abandoned"] == 1, what="the stall abandoned"
+        )
+        await asyncio.sleep(0.6)  # past the stall's end: the handler would have run by now
+    assert loans.reserved == []
+    left = await bus.request("loans.reserve", {"book": "b-2"}, timeout=4.0)
+    assert 3.0 < left["left"] <= 4.0  # the handler sees its deadline: time_left()
+
+
+async def test_deadlines_cancel_async_handlers_unless_the_service_says_otherwise(bus: TestBus) -> None:
+    from kit_components import Loans
+
+    loans = await bus.start(Loans)
+    once = RetryPolicy(attempts=1)
+    with pytest.raises(RequestTimeout):
+        await bus.request("loans.slow", {"book": "s-1", "seconds": 5}, timeout=0.3, retry=once)
+    await wait_until(lambda: loans.cancelled == ["s-1"], what="the slow handler cancelled at its deadline")
+    with pytest.raises(RequestTimeout):
+        await bus.request("loans.stubborn", {"book": "t-1", "seconds": 0.5}, timeout=0.2, retry=once)
+    with pytest.raises(RequestTimeout):  # sync: a thread is never cancelled; it reads time_left() itself
+        await bus.request("loans.sync", {"seconds": 0.4}, timeout=0.2, retry=once)
+    await wait_until(lambda: len(loans.finished) == 2, what="the stubborn and the sync handler to finish")
+    assert sorted(loans.finished) == ["sync left=0.0", "t-1"] and loans.cancelled == ["s-1"]
+    rpc = loans.message_broker.statistics().rpc
+    assert rpc["served_abandoned"] == 1
+    assert await bus.request("loans.slow", {"book": "s-2", "seconds": 0.05}) == "done"  # in time: untouched
+
+
+# -- stand-ins and recorded requests --------------------------------------------------------------
+
+
+async def test_one_component_alone_with_its_services_mocked(bus: TestBus) -> None:
+    from kit_components import Desk
+
+    catalog = await bus.mock_service("catalog.find", lambda m: {"id": "book-" + m.content["title"]})
+    loans = await bus.mock_service("loans.reserve", {"ok": True})
+    made = bus.requests("#")
+    await bus.start(Desk)
+    assert await bus.request("desk.lend", {"title": "dune"}) == {"lent": "book-dune"}
+    assert [c.content for c in catalog.calls] == [{"title": "dune"}]
+    assert (await loans.wait_for()).content == {"book": "book-dune"}
+    assert [m.topic for m in made.matching(source="desk")] == ["catalog.find", "loans.reserve"]
+    assert (
+        made.assert_published(topic="loans.reserve").metadata.correlation_id == catalog.calls[0].metadata.correlation_id
+    )
+    loans.reply = ValueError("no copies left")
+    with pytest.raises(RemoteError, match="no copies left"):
+        await bus.request("desk.lend", {"title": "emma"}, retry=RetryPolicy(attempts=1))
+    assert len(loans.calls) == 2 and len(bus.requests("loans.*").messages) == 0  # a new recorder starts empty
+    with pytest.raises(ZmqbusError, match="served already"):
+        await bus.mock_service("catalog.find", {})
+
+
+# -- spawn: a child that dies at start-up is reported at once -------------------------------------
+
+
+@pytest.mark.slow
+async def test_spawn_reports_a_child_that_dies_at_start_up_at_once(bus: TestBus) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ZmqbusError, match=r"exited with code 1") as failed:
+        await bus.spawn("kit_components:BrokenAtStart")
+    assert loop.time() - started < 5.0, "reported when the child exited, not after the 10 s timeout"
+    assert "RuntimeError: the catalog database is unreachable" in str(failed.value)  # its last lines
+    assert "opening the catalog database" in bus.spawned[0].output()  # all it wrote
+
+
+@pytest.mark.slow
+def test_spawn_works_from_a_script_on_standard_input(tmp_path: Path) -> None:
+    script = textwrap.dedent("""
+        import asyncio
+        from zmqbus.testing import TestBus
+
+        async def main():
+            async with TestBus() as bus:
+                spawned = await bus.spawn("zmqbus.components.ingest:ChunkAnalyzer")
+                chunk = {"document_id": "d", "index": 0, "text": "a b a"}
+                assert (await bus.request("ingest.analyze", chunk))["words"] == 3
+                print("served by pid", spawned.pids[0])
+
+        asyncio.run(main())
+    """)
+    done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "served by pid" in done.stdout

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from zmqbus.core.serving import Busy, Cached, Refuse, ResponderCore, Start
+import pytest
+
+from zmqbus.core.serving import Abandon, Busy, Cached, Refuse, ResponderCore, Start
 
 
 def core(max_concurrency: int = 2) -> ResponderCore[str]:
@@ -100,3 +102,53 @@ def test_the_queue_is_bounded_in_count_and_bytes() -> None:
     assert c.done("r1", b"R", 1.0) == [Start(b"A", "s", "r2", "q")]
     assert c.request(b"A", "s", "r6", None, "q", 1.0, size=60) is None  # r2's 60 bytes left the queue
     assert isinstance(c.request(b"A", "s", "r3", None, "q", 1.0, size=50), Refuse)  # 100 + 50 > 100
+
+
+def test_running_work_past_its_deadline_is_abandoned_only_when_watched() -> None:
+    """The shell watches what went on running (not what ended at once); the core says what is overdue."""
+    c = core(max_concurrency=1)
+    c.abandon.add("calc.add")
+    c.abandon_grace = 0.0
+    assert isinstance(c.request(b"A", "calc.add", "r1", 10.0, "req1", now=0.0), Start)
+    assert c.request(b"B", "calc.add", "r2", 20.0, "req2", now=0.1) is None  # queued behind r1
+    assert c.next_deadline() is None and c.overdue(now=50.0) == []  # nothing watched yet
+    assert c.watch("r1") == 10.0 and c.watch("r2") is None  # r2 has not started
+    assert c.next_deadline() == 10.0
+    assert c.overdue(now=9.9) == []
+    assert c.overdue(now=10.5) == [Abandon("r1")] and c.stats.abandoned == 1
+    assert c.overdue(now=11.0) == []  # said once
+    # the shell cancels r1 and ends it as done: r2 starts, and is watched in its turn
+    assert c.done("r1", b"ERR-expired", now=10.6) == [Start(b"B", "calc.add", "r2", "req2")]
+    assert c.watch("r2") == 20.0 and c.next_deadline() == 20.0
+    c.done("r2", b"REP-2", now=12.0)  # ended in time: its deadline is forgotten
+    assert c.next_deadline() is None and c.overdue(now=30.0) == [] and c.stats.abandoned == 1
+
+
+def test_work_is_abandoned_a_grace_after_its_deadline_so_the_caller_times_out_first() -> None:
+    c = core()
+    c.abandon.add("calc.add")  # the default grace: 0.1 s
+    c.request(b"A", "calc.add", "r1", 10.0, "x", now=0.0)
+    assert c.watch("r1") == pytest.approx(10.1) and c.next_deadline() == pytest.approx(10.1)
+    assert c.overdue(now=10.05) == [] and c.overdue(now=10.11) == [Abandon("r1")]
+
+
+def test_services_that_do_not_abandon_and_requests_without_deadline_are_never_watched() -> None:
+    c = core()
+    c.services.add("calc.slow")
+    c.abandon.add("calc.add")
+    c.request(b"A", "calc.slow", "r1", 5.0, "x", now=0.0)
+    c.request(b"A", "calc.add", "r2", None, "x", now=0.0)
+    assert c.watch("r1") is None and c.watch("r2") is None and c.overdue(now=100.0) == []
+
+
+def test_the_deadline_heap_stays_bounded_by_the_running_requests() -> None:
+    c: ResponderCore[str] = ResponderCore("inst-1", max_concurrency=1000)
+    c.services.add("calc.add")
+    c.abandon.add("calc.add")
+    for i in range(10_000):
+        c.request(b"A", "calc.add", f"r{i}", 1000.0 + i, "x", now=0.0)
+        c.watch(f"r{i}")
+        c.done(f"r{i}", b"REP", now=0.0)  # each ends before its deadline
+    assert len(c._deadlines) <= 2 * c.load + 64
+    assert c.overdue(now=1e9) == [] and c.stats.abandoned == 0
+    assert c.abandoned_error().code == "expired" and not c.abandoned_error().retryable

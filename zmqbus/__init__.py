@@ -22,7 +22,7 @@ _MODULES = {
     "bus.metrics": ("serve_metrics",),
     "bus.tracing": ("enable_tracing",),
     "core.snapshots": ("BrokerStatistics", "ForwarderStatistics"),
-    "core.message": ("ProcessingMessage", "MessageMetadata", "register_message_types"),
+    "core.message": ("ProcessingMessage", "MessageMetadata", "register_message_types", "time_left"),
     "core.codec": ("PROTOCOL_VERSION", "DEFAULT_MAX_MESSAGE_SIZE"),
     "core.topics": ("validate_topic",),
     "core.retry": ("RetryPolicy", "NO_RETRY"),
@@ -100,6 +100,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (explicit re-exports: `impo
         MessageMetadata as MessageMetadata,
         ProcessingMessage as ProcessingMessage,
         register_message_types as register_message_types,
+        time_left as time_left,
     )
     from .core.policy import Policy as Policy, SubscriptionLimits as SubscriptionLimits
     from .core.retry import NO_RETRY as NO_RETRY, RetryPolicy as RetryPolicy

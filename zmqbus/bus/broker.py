@@ -298,13 +298,18 @@ class MessageBroker:
 
     # -- request/reply -----------------------------------------------------------
 
-    def serve(self, service: str, handler: ServiceHandler) -> None:
+    def serve(self, service: str, handler: ServiceHandler, *, cancel_at_deadline: bool = True) -> None:
         """Answer requests for ``service`` with ``handler(message) -> reply content`` (a plain call). The
         first makes this client a responder: it binds a ROUTER (``rpc_bind``) and announces itself every
         ``heartbeat`` s. A handler that raises answers an error the caller raises as :class:`RemoteError`.
-        Async handlers run on the event loop (never block it); sync ones in a thread."""
+        Async handlers run on the event loop (never block it); sync ones in a thread.
+
+        The request's deadline is ``message.metadata.deadline`` (:func:`zmqbus.time_left` inside the
+        handler). When it passes while an async handler runs, its caller has given up: the handler is
+        cancelled and the caller answered ``expired`` (``cancel_at_deadline=False`` lets it run on).
+        A sync handler cannot be cancelled; it can check :func:`zmqbus.time_left`."""
         self._check_open()
-        self._requests.serve(service, handler, self._link is not None)
+        self._requests.serve(service, handler, self._link is not None, cancel_at_deadline)
 
     async def request(
         self, service: str, message: ProcessingMessage, *, timeout: float = 10.0, retry: RetryPolicy | None = None
@@ -356,6 +361,10 @@ class MessageBroker:
     def handler_for(self, service: str) -> ServiceHandler | None:
         """The handler ``serve`` registered for ``service`` (None if this client does not serve it)."""
         return self._requests.handlers.get(service)
+
+    def cancels_at_deadline(self, service: str) -> bool:
+        """Whether ``serve`` said to cancel ``service``'s async handler at a request's deadline."""
+        return self._requests.cancel_at_deadline.get(service, True)
 
     def reload_keys(self) -> tuple[list[str], list[str]]:
         """Read the allow-list folder (and ``$ZMQBUS_POLICY``'s file, if a policy came from it) again.

@@ -38,6 +38,7 @@ class Requests:
     def __init__(self, port: BusPort, options: RpcOptions) -> None:
         self.port, self.options = port, options
         self.handlers: dict[str, ServiceHandler] = {}
+        self.cancel_at_deadline: dict[str, bool] = {}  # by service: an async handler is cancelled at its deadline
         self.responder: Responder | None = None
         self.caller: Caller | None = None
         self._caller_lock: asyncio.Lock | None = None
@@ -51,13 +52,14 @@ class Requests:
 
     # -- serving -------------------------------------------------------------
 
-    def serve(self, service: str, handler: ServiceHandler, connected: bool) -> None:
+    def serve(self, service: str, handler: ServiceHandler, connected: bool, cancel_at_deadline: bool = True) -> None:
         """Register ``handler``; once ``connected``, start the responder or announce the new service."""
         validate_topic(service)
         self.handlers[service] = handler
+        self.cancel_at_deadline[service] = cancel_at_deadline
         owner = self.port.owner
         if self.responder is not None:
-            self.responder.add(service, handler)
+            self.responder.add(service, handler, cancel_at_deadline)
             owner.spawn(self.responder.announce(), name="zmqbus-announce", fatal=False)
         elif connected:
             # A responder that cannot bind closes the broker; the next call raises why.
@@ -70,7 +72,7 @@ class Requests:
         responder = Responder(self.port, self.options)
         responder.streams = self.streams
         for service, handler in self.handlers.items():
-            responder.add(service, handler)
+            responder.add(service, handler, self.cancel_at_deadline.get(service, True))
         self.responder = responder
         await responder.start()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +24,7 @@ from ..core.errors import BusTimeout, DecodeError, EncodeError, RemoteError, Zmq
 from ..core.message import MessageMetadata, ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.security import check_endpoint
-from ..core.serving import Cached, Refuse, ResponderCore, Start
+from ..core.serving import Abandon, Cached, Refuse, ResponderCore, Start
 from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread
 from ..io.security import apply_server, zap_handler
@@ -73,6 +73,10 @@ class Responder:
         self.stats = ResponderStatistics()
         self._clock = clock
         self._work = TaskOwner()  # requests whose handler went on as a task
+        self._tasks: dict[str, asyncio.Task[Any]] = {}  # those tasks, by request id
+        self._abandoning: set[str] = set()  # request ids cancelled at their deadline
+        self._timer: asyncio.TimerHandle | None = None  # one timer: the earliest watched deadline
+        self._timer_at = 0.0
         self._faults = RateLimitedLog(log)
         self._options = options
         self._router: RouterLink | None = None
@@ -139,9 +143,14 @@ class Responder:
             streams=None if self.streams is None or leaving else self.streams(),
         )
 
-    def add(self, service: str, handler: ServiceHandler) -> None:
-        self.handlers[service] = (handler, is_async_callable(handler))
+    def add(self, service: str, handler: ServiceHandler, cancel_at_deadline: bool = True) -> None:
+        is_async = is_async_callable(handler)
+        self.handlers[service] = (handler, is_async)
         self.core.services.add(service)
+        if is_async and cancel_at_deadline:  # a sync handler's thread cannot be cancelled
+            self.core.abandon.add(service)
+        else:
+            self.core.abandon.discard(service)
 
     # -- presence ----------------------------------------------------------
 
@@ -251,32 +260,73 @@ class Responder:
             if finished:
                 self._done(caller, service, msg, REP, outcome)
             else:  # the Task copies the context, so the ids follow it
-                self._track(self._finish(caller, service, msg, outcome))
+                rid = msg.metadata.message_id
+                self._tasks[rid] = self._work.spawn(
+                    self._finish(caller, service, msg, outcome), name="zmqbus-request", fatal=False
+                )
+                deadline = self.core.watch(rid)
+                if deadline is not None:
+                    self._arm(deadline)
         finally:
             current_message.reset(token)
             caller_key.reset(key_token)
             if trace_token is not None:
                 tracing.detach(trace_token)
 
-    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
-        self._work.spawn(coro, name="zmqbus-request", fatal=False)
-
     async def _finish(self, caller: bytes, service: str, msg: ProcessingMessage, running: Awaitable[Any]) -> None:
+        rid = msg.metadata.message_id
         try:
             result = await running
         except asyncio.CancelledError:
-            raise  # only close() cancels: it answers the caller
+            if rid not in self._abandoning:
+                raise  # close() cancelled it: close answers the caller
+            self._abandoning.discard(rid)
+            self._faults.log(
+                logging.WARNING,
+                f"abandoned:{service}",
+                "service %s: a request's deadline passed while it ran; its caller had given up, the work was abandoned",
+                service,
+            )
+            self._done(caller, service, msg, ERR, None)
         except Exception as exc:
             self._done(caller, service, msg, ERR, exc)
         else:
             self._done(caller, service, msg, REP, result)
+        finally:
+            self._tasks.pop(rid, None)
+
+    # -- deadlines: one timer for the earliest deadline of the requests still running ----------------
+
+    def _arm(self, deadline: float) -> None:
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # the timer fires first, and re-arms for the next
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, deadline - self._clock()), self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._timer = None
+        for abandon in self.core.overdue(self._clock()):
+            self._abandon(abandon)
+        deadline = self.core.next_deadline()
+        if deadline is not None:
+            self._arm(deadline)
+
+    def _abandon(self, abandon: Abandon) -> None:
+        task = self._tasks.get(abandon.request_id)
+        if task is not None and not task.done():
+            self._abandoning.add(abandon.request_id)
+            task.cancel()
 
     def _done(self, caller: bytes, service: str, msg: ProcessingMessage, kind: bytes, result: Any) -> None:
         if self._spans:
             span = self._spans.pop(msg.metadata.message_id, None)
             if span is not None:
                 tracing.end_span(span, result if kind == ERR else None)
-        if kind == ERR:
+        if kind == ERR and result is None:  # abandoned at its deadline
+            payload = self._encode(msg, service, f"{service}.error", self.core.abandoned_error().to_content())
+        elif kind == ERR:
             self.stats.failed += 1
             self._faults.log(
                 logging.WARNING,
@@ -305,7 +355,7 @@ class Responder:
         frame = reply_frame(kind, payload)
         self._send(caller, frame)
         # A retryable failure is not cached: a retry of it runs again.
-        cacheable = None if kind == ERR and is_retryable(result) else frame
+        cacheable = None if kind == ERR and result is not None and is_retryable(result) else frame
         for action in self.core.done(msg.metadata.message_id, cacheable, self._clock()):
             self._act(action)
 
@@ -380,6 +430,9 @@ class Responder:
         never reached the forwarder (nobody knows it).
         """
         self.presence.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for action in self.core.close():  # queued, never started: callers retry elsewhere at once
             self._act(action)
         await self._work.drain(grace)

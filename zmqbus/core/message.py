@@ -25,6 +25,7 @@ __all__ = [
     "register_message_types",
     "resolve_message_type",
     "type_name",
+    "time_left",
 ]
 
 #: A message type: a plain ``str`` or any ``Enum`` whose values are ``str``.
@@ -159,3 +160,16 @@ class ProcessingMessage:
     def type_name(self) -> str:
         """The message type as its wire string."""
         return type_name(self.message_type)
+
+
+def time_left(message: ProcessingMessage | None = None) -> float | None:
+    """Seconds left before the deadline of ``message`` (default: the message being handled), ``0.0``
+    once it has passed; None when it has none, or outside a handler.
+
+    A request's deadline is its caller's: past it the caller has given up (``RequestTimeout``), so
+    a sync handler doing long work can check this between steps and stop (an async one is
+    cancelled at its deadline by the responder, unless its service says otherwise).
+    """
+    message = current_message.get() if message is None else message
+    deadline = None if message is None else message.metadata.deadline
+    return None if deadline is None else max(0.0, deadline - _now())

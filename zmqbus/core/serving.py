@@ -20,11 +20,16 @@ Rules it keeps:
   ``max_queue`` of them and ``max_queued_bytes`` in all: past either, a request is refused
   retryably (``overloaded``: another instance, or a later try, may take it);
 * on close, queued requests are refused retryably (they never started) and running ones
-  not retryably (their work may have been partly done).
+  not retryably (their work may have been partly done);
+* a running request of a service in :attr:`ResponderCore.abandon` whose deadline passes is
+  abandoned (:meth:`ResponderCore.overdue`): its caller has given up, so the shell cancels the
+  handler and answers ``expired``; the shell says which requests went on running
+  (:meth:`ResponderCore.watch`), so a handler that ended at once costs nothing here.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,7 +38,7 @@ from typing import Generic, TypeVar
 from .control import ErrorReply
 from .reqrep import ReplyCache
 
-__all__ = ["ResponderCore", "ServingStatistics", "Start", "Refuse", "Cached", "Busy"]
+__all__ = ["ResponderCore", "ServingStatistics", "Start", "Refuse", "Cached", "Busy", "Abandon"]
 
 R = TypeVar("R")  # the shell's request object, carried through untouched
 
@@ -74,6 +79,13 @@ class Busy:
     request_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """The deadline of running request ``request_id`` passed: cancel its handler (answer ``expired``)."""
+
+    request_id: str
+
+
 @dataclass
 class ServingStatistics:
     requests: int = 0
@@ -84,6 +96,7 @@ class ServingStatistics:
     refused: int = 0
     interrupted: int = 0
     overloaded: int = 0
+    abandoned: int = 0
 
 
 @dataclass(slots=True)
@@ -94,6 +107,7 @@ class _Entry(Generic[R]):
     deadline: float | None
     started: float | None  # None while queued
     size: int = 0
+    watched: bool = False  # its deadline is in the heap (the handler went on running)
 
 
 class ResponderCore(Generic[R]):
@@ -107,6 +121,7 @@ class ResponderCore(Generic[R]):
         cache_size: int = 10_000,
         max_queue: int = 1000,
         max_queued_bytes: int = 64 * 1024 * 1024,
+        abandon_grace: float = 0.1,
     ) -> None:
         if max_concurrency < 1 or max_queue < 0 or max_queued_bytes < 0:
             raise ValueError("max_concurrency must be at least 1, and the queue limits at least 0")
@@ -116,6 +131,12 @@ class ResponderCore(Generic[R]):
         self.max_queued_bytes = max_queued_bytes
         self._queued_bytes = 0
         self.services: set[str] = set()
+        #: Services whose running requests are abandoned when their deadline passes (the shell cancels them).
+        self.abandon: set[str] = set()
+        #: Seconds past a deadline before its work is abandoned: the caller's own timeout ends the call
+        #: first (a ``RequestTimeout``, not this instance's ``expired`` answer).
+        self.abandon_grace = abandon_grace
+        self._deadlines: list[tuple[float, str]] = []  # (deadline, request id) of watched requests: a heap
         self.stats = ServingStatistics()
         self.closing = False
         self._cache: ReplyCache[bytes] = ReplyCache(cache_size)
@@ -217,6 +238,56 @@ class ResponderCore(Generic[R]):
                 out.append(self._start(queued_id, queued, now))
         return out
 
+    def watch(self, request_id: str) -> float | None:
+        """The handler of ``request_id`` went on running (it did not end at once): watch its deadline
+        if its service abandons overdue work. Returns the deadline watched (None: nothing to watch)."""
+        entry = self._entries.get(request_id)
+        if entry is None or entry.deadline is None or entry.started is None or entry.service not in self.abandon:
+            return None
+        entry.watched = True
+        heap = self._deadlines
+        heapq.heappush(heap, (entry.deadline, request_id))
+        if len(heap) > 2 * len(self._entries) + 64:  # ended requests' deadlines: dropped, amortized O(1)
+            self._deadlines = [(e.deadline, rid) for rid, e in self._entries.items() if e.watched]  # type: ignore[misc]
+            heapq.heapify(self._deadlines)
+        return entry.deadline + self.abandon_grace
+
+    def next_deadline(self) -> float | None:
+        """When the earliest watched request still running is overdue (None: none is watched)."""
+        heap = self._deadlines
+        while heap:
+            deadline, rid = heap[0]
+            entry = self._entries.get(rid)
+            if entry is not None and entry.watched and entry.deadline == deadline:
+                return deadline + self.abandon_grace
+            heapq.heappop(heap)  # it ended
+        return None
+
+    def overdue(self, now: float) -> list[Abandon]:
+        """The watched requests past their deadline (and :attr:`abandon_grace`): the shell cancels their
+        handlers and ends each with :meth:`done` (answering ``expired``: :meth:`abandoned_error`)."""
+        out = []
+        heap = self._deadlines
+        limit = now - self.abandon_grace
+        while heap and heap[0][0] < limit:
+            deadline, rid = heapq.heappop(heap)
+            entry = self._entries.get(rid)
+            if entry is not None and entry.watched and entry.deadline == deadline:
+                entry.watched = False
+                self.stats.abandoned += 1
+                out.append(Abandon(rid))
+        return out
+
+    @staticmethod
+    def abandoned_error() -> ErrorReply:
+        """What the caller of an abandoned request is answered (it has given up; the work may be partly done)."""
+        return ErrorReply(
+            code="expired",
+            type="DeadlineExpired",
+            message="the request's deadline passed while it ran: the work was abandoned",
+            retryable=False,
+        )
+
     def busy(self, now: float, interval: float) -> list[Busy]:
         """The running requests that have run for at least ``interval`` seconds (PROTOCOL.md 8.2, BUSY)."""
         return [
@@ -264,6 +335,7 @@ class ResponderCore(Generic[R]):
             )
         self._entries.clear()
         self._queue.clear()
+        self._deadlines.clear()
         self._running = 0
         self._queued_bytes = 0
         return out

@@ -72,11 +72,18 @@ def on(pattern: str) -> Callable[[F], F]:
     return mark
 
 
-def service(name: str) -> Callable[[F], F]:
-    """Serve requests for ``name`` with the decorated method (it returns the reply content)."""
+def service(name: str, *, cancel_at_deadline: bool = True) -> Callable[[F], F]:
+    """Serve requests for ``name`` with the decorated method (it returns the reply content).
+
+    The request's deadline is ``message.metadata.deadline`` (:func:`zmqbus.time_left` says how much
+    is left). An ``async`` method still running when it passes is cancelled (its caller has given up;
+    the work is abandoned, the caller answered ``expired``) unless ``cancel_at_deadline=False``. A
+    sync method runs in a thread, which cannot be cancelled: it can check :func:`zmqbus.time_left`.
+    """
 
     def mark(fn: F) -> F:
         fn._zmqbus_service = name  # type: ignore[attr-defined]
+        fn._zmqbus_cancel = cancel_at_deadline  # type: ignore[attr-defined]
         return fn
 
     return mark
@@ -150,7 +157,8 @@ class Component:
             for pattern in patterns:
                 self.subscribe(pattern, bound)
             if service_name is not None:
-                self.message_broker.serve(service_name, self._served(bound))
+                cancel = getattr(member, "_zmqbus_cancel", True) and inspect.iscoroutinefunction(bound)
+                self.message_broker.serve(service_name, self._served(bound), cancel_at_deadline=cancel)
 
     def _guarded(self, handler: Callable[[ProcessingMessage], Any]) -> Callable[[ProcessingMessage], Awaitable[None]]:
         return self._guard.subscribed(handler)
@@ -286,10 +294,7 @@ class Component:
         old = ctx.transition(new_state)
         await self._publish_status(ctx, old, **info)
         if new_state.terminal:
-            if isinstance(self.active_processes, ContextStore):
-                self.active_processes.remove(ctx.correlation_id)
-            else:  # the guide's own dict
-                self.active_processes.pop(ctx.correlation_id, None)
+            self.active_processes.pop(ctx.correlation_id, None)  # a ContextStore, or the guide's own dict
             ctx.metrics.record_duration((ctx.updated_at - ctx.created_at).total_seconds())
             if new_state is ComponentState.COMPLETED:
                 self.metrics.completed += 1
@@ -431,9 +436,28 @@ class Manager(Component):
         await self.update_state(ctx, ComponentState.COMPLETED)
 
     async def fail_process(
-        self, ctx: ComponentContext, message_type: MessageTypeLike, error: BaseException, target: str | None = None
+        self,
+        ctx: ComponentContext,
+        message_type: MessageTypeLike,
+        error: BaseException,
+        target: str | None = None,
+        *,
+        report: bool = True,
     ) -> None:
-        """Publish the failure and mark the workflow FAILED (its context is cleaned up)."""
+        """Publish the failure, report it to the error handler and mark the workflow FAILED (its
+        context is cleaned up).
+
+        The report goes out once per root cause (:meth:`report_error`): a :class:`RemoteError` the
+        failing component already reported is not reported again, while a local cause (a
+        ``RequestTimeout``, a ``ValueError`` of the manager's own) is. ``report=False`` skips it.
+        """
+        if report:
+            cause = current_message.get() or ProcessingMessage(
+                message_type,
+                None,
+                MessageMetadata(correlation_id=ctx.correlation_id, source_component=self.component_name),
+            )
+            await self.report_error(cause, error, retryable=False)
         await self.publish_message(
             message_type,
             {"error_type": _error_type(error), "error": _error_message(error)},

@@ -77,6 +77,7 @@ class HandlerGuard:
                     await self.component.report_error(message, exc, retryable=False)
                 raise  # the caller gets it as RemoteError, or retries when retryable
 
+        served._zmqbus_served = (self, handler)  # type: ignore[attr-defined]  # what the test kit wraps
         return served
 
     async def _timed(self, handler: Handler, message: ProcessingMessage, in_thread: bool | None = None) -> Any:

@@ -1,18 +1,17 @@
-"""TestBus: a real forwarder and real brokers for a test; Recorder: what was published, awaited and asserted."""
+"""TestBus: a real forwarder and real brokers for a test, with faults, stand-ins and recorders."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
+import dataclasses
 import logging
-import multiprocessing.process
-import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from enum import Enum
+from pathlib import Path
 from typing import Any, TypeVar
 
 from ..bus.broker import MessageBroker
@@ -21,136 +20,19 @@ from ..core.config import ipc_endpoints
 from ..core.errors import ZmqbusError
 from ..core.message import MessageMetadata, MessageTypeLike, ProcessingMessage
 from ..core.retry import RetryPolicy
+from ..core.topics import compile_pattern
 from ..framework.component import Component
-from ..framework.procs import environment, spawn, stop_process
-from ..framework.runner import component_main, load_component
+from ..framework.procs import environment
+from ..framework.runner import load_component
+from .recorder import Recorder, wait_until
+from .services import MockService, Wrap, failing, stalled
+from .spawning import Spawned, end_replica, start_replica
 
-__all__ = ["TestBus", "Recorder", "Spawned", "wait_until"]
+__all__ = ["TestBus", "Recorder", "Spawned", "MockService", "wait_until"]
 
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound=Component)
-Predicate = Callable[[ProcessingMessage], bool]
-
-#: What a Recorder matches a keyword against.
-_FIELDS: dict[str, Callable[[ProcessingMessage], Any]] = {
-    "message_type": lambda m: m.type_name,
-    "topic": lambda m: m.topic,
-    "content": lambda m: m.content,
-    "correlation_id": lambda m: m.metadata.correlation_id,
-    "source": lambda m: m.metadata.source_component,
-    "target": lambda m: m.metadata.target_component,
-}
-
-
-def _matcher(predicate: Predicate | None, fields: dict[str, Any]) -> Predicate:
-    unknown = fields.keys() - _FIELDS.keys()
-    if unknown:
-        raise TypeError(f"cannot match on {sorted(unknown)}: use {sorted(_FIELDS)} or a predicate")
-    wanted = {k: (v.value if isinstance(v, Enum) and k == "message_type" else v) for k, v in fields.items()}
-
-    def match(m: ProcessingMessage) -> bool:
-        return all(_FIELDS[k](m) == v for k, v in wanted.items()) and (predicate is None or predicate(m))
-
-    return match
-
-
-def _describe(predicate: Predicate | None, fields: dict[str, Any]) -> str:
-    parts = [f"{k}={v!r}" for k, v in fields.items()] + (["a predicate"] if predicate is not None else [])
-    return " with " + ", ".join(parts) if parts else ""
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Check ``predicate`` on the event loop (every 5 ms) until it is true; AssertionError after ``timeout``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
-class Recorder:
-    """The messages that matched one pattern, in arrival order (:meth:`TestBus.record` makes one)."""
-
-    def __init__(self, pattern: str = "#") -> None:
-        self.pattern = pattern  # what it was subscribed to (for messages); subscribe it yourself, or use record()
-        self.messages: list[ProcessingMessage] = []
-        self._arrived = asyncio.Event()
-
-    async def __call__(self, message: ProcessingMessage) -> None:
-        self.messages.append(message)
-        self._arrived.set()
-
-    def matching(self, predicate: Predicate | None = None, **fields: Any) -> list[ProcessingMessage]:
-        """The recorded messages that match (fields: message_type, topic, content, correlation_id, source, target)."""
-        match = _matcher(predicate, fields)
-        return [m for m in self.messages if match(m)]
-
-    async def wait_for(
-        self, predicate: Predicate | None = None, *, count: int = 1, timeout: float = 5.0, **fields: Any
-    ) -> ProcessingMessage:
-        """Wait until ``count`` matching messages were recorded; return the ``count``-th.
-
-        Raises AssertionError after ``timeout`` seconds, listing what was recorded.
-        """
-        match = _matcher(predicate, fields)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            found = [m for m in self.messages if match(m)]
-            if len(found) >= count:
-                return found[count - 1]
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(
-                    f"waited {timeout:g} s for {count} message(s) on {self.pattern!r}"
-                    f"{_describe(predicate, fields)}: {len(found)} matched; {self._summary()}"
-                )
-            self._arrived.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), left)
-
-    def assert_published(self, predicate: Predicate | None = None, **fields: Any) -> ProcessingMessage:
-        """The first recorded message that matches; AssertionError (listing what was recorded) if none."""
-        found = self.matching(predicate, **fields)
-        if not found:
-            raise AssertionError(f"no message on {self.pattern!r}{_describe(predicate, fields)}; {self._summary()}")
-        return found[0]
-
-    async def assert_none(self, predicate: Predicate | None = None, *, within: float = 0.2, **fields: Any) -> None:
-        """Wait ``within`` seconds and assert that no matching message was recorded (by then)."""
-        await asyncio.sleep(within)
-        found = self.matching(predicate, **fields)
-        if found:
-            raise AssertionError(
-                f"{len(found)} unexpected message(s) on {self.pattern!r}"
-                f"{_describe(predicate, fields)}: {self._summary(found)}"
-            )
-
-    def clear(self) -> None:
-        self.messages.clear()
-
-    def _summary(self, messages: list[ProcessingMessage] | None = None) -> str:
-        msgs = self.messages if messages is None else messages
-        shown = ", ".join(
-            f"{m.type_name}(correlation_id={m.metadata.correlation_id!r}, content={m.content!r:.60})" for m in msgs[:10]
-        )
-        return f"recorded {len(msgs)}: [{shown}{', ...' if len(msgs) > 10 else ''}]"
-
-
-class Spawned:
-    """Component processes started by :meth:`TestBus.spawn`."""
-
-    def __init__(self, spec: str, name: str, processes: list[multiprocessing.process.BaseProcess]) -> None:
-        self.spec, self.name, self.processes = spec, name, processes
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p.pid is not None]
-
-    def alive(self) -> int:
-        return sum(p.is_alive() for p in self.processes)
 
 
 class TestBus:
@@ -181,6 +63,8 @@ class TestBus:
         self.spawned: list[Spawned] = []
         self._brokers: list[MessageBroker] = []
         self._client: MessageBroker | None = None
+        self._request_recorders: list[tuple[Callable[[str], bool], Recorder]] = []
+        self._logs: str | None = None  # where spawned replicas write (a folder of this bus)
         self._closed = False
         self.start_forwarder()
 
@@ -209,10 +93,24 @@ class TestBus:
         await asyncio.gather(*(b.ready(self.timeout) for b in self._brokers if b.started and not b.closed))
 
     def broker(self, name: str | None = None, **kwargs: Any) -> MessageBroker:
-        """A new :class:`MessageBroker` bound to this bus (closed with it); not started yet."""
+        """A new :class:`MessageBroker` bound to this bus (closed with it); not started yet.
+
+        The requests it makes are seen by :meth:`requests`."""
         b = MessageBroker(self.pub_endpoint, self.sub_endpoint, name=name or "", **kwargs)
+        self._watch_requests(b)
         self._brokers.append(b)
         return b
+
+    def _watch_requests(self, b: MessageBroker) -> None:
+        request = b.request
+
+        async def recorded(service: str, message: ProcessingMessage, **kwargs: Any) -> ProcessingMessage:
+            for match, recorder in self._request_recorders:
+                if match(service):
+                    recorder.add(dataclasses.replace(message, topic=service))
+            return await request(service, message, **kwargs)
+
+        b.request = recorded  # type: ignore[method-assign]
 
     @property
     def client(self) -> MessageBroker:
@@ -270,46 +168,61 @@ class TestBus:
 
     async def spawn(self, spec: str, *, name: str | None = None, replicas: int = 1, grace: float = 5.0) -> Spawned:
         """Run ``module:Class`` as ``replicas`` real processes (as ``zmqbus run`` does); return once every
-        replica's services are announced. :meth:`kill` ends them with SIGKILL, :meth:`stop` with SIGTERM."""
+        replica's services are announced. :meth:`kill` ends them with SIGKILL, :meth:`stop` with SIGTERM.
+
+        Each replica is a new interpreter with this process's import path that imports the module
+        named in ``spec`` (never your test script: a script fed on standard input works too; the
+        module's top level runs in the child, so keep what must not run there under
+        ``if __name__ == "__main__":``). A replica that exits during start-up raises
+        :class:`ZmqbusError` at once, with its exit code and its last lines of output
+        (:meth:`Spawned.output` has all of it; the teardown prints it, so pytest shows it for a failed test).
+        """
         self._check_open()
-        cls = load_component(spec)
+        cls = load_component(spec)  # fails here, in the test, when the spec is wrong
         label = name or cls.default_name()
         status = f"{label}.status"
         before = len(self.client.live_instances(status))
+        if self._logs is None:
+            self._logs = tempfile.mkdtemp(prefix="zmqbus-test-logs-")
+        base = {
+            "spec": spec,
+            "name": name,
+            "pub": self.pub_endpoint,
+            "sub": self.sub_endpoint,
+            "log_level": logging.WARNING,
+            "grace": grace,
+            "startup_timeout": self.timeout,
+        }
+        logs = [Path(self._logs) / f"{label}-{len(self.spawned)}-{r}.log" for r in range(1, replicas + 1)]
         with self._state():
-            procs = [
-                spawn(
-                    component_main,
-                    spec,
-                    name,
-                    self.pub_endpoint,
-                    self.sub_endpoint,
-                    logging.WARNING,
-                    grace,
-                    self.timeout,
-                    None,
-                    "127.0.0.1",
-                    replica,
-                    name=f"zmqbus-test-{label}",
-                )
-                for replica in range(1, replicas + 1)
-            ]
-        handle = Spawned(spec, label, procs)
+            procs = [start_replica({**base, "replica": r}, logs[r - 1]) for r in range(1, replicas + 1)]
+        handle = Spawned(spec, label, procs, logs)
         self.spawned.append(handle)
+        waiting = asyncio.ensure_future(
+            self.client.wait_for_service(status, instances=before + replicas, timeout=self.timeout)
+        )
         try:
-            await self.client.wait_for_service(status, instances=before + replicas, timeout=self.timeout)
-        except ZmqbusError:
-            dead = [p.exitcode for p in procs if not p.is_alive()]
+            while not waiting.done():
+                dead = handle.dead_at_start()
+                if dead is not None:
+                    raise ZmqbusError(f"{spec} did not start: {dead}")
+                await asyncio.wait([waiting], timeout=0.05)
+            await waiting
+        except ZmqbusError as exc:
+            if isinstance(exc, ZmqbusError) and str(exc).startswith(f"{spec} did not start"):
+                raise
             raise ZmqbusError(
-                f"{spec} did not come up within {self.timeout:g} s"
-                + (f" (exit codes {dead}: see its stderr)" if dead else "")
+                f"{spec} did not come up within {self.timeout:g} s (replicas running: {handle.alive()} "
+                f"of {replicas}; replica 1's last lines:\n{handle.output(1, 20)})"
             ) from None
+        finally:
+            waiting.cancel()
         return handle
 
     async def stop(self, target: Component | Spawned, grace: float = 5.0) -> None:
         """Stop a component gracefully (``Component.stop``), or its processes with SIGTERM."""
         if isinstance(target, Spawned):
-            await asyncio.gather(*(asyncio.to_thread(stop_process, p, grace) for p in target.processes))
+            await asyncio.gather(*(asyncio.to_thread(end_replica, p, signal.SIGTERM, grace) for p in target.processes))
         else:
             await target.stop(grace)
 
@@ -318,10 +231,9 @@ class TestBus:
         heartbeats stop); an in-process component has its work cancelled and its broker closed
         without grace."""
         if isinstance(target, Spawned):
-            for p in target.processes:
-                if p.pid is not None and p.is_alive():
-                    os.kill(p.pid, signal.SIGKILL)
-            await asyncio.gather(*(asyncio.to_thread(p.join, self.timeout) for p in target.processes))
+            await asyncio.gather(
+                *(asyncio.to_thread(end_replica, p, signal.SIGKILL, self.timeout) for p in target.processes)
+            )
         else:
             target.kill()
             await target.message_broker.close(linger=0, grace=0)
@@ -331,55 +243,75 @@ class TestBus:
     @contextlib.contextmanager
     def fail(self, service: str, error: BaseException | None = None, *, times: int | None = None) -> Iterator[None]:
         """Within the block, ``service`` raises ``error`` (default RuntimeError) in every in-process
-        component that serves it: every call, or the first ``times`` calls (the rest run normally)."""
-        left = [times]
+        component that serves it: every call, or the first ``times`` calls (the rest run normally).
 
-        def wrap(original: Callable[..., Any]) -> Callable[[ProcessingMessage], Any]:
-            async def failing(message: ProcessingMessage) -> Any:
-                if left[0] is None or left[0] > 0:
-                    if left[0] is not None:
-                        left[0] -= 1
-                    raise error if error is not None else RuntimeError(f"{service}: injected failure")
-                return await _call(original, message)
-
-            return failing
-
-        with self._patched(service, wrap):
+        The failure is raised where the handler's code would run, inside the component's guard: it
+        is logged, counted, reported to the error handler (a fatal one) and answered exactly as the
+        handler raising it would be."""
+        with self._patched(service, failing(service, error, times)):
             yield
 
     @contextlib.contextmanager
     def stall(self, service: str, seconds: float) -> Iterator[None]:
-        """Within the block, ``service`` waits ``seconds`` before it runs (a slow responder)."""
+        """Within the block, ``service`` waits ``seconds`` before its handler runs (a slow responder).
 
-        def wrap(original: Callable[..., Any]) -> Callable[[ProcessingMessage], Any]:
-            async def stalled(message: ProcessingMessage) -> Any:
-                await asyncio.sleep(seconds)
-                return await _call(original, message)
-
-            return stalled
-
-        with self._patched(service, wrap):
+        A request whose deadline passes during the stall is abandoned as slow async work is: the
+        handler never runs and the caller (who has given up) is answered ``expired``."""
+        with self._patched(service, stalled(seconds)):
             yield
 
     @contextlib.contextmanager
-    def _patched(
-        self, service: str, wrap: Callable[[Callable[..., Any]], Callable[[ProcessingMessage], Any]]
-    ) -> Iterator[None]:
-        originals = [(b, b.handler_for(service)) for b in self._brokers if not b.closed]
-        originals = [(b, h) for b, h in originals if h is not None]
+    def _patched(self, service: str, wrap: Wrap) -> Iterator[None]:
+        originals = [(b, h) for b in self._brokers if not b.closed and (h := b.handler_for(service)) is not None]
         if not originals:
             raise ZmqbusError(
                 f"no component started in this process serves {service!r} "
                 "(bus.start() it; a spawned process cannot be patched)"
             )
         for b, h in originals:
-            b.serve(service, wrap(h))  # type: ignore[arg-type]
+            served_by = getattr(h, "_zmqbus_served", None)  # (guard, the component's own method)
+            if served_by is not None:
+                guard, method = served_by
+                b.serve(service, guard.served(wrap(method)))
+            else:  # a plain broker's handler: the responder logs and answers it alike
+                b.serve(service, wrap(h))
         try:
             yield
         finally:
             for b, h in originals:
                 if not b.closed:
-                    b.serve(service, h)  # type: ignore[arg-type]
+                    b.serve(service, h, cancel_at_deadline=b.cancels_at_deadline(service))
+
+    # -- stand-ins and what components request -----------------------------------------
+
+    async def mock_service(self, service: str, reply: Any = None) -> MockService:
+        """Serve ``service`` with a stand-in the test controls, so one component can be tested alone
+        (nameko's ``worker_factory``, over the real transport); return it once callers can reach it.
+
+        ``reply`` is the reply's content, an exception to raise, or a callable of the request
+        (sync or async; see :class:`MockService`); every request it gets is recorded (``calls``,
+        ``wait_for``...). Start no real instance of ``service`` beside it (a ZmqbusError says so
+        when one is there already)."""
+        self._check_open()
+        real = [i for i in self.client.live_instances(service)]
+        if real:
+            raise ZmqbusError(f"{service!r} is served already by {real}: a stand-in replaces no live instance")
+        mock = MockService(service, reply)
+        b = self.broker(f"mock-{service}")
+        b.serve(service, mock.handle)
+        await b.start()
+        await b.ready(self.timeout)
+        await self.client.wait_for_service(service, instance_id=b.client_id, timeout=self.timeout)
+        return mock
+
+    def requests(self, service: str = "#") -> Recorder:
+        """Record the requests the components of this process make from now on, to ``service`` (a
+        name, or a pattern such as ``pricing.#``): each is the request message as sent (its ``topic``
+        the service). Spawned processes are not seen."""
+        self._check_open()
+        recorder = Recorder(service)
+        self._request_recorders.append((compile_pattern(service).match, recorder))
+        return recorder
 
     # -- messages ---------------------------------------------------------------------
 
@@ -462,38 +394,46 @@ class TestBus:
             return
         self._closed = True
         try:
-            await asyncio.gather(
-                *(c.stop(1.0) for c in self.components if not c.message_broker.closed), return_exceptions=True
-            )
-            await asyncio.gather(*(b.close(linger=0.5, grace=0.5) for b in self._brokers), return_exceptions=True)
+            await self._close_in_loop()
         finally:
             self.close()
 
+    async def _close_in_loop(self) -> None:
+        await asyncio.gather(
+            *(c.stop(1.0) for c in self.components if not c.message_broker.closed), return_exceptions=True
+        )
+        await asyncio.gather(*(b.close(linger=0.5, grace=0.5) for b in self._brokers), return_exceptions=True)
+
     def close(self) -> None:
-        """End processes and stop the forwarder (what needs no event loop); brokers not closed by
-        :meth:`aclose` are left to the garbage collector, with a warning."""
+        """End everything, from outside an event loop: brokers still open are closed in their own
+        event loop when it is not running (a test another plugin ran, its loop not yet closed), then
+        processes are ended by pid (their output printed to stderr), the forwarder stopped and the
+        folders removed. Brokers whose loop is gone are left to the garbage collector, with a warning."""
         self._closed = True
-        for handle in self.spawned:
-            for p in handle.processes:
-                stop_process(p, timeout=3.0)
-        self.spawned.clear()
         open_ = [b for b in self._brokers if b.started and not b.closed]
+        loop: asyncio.AbstractEventLoop | None = getattr(open_[0], "_loop", None) if open_ else None
+        if loop is not None and not loop.is_closed() and not loop.is_running():
+            loop.run_until_complete(self._close_in_loop())
+            open_ = [b for b in self._brokers if b.started and not b.closed]
+        for handle in self.spawned:
+            for replica, p in enumerate(handle.processes, 1):
+                code = end_replica(p, signal.SIGTERM, 3.0)
+                out = handle.output(replica).rstrip()
+                if out:
+                    sys.stderr.write(f"--- {handle.spec} replica {replica} (pid {p.pid}, exit {code}) ---\n{out}\n")
+        self.spawned.clear()
         if open_:
             log.warning(
                 "TestBus closed with %d broker(s) still open (close it with aclose() in its event loop)", len(open_)
             )
         self.stop_forwarder()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
+        for folder in (self._dir, self._logs):
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._dir = self._logs = None
 
     async def __aenter__(self) -> TestBus:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-async def _call(handler: Callable[..., Any], message: ProcessingMessage) -> Any:
-    result = handler(message)
-    return await result if inspect.isawaitable(result) else result
