@@ -19,6 +19,8 @@ import pytest
 pytestmark = pytest.mark.slow
 
 NO_OTHERS = ["-p", "no:asyncio", "-p", "no:anyio"]
+#: Live warnings: a TestBus closed with brokers still open (not closed in their loop) says so.
+SHOW_WARNINGS = ["--log-cli-level=WARNING", "-o", "asyncio_default_fixture_loop_scope=function"]
 
 ECHO = """
 from zmqbus import Processor, service
@@ -113,8 +115,9 @@ def test_alone_it_runs_its_async_tests_and_their_async_fixtures_on_one_loop(tmp_
                 assert EVENTS == ["cleaned", "cleaned"]
         """,
     }
-    code, out = run_user_suite(tmp_path, files, *NO_OTHERS)
+    code, out = run_user_suite(tmp_path, files, *NO_OTHERS, *SHOW_WARNINGS)
     assert code == 0 and outcome(out).get("passed") == 4, out
+    assert "still open" not in out
     assert "never closed" not in out
 
 
@@ -151,7 +154,7 @@ def test_beside_pytest_asyncio_in_strict_mode(tmp_path: Path) -> None:
                 assert await bus.request("echo", 2) == 2
         """,
     }
-    code, out = run_user_suite(tmp_path, files, "-p", "no:anyio", "-o", "asyncio_mode=strict")
+    code, out = run_user_suite(tmp_path, files, "-p", "no:anyio", "-o", "asyncio_mode=strict", *SHOW_WARNINGS)
     assert code == 0 and outcome(out).get("passed") == 3, out
     assert "never closed" not in out and "still open" not in out
 
@@ -181,7 +184,7 @@ def test_beside_pytest_asyncio_in_auto_mode(tmp_path: Path) -> None:
                 await asyncio.sleep(0)
         """,
     }
-    code, out = run_user_suite(tmp_path, files, "-p", "no:anyio", "-o", "asyncio_mode=auto")
+    code, out = run_user_suite(tmp_path, files, "-p", "no:anyio", "-o", "asyncio_mode=auto", *SHOW_WARNINGS)
     assert code == 0 and outcome(out).get("passed") == 3, out
     assert "never closed" not in out and "still open" not in out
 
@@ -216,7 +219,7 @@ def test_beside_anyio(tmp_path: Path) -> None:
                 assert await bus.request("echo", 4) == 4
         """,
     }
-    code, out = run_user_suite(tmp_path, files, "-p", "no:asyncio")
+    code, out = run_user_suite(tmp_path, files, "-p", "no:asyncio", *SHOW_WARNINGS)
     assert code == 0 and outcome(out).get("passed") == 3, out
     assert "never closed" not in out and "still open" not in out
 

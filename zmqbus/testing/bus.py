@@ -10,7 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,6 +65,7 @@ class TestBus:
         self._client: MessageBroker | None = None
         self._request_recorders: list[tuple[Callable[[str], bool], Recorder]] = []
         self._logs: str | None = None  # where spawned replicas write (a folder of this bus)
+        self._loop_guard: AsyncIterator[None] | None = None
         self._closed = False
         self.start_forwarder()
 
@@ -86,6 +87,7 @@ class TestBus:
         """Stop the forwarder, wait ``downtime`` seconds, start a new one; return once this process's
         brokers are connected again and their subscriptions are live (what was in flight is lost
         and counted as gaps, as in production)."""
+        await self._check_open_in_loop()
         self.stop_forwarder()
         if downtime > 0:
             await asyncio.sleep(downtime)
@@ -130,7 +132,7 @@ class TestBus:
         forwarder and at the publisher of every broker started here (no slow-joiner loss), and
         its services are announced and known to :attr:`client`.
         """
-        self._check_open()
+        await self._check_open_in_loop()
         if isinstance(component, type):
             if name is not None:
                 kwargs["name"] = name  # only when given: a guide-style __init__ takes the broker alone
@@ -177,7 +179,7 @@ class TestBus:
         :class:`ZmqbusError` at once, with its exit code and its last lines of output
         (:meth:`Spawned.output` has all of it; the teardown prints it, so pytest shows it for a failed test).
         """
-        self._check_open()
+        await self._check_open_in_loop()
         cls = load_component(spec)  # fails here, in the test, when the spec is wrong
         label = name or cls.default_name()
         status = f"{label}.status"
@@ -292,7 +294,7 @@ class TestBus:
         (sync or async; see :class:`MockService`); every request it gets is recorded (``calls``,
         ``wait_for``...). Start no real instance of ``service`` beside it (a ZmqbusError says so
         when one is there already)."""
-        self._check_open()
+        await self._check_open_in_loop()
         real = [i for i in self.client.live_instances(service)]
         if real:
             raise ZmqbusError(f"{service!r} is served already by {real}: a stand-in replaces no live instance")
@@ -323,7 +325,7 @@ class TestBus:
         after cannot lose the message to ZeroMQ's slow-joiner effect. (A spawned process's
         publisher gets the subscription a moment later.)
         """
-        self._check_open()
+        await self._check_open_in_loop()
         rec = Recorder(pattern)
         client = self.client
         client.subscribe("test", pattern, rec)
@@ -342,6 +344,7 @@ class TestBus:
         topic: str | None = None,
     ) -> ProcessingMessage:
         """Publish one message (content default ``{}``) from the test; return it (its ids are set)."""
+        await self._check_open_in_loop()
         msg = ProcessingMessage(
             message_type,
             {} if content is None else content,
@@ -363,7 +366,7 @@ class TestBus:
 
         Raises what :meth:`MessageBroker.request` raises (``RemoteError``...).
         """
-        self._check_open()
+        await self._check_open_in_loop()
         timeout = self.timeout if timeout is None else timeout
         await self.client.wait_for_service(service, timeout=timeout)
         reply = await self.client.request(
@@ -387,6 +390,22 @@ class TestBus:
     def _check_open(self) -> None:
         if self._closed:
             raise ZmqbusError("this TestBus is closed")
+
+    async def _check_open_in_loop(self) -> None:
+        """Open, and closed with the event loop it runs in: an async generator the loop finalizes
+        when it shuts down (``asyncio.Runner.close``, which pytest-asyncio and anyio use), so the
+        brokers are closed in their loop even when the test's loop ends before the bus fixture."""
+        self._check_open()
+        if self._loop_guard is None:
+            self._loop_guard = self._closed_with_the_loop()
+            await self._loop_guard.__anext__()
+
+    async def _closed_with_the_loop(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                await self._close_in_loop()
 
     async def aclose(self) -> None:
         """Stop components (1 s of grace), close brokers, end processes, stop the forwarder."""
