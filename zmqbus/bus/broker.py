@@ -58,6 +58,7 @@ from ..io.transport import BusLink
 from . import tracing
 from .batching import Batcher
 from .history import enable_recovery
+from .linkwatch import LinkWatch
 from .options import BrokerOptions, BrokerSettings
 from .port import ServiceHandler
 from .publisher import Publisher
@@ -160,6 +161,10 @@ class MessageBroker:
             self._recoverer.open_journal(self._receiver)
         self._reader = self._owner.spawn(self._receiver.run(link), name="zmqbus-reader")
         self._owner.spawn(self._publisher.watch_notices(link), name="zmqbus-notices")
+        link_watch = LinkWatch(
+            self._publisher, self._receiver, self._subs, f"{self.pub_endpoint} / {self.sub_endpoint}"
+        )
+        self._owner.spawn(link_watch.run(), name="zmqbus-link-watch", fatal=False)
         if self.options.metrics_port is not None and self._metrics is None:
             from .metrics import serve_metrics
 
@@ -396,7 +401,7 @@ class MessageBroker:
 
     def _samples(self) -> list[Sample]:
         who, rq = {"client_id": self.client_id, "name": self.name}, self._requests
-        return broker_samples(self.statistics(), who, self._receiver.process_time, rq.request_time, rq.outcomes)
+        return broker_samples(self.statistics(), who, self._receiver.process_time, rq.service_calls())
 
     def enable_handler_timing(self) -> None:
         """Time every handler from now on (its metric ``messaging_process_duration``; metrics switch it on)."""

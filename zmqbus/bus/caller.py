@@ -128,6 +128,8 @@ class Caller:
 
     def _on_timer(self) -> None:
         self._timer = None
+        if self._closed:
+            return
         actions = self.core.tick(asyncio.get_running_loop().time())
         for action in actions:
             if isinstance(action, Disconnect):
@@ -138,6 +140,8 @@ class Caller:
     # -- directory ---------------------------------------------------------
 
     def _on_presence(self, msg: ProcessingMessage) -> None:
+        if self._closed:
+            return  # closing: its socket may be gone already (a presence dispatched during close)
         try:
             p = Presence.from_content(msg.content)
         except DecodeError as exc:

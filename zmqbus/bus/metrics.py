@@ -76,6 +76,11 @@ class MetricsServer:
         prom = _prometheus()
         registry = prom.CollectorRegistry(auto_describe=False)
         registry.register(_Collector(self))
+        # The standard collectors, as prometheus_client's default registry has them: process_* (CPU, resident
+        # memory, open file descriptors, start time), python_info, python_gc_*.
+        prom.ProcessCollector(registry=registry)
+        prom.PlatformCollector(registry=registry)
+        prom.GCCollector(registry=registry)
         try:
             self._server, self._thread = prom.start_http_server(self.requested_port, self.addr, registry)
         except OSError as exc:

@@ -93,12 +93,15 @@ class Receiver:
         self.on_fetch: Callable[[Fetch], None] | None = None
         self.journal: StreamJournal | None = None  # records each stream's position before its handlers run
         self._next_expiry = 0.0
+        #: When the last frame arrived (loop time): what :class:`~.linkwatch.LinkWatch` reads.
+        self.last_frame = 0.0
 
     async def run(self, link: BusLink) -> None:
         """Read and dispatch until cancelled."""
         while True:
             batch = link.recv_batch(BATCH)
             if batch:
+                self.last_frame = asyncio.get_running_loop().time()
                 await self.dispatch(batch)
                 if len(batch) == BATCH:
                     await asyncio.sleep(0)  # let publishers on this loop run

@@ -15,8 +15,8 @@ from time import perf_counter
 from ..core.errors import ClosedError, NoResponder, RemoteError, RequestTimeout
 from ..core.message import ProcessingMessage
 from ..core.retry import RetryPolicy
-from ..core.stats import Histogram
-from ..core.topics import validate_topic
+from ..core.stats import ServiceCalls
+from ..core.topics import RESERVED_PREFIX, validate_topic
 from . import tracing
 from .caller import Caller
 from .port import BusPort, RpcOptions, ServiceHandler
@@ -45,8 +45,8 @@ class Requests:
         self._closed = self._responder_closed = False
         #: Seconds per request (every outcome) and requests by outcome: ok, remote_error, no_responder,
         #: timeout, error (metrics read them; a few additions per request).
-        self.request_time = Histogram()
-        self.outcomes: dict[str, int] = {}
+        #: Requests made, per service: durations and outcomes (the metrics read them).
+        self.calls = ServiceCalls()
         #: The streams the responder's presence announces (a publisher keeping history), if any.
         self.streams: Callable[[], dict[str, int]] | None = None
 
@@ -121,11 +121,19 @@ class Requests:
             outcome = next((name for kind, name in _OUTCOMES if isinstance(exc, kind)), "error")
             raise
         finally:
-            self.request_time.observe(perf_counter() - started)
-            self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+            self.calls.observe(service, outcome, perf_counter() - started)
             if span is not None:
                 tracing.end_span(span, error)
                 tracing.detach(token)
+
+    def service_calls(self) -> ServiceCalls:
+        """:attr:`calls`, with series (at zero) for every user service discovered so far: its metrics exist
+        before the first request (reserved and ``.status`` services get theirs when first called)."""
+        if self.caller is not None:
+            for service in self.caller.directory.services():
+                if not service.startswith(RESERVED_PREFIX) and not service.endswith(".status"):
+                    self.calls.known(service)
+        return self.calls
 
     def live_instances(self, service: str) -> list[str]:
         if self.caller is None:

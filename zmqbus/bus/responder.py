@@ -42,6 +42,7 @@ log = logging.getLogger("zmqbus.bus.rpc")
 class ResponderStatistics:
     """What only the shell sees; the protocol's own counters are the core's (:class:`ServingStatistics`)."""
 
+    succeeded: int = 0
     failed: int = 0
     malformed: int = 0
     undeliverable: int = 0
@@ -351,6 +352,7 @@ class Responder:
                 ).to_content(),
             )
         else:
+            self.stats.succeeded += 1
             payload = self._encode(msg, service, f"{service}.reply", result)
         frame = reply_frame(kind, payload)
         self._send(caller, frame)

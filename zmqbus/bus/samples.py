@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..core.snapshots import BrokerStatistics, ForwarderStatistics, Sample
-from ..core.stats import Histogram
+from ..core.stats import Histogram, ServiceCalls
 from ..core.subscriptions import SubscriptionTable
 from .publisher import Publisher
 from .receiver import Receiver
@@ -19,7 +19,14 @@ from .receiver import Receiver
 if TYPE_CHECKING:
     from .history import Recoverer
 
-__all__ = ["broker_statistics", "broker_samples", "forwarder_samples"]
+__all__ = [
+    "broker_statistics",
+    "broker_samples",
+    "forwarder_samples",
+    "SERVED_OUTCOMES",
+    "DECODE_REASONS",
+    "REFUSAL_REASONS",
+]
 
 _SYSTEM = "zmqbus"
 
@@ -83,14 +90,46 @@ class _Rows:
         self.rows.append(Sample("histogram", name, doc, labels, value))
 
 
+#: ``zmqbus_served_total``'s outcomes, disjoint (their sum is every request the responder got, once it
+#: ended): outcome -> the ``statistics().rpc`` counter (``served_`` + this) it reads.
+SERVED_OUTCOMES = {
+    "ok": "succeeded",
+    "failed": "failed",
+    "abandoned": "abandoned",
+    "interrupted": "interrupted",
+    "cached": "duplicates_cached",
+    "duplicate": "duplicates_in_flight",
+    "expired": "expired",
+    "overloaded": "overloaded",
+    "shutting_down": "shutting_down",
+    "unknown_service": "unknown_service",
+    "forbidden": "forbidden",
+    "malformed": "malformed",
+}
+#: Why a frame could not be decoded (``DecodeError.reason``): each a series from the start.
+DECODE_REASONS = ("frames", "msgpack", "version", "field", "topic", "size", "batch")
+#: Why a forwarder refused a connection, a subscription or a publication: each a series from the start.
+REFUSAL_REASONS = (
+    "malformed",
+    "unknown_domain",
+    "mechanism",
+    "unknown_key",
+    "connection_limit",
+    "publish_denied",
+    "subscribe_denied",
+    "subscription_limit",
+)
+
+
 def broker_samples(
-    s: BrokerStatistics,
-    who: dict[str, str],
-    handler_time: Histogram | None,
-    request_time: Histogram,
-    request_outcomes: dict[str, int],
+    s: BrokerStatistics, who: dict[str, str], handler_time: Histogram | None, calls: ServiceCalls
 ) -> list[Sample]:
-    """A client's metrics: its statistics, handler and request durations, requests by outcome."""
+    """A client's metrics: its statistics, handler durations, requests by service (durations, outcomes).
+
+    Every series exists from the start at zero (decode errors by reason, requests served by outcome;
+    requests made per service once the service is discovered), so alerts and ``increase()`` see the first
+    event. Labels: ``service`` on zmqbus's own request metrics, ``messaging_destination_name`` (the
+    service) on OpenTelemetry's ``messaging_client_operation_duration``."""
     f = _Rows()
     who = {"messaging_system": _SYSTEM, **who}
     f.counter(
@@ -120,7 +159,8 @@ def broker_samples(
     f.counter(
         "zmqbus_unconfirmed", "Messages whose delivery to the forwarder close() could not confirm.", who, s.unconfirmed
     )
-    for reason, n in s.decode_errors.items():
+    decode_errors = {**dict.fromkeys(DECODE_REASONS, 0), **s.decode_errors}
+    for reason, n in decode_errors.items():
         f.counter("zmqbus_decode_errors", "Frames that could not be decoded, by reason.", {**who, "reason": reason}, n)
     f.gauge("zmqbus_subscriptions", "Subscriptions held.", who, s.subscriptions)
     process_time = handler_time
@@ -131,19 +171,36 @@ def broker_samples(
             who,
             process_time,
         )
-    if request_time.count:
+    for service, histogram in sorted(calls.time.items()):
         f.histogram(
             "messaging_client_operation_duration",
-            "Request durations, every outcome (OpenTelemetry messaging.client.operation.duration).",
-            {**who, "operation": "request"},
-            request_time,
+            "Request durations by service, every outcome (OpenTelemetry messaging.client.operation.duration).",
+            {**who, "operation": "request", "messaging_destination_name": service},
+            histogram,
         )
-    for outcome, n in sorted(request_outcomes.items()):
-        f.counter("zmqbus_requests", "Requests made, by outcome.", {**who, "outcome": outcome}, n)
+        for outcome, n in calls.outcomes[service].items():
+            f.counter(
+                "zmqbus_requests",
+                "Requests made, by service and outcome.",
+                {**who, "service": service, "outcome": outcome},
+                n,
+            )
+    if "served_requests" in s.rpc:  # a responder: every outcome, disjoint
+        for outcome, key in SERVED_OUTCOMES.items():
+            f.counter(
+                "zmqbus_served",
+                "Requests served, by outcome (disjoint: their sum is every request answered or refused).",
+                {**who, "outcome": outcome},
+                s.rpc.get(f"served_{key}", 0),
+            )
+        f.counter(
+            "zmqbus_served_undeliverable",
+            "Replies that could not be sent (the caller's connection was gone).",
+            who,
+            s.rpc.get("served_undeliverable", 0),
+        )
     for key, n in sorted(s.rpc.items()):
-        if key.startswith("served_"):
-            f.counter("zmqbus_served", "Requests served, by outcome.", {**who, "outcome": key[7:]}, n)
-        elif key in ("retries", "failovers", "late_replies"):
+        if key in ("retries", "failovers", "late_replies"):
             f.counter(f"zmqbus_request_{key}", f"Request {key.replace('_', ' ')}.", who, n)
         elif key in ("in_flight", "instances_known"):
             f.gauge(f"zmqbus_request_{key}", f"Requests: {key.replace('_', ' ')}.", who, n)
@@ -200,7 +257,7 @@ def forwarder_samples(s: ForwarderStatistics) -> list[Sample]:
         who,
         s.handshake_failures,
     )
-    for reason, n in sorted(s.refused.items()):
+    for reason, n in sorted({**dict.fromkeys(REFUSAL_REASONS, 0), **s.refused}.items()):
         f.counter(
             "zmqbus_forwarder_refused",
             "Connections, subscriptions and publications refused, by reason.",

@@ -13,7 +13,15 @@ from typing import Any
 import click
 
 from ..core.errors import ZmqbusError
-from .common import connect, fail, pub_option as _pub_option, run as _run, sub_option as _sub_option
+from .common import (
+    DEFAULT_TIMEOUT,
+    connect,
+    fail,
+    pub_option as _pub_option,
+    run as _run,
+    sub_option as _sub_option,
+    timeout_option,
+)
 from .main import main
 
 __all__: list[str] = []
@@ -97,7 +105,7 @@ def forwarder(
     "--timeout",
     default=0.0,
     help="Exit after this many seconds, waiting for the forwarder included "
-    "(0: no limit; the forwarder is waited for 10 s).",
+    f"(0: no limit; the forwarder is waited for {DEFAULT_TIMEOUT:g} s).",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, timeout: float, as_json: bool) -> None:
@@ -147,7 +155,7 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
     async with MessageBroker(pub, sub, name="zmqbus-watch") as broker:
         for pattern in patterns:
             broker.subscribe("zmqbus-watch", pattern, show)
-        await connect(broker, timeout or 10.0)
+        await connect(broker, timeout or DEFAULT_TIMEOUT)
         click.echo(f"watching {', '.join(patterns)} on {sub}", err=True)
         await wait_event(done, None if deadline is None else max(0.0, deadline - loop.time()))
         stats = broker.statistics()
@@ -165,7 +173,7 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
 @click.option("--correlation-id", default="", help="Correlation id (default: the message id).")
 @click.option("--topic", default=None, help="Topic, if not the message type.")
 @click.option("--repeat", default=1, show_default=True, help="Send the message this many times.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the forwarder.")
+@timeout_option("Seconds to wait for the forwarder.")
 def send(
     message_type: str,
     pub: str,
@@ -218,12 +226,7 @@ async def _send(
 @main.command()
 @_pub_option
 @_sub_option
-@click.option(
-    "--timeout",
-    default=5.0,
-    show_default=True,
-    help="Seconds to wait for the forwarder and its answer (with --watch: 0 runs until Ctrl-C).",
-)
+@timeout_option("Seconds to wait for the forwarder and its answer (with --watch: 0 runs until Ctrl-C).")
 @click.option("--watch", is_flag=True, help="Keep printing a report every --interval seconds.")
 @click.option("--interval", default=1.0, show_default=True, help="Seconds between reports with --watch.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per report.")
@@ -245,7 +248,7 @@ async def _stats(pub: str, sub: str, timeout: float, watch: bool, interval: floa
     reports: asyncio.Queue[Any] = asyncio.Queue()
     async with MessageBroker(pub, sub, name="zmqbus-stats") as broker:
         broker.subscribe("zmqbus-stats", STATS_TOPIC, lambda msg: reports.put_nowait(msg.content))
-        await connect(broker, timeout or 10.0)
+        await connect(broker, timeout or DEFAULT_TIMEOUT)
         shown = 0
         while deadline is None or loop.time() < deadline:
             await broker.publish(ProcessingMessage(QUERY_TOPIC, {}))

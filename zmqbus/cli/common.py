@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -16,7 +16,18 @@ from ..core.errors import ZmqbusError
 if TYPE_CHECKING:
     from ..bus.broker import MessageBroker
 
-__all__ = ["pub_option", "sub_option", "run", "connect", "fail", "CommandFailed", "EXIT_SIGNAL"]
+__all__ = [
+    "pub_option",
+    "sub_option",
+    "timeout_option",
+    "run",
+    "connect",
+    "fail",
+    "CommandFailed",
+    "EXIT_SIGNAL",
+    "DEFAULT_TIMEOUT",
+    "DISCOVERY_WAIT",
+]
 
 pub_option = click.option(
     "--pub",
@@ -34,6 +45,20 @@ sub_option = click.option(
     show_default=True,
     help="Subscribers' endpoint (the forwarder's XPUB side). [env: ZMQBUS_SUB]",
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Every command's default ``--timeout``: seconds for the whole command, the forwarder included.
+DEFAULT_TIMEOUT = 10.0
+#: Seconds in which discovery hears every live instance of a service: each answers a discovery query at
+#: once and announces itself every second. ``req`` says "no live instance" after it, ``ping`` counts in it.
+DISCOVERY_WAIT = 1.5
+
+
+def timeout_option(what: str = "Seconds for the whole command, the forwarder included.") -> Callable[[F], F]:
+    """The ``--timeout`` of every command (default :data:`DEFAULT_TIMEOUT`)."""
+    return click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True, help=what)
+
 
 #: Exit status after SIGTERM or SIGINT ended a command (128 + SIGTERM, as shells report it).
 EXIT_SIGNAL = 143

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from ..core.errors import NoResponder, RemoteError, RequestTimeout
-from .common import connect, fail, pub_option, run as run_async, sub_option
+from .common import DISCOVERY_WAIT, connect, fail, pub_option, run as run_async, sub_option, timeout_option
 from .main import main
 
 __all__ = ["EXIT_REMOTE_ERROR", "EXIT_NO_RESPONDER", "EXIT_TIMEOUT"]
@@ -46,10 +46,10 @@ def _content(text: str) -> Any:
 @main.command("ls")
 @pub_option
 @sub_option
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for the forwarder.")
+@timeout_option("Seconds to wait for the forwarder.")
 @click.option(
     "--listen",
-    default=1.5,
+    default=DISCOVERY_WAIT,
     show_default=True,
     help="Seconds to collect announcements (responders announce every second, and answer at once).",
 )
@@ -133,12 +133,7 @@ def _print_services(table: dict[str, list[dict[str, Any]]]) -> None:
 @sub_option
 @click.option("--content", default="{}", show_default=True, help="The request's content, as JSON.")
 @click.option("--correlation-id", default="", help="Correlation id (default: the message id).")
-@click.option(
-    "--timeout",
-    default=10.0,
-    show_default=True,
-    help="Seconds for everything: the forwarder, finding an instance, the reply.",
-)
+@timeout_option("Seconds for everything: the forwarder, finding an instance, the reply.")
 @click.option("--attempts", default=1, show_default=True, help="Tries (a retry goes to another instance).")
 @_json_option("Print the whole reply (content and ids) as JSON.")
 def req(
@@ -146,7 +141,8 @@ def req(
 ) -> None:
     """Send one request to SERVICE and print the reply's content as JSON.
 
-    Exit status: 0 answered, 3 the service raised, 4 no live instance, 5 no reply in time, 1 any other error.
+    Exit status: 0 answered, 3 the service raised, 4 no live instance (known once discovery has heard
+    none for 1.5 s), 5 no reply in time, 1 any other error.
     """
     run_async(_req(service, pub, sub, _content(content), correlation_id, timeout, attempts, as_json))
 
@@ -172,8 +168,8 @@ async def _request(
     deadline = loop.time() + timeout
     async with MessageBroker(pub, sub, name=name) as broker:
         await connect(broker, timeout)
-        try:
-            await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
+        try:  # every live instance answers discovery at once: none within the window means none
+            await broker.wait_for_service(service, timeout=max(0.05, min(DISCOVERY_WAIT, deadline - loop.time())))
             return await broker.request(
                 service,
                 ProcessingMessage(
@@ -230,18 +226,25 @@ async def _req(
     metavar="NAME",
     help="Also check that NAME has a live instance that answers (repeatable).",
 )
-@click.option("--timeout", default=5.0, show_default=True, help="Seconds for the whole check.")
-def ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -> None:
+@timeout_option("Seconds for the whole check.")
+@click.option(
+    "--listen",
+    default=DISCOVERY_WAIT,
+    show_default=True,
+    help="Seconds to count a service's instances (each answers the query at once, and announces every second).",
+)
+def ping(pub: str, sub: str, services: tuple[str, ...], timeout: float, listen: float) -> None:
     """Check the bus: the forwarder's round trip and, with --service, each service's.
 
     Prints one line per check; exits 0 when all pass, else 1 (no forwarder) or 4 (a service has no live
     instance): fit for a container's health probe. A service's round trip is a discovery query answered
-    by its instance's announcement: its process is up and its event loop serving.
+    by its first instance's announcement (its process is up and its event loop serving); its instances
+    are those heard within --listen seconds of the query.
     """
-    run_async(_ping(pub, sub, services, timeout))
+    run_async(_ping(pub, sub, services, timeout, listen))
 
 
-async def _ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -> None:
+async def _ping(pub: str, sub: str, services: tuple[str, ...], timeout: float, listen: float) -> None:
     from ..bus.broker import MessageBroker
 
     loop = asyncio.get_running_loop()
@@ -251,13 +254,25 @@ async def _ping(pub: str, sub: str, services: tuple[str, ...], timeout: float) -
         started = loop.time()
         await broker.ready(max(0.05, deadline - loop.time()))  # a second probe: the round trip alone
         click.echo(f"forwarder {broker.sub_endpoint}: ok, {1000 * (loop.time() - started):.2f} ms")
-        for service in services:
-            started = loop.time()
-            try:
-                n = await broker.wait_for_service(service, timeout=max(0.05, deadline - loop.time()))
-            except NoResponder as exc:
-                raise fail(exc, EXIT_NO_RESPONDER) from None
-            click.echo(f"service {service}: ok, {n} instance(s), {1000 * (loop.time() - started):.2f} ms")
+        checks = [_ping_service(broker, service, min(listen, deadline - loop.time())) for service in services]
+        for service, outcome in zip(services, await asyncio.gather(*checks), strict=True):
+            if isinstance(outcome, NoResponder):
+                raise fail(outcome, EXIT_NO_RESPONDER)
+            n, rtt = outcome
+            click.echo(f"service {service}: ok, {n} instance(s), {1000 * rtt:.2f} ms")
+
+
+async def _ping_service(broker: Any, service: str, listen: float) -> tuple[int, float] | NoResponder:
+    """The first answer's round trip, then every instance heard within ``listen`` s of the query."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await broker.wait_for_service(service, timeout=max(0.05, listen))
+    except NoResponder as exc:
+        return exc
+    rtt = loop.time() - started
+    await asyncio.sleep(max(0.0, started + listen - loop.time()))
+    return len(broker.live_instances(service)), rtt
 
 
 # -- dlq --------------------------------------------------------------------------------------------
@@ -273,7 +288,7 @@ async def _ask(pub: str, sub: str, service: str, content: Any, timeout: float) -
     return (await _request(pub, sub, service, content, timeout, name="zmqbus-dlq")).content
 
 
-_dlq_timeout = click.option("--timeout", default=10.0, show_default=True, help="Seconds for the whole command.")
+_dlq_timeout = timeout_option()
 
 
 @dlq.command("ls")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 import click
@@ -96,8 +95,6 @@ def run(
     """
     from ..framework.runner import ComponentSpec, Supervisor, Topology, component_main, load_component
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` does: a module in the current folder is found
     for var, value in (("ZMQBUS_RPC_BIND", rpc_bind), ("ZMQBUS_RPC_ADVERTISE", rpc_advertise)):
         if value:
             os.environ[var] = value  # the component's broker, and every replica, read them
@@ -121,7 +118,12 @@ def run(
 
 @main.command(epilog="\b\nTHE FILE (TOML; example: topology.toml in the repository):\n" + describe_topology())
 @click.argument("topology", required=False)
-@click.option("--check", is_flag=True, help="Only validate TOPOLOGY (keys, types, classes) and exit: 0 valid, 1 not.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Only validate TOPOLOGY as `up` does before it starts anything (keys, types, endpoints, classes, "
+    "key files, policy) and exit: 0 valid, 1 not.",
+)
 @click.option("--keep-going", is_flag=True, help="Carry on when a component crash-loops (never for the forwarder).")
 @click.option(
     "--crash-limit",
@@ -141,14 +143,16 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
     from ..framework.demo import demo_topology
     from ..framework.runner import Supervisor, load_topology, preflight
 
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # components in the current folder, as `zmqbus run` finds them
     if check and not topology:
         raise click.UsageError("--check needs a TOPOLOGY file")
     try:
         topo = load_topology(topology) if topology else demo_topology(config.pub_endpoint(), config.sub_endpoint())
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    try:  # endpoints, keys, policy, plaintext beyond loopback: one line now, not a crash loop later
+        preflight(topo)
+    except ZmqbusError as exc:
+        raise fail(f"{topology or 'the demo topology'}: not valid: {exc}" if check else exc) from None
     if check:
         replicas = sum(c.replicas for c in topo.components)
         n = len(config.split_endpoints(topo.pub))
@@ -158,10 +162,6 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
             f"component(s), {replicas} process(es), on {topo.pub} / {topo.sub}"
         )
         return
-    try:  # bad keys or policy, or plaintext beyond loopback: one line now, not a crash loop later
-        preflight(topo)
-    except ZmqbusError as exc:
-        raise fail(exc) from None
     click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
     _supervise(
         Supervisor(

@@ -8,8 +8,10 @@ started by the CLI inherit them, so one setting wires a whole deployment.
 from __future__ import annotations
 
 import os
+import re
 
 __all__ = [
+    "endpoint_error",
     "DEFAULT_PUB",
     "DEFAULT_SUB",
     "DEFAULT_KEY_NAME",
@@ -41,6 +43,43 @@ def sub_endpoint(value: str | None = None) -> str:
 def split_endpoints(value: str) -> list[str]:
     """The endpoints in ``value``: one, or several separated by commas (a redundant bus: one per forwarder)."""
     return [part.strip() for part in value.split(",") if part.strip()]
+
+
+_HOST = re.compile(
+    r"^(\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)$"
+)
+#: The longest ipc path a Unix socket takes (sun_path on Linux: 108 bytes with its NUL).
+IPC_PATH_MAX = 107
+
+
+def endpoint_error(endpoint: str, *, any_port: bool = False) -> str | None:
+    """What is wrong with ``endpoint`` as a bus endpoint that processes share (None: nothing), by its
+    syntax alone: ``tcp://HOST:PORT`` (a name, an IPv4 address, ``[IPv6]`` or ``*``; a port from 1 to
+    65535, or ``*`` where ``any_port``) or ``ipc://PATH``. ``inproc://`` never leaves its process."""
+    scheme, sep, rest = endpoint.partition("://")
+    expected = "expected tcp://host:port or ipc://path"
+    if not sep:
+        return f"{endpoint!r} is not an endpoint: no '://' ({expected})"
+    if scheme == "ipc":
+        if not rest:
+            return f"{endpoint!r} names no path"
+        if len(rest.encode()) > IPC_PATH_MAX:
+            return f"{endpoint!r}: an ipc path is at most {IPC_PATH_MAX} bytes, this one {len(rest.encode())}"
+        return None
+    if scheme == "inproc":
+        return f"{endpoint!r}: inproc endpoints never leave their process ({expected})"
+    if scheme != "tcp":
+        return f"{endpoint!r}: unknown transport {scheme!r} ({expected})"
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        return f"{endpoint!r} names no port (tcp://host:port)"
+    if not _HOST.match(host):
+        return f"{endpoint!r}: {host!r} is not a host name or address"
+    if port == "*" and any_port:
+        return None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{endpoint!r}: the port must be a number from 1 to 65535, not {port!r}"
+    return None
 
 
 def ipc_endpoints(directory: str, name: str = "bus") -> tuple[str, str]:

@@ -102,6 +102,10 @@ class Directory:
     def live(self, service: str) -> list[Instance]:
         return [i for i in self._instances.values() if service in i.services]
 
+    def services(self) -> set[str]:
+        """Every service a live instance announces."""
+        return {s for i in self._instances.values() for s in i.services}
+
     def pick(self, service: str, avoid: Iterable[str] = (), only: str | None = None) -> Instance | None:
         """The live instance with the fewest outstanding calls, preferring ones not in ``avoid``
         (``only``: that instance or none). Ties go to the instance picked least recently (round robin).

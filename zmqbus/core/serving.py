@@ -97,6 +97,8 @@ class ServingStatistics:
     interrupted: int = 0
     overloaded: int = 0
     abandoned: int = 0
+    unknown_service: int = 0
+    shutting_down: int = 0  # refused (on arrival, or queued) while closing; interrupted ones are apart
 
 
 @dataclass(slots=True)
@@ -169,6 +171,7 @@ class ResponderCore(Generic[R]):
             self.stats.duplicates_in_flight += 1
             return None
         if self.closing:
+            self.stats.shutting_down += 1
             return self._refuse(
                 caller,
                 service,
@@ -179,6 +182,7 @@ class ResponderCore(Generic[R]):
                 True,
             )
         if service not in self.services:
+            self.stats.unknown_service += 1
             return self._refuse(
                 caller,
                 service,
@@ -304,6 +308,7 @@ class ResponderCore(Generic[R]):
         while self._queue:
             entry = self._entries.pop(self._queue.popleft(), None)
             if entry is not None:
+                self.stats.shutting_down += 1
                 out.append(
                     self._refuse(
                         entry.caller,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-__all__ = ["percentiles", "Histogram", "LATENCY_BUCKETS"]
+__all__ = ["percentiles", "Histogram", "LATENCY_BUCKETS", "ServiceCalls", "REQUEST_OUTCOMES"]
 
 #: Seconds: from 100 us (a request on one host) to 10 s (OpenTelemetry's duration buckets, finer at the low end).
 LATENCY_BUCKETS = (
@@ -57,6 +57,47 @@ class Histogram:
             running += n
             out.append((bound, running))
         return out
+
+
+#: How a request ends, as the caller counts it: every one of these is a series from the first request on.
+REQUEST_OUTCOMES = ("ok", "remote_error", "no_responder", "timeout", "error")
+
+
+class ServiceCalls:
+    """A caller's requests per service: durations (a :class:`Histogram` each) and counts by outcome.
+
+    Services are few on a bus (the metrics' ``service`` label relies on it); past ``limit`` distinct
+    names, the rest are counted under ``"other"``, so no caller can grow it without bound.
+    :meth:`known` makes a service's series (at zero) before its first request, so alerts see zeros.
+    """
+
+    __slots__ = ("limit", "time", "outcomes")
+
+    def __init__(self, limit: int = 256) -> None:
+        self.limit = limit
+        self.time: dict[str, Histogram] = {}
+        self.outcomes: dict[str, dict[str, int]] = {}
+
+    def known(self, service: str) -> str:
+        """Make ``service``'s series if it has none; return the name it is counted under."""
+        if service in self.time:
+            return service
+        if len(self.time) >= self.limit:
+            service = "other"
+            if service in self.time:
+                return service
+        self.time[service] = Histogram()
+        self.outcomes[service] = dict.fromkeys(REQUEST_OUTCOMES, 0)
+        return service
+
+    def observe(self, service: str, outcome: str, seconds: float) -> None:
+        """One request to ``service`` ended with ``outcome`` (one of :data:`REQUEST_OUTCOMES`) after ``seconds``."""
+        histogram = self.time.get(service)
+        if histogram is None:
+            service = self.known(service)
+            histogram = self.time[service]
+        histogram.observe(seconds)
+        self.outcomes[service][outcome] += 1
 
 
 def percentiles(samples: Sequence[float], scale: float = 1e6) -> dict[str, float]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from .config import endpoint_error, split_endpoints
+
 __all__ = ["BUS_KEYS", "COMPONENT_KEYS", "TOP_LEVEL", "topology_errors", "describe"]
 
 #: [bus]: key -> (type, what it is)
@@ -63,6 +65,9 @@ def topology_errors(data: dict[str, Any]) -> list[str]:
         elif (problem := _typed(value, BUS_KEYS[key][0], key, "[bus]")) is not None:
             errors.append(problem)
     pub, sub = bus.get("pub"), bus.get("sub")
+    for key, value in (("pub", pub), ("sub", sub)):
+        if isinstance(value, str):
+            errors.extend(f"[bus] {key}: {e}" for part in split_endpoints(value) if (e := endpoint_error(part)))
     if isinstance(pub, str) and isinstance(sub, str) and bus.get("forwarder", True) is not False:
         n_pub, n_sub = (len([p for p in v.split(",") if p.strip()]) for v in (pub, sub))
         if n_pub != n_sub:

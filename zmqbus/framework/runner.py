@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import config
+from ..core.errors import ZmqbusError
 from ..core.security import check_endpoint
 from ..core.topology import topology_errors
 from ..io.security import config_keys, config_policy
@@ -52,14 +53,27 @@ log = logging.getLogger(__name__)
 
 
 def load_component(spec: str) -> type[Any]:
-    """Import ``module:Class``; raise ValueError with a clear message otherwise."""
+    """Import ``module:Class``; raise ValueError with a clear message otherwise.
+
+    A module found nowhere on the import path is looked for in the current folder too, which is then
+    searched *after* installed packages: a folder here named like an installed package (a checkout's
+    ``zmqbus/``) never shadows it, in this process or in the component processes it starts.
+    """
     from .component import Component
 
     module_name, _, class_name = spec.partition(":")
     if not module_name or not class_name:
         raise ValueError(f"expected module:Class, got {spec!r}")
     try:
-        cls = getattr(importlib.import_module(module_name), class_name)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            here = os.getcwd()
+            if exc.name != module_name.split(".")[0] or here in sys.path:
+                raise
+            sys.path.append(here)  # the user's own module, beside where the command runs
+            module = importlib.import_module(module_name)
+        cls = getattr(module, class_name)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load {spec!r}: {exc}") from None
     if not (isinstance(cls, type) and issubclass(cls, Component)):
@@ -203,6 +217,14 @@ def preflight(topo: Topology) -> None:
     """Set the topology's security environment (every process started then inherits it) and check it as
     each process will: keys and policy readable, no plaintext tcp beyond loopback without ``--insecure``.
     Raises the :class:`ZmqbusError` a process would die of, once, before any starts."""
+    problems = [
+        f"{side} endpoint {e}"
+        for side, value in (("publishers'", topo.pub), ("subscribers'", topo.sub))
+        for part in config.split_endpoints(value)
+        if (e := config.endpoint_error(part) or _ipc_folder_error(part))
+    ]
+    if problems:
+        raise ZmqbusError("; ".join(problems))
     os.environ.update(topo.environment())
     member_keys = config_keys()
     if topo.forwarder:
@@ -210,6 +232,14 @@ def preflight(topo: Topology) -> None:
     config_policy()
     for endpoint in (*config.split_endpoints(topo.pub), *config.split_endpoints(topo.sub)):
         check_endpoint(endpoint, member_keys, config.insecure(), "connect to")
+
+
+def _ipc_folder_error(endpoint: str) -> str | None:
+    """An ipc endpoint's folder must exist: the forwarder binds a socket file there."""
+    if not endpoint.startswith("ipc://") or endpoint.startswith("ipc://@"):  # @: Linux's abstract namespace
+        return None
+    folder = os.path.dirname(os.path.abspath(endpoint[len("ipc://") :]))
+    return None if os.path.isdir(folder) else f"{endpoint!r}: its folder {folder} does not exist"
 
 
 def load_topology(path: str) -> Topology:
