@@ -136,6 +136,7 @@ async def test_no_command_logs_an_error_on_a_clean_run_30_times_each(bus: TestBu
         ["ping", "--service", "math.double"],
         ["send", "ops.hello", "--content", "{}"],
         ["watch", "ops.#", "--timeout", "0.3"],
+        ["stats"],
         ["dlq", "ls"],
     ]
     runs = [c for c in commands for _ in range(30)]

@@ -262,6 +262,10 @@ class MessageBroker:
         self._readiness.generation += new
         return sub
 
+    def subscriptions(self) -> list[tuple[str, str]]:
+        """The user subscriptions made so far, as (component name, pattern) pairs, in the order made."""
+        return [(s.component_name, s.pattern.text) for s in self._table if not s.internal]
+
     def unsubscribe(
         self, component_name: str | Subscription, pattern: str | None = None, handler: MessageHandler | None = None
     ) -> int:

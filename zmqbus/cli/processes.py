@@ -184,3 +184,35 @@ def _supervise(sup: Any) -> None:
         sup.stop()
     if sup.failure is not None:
         raise click.ClickException(sup.failure)
+
+
+@main.command()
+@click.argument("specs", nargs=-1)
+@click.option("--out", "out", default=None, metavar="FILE", help="Write the document here (default: stdout).")
+@click.option("--title", default="zmqbus bus", show_default=True, help="The document's info.title.")
+@click.option("--api-version", default="1.0.0", show_default=True, help="The document's info.version.")
+@_pub_option
+@_sub_option
+def asyncapi(specs: tuple[str, ...], out: str | None, title: str, api_version: str, pub: str, sub: str) -> None:
+    """Write the AsyncAPI 3.0 document of a bus made of SPECS (module:Class ...; default: the example's).
+
+    From each component class: its subscriptions (receive operations on pattern channels), its services
+    (request/reply operations), its message types (send operations for those it does not receive),
+    and the envelope (PROTOCOL.md section 3) as every message's headers. JSON, which YAML tools read too.
+    """
+    import json
+
+    from ..framework.asyncapi import asyncapi_document
+    from ..framework.demo import DEMO_COMPONENTS
+
+    try:
+        doc = asyncapi_document(specs or DEMO_COMPONENTS, title=title, version=api_version, pub=pub, sub=sub)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        with open(out, "w") as f:
+            f.write(text)
+        click.echo(f"wrote {out}: {len(doc['channels'])} channel(s), {len(doc['operations'])} operation(s)", err=True)

@@ -28,7 +28,7 @@ from ..io.security import FORWARDER_KEY_NAME, keygen
 from .procs import environment, tcp_endpoints
 from .runner import ComponentSpec, Supervisor, Topology
 
-__all__ = ["run_demo", "demo_topology", "make_document"]
+__all__ = ["run_demo", "demo_topology", "make_document", "DEMO_COMPONENTS"]
 
 _WORDS = (
     "message broker component manager handler processor context state error retry queue topic "
@@ -43,19 +43,19 @@ def _secure_env(tmp: str) -> dict[str, str]:
     return {"ZMQBUS_KEYS": folder, "ZMQBUS_KEY_NAME": "demo"}
 
 
+#: The example workflow's components, in start order (the analyzers last: they run as replicas).
+DEMO_COMPONENTS = (
+    "zmqbus.components.error_handler:ErrorHandler",
+    "zmqbus.components.state_tracker:StateTracker",
+    "zmqbus.components.ingest:IngestManager",
+    "zmqbus.components.ingest:DocumentHandler",
+    "zmqbus.components.ingest:ChunkAnalyzer",
+)
+
+
 def demo_topology(pub: str, sub: str, analyzers: int = 3) -> Topology:
-    return Topology(
-        pub,
-        sub,
-        True,
-        [
-            ComponentSpec("zmqbus.components.error_handler:ErrorHandler"),
-            ComponentSpec("zmqbus.components.state_tracker:StateTracker"),
-            ComponentSpec("zmqbus.components.ingest:IngestManager"),
-            ComponentSpec("zmqbus.components.ingest:DocumentHandler"),
-            ComponentSpec("zmqbus.components.ingest:ChunkAnalyzer", replicas=analyzers),
-        ],
-    )
+    *once, analyzer = DEMO_COMPONENTS
+    return Topology(pub, sub, True, [*map(ComponentSpec, once), ComponentSpec(analyzer, replicas=analyzers)])
 
 
 def make_document(i: int, words: int = 300) -> dict[str, Any]:
