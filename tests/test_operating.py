@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_observability import Flaky
 from test_ops import Doubler, cli
 
-from zmqbus import MessageBroker, ProcessingMessage, Processor, RemoteError, service
+from zmqbus import MessageBroker, RemoteError
 from zmqbus.bus.metrics import serve_metrics
 from zmqbus.bus.samples import DECODE_REASONS, REFUSAL_REASONS, SERVED_OUTCOMES
 from zmqbus.core.stats import REQUEST_OUTCOMES
@@ -174,16 +175,8 @@ def label_values(family: Any, label: str) -> set[str]:
     return {s.labels[label] for s in family.samples if label in s.labels}
 
 
-class Half(Processor):
-    @service("calc.half")
-    async def half(self, message: ProcessingMessage) -> Any:
-        if message.content["x"] % 2:
-            raise ValueError("odd")
-        return message.content["x"] // 2
-
-
 async def test_a_components_metrics_exist_at_zero_are_disjoint_and_per_service(bus: TestBus) -> None:
-    half = await bus.start(Half)
+    half = await bus.start(Flaky)  # calc.half: odd numbers raise
     caller, responder = serve_metrics(0, bus.client), serve_metrics(0, half.message_broker)
     try:
         before = await asyncio.to_thread(scrape, caller.port)

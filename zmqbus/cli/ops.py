@@ -33,6 +33,15 @@ def _json_option(help_text: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help_text)
 
 
+def _listen_option(what: str) -> Callable[[F], F]:
+    return click.option(
+        "--listen",
+        default=DISCOVERY_WAIT,
+        show_default=True,
+        help=f"{what} (every live instance answers the discovery query at once, and announces every second).",
+    )
+
+
 def _content(text: str) -> Any:
     try:
         return json.loads(text)
@@ -47,12 +56,7 @@ def _content(text: str) -> Any:
 @pub_option
 @sub_option
 @timeout_option("Seconds to wait for the forwarder.")
-@click.option(
-    "--listen",
-    default=DISCOVERY_WAIT,
-    show_default=True,
-    help="Seconds to collect announcements (responders announce every second, and answer at once).",
-)
+@_listen_option("Seconds to collect announcements")
 @click.option("--watch", is_flag=True, help="Keep listening; print the table every second until Ctrl-C.")
 @_json_option("One JSON object: service -> its instances.")
 def ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool) -> None:
@@ -227,12 +231,7 @@ async def _req(
     help="Also check that NAME has a live instance that answers (repeatable).",
 )
 @timeout_option("Seconds for the whole check.")
-@click.option(
-    "--listen",
-    default=DISCOVERY_WAIT,
-    show_default=True,
-    help="Seconds to count a service's instances (each answers the query at once, and announces every second).",
-)
+@_listen_option("Seconds to count a service's instances")
 def ping(pub: str, sub: str, services: tuple[str, ...], timeout: float, listen: float) -> None:
     """Check the bus: the forwarder's round trip and, with --service, each service's.
 
