@@ -9,7 +9,7 @@ component taken from the message's source). That pattern is a tail pattern
 (PROTOCOL.md section 2.3): publishers send this process a copy of each message
 whose topic ends in ``error``, nothing else. ``guide_topics=False`` (or
 ``$ZMQBUS_GUIDE_TOPICS=0``) leaves it out. Answers ``errors.dead_letters`` (a list),
-``errors.dead_letter`` (one, whole), ``errors.stats``
+``errors.dead_letter`` (one, whole), ``errors.purge`` (forget some or all), ``errors.stats``
 (counts by error type and by component, the latest errors, dead letters held)
 and ``errors.replay`` (publish a dead-lettered message again, by message id,
 so an operator can retry it).
@@ -145,6 +145,7 @@ class ErrorHandler(Component):
         c = message.content
         if isinstance(c, dict):
             key = str(c.get("metadata", {}).get("message_id") or message.metadata.message_id)
+            c = {**c, "at": c.get("at") or message.metadata.timestamp}  # when it was dead-lettered
             self.dead_letters[key] = c
             if self._store is not None:
                 self._store.add(key, c)
@@ -163,22 +164,51 @@ class ErrorHandler(Component):
             "dead_letters": len(self.dead_letters),
         }
 
+    def _selected(self, query: Any) -> list[tuple[str, dict[str, Any]]]:
+        """The dead letters a query selects, oldest first: ``component``, ``message_type`` (exact),
+        ``since`` (epoch seconds), then ``limit`` (the newest n)."""
+        q = query if isinstance(query, dict) else {}
+        items = [
+            (key, letter)
+            for key, letter in self.dead_letters.items()
+            if (not q.get("component") or letter.get("component") == q["component"])
+            and (not q.get("message_type") or letter.get("message_type") == q["message_type"])
+            and (not q.get("since") or float(letter.get("at") or 0) >= float(q["since"]))
+        ]
+        limit = int(q.get("limit") or MAX_DEAD_LETTERS)
+        return items[-limit:]
+
     @service("errors.dead_letters")
     async def list_dead_letters(self, message: ProcessingMessage) -> list[dict[str, Any]]:
-        """Summaries of the dead letters, oldest first (``{"limit": n}``: the newest n)."""
-        q = message.content if isinstance(message.content, dict) else {}
-        limit = int(q.get("limit") or MAX_DEAD_LETTERS)
-        items = list(self.dead_letters.items())[-limit:]
+        """Summaries of the dead letters, oldest first (filters: see :meth:`_selected`)."""
         return [
             {
                 "message_id": key,
+                "at": letter.get("at"),
                 "component": letter.get("component"),
                 "message_type": letter.get("message_type"),
                 "correlation_id": letter.get("metadata", {}).get("correlation_id"),
                 "reason": letter.get("reason"),
             }
-            for key, letter in items
+            for key, letter in self._selected(message.content)
         ]
+
+    @service("errors.purge")
+    async def purge(self, message: ProcessingMessage) -> dict[str, Any]:
+        """Forget dead letters: ``{"message_ids": [...]}``, or ``{"all": true}`` with the filters of
+        :meth:`_selected`. Returns ``{"purged": n}``."""
+        q = message.content if isinstance(message.content, dict) else {}
+        if q.get("message_ids"):
+            keys = [str(k) for k in q["message_ids"] if str(k) in self.dead_letters]
+        elif q.get("all"):
+            keys = [key for key, _ in self._selected({**q, "limit": 0})]
+        else:
+            raise ValueError("name the dead letters to purge (message_ids) or say all")
+        for key in keys:
+            self.dead_letters.pop(key, None)
+            if self._store is not None:
+                self._store.remove(key)
+        return {"purged": len(keys)}
 
     @service("errors.dead_letter")
     async def show_dead_letter(self, message: ProcessingMessage) -> dict[str, Any]:

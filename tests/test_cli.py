@@ -59,7 +59,7 @@ def test_forwarder_watch_send_stats(tcp_pair: tuple[str, str], run_cli: Any) -> 
     assert "frames_in" in out and "handshake_failures" in out
     fwd.send_signal(signal.SIGTERM)
     code, _, err = finish(fwd)
-    assert code == 0, err
+    assert code == 143, err  # 128 + SIGTERM
     assert "forwarded" in err
 
 
@@ -78,7 +78,7 @@ def test_forwarder_reports_a_busy_port(tcp_pair: tuple[str, str], run_cli: Any) 
     code, _, err = finish(run_cli("forwarder", *ep))
     assert code == 1 and "Address already in use" in err, err
     first.send_signal(signal.SIGINT)
-    assert finish(first)[0] == 0
+    assert finish(first)[0] == 130  # ended by Ctrl-C: 128 + SIGINT
 
 
 def test_send_errors_are_one_line() -> None:
@@ -194,7 +194,7 @@ def test_run_component_stops_on_sigterm(tcp_pair: tuple[str, str], run_cli: Any,
         assert time.monotonic() < deadline and proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     code, _, err = finish(proc, timeout=30)
-    assert code == 0, err
+    assert code == 143, err
     assert "component analyzer-x stopped" in err
 
 
@@ -243,7 +243,7 @@ def test_up_runs_the_shipped_topology_and_stops_cleanly(tmp_path: Any, run_cli: 
     assert asyncio.run(run_one())["words"] == 3
     proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc, timeout=30)
-    assert code == 0, err
+    assert code == 130, err
     assert err.count("started ") == 8 and "all processes stopped" in err
 
 
@@ -308,7 +308,7 @@ def test_up_runs_a_secure_topology(tmp_path: Any, run_cli: Any) -> None:
     assert asyncio.run(ask())["words"] == 2
     proc.send_signal(signal.SIGINT)
     code, _, err = finish(proc, timeout=30)
-    assert code == 0, err
+    assert code == 130, err
 
 
 def test_up_with_a_bad_policy_says_so_in_one_line(tmp_path: Any, run_cli: Any) -> None:

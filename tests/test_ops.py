@@ -170,7 +170,7 @@ async def test_run_finds_a_module_in_the_current_folder_and_says_it_is_up(bus: T
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 10)
         proc.communicate(timeout=5)
-    assert proc.returncode == 0
+    assert proc.returncode == 143
 
 
 async def test_dead_letters_survive_the_error_handlers_restart_and_are_replayed(bus: TestBus, tmp_path: Path) -> None:

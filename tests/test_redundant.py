@@ -132,7 +132,7 @@ def test_the_readmes_redundant_bus_commands(tmp_path: Any) -> None:
             assert sent.returncode == 0, sent.stderr
         out, _ = watch.communicate(timeout=40)
         # through two forwarders, each delivered once: a duplicate would have been the second line
-        assert [line.split()[0] for line in out.splitlines()] == ["ha.first", "ha.second"], out
+        assert [line.split()[1] for line in out.splitlines()] == ["ha.first", "ha.second"], out  # after the time
     finally:
         for proc in procs:
             if proc.poll() is None:

@@ -119,7 +119,7 @@ async def test_run_grace_holds_with_a_busy_sync_handler(forwarder: Forwarder, tm
         exited = time.monotonic() - t0
         with pytest.raises(RemoteError) as info:
             await request
-    assert proc.returncode == 0, proc.communicate()[1]
+    assert proc.returncode == 143, proc.communicate()[1]
     assert exited < 2.5, f"exit took {exited:.2f} s after SIGTERM with --grace 1"
     assert info.value.code == "shutting_down"
 
@@ -309,7 +309,7 @@ def test_run_honours_sigterm_during_start_up(run_cli: Any) -> None:
     t0 = time.monotonic()
     _, err = proc.communicate(timeout=30)
     assert time.monotonic() - t0 < 3.0, err
-    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert proc.returncode == 143 and "Traceback" not in err, err
 
 
 def test_up_stops_everything_when_the_forwarder_gives_up(tmp_path: Path, run_cli: Any) -> None:
@@ -481,5 +481,5 @@ def test_up_keep_going_carries_on_when_a_component_gives_up(tmp_path: Path, run_
     assert proc.poll() is None, "up exited although --keep-going was given"
     os.kill(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 143, err
     assert "all processes stopped" in err

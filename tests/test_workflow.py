@@ -17,7 +17,8 @@ import pytest
 from zmqbus import MessageBroker, ProcessingMessage
 from zmqbus.core.config import ipc_endpoints
 from zmqbus.framework.demo import demo_topology, make_document, submit_and_wait
-from zmqbus.framework.runner import Supervisor, load_topology
+from zmqbus.framework.runner import load_topology
+from zmqbus.framework.supervisor import Supervisor
 from zmqbus.testing import wait_until
 
 pytestmark = pytest.mark.timeout(120)

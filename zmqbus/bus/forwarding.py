@@ -33,10 +33,12 @@ def run_forwarder(
     max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
+    signals: list[int] | None = None,
 ) -> ForwarderStatistics | None:
     """Run a forwarder in this process until SIGINT or SIGTERM; return its last counters.
 
-    Must be called from the main thread (it installs signal handlers).
+    Must be called from the main thread (it installs signal handlers). ``signals``, if given, gets the
+    number of each stopping signal received (the CLI exits with 128 + the first).
     ``log_interval`` logs the counters at INFO every so many seconds. SIGHUP
     reloads the allow-list of a forwarder with keys. The process's open-file
     limit is raised to its hard limit first: each connection holds a file.
@@ -46,7 +48,9 @@ def run_forwarder(
     reload = threading.Event()
     wake = threading.Event()
 
-    def on_stop(*_: object) -> None:
+    def on_stop(signum: int, *_: object) -> None:
+        if signals is not None:
+            signals.append(signum)
         stop.set()
         wake.set()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any
 
 import click
@@ -78,10 +79,12 @@ def forwarder(
 
     logging.getLogger("zmqbus").setLevel(min(logging.getLogger().level, logging.INFO))
     click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
+    signals: list[int] = []
     try:
         last = run_forwarder(
             pub,
             sub,
+            signals=signals,
             socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
             stats_interval=stats_interval or None,
             log_interval=log_interval or None,
@@ -94,6 +97,8 @@ def forwarder(
         raise fail(exc) from None
     if last is not None:
         click.echo(f"forwarded {last.frames_in} frames ({last.bytes_in} bytes) in {last.uptime:.1f} s", err=True)
+    if signals:
+        raise SystemExit(128 + signals[0])  # stopped by a signal: 130 (Ctrl-C) or 143 (SIGTERM)
 
 
 @main.command()
@@ -143,8 +148,9 @@ async def _watch(patterns: tuple[str, ...], pub: str, sub: str, count: int, time
                 )
             )
         else:
+            when = time.strftime("%H:%M:%S", time.localtime(md.timestamp)) + f".{int(md.timestamp % 1 * 1000):03d}"
             click.echo(
-                f"{msg.topic}  {md.source_component or '-'} -> {md.target_component or '-'}  "
+                f"{when}  {msg.topic}  {md.source_component or '-'} -> {md.target_component or '-'}  "
                 f"cid={md.correlation_id}  {msg.content!r}"
             )
         if count and seen >= count:
@@ -213,6 +219,7 @@ async def _send(
     validate_topic(topic or message_type)  # a bad topic is the user's mistake: say so before waiting for a bus
     async with MessageBroker(pub, sub, name=source, publish_timeout=timeout) as broker:
         await connect(broker, timeout)
+        started = time.perf_counter()
         for _ in range(repeat):
             msg = ProcessingMessage(
                 message_type,
@@ -220,7 +227,13 @@ async def _send(
                 MessageMetadata(correlation_id=correlation_id, source_component=source, target_component=target),
             )
             await broker.publish(msg, topic=topic)
-        click.echo(f"sent {repeat} x {topic or message_type} (last id {msg.metadata.message_id})", err=True)
+        await broker.ready(timeout)  # every message has reached the forwarder: the rate counts delivery to it
+        took = time.perf_counter() - started
+        rate = f", {repeat / took:,.0f} msg/s" if repeat > 1 and took > 0 else ""
+        click.echo(
+            f"sent {repeat} x {topic or message_type} in {took:.3f} s{rate} (last id {msg.metadata.message_id})",
+            err=True,
+        )
 
 
 @main.command()
@@ -236,7 +249,6 @@ def stats(pub: str, sub: str, timeout: float, watch: bool, interval: float, as_j
 
 
 async def _stats(pub: str, sub: str, timeout: float, watch: bool, interval: float, as_json: bool) -> None:
-    import time
 
     from ..bus.broker import MessageBroker
     from ..bus.forwarder import QUERY_TOPIC, STATS_TOPIC

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+from types import FrameType
 
 import click
 
@@ -94,6 +96,11 @@ class _Group(click.Group):
 )
 def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool, policy: str | None) -> None:
     """zmqbus: a brokerless ZeroMQ message bus for components that talk only through messages."""
+    # One rule for every command: a signal that ends it exits 128 + its number (Ctrl-C 130, SIGTERM
+    # 143). Commands with their own signal handling (the async ones, run, up, forwarder) keep it and
+    # end with the same statuses; the others unwind (their cleanup runs) with these.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _exit_on_signal)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The environment is the one place security settings live: the library and
     # every process a command starts read them from there.
@@ -106,6 +113,10 @@ def main(log_level: str, keys: str | None, key_name: str | None, insecure: bool,
     for var, value in settings.items():
         if value:
             os.environ[var] = value
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 @main.command()

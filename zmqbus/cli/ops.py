@@ -290,15 +290,39 @@ async def _ask(pub: str, sub: str, service: str, content: Any, timeout: float) -
 _dlq_timeout = timeout_option()
 
 
+_dlq_filters = [
+    click.option("--component", default=None, help="Only the dead letters of this component."),
+    click.option("--type", "message_type", default=None, help="Only dead letters of this message type."),
+]
+
+
+def _filtered(fn: F) -> F:
+    for option in reversed(_dlq_filters):
+        fn = option(fn)
+    return fn
+
+
+def _filters(component: str | None, message_type: str | None) -> dict[str, Any]:
+    return {k: v for k, v in (("component", component), ("message_type", message_type)) if v}
+
+
+def _when(at: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at))) if at else "-"
+
+
 @dlq.command("ls")
 @pub_option
 @sub_option
 @_dlq_timeout
 @click.option("--limit", default=0, help="Only the newest N (0: all the error handler keeps).")
+@_filtered
 @_json_option("One JSON list.")
-def dlq_ls(pub: str, sub: str, timeout: float, limit: int, as_json: bool) -> None:
-    """List the dead letters, oldest first."""
-    letters = run_async(_ask(pub, sub, "errors.dead_letters", {"limit": limit}, timeout))
+def dlq_ls(
+    pub: str, sub: str, timeout: float, limit: int, component: str | None, message_type: str | None, as_json: bool
+) -> None:
+    """List the dead letters, oldest first, with when each was dead-lettered."""
+    query = {"limit": limit, **_filters(component, message_type)}
+    letters = run_async(_ask(pub, sub, "errors.dead_letters", query, timeout))
     if as_json:
         click.echo(json.dumps(letters))
         return
@@ -306,9 +330,36 @@ def dlq_ls(pub: str, sub: str, timeout: float, limit: int, as_json: bool) -> Non
         click.echo("no dead letters")
     for letter in letters:
         click.echo(
-            f"{letter['message_id']}  {letter.get('component') or '-'}  {letter.get('message_type') or '-'}  "
-            f"cid={letter.get('correlation_id') or '-'}  {letter.get('reason') or ''}"
+            f"{letter['message_id']}  {_when(letter.get('at'))}  {letter.get('component') or '-'}  "
+            f"{letter.get('message_type') or '-'}  cid={letter.get('correlation_id') or '-'}  "
+            f"{letter.get('reason') or ''}"
         )
+
+
+@dlq.command("purge")
+@click.argument("message_ids", nargs=-1)
+@pub_option
+@sub_option
+@_dlq_timeout
+@click.option("--all", "purge_all", is_flag=True, help="Purge every dead letter (that the filters select).")
+@_filtered
+def dlq_purge(
+    message_ids: tuple[str, ...],
+    pub: str,
+    sub: str,
+    timeout: float,
+    purge_all: bool,
+    component: str | None,
+    message_type: str | None,
+) -> None:
+    """Forget dead letters for good: MESSAGE_ID ..., or --all (narrowed by --component, --type)."""
+    if not message_ids and not purge_all:
+        raise click.UsageError("name the dead letters to purge (MESSAGE_ID ...) or pass --all")
+    query: dict[str, Any] = (
+        {"message_ids": list(message_ids)} if message_ids else {"all": True, **_filters(component, message_type)}
+    )
+    answer = run_async(_ask(pub, sub, "errors.purge", query, timeout))
+    click.echo(f"purged {answer.get('purged', 0)} dead letter(s)")
 
 
 @dlq.command("show")

@@ -93,7 +93,8 @@ def run(
     Exits 1 with a one-line error if it cannot start (no forwarder within
     --startup-timeout) or, with --replicas, when a replica crash-loops.
     """
-    from ..framework.runner import ComponentSpec, Supervisor, Topology, component_main, load_component
+    from ..framework.runner import ComponentSpec, Topology, component_main, load_component
+    from ..framework.supervisor import Supervisor
 
     for var, value in (("ZMQBUS_RPC_BIND", rpc_bind), ("ZMQBUS_RPC_ADVERTISE", rpc_advertise)):
         if value:
@@ -131,17 +132,27 @@ def run(
     show_default=True,
     help="Restarts within 60 s after which a process counts as crash-looping.",
 )
-def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) -> None:
+@click.option(
+    "--hung-after",
+    default=10.0,
+    show_default=True,
+    help="Seconds without a heartbeat (each component beats every second) after which it is killed and "
+    "restarted (0: never).",
+)
+def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int, hung_after: float) -> None:
     """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
 
     A process that dies is restarted with backoff unless it crash-loops:
     then everything is stopped and `up` exits 1 with the reason (for a
-    component, unless --keep-going). Ctrl-C or SIGTERM stops everything cleanly.
+    component, unless --keep-going); so is a component that stops answering
+    its liveness check (--hung-after). Ctrl-C or SIGTERM stops everything
+    cleanly (exit 130 or 143).
     The file is validated first: an unknown key or a wrong type is an error
     that lists the valid keys.
     """
     from ..framework.demo import demo_topology
-    from ..framework.runner import Supervisor, load_topology, preflight
+    from ..framework.runner import load_topology, preflight
+    from ..framework.supervisor import Supervisor
 
     if check and not topology:
         raise click.UsageError("--check needs a TOPOLOGY file")
@@ -165,7 +176,11 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int) ->
     click.echo(f"zmqbus up: publishers -> {topo.pub}, subscribers -> {topo.sub} (Ctrl-C to stop)", err=True)
     _supervise(
         Supervisor(
-            topo, on_event=lambda text: click.echo(text, err=True), keep_going=keep_going, crash_limit=crash_limit
+            topo,
+            on_event=lambda text: click.echo(text, err=True),
+            keep_going=keep_going,
+            crash_limit=crash_limit,
+            hung_after=hung_after or None,
         )
     )
 
@@ -175,8 +190,14 @@ def _supervise(sup: Any) -> None:
     import threading
 
     stop = threading.Event()
+    got: list[int] = []
+
+    def on_signal(signum: int, *_: object) -> None:
+        got.append(signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     sup.start()
     try:
         sup.run_until(stop.is_set)
@@ -184,6 +205,8 @@ def _supervise(sup: Any) -> None:
         sup.stop()
     if sup.failure is not None:
         raise click.ClickException(sup.failure)
+    if got:
+        raise SystemExit(128 + got[0])  # stopped by a signal: 130 (Ctrl-C) or 143 (SIGTERM)
 
 
 @main.command()

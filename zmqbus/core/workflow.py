@@ -159,6 +159,9 @@ class ComponentContext:
     metrics: ComponentMetrics = field(default_factory=ComponentMetrics)
     created_at: datetime = field(default_factory=_now)
     updated_at: datetime = field(default_factory=_now)
+    #: The message that began the process (``Manager.begin_process`` keeps it): what a failed workflow
+    #: dead-letters, so that replaying it runs the workflow again.
+    start: Any = field(default=None, repr=False, compare=False)
 
     def transition(self, new_state: ComponentState | Enum | str, now: datetime | None = None) -> ComponentState:
         """Move to ``new_state``; return the old one. Raises :class:`InvalidTransition`.

@@ -318,9 +318,9 @@ class Component:
         The error is marked reported, and a service that re-raises it tells its
         caller so.
         """
-        if isinstance(error, RemoteError) and error.reported:
+        if (isinstance(error, RemoteError) and error.reported) or getattr(error, "zmqbus_reported", False) is True:
             _mark_reported(error)
-            return
+            return  # reported already: by the service that raised it, or here
         _mark_reported(error)
         md = message.metadata
         content = {
@@ -424,6 +424,8 @@ class Manager(Component):
         """Create the workflow's context from ``message`` and move it to PROCESSING."""
         md = message.metadata
         ctx = self.active_processes.create(md.correlation_id, md.message_id, **metadata)
+        if ctx.start is None:
+            ctx.start = message
         if ctx.state is ComponentState.CREATED:
             await self.update_state(ctx, ComponentState.PROCESSING)
         return ctx
@@ -443,21 +445,28 @@ class Manager(Component):
         target: str | None = None,
         *,
         report: bool = True,
+        dead_letter: bool = True,
     ) -> None:
-        """Publish the failure, report it to the error handler and mark the workflow FAILED (its
-        context is cleaned up).
+        """Publish the failure, report it to the error handler, dead-letter the message that began the
+        workflow and mark it FAILED (its context is cleaned up).
 
-        The report goes out once per root cause (:meth:`report_error`): a :class:`RemoteError` the
-        failing component already reported is not reported again, while a local cause (a
-        ``RequestTimeout``, a ``ValueError`` of the manager's own) is. ``report=False`` skips it.
+        The report goes out once per root cause (:meth:`report_error`): an error already reported (by
+        the service that raised it, or by this component) is not reported again, while a local cause
+        (a ``RequestTimeout``, a ``ValueError`` of the manager's own) is. The dead letter is the
+        workflow's start message (``ctx.start``, kept by :meth:`begin_process`; else the message being
+        handled), so ``zmqbus dlq replay`` runs the whole workflow again. ``report=False`` and
+        ``dead_letter=False`` skip either.
         """
+        start = ctx.start or current_message.get()
         if report:
-            cause = current_message.get() or ProcessingMessage(
+            cause = start or ProcessingMessage(
                 message_type,
                 None,
                 MessageMetadata(correlation_id=ctx.correlation_id, source_component=self.component_name),
             )
             await self.report_error(cause, error, retryable=False)
+        if dead_letter and start is not None:
+            await self.dead_letter(start, f"workflow failed: {_error_type(error)}: {_error_message(error)}")
         await self.publish_message(
             message_type,
             {"error_type": _error_type(error), "error": _error_message(error)},

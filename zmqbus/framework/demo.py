@@ -26,7 +26,8 @@ from ..core.stats import percentiles
 from ..io.aio import wait_event
 from ..io.security import FORWARDER_KEY_NAME, keygen
 from .procs import environment, tcp_endpoints
-from .runner import ComponentSpec, Supervisor, Topology
+from .runner import ComponentSpec, Topology
+from .supervisor import Supervisor
 
 __all__ = ["run_demo", "demo_topology", "make_document", "DEMO_COMPONENTS"]
 

@@ -1,13 +1,9 @@
-"""Running components as processes, and supervising a whole topology.
+"""Running components as processes, and the topology they make (:mod:`.supervisor` supervises it).
 
 * :func:`component_main` is a component process: it builds a MessageBroker
   from the endpoints, instantiates ``module:Class`` and runs it until SIGTERM
-  or SIGINT (graceful ``stop``); a second signal kills it at once.
-* :class:`Supervisor` starts a forwarder and component replicas (spawned
-  processes, a fresh ZeroMQ context in each), restarts a process that dies
-  (backoff doubling from 0.5 s up to 10 s) unless it crash-loops (more than
-  ``crash_limit`` restarts in 60 s), and stops everything in order: the
-  components first, the forwarder last.
+  or SIGINT (graceful ``stop``); a second signal kills it at once. Given a
+  heartbeat, its event loop beats it every :data:`BEAT_INTERVAL` seconds.
 * :func:`load_topology` reads a TOML file::
 
       [bus]
@@ -30,13 +26,11 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
-import multiprocessing.process
 import os
 import signal
 import sys
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +39,8 @@ from ..core.errors import ZmqbusError
 from ..core.security import check_endpoint
 from ..core.topology import topology_errors
 from ..io.security import config_keys, config_policy
-from .procs import forwarder_process, spawn, stop_process
 
-__all__ = ["ComponentSpec", "Topology", "Supervisor", "load_topology", "preflight", "load_component", "component_main"]
+__all__ = ["ComponentSpec", "Topology", "load_topology", "preflight", "load_component", "component_main"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +74,12 @@ def load_component(spec: str) -> type[Any]:
     return cls
 
 
+#: Seconds between a component process's heartbeats (what :mod:`.supervisor` checks).
+BEAT_INTERVAL = 1.0
+#: Seconds a component process waits for its forwarder at start (``zmqbus run --startup-timeout``).
+STARTUP_TIMEOUT = 10.0
+
+
 def component_main(
     spec: str,
     name: str | None,
@@ -88,17 +87,18 @@ def component_main(
     sub: str,
     log_level: int = logging.WARNING,
     grace: float = 10.0,
-    startup_timeout: float = 10.0,
+    startup_timeout: float = STARTUP_TIMEOUT,
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
     replica: int = 1,
+    heartbeat: Any = None,
 ) -> None:
     """Run one component in this process until SIGTERM/SIGINT (a second signal kills). Replica ``replica``
     of its name records its stream positions in :func:`zmqbus.core.config.resume_file` and resumes from
     them (a restarted replica fetches what it missed while it was down).
 
-    Exits 0 after a signal, 1 with a one-line error on stderr if the
-    component cannot start (no forwarder within ``startup_timeout``, a
+    Exits 128 + the signal's number after a signal (143 SIGTERM, 130 SIGINT), 1 with a one-line
+    error on stderr if the component cannot start (no forwarder within ``startup_timeout``, a
     failing ``setup``). Signals are honoured at any moment, start-up included.
     """
     from ..core.errors import ZmqbusError
@@ -107,7 +107,7 @@ def component_main(
     logging.basicConfig(level=log_level, format=f"%(asctime)s {label} %(levelname)s %(message)s")
     try:
         code = asyncio.run(
-            _run_component(spec, name, pub, sub, grace, startup_timeout, metrics_port, metrics_addr, replica)
+            _run_component(spec, name, pub, sub, grace, startup_timeout, metrics_port, metrics_addr, replica, heartbeat)
         )
     except (ZmqbusError, ValueError) as exc:
         print(f"zmqbus run {label}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -125,23 +125,29 @@ async def _run_component(
     metrics_port: int | None = None,
     metrics_addr: str = "127.0.0.1",
     replica: int = 1,
+    heartbeat: Any = None,
 ) -> int:
     from ..bus.broker import MessageBroker
-    from ..core.errors import ZmqbusError
 
     loop = asyncio.get_running_loop()
+    if heartbeat is not None:  # a shared double: the supervisor reads when this loop last turned
+        beating = loop.create_task(_beat(heartbeat), name="zmqbus-heartbeat")
+        _BEATING.add(beating)  # asyncio keeps only a weak reference to a task
+        beating.add_done_callback(_BEATING.discard)
     stop = asyncio.Event()
     component: Any = None
+    got: list[int] = []
 
-    def on_signal() -> None:
+    def on_signal(sig: int) -> None:
         if stop.is_set():  # the second signal: no more grace
             if component is not None:
                 component.kill()
-            os._exit(1)
+            os._exit(128 + sig)
+        got.append(sig)
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+        loop.add_signal_handler(sig, on_signal, sig)
     cls = load_component(spec)
     resume = config.resume_file(name or cls.default_name(), replica)
     broker = MessageBroker(pub, sub, metrics_port=metrics_port, metrics_addr=metrics_addr, resume_file=resume)
@@ -162,7 +168,7 @@ async def _run_component(
         starting.cancel()
         await asyncio.gather(starting, return_exceptions=True)
         await component.stop(0)
-        return 0
+        return 128 + got[0]
     stopping.cancel()
     if starting.exception() is not None:
         await component.stop(0)
@@ -181,7 +187,16 @@ async def _run_component(
     )
     await stop.wait()
     await component.stop(grace)
-    return 0
+    return 128 + got[0]  # stopped by a signal: 130 (Ctrl-C) or 143 (SIGTERM)
+
+
+_BEATING: set[asyncio.Task[None]] = set()
+
+
+async def _beat(heartbeat: Any) -> None:
+    while True:
+        heartbeat.value = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the host
+        await asyncio.sleep(BEAT_INTERVAL)
 
 
 @dataclass
@@ -271,135 +286,3 @@ def load_topology(path: str) -> Topology:
         bool(bus.get("insecure")),
         None if policy is None else os.path.join(here, str(policy)),
     )
-
-
-@dataclass(eq=False)
-class _Managed:
-    label: str
-    start: Callable[[], multiprocessing.process.BaseProcess]
-    proc: multiprocessing.process.BaseProcess | None = None
-    restarts: list[float] = field(default_factory=list)
-    next_start: float = 0.0
-    given_up: bool = False
-
-
-class Supervisor:
-    """Starts, watches and stops the processes of a topology (see the module docstring)."""
-
-    def __init__(
-        self,
-        topology: Topology,
-        *,
-        crash_limit: int = 5,
-        log_level: int = logging.WARNING,
-        on_event: Callable[[str], None] | None = None,
-        keep_going: bool = False,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.topology = topology
-        self.crash_limit = crash_limit
-        self.keep_going = keep_going
-        #: Why supervision must end (a process it gave up on), else None. A
-        #: forwarder given up on always ends it; a component only without ``keep_going``.
-        self.failure: str | None = None
-        self._clock = clock
-        self.on_event = on_event or (lambda text: log.info("%s", text))
-        self._forwarders: list[_Managed] = []
-        self._components: list[_Managed] = []
-        t = topology
-        if t.forwarder:
-            pairs = list(zip(config.split_endpoints(t.pub), config.split_endpoints(t.sub), strict=True))
-            for i, (pub, sub) in enumerate(pairs):  # several: a redundant bus, one forwarder per pair
-                label = "forwarder" if len(pairs) == 1 else f"forwarder#{i + 1}"
-                self._forwarders.append(_Managed(label, _forwarder_starter(pub, sub)))
-        for spec in t.components:
-            for r in range(spec.replicas):
-                label = f"{spec.name or spec.cls.rsplit(':', 1)[1]}#{r + 1}"
-                self._components.append(_Managed(label, _starter(spec, t, log_level, r + 1)))
-
-    @property
-    def managed(self) -> list[_Managed]:
-        return self._forwarders + self._components
-
-    def pids(self) -> dict[str, int | None]:
-        return {m.label: (m.proc.pid if m.proc is not None else None) for m in self.managed}
-
-    def start(self) -> None:
-        for m in self.managed:
-            m.proc = m.start()
-            self.on_event(f"started {m.label} (pid {m.proc.pid})")
-
-    def check(self) -> None:
-        """Restart processes that died (call it periodically); set :attr:`failure` on giving up."""
-        now = self._clock()
-        for m in self.managed:
-            if m.given_up or m.proc is None:
-                continue
-            if m.proc.is_alive():
-                continue
-            if m.next_start == 0.0:
-                m.restarts = [t for t in m.restarts if now - t < 60.0]
-                if len(m.restarts) >= self.crash_limit:
-                    m.given_up = True
-                    reason = (
-                        f"{m.label} crash-loops ({len(m.restarts)} restarts in 60 s, last exit code "
-                        f"{m.proc.exitcode}): giving up on it"
-                    )
-                    self.on_event(reason)
-                    if m in self._forwarders or not self.keep_going:
-                        self.failure = self.failure or reason
-                    continue
-                delay = min(10.0, 0.5 * 2 ** len(m.restarts))
-                m.next_start = now + delay
-                self.on_event(f"{m.label} (pid {m.proc.pid}) exited with {m.proc.exitcode}; restarting in {delay:g} s")
-            elif now >= m.next_start:
-                m.restarts.append(now)
-                m.next_start = 0.0
-                m.proc = m.start()
-                self.on_event(f"restarted {m.label} (pid {m.proc.pid})")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the components (then the forwarder), SIGKILL what does not exit in time."""
-        for m in self._components:
-            if m.proc is not None and m.proc.pid is not None and m.proc.is_alive():
-                os.kill(m.proc.pid, signal.SIGTERM)
-        deadline = self._clock() + timeout
-        for m in self._components:
-            if m.proc is not None:
-                stop_process(m.proc, timeout=max(0.1, deadline - self._clock()))
-        for m in self._forwarders:
-            if m.proc is not None:
-                stop_process(m.proc, timeout=5.0)
-        self.on_event("all processes stopped")
-
-    def run_until(self, stop: Callable[[], bool], interval: float = 0.2) -> None:
-        """Supervise until ``stop()`` is true or supervision fails (see :attr:`failure`)."""
-        while not stop() and self.failure is None:
-            self.check()
-            time.sleep(interval)
-
-
-def _forwarder_starter(pub: str, sub: str) -> Callable[[], multiprocessing.process.BaseProcess]:
-    return lambda: forwarder_process(pub, sub, stats_interval=5.0)
-
-
-def _starter(
-    spec: ComponentSpec, topology: Topology, log_level: int, replica: int = 1
-) -> Callable[[], multiprocessing.process.BaseProcess]:
-    def start() -> multiprocessing.process.BaseProcess:
-        return spawn(
-            component_main,
-            spec.cls,
-            spec.name,
-            topology.pub,
-            topology.sub,
-            log_level,
-            10.0,
-            10.0,
-            None,
-            "127.0.0.1",
-            replica,
-            name=f"zmqbus-{spec.name or spec.cls}",
-        )
-
-    return start
