@@ -31,14 +31,14 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def sample(samples: dict[str, float], name: str, **labels: str) -> float:
-    """The value of the one sample of ``name`` whose labels include ``labels``."""
+def sample(samples: dict[str, float], metric: str, **labels: str) -> float:
+    """The value of the one sample of ``metric`` whose labels include ``labels``."""
     found = [
         v
         for k, v in samples.items()
-        if k.split("{")[0] == name and all(f'{lk}="{lv}"' in k for lk, lv in labels.items())
+        if k.split("{")[0] == metric and all(f'{lk}="{lv}"' in k for lk, lv in labels.items())
     ]
-    assert len(found) == 1, (name, labels, [k for k in samples if k.startswith(name)])
+    assert len(found) == 1, (metric, labels, [k for k in samples if k.startswith(metric)])
     return found[0]
 
 
@@ -63,7 +63,8 @@ async def test_a_brokers_metrics_count_what_it_did(bus: TestBus) -> None:
         with pytest.raises(RemoteError):
             await bus.request("calc.half", {"x": 3})
         s = await asyncio.to_thread(scrape, server.port)
-        who = {"client_id": client.client_id, "messaging_system": "zmqbus"}
+        who = {"name": "test", "replica": "1", "messaging_system": "zmqbus"}  # stable across restarts
+        assert sample(s, "zmqbus_client_info", client_id=client.client_id, **who) == 1
         assert sample(s, "messaging_client_sent_messages_total", **who) >= 7
         assert sample(s, "messaging_client_consumed_messages_total", **who) >= 7
         assert sample(s, "zmqbus_gaps_total", **who) == 0

@@ -71,7 +71,18 @@ async def test_ls_lists_services_and_their_instances(bus: TestBus) -> None:
     }
     assert all(i["endpoint"].startswith("tcp://") and i["load"] == 0 for i in table["math.double"])
     text = (await acli(bus, "ls")).stdout
-    assert text.splitlines()[0].split() == ["SERVICE", "INSTANCE", "ENDPOINT", "LOAD", "SEEN"]
+    assert text.splitlines()[0].split() == [
+        "SERVICE",
+        "INSTANCE",
+        "PID",
+        "HOST",
+        "VERSION",
+        "UP",
+        "ENDPOINT",
+        "LOAD",
+        "SEEN",
+    ]
+    assert all(i["pid"] == os.getpid() and i["host"] and i["version"] for i in table["math.double"])
     assert sum(line.startswith("math.double ") for line in text.splitlines()) == 2
 
 

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_ops import acli
@@ -95,3 +96,138 @@ async def test_a_failed_workflow_is_dead_lettered_and_dlq_replay_runs_it_again(b
     purged = await acli(bus, "dlq", "purge", "--all", "--component", "ingest_manager")
     assert purged.returncode == 0 and "purged 1 dead letter(s)" in purged.stdout, purged.stderr
     assert (await acli(bus, "dlq", "ls")).stdout.strip() == "no dead letters"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_zmqbus_tracing_turns_tracing_on_without_code(spawn_forwarder: Any) -> None:
+    """README: `ZMQBUS_TRACING=console zmqbus run module:Class` traces the component, service.name its name."""
+    import asyncio
+
+    from zmqbus import MessageBroker, ProcessingMessage
+
+    pub, sub = tcp_endpoints()
+    spawn_forwarder(pub, sub, stats_interval=None)
+    env = dict(os.environ, ZMQBUS_PUB=pub, ZMQBUS_SUB=sub, ZMQBUS_TRACING="console")
+    env.pop("OTEL_SERVICE_NAME", None)
+    proc = subprocess.Popen(
+        [*CLI, "run", "zmqbus.components.ingest:ChunkAnalyzer"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        async def ask() -> Any:
+            async with MessageBroker(pub, sub) as b:
+                await b.wait_for_service("ingest.analyze", timeout=30)
+                chunk = {"document_id": "d", "index": 0, "text": "a b a"}
+                return (await b.request("ingest.analyze", ProcessingMessage("ingest.analyze", chunk))).content
+
+        assert asyncio.run(ask())["words"] == 3
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert '"service.name": "chunk_analyzer"' in out and '"name": "process ingest.analyze"' in out, out[-2000:]
+    bad = subprocess.run(
+        [*CLI, "run", "zmqbus.components.ingest:ChunkAnalyzer"],
+        env=dict(env, ZMQBUS_TRACING="jaeger"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "ZMQBUS_TRACING='jaeger': use one of console, otlp" in bad.stderr, bad.stderr
+
+
+# -- who is serving, and how it goes: ls, ping, ls --stats, stable labels, per-replica ports -----------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_ls_and_ping_name_each_instances_process_and_ls_stats_sums_their_counters(bus: TestBus) -> None:
+    spawned = await bus.spawn("zmqbus.components.ingest:ChunkAnalyzer", replicas=2)
+    chunk = {"document_id": "d", "index": 0, "text": "a b a"}
+    for _ in range(20):
+        await bus.request("ingest.analyze", chunk)
+    table = json.loads((await acli(bus, "ls", "--json")).stdout)["ingest.analyze"]
+    assert sorted(i["pid"] for i in table) == sorted(spawned.pids)
+    assert all(i["host"] and i["version"] and 0 <= i["uptime"] < 120 for i in table)
+    ping = await acli(bus, "ping", "--service", "ingest.analyze")
+    assert ping.returncode == 0 and all(f"pid {pid}@" in ping.stdout for pid in spawned.pids), ping.stdout
+    figures = json.loads((await acli(bus, "ls", "--stats", "--json")).stdout)["ingest.analyze"]
+    assert (figures["instances"], figures["requests"], figures["errors"]) == (2, 20, 0)
+    assert 0 < figures["p50_ms"] <= figures["p99_ms"] < 1000
+    text = (await acli(bus, "ls", "--stats")).stdout
+    assert text.splitlines()[0].split() == ["SERVICE", "INSTANCES", "REQUESTS", "ERRORS", "P50", "P99"]
+
+
+def _scrape(port: int, timeout: float = 30.0) -> dict[str, Any]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            return {f.name: f for f in text_string_to_metric_families(text)}
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing on port {port}"
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_replicas_serve_metrics_on_their_own_ports_with_labels_that_survive_a_restart(spawn_forwarder: Any) -> None:
+    from zmqbus.framework.procs import free_port
+
+    pub, sub = tcp_endpoints()
+    spawn_forwarder(pub, sub, stats_interval=None)
+    base = free_port()
+    env = dict(os.environ, ZMQBUS_PUB=pub, ZMQBUS_SUB=sub)
+
+    def labels_and_ids() -> list[tuple[tuple[tuple[str, str], ...], str]]:
+        out = []
+        for port in (base, base + 1):
+            info = _scrape(port)["zmqbus_client_info"].samples[0].labels
+            out.append((tuple(sorted((k, v) for k, v in info.items() if k != "client_id")), info["client_id"]))
+        return out
+
+    runs = []
+    for _ in range(2):  # a restart: the same labels, a new client id
+        proc = subprocess.Popen(
+            [*CLI, "run", "zmqbus.components.ingest:ChunkAnalyzer", "--replicas", "2", "--metrics-port", str(base)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            runs.append(labels_and_ids())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+        assert proc.returncode == 143
+    (first, second) = runs
+    assert [dict(labels)["replica"] for labels, _ in first] == ["1", "2"]
+    assert all(dict(labels)["name"] == "chunk_analyzer" for labels, _ in first)
+    assert [labels for labels, _ in first] == [labels for labels, _ in second]
+    assert [cid for _, cid in first] != [cid for _, cid in second]
+
+
+@pytest.mark.slow
+async def test_watch_prints_times_and_send_repeat_its_rate(bus: TestBus) -> None:
+    import asyncio
+
+    watching = asyncio.ensure_future(acli(bus, "watch", "clock.#", "-n", "3", "--timeout", "30"))
+    while not watching.done():  # until the watcher (its own process, subscribing meanwhile) has seen 3
+        await bus.publish("clock.tick", {})
+        await asyncio.wait([watching], timeout=0.2)
+    sent = await acli(bus, "send", "clock.tick", "--repeat", "3")
+    assert sent.returncode == 0 and re.search(r"sent 3 x clock.tick in [\d.]+ s, [\d,]+ msg/s", sent.stderr), (
+        sent.stderr
+    )
+    watched = await watching
+    lines = watched.stdout.splitlines()
+    assert len(lines) == 3 and all(re.match(r"\d\d:\d\d:\d\d\.\d{3}  clock\.tick  ", line) for line in lines), lines

@@ -321,16 +321,23 @@ class MessageBroker:
         self._requests.serve(service, handler, self._link is not None, cancel_at_deadline)
 
     async def request(
-        self, service: str, message: ProcessingMessage, *, timeout: float = 10.0, retry: RetryPolicy | None = None
+        self,
+        service: str,
+        message: ProcessingMessage,
+        *,
+        timeout: float = 10.0,
+        retry: RetryPolicy | None = None,
+        instance: str | None = None,
     ) -> ProcessingMessage:
         """Send ``message`` to one instance of ``service`` and return its reply (``content``: what the
         handler returned; ``causation_id``: the request's message id). Tries are retried (same message id,
         another instance where one exists) as ``retry`` says, never past ``timeout``. Raises
         :class:`NoResponder` when no instance is alive, :class:`RemoteError` when the handler raised,
-        :class:`RequestTimeout` when time or tries ran out. Use a new message for each request."""
+        :class:`RequestTimeout` when time or tries ran out. Use a new message for each request.
+        ``instance``: that instance only (an id from :meth:`live_instances`; no failover)."""
         if self._requests.caller is None:
             await self.start()
-        return await self._requests.request(service, message, timeout, retry)
+        return await self._requests.request(service, message, timeout, retry, instance)
 
     async def send(
         self, service: str, message: ProcessingMessage, *, timeout: float = 10.0, retry: RetryPolicy | None = None
@@ -363,6 +370,11 @@ class MessageBroker:
         """The services this client serves (``serve``), sorted."""
         return tuple(sorted(s for s in self._requests.handlers if not s.startswith(RESERVED_PREFIX)))
 
+    def instance_info(self, service: str) -> list[dict[str, Any]]:
+        """What the live instances of ``service`` announce about themselves (pid, host, version, started,
+        name, replica: PROTOCOL.md section 8.1), as far as this client knows."""
+        return self._requests.instance_info(service)
+
     def live_instances(self, service: str) -> list[str]:
         """The instance ids of ``service`` this client knows alive now (learnt from announcements once it asks)."""
         return self._requests.live_instances(service)
@@ -370,6 +382,12 @@ class MessageBroker:
     def handler_for(self, service: str) -> ServiceHandler | None:
         """The handler ``serve`` registered for ``service`` (None if this client does not serve it)."""
         return self._requests.handlers.get(service)
+
+    def served_by_service(self) -> dict[str, dict[str, Any]]:
+        """Requests this client's handlers ran, per service (``outcomes``: ok, failed, abandoned; latency
+        ``buckets`` on :data:`zmqbus.core.stats.LATENCY_BUCKETS`, ``sum``, ``count``); ``<name>.status``
+        answers with it, ``zmqbus ls --stats`` reads it."""
+        return self._requests.served_by_service()
 
     def cancels_at_deadline(self, service: str) -> bool:
         """Whether ``serve`` said to cancel ``service``'s async handler at a request's deadline."""
@@ -404,8 +422,10 @@ class MessageBroker:
         return run_on_loop(self._loop, self._samples, 2.0)
 
     def _samples(self) -> list[Sample]:
-        who, rq = {"client_id": self.client_id, "name": self.name}, self._requests
-        return broker_samples(self.statistics(), who, self._receiver.process_time, rq.service_calls())
+        # Labels that stay the same across restarts: the component's name and replica number
+        # (the client id, new at every start, is on zmqbus_client_info only).
+        who, rq = {"name": self.name, "replica": str(self.options.replica)}, self._requests
+        return broker_samples(self.statistics(), who, self._receiver.process_time, rq.service_calls(), self.client_id)
 
     def enable_handler_timing(self) -> None:
         """Time every handler from now on (its metric ``messaging_process_duration``; metrics switch it on)."""

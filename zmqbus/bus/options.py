@@ -86,6 +86,9 @@ class BrokerOptions:
         ``http://metrics_addr:metrics_port/metrics`` while it runs (needs
         ``zmqbus[metrics]``; :mod:`zmqbus.bus.metrics`). Default: none.
     :param metrics_addr: the address that serves them (default loopback).
+    :param replica: which replica of its component this client is (``zmqbus run``/``up`` number them
+        from 1): announced in its presence and used in its metric labels (``name``, ``replica``), which
+        so stay the same across restarts. Default: 1.
     """
 
     name: str = ""
@@ -116,6 +119,7 @@ class BrokerOptions:
     redundant_skew: float = 2.0
     metrics_port: int | None = None
     metrics_addr: str = "127.0.0.1"
+    replica: int = 1
 
     def socket_config(self) -> SocketConfig:
         return SocketConfig(hwm=self.hwm, linger=self.linger, max_message_size=self.max_message_size)
@@ -141,6 +145,7 @@ class BrokerOptions:
             insecure,
             self.max_queue,
             self.max_queued_bytes,
+            self.replica,
         )
 
 
@@ -175,6 +180,7 @@ class BrokerSettings(TypedDict, total=False):
     redundant_skew: float
     metrics_port: int | None
     metrics_addr: str
+    replica: int
 
 
 if set(BrokerSettings.__annotations__) != {f.name for f in fields(BrokerOptions)}:  # pragma: no cover

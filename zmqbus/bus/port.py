@@ -87,6 +87,7 @@ class RpcOptions:
     insecure: bool = False
     max_queue: int = 1000
     max_queued_bytes: int = 64 * 1024 * 1024
+    replica: int = 1
 
 
 async def serve_router(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from time import perf_counter
+from typing import Any
 
 from ..core.errors import ClosedError, NoResponder, RemoteError, RequestTimeout
 from ..core.message import ProcessingMessage
@@ -102,7 +103,12 @@ class Requests:
         return self.caller
 
     async def request(
-        self, service: str, message: ProcessingMessage, timeout: float, retry: RetryPolicy | None
+        self,
+        service: str,
+        message: ProcessingMessage,
+        timeout: float,
+        retry: RetryPolicy | None,
+        instance: str | None = None,
     ) -> ProcessingMessage:
         caller = self.caller or await self.get_caller()
         started = perf_counter()
@@ -113,7 +119,7 @@ class Requests:
             tracing.inject(message)
         error: BaseException | None = None
         try:
-            reply = await caller.request(service, message, timeout, retry or _DEFAULT_RETRY)
+            reply = await caller.request(service, message, timeout, retry or _DEFAULT_RETRY, instance)
             outcome = "ok"
             return reply
         except BaseException as exc:
@@ -126,6 +132,21 @@ class Requests:
                 tracing.end_span(span, error)
                 tracing.detach(token)
 
+    def served_by_service(self) -> dict[str, dict[str, Any]]:
+        """Requests this client's handlers ran, per service: outcomes, latency buckets, sum and count."""
+        if self.responder is None:
+            return {}
+        calls = self.responder.by_service
+        return {
+            service: {
+                "outcomes": dict(calls.outcomes[service]),
+                "buckets": list(h.counts),
+                "sum": h.sum,
+                "count": h.count,
+            }
+            for service, h in calls.time.items()
+        }
+
     def service_calls(self) -> ServiceCalls:
         """:attr:`calls`, with series (at zero) for every user service discovered so far: its metrics exist
         before the first request (reserved and ``.status`` services get theirs when first called)."""
@@ -134,6 +155,11 @@ class Requests:
                 if not service.startswith(RESERVED_PREFIX) and not service.endswith(".status"):
                     self.calls.known(service)
         return self.calls
+
+    def instance_info(self, service: str) -> list[dict[str, Any]]:
+        if self.caller is None:
+            return []
+        return [dict(i.info or {}, instance=i.instance_id) for i in self.caller.directory.live(service)]
 
     def live_instances(self, service: str) -> list[str]:
         if self.caller is None:

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
+from .. import __version__
 from ..core.codec import BUSY, ERR, REP, pack, reply_frame, salvage_request_id, split_request
 from ..core.config import advertised_endpoint
 from ..core.control import DISCOVER_TOPIC, ErrorReply, Presence
@@ -25,6 +29,7 @@ from ..core.message import MessageMetadata, ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.security import check_endpoint
 from ..core.serving import Abandon, Cached, Refuse, ResponderCore, Start
+from ..core.stats import SERVED_BY_SERVICE, ServiceCalls
 from ..core.topics import RESERVED_PREFIX
 from ..io.aio import TaskOwner, is_async_callable, start_eagerly, to_thread
 from ..io.security import apply_server, zap_handler
@@ -92,6 +97,16 @@ class Responder:
         self._users: dict[bytes, str] = {}  # caller routing id -> its key name (a secure bus)
         #: What the presence announces as this publisher's streams (PROTOCOL.md section 14), if anything.
         self.streams: Callable[[], dict[str, int]] | None = None
+        #: Who runs it, announced for operators (PROTOCOL.md section 8.1).
+        self.info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname()[:255],
+            "version": __version__,
+            "started": round(time.time(), 3),
+            "replica": options.replica,
+        }
+        #: Requests served, per service: durations and outcomes (``ok``, ``failed``, ``abandoned``).
+        self.by_service = ServiceCalls(outcomes=SERVED_BY_SERVICE)
 
     @property
     def services(self) -> set[str]:
@@ -142,6 +157,7 @@ class Responder:
             leaving=leaving,
             key=None if self.bus.keys is None else self.bus.keys.public.decode(),
             streams=None if self.streams is None or leaving else self.streams(),
+            info=None if leaving else {**self.info, "name": self.bus.name},
         )
 
     def add(self, service: str, handler: ServiceHandler, cancel_at_deadline: bool = True) -> None:
@@ -246,6 +262,7 @@ class Responder:
         # completes without suspending is answered at once, with no Task; a
         # sync one goes to a daemon worker thread (the context carried), so
         # the loop keeps heartbeating.
+        started = perf_counter()
         token = current_message.set(msg)
         key_token = caller_key.set(self._users.get(caller, ""))
         trace_token = None
@@ -256,14 +273,14 @@ class Responder:
             try:
                 finished, outcome = start_eagerly(handler(msg) if is_async else to_thread(handler, msg))
             except Exception as exc:  # the handler's fault goes back to the caller
-                self._done(caller, service, msg, ERR, exc)
+                self._done(caller, service, msg, ERR, exc, started)
                 return
             if finished:
-                self._done(caller, service, msg, REP, outcome)
+                self._done(caller, service, msg, REP, outcome, started)
             else:  # the Task copies the context, so the ids follow it
                 rid = msg.metadata.message_id
                 self._tasks[rid] = self._work.spawn(
-                    self._finish(caller, service, msg, outcome), name="zmqbus-request", fatal=False
+                    self._finish(caller, service, msg, outcome, started), name="zmqbus-request", fatal=False
                 )
                 deadline = self.core.watch(rid)
                 if deadline is not None:
@@ -274,7 +291,9 @@ class Responder:
             if trace_token is not None:
                 tracing.detach(trace_token)
 
-    async def _finish(self, caller: bytes, service: str, msg: ProcessingMessage, running: Awaitable[Any]) -> None:
+    async def _finish(
+        self, caller: bytes, service: str, msg: ProcessingMessage, running: Awaitable[Any], started: float
+    ) -> None:
         rid = msg.metadata.message_id
         try:
             result = await running
@@ -288,11 +307,11 @@ class Responder:
                 "service %s: a request's deadline passed while it ran; its caller had given up, the work was abandoned",
                 service,
             )
-            self._done(caller, service, msg, ERR, None)
+            self._done(caller, service, msg, ERR, None, started)
         except Exception as exc:
-            self._done(caller, service, msg, ERR, exc)
+            self._done(caller, service, msg, ERR, exc, started)
         else:
-            self._done(caller, service, msg, REP, result)
+            self._done(caller, service, msg, REP, result, started)
         finally:
             self._tasks.pop(rid, None)
 
@@ -320,7 +339,11 @@ class Responder:
             self._abandoning.add(abandon.request_id)
             task.cancel()
 
-    def _done(self, caller: bytes, service: str, msg: ProcessingMessage, kind: bytes, result: Any) -> None:
+    def _done(
+        self, caller: bytes, service: str, msg: ProcessingMessage, kind: bytes, result: Any, started: float
+    ) -> None:
+        outcome = "ok" if kind == REP else "failed" if result is not None else "abandoned"
+        self.by_service.observe(service, outcome, perf_counter() - started)
         if self._spans:
             span = self._spans.pop(msg.metadata.message_id, None)
             if span is not None:

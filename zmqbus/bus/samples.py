@@ -122,7 +122,7 @@ REFUSAL_REASONS = (
 
 
 def broker_samples(
-    s: BrokerStatistics, who: dict[str, str], handler_time: Histogram | None, calls: ServiceCalls
+    s: BrokerStatistics, who: dict[str, str], handler_time: Histogram | None, calls: ServiceCalls, client_id: str = ""
 ) -> list[Sample]:
     """A client's metrics: its statistics, handler durations, requests by service (durations, outcomes).
 
@@ -132,6 +132,13 @@ def broker_samples(
     service) on OpenTelemetry's ``messaging_client_operation_duration``."""
     f = _Rows()
     who = {"messaging_system": _SYSTEM, **who}
+    if client_id:
+        f.gauge(
+            "zmqbus_client_info",
+            "This client's id (new at every start), by its stable labels.",
+            {**who, "client_id": client_id},
+            1,
+        )
     f.counter(
         "messaging_client_sent_messages",
         "Messages published (OpenTelemetry messaging.client.sent.messages).",

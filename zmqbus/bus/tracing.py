@@ -26,7 +26,16 @@ from typing import Any
 from ..core.errors import ZmqbusError
 from ..core.message import ProcessingMessage
 
-__all__ = ["enable", "enable_tracing", "disable", "tracer", "inject", "start_span", "end_span"]
+__all__ = [
+    "enable",
+    "enable_tracing",
+    "enable_from_environment",
+    "disable",
+    "tracer",
+    "inject",
+    "start_span",
+    "end_span",
+]
 
 #: The tracer while tracing is on, else None (read on the hot path: keep it a plain module attribute).
 tracer: Any = None
@@ -64,6 +73,51 @@ def enable(tracer_provider: Any = None) -> None:
 
 #: :func:`enable` under the name ``zmqbus`` exports it by.
 enable_tracing = enable
+
+
+#: What ``$ZMQBUS_TRACING`` may say (``zmqbus run``/``up --trace`` set it): where spans go.
+EXPORTERS = ("console", "otlp")
+
+
+def enable_from_environment(service_name: str, environ: Any = None) -> str | None:
+    """Turn tracing on as ``$ZMQBUS_TRACING`` says (``console``: spans printed as JSON on standard output;
+    ``otlp``: to an OpenTelemetry collector, configured by the exporter's own ``OTEL_EXPORTER_OTLP_*``
+    variables; unset, empty or ``off``: nothing), with the SDK (``opentelemetry-sdk``; for ``otlp``,
+    ``opentelemetry-exporter-otlp``). ``service.name`` is ``service_name`` unless ``OTEL_SERVICE_NAME``
+    or ``OTEL_RESOURCE_ATTRIBUTES`` name one (the SDK's own configuration wins). Returns the exporter
+    used (None: tracing left off); a value it does not know, or a package missing, raises ZmqbusError."""
+    import os
+
+    env = os.environ if environ is None else environ
+    kind = (env.get("ZMQBUS_TRACING") or "").strip().lower()
+    if kind in ("", "0", "off", "none"):
+        return None
+    if kind not in EXPORTERS:
+        raise ZmqbusError(f"ZMQBUS_TRACING={kind!r}: use one of {', '.join(EXPORTERS)} (or off)")
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    except ImportError:
+        raise ZmqbusError("ZMQBUS_TRACING needs the OpenTelemetry SDK: pip install opentelemetry-sdk") from None
+    exporter: Any
+    if kind == "console":
+        exporter = ConsoleSpanExporter()
+    else:
+        grpc = env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")) == "grpc"
+        try:
+            if grpc:
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+            else:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError:
+            raise ZmqbusError("ZMQBUS_TRACING=otlp needs: pip install opentelemetry-exporter-otlp") from None
+        exporter = OTLPSpanExporter()
+    named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # flushed at exit (the provider's atexit hook)
+    enable(provider)
+    return kind
 
 
 def disable() -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -58,13 +58,23 @@ def _content(text: str) -> Any:
 @timeout_option("Seconds to wait for the forwarder.")
 @_listen_option("Seconds to collect announcements")
 @click.option("--watch", is_flag=True, help="Keep listening; print the table every second until Ctrl-C.")
-@_json_option("One JSON object: service -> its instances.")
-def ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool) -> None:
-    """List the services on the bus and their live instances (from their announcements)."""
-    run_async(_ls(pub, sub, timeout, listen, watch, as_json))
+@click.option(
+    "--stats",
+    "with_stats",
+    is_flag=True,
+    help="Per service: instances, requests served, errors, p50 and p99, from each instance's own counters "
+    "(asked over <component>.status).",
+)
+@_json_option("One JSON object: service -> its instances (with --stats: service -> its figures).")
+def ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, with_stats: bool, as_json: bool) -> None:
+    """List the services on the bus and their live instances (from their announcements): instance id, pid,
+    host, zmqbus version, uptime, endpoint, load, seconds since last heard."""
+    run_async(_ls(pub, sub, timeout, listen, watch, as_json, with_stats))
 
 
-async def _ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool) -> None:
+async def _ls(
+    pub: str, sub: str, timeout: float, listen: float, watch: bool, as_json: bool, with_stats: bool = False
+) -> None:
     from ..bus.broker import MessageBroker
     from ..core.control import DISCOVER_TOPIC, PRESENCE_TOPIC, Presence
     from ..core.errors import DecodeError
@@ -85,6 +95,8 @@ async def _ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as
     async with MessageBroker(pub, sub, name="zmqbus-ls") as broker:
         broker.subscribe("zmqbus-ls", PRESENCE_TOPIC, on_presence)
         await connect(broker, timeout)
+        if with_stats:
+            await broker.discover(timeout)  # its caller knows the instances it will ask
         await broker.publish(ProcessingMessage(DISCOVER_TOPIC, {}))  # every responder: announce now
         while True:
             await asyncio.sleep(listen if not watch else 1.0)
@@ -92,6 +104,17 @@ async def _ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as
             for instance, (p, at) in list(seen.items()):
                 if now - at > p.interval * p.liveness:
                     del seen[instance]  # stopped announcing: gone
+            if with_stats:
+                figures = await _service_stats(broker, [p for p, _ in seen.values()], timeout)
+                if as_json:
+                    click.echo(json.dumps(figures))
+                else:
+                    if watch:
+                        click.echo(time.strftime("-- %H:%M:%S"))
+                    _print_stats(figures)
+                if not watch:
+                    return
+                continue
             table = _services(seen, now)
             if as_json:
                 click.echo(json.dumps(table))
@@ -105,12 +128,43 @@ async def _ls(pub: str, sub: str, timeout: float, listen: float, watch: bool, as
 
 def _services(seen: dict[str, Any], now: float) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
+    wall = time.time()
     for instance, (p, at) in sorted(seen.items()):
+        info = p.info or {}
+        started = info.get("started")
         for service in p.services:
             out.setdefault(service, []).append(
-                {"instance": instance, "endpoint": p.endpoint, "load": p.load, "last_seen": round(now - at, 2)}
+                {
+                    "instance": instance,
+                    "pid": info.get("pid"),
+                    "host": info.get("host"),
+                    "version": info.get("version"),
+                    "uptime": None if not isinstance(started, int | float) else round(max(0.0, wall - started), 1),
+                    "endpoint": p.endpoint,
+                    "load": p.load,
+                    "last_seen": round(now - at, 2),
+                }
             )
     return dict(sorted(out.items()))
+
+
+def _print_table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return (
+        f"{s // 86400}d{s % 86400 // 3600}h"
+        if s >= 86400
+        else f"{s // 3600}h{s % 3600 // 60:02d}m"
+        if s >= 3600
+        else f"{s // 60}m{s % 60:02d}s"
+    )
 
 
 def _print_services(table: dict[str, list[dict[str, Any]]]) -> None:
@@ -118,14 +172,81 @@ def _print_services(table: dict[str, list[dict[str, Any]]]) -> None:
         click.echo("no services announced")
         return
     rows = [
-        (service, i["instance"], i["endpoint"], str(i["load"]), f"{i['last_seen']:.1f}s")
+        (
+            service,
+            i["instance"],
+            str(i["pid"] or "-"),
+            str(i["host"] or "-"),
+            str(i["version"] or "-"),
+            _uptime(i["uptime"]),
+            i["endpoint"],
+            str(i["load"]),
+            f"{i['last_seen']:.1f}s",
+        )
         for service, instances in table.items()
         for i in instances
     ]
-    header = ("SERVICE", "INSTANCE", "ENDPOINT", "LOAD", "SEEN")
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    for row in [header, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    _print_table(("SERVICE", "INSTANCE", "PID", "HOST", "VERSION", "UP", "ENDPOINT", "LOAD", "SEEN"), rows)
+
+
+async def _service_stats(broker: Any, presences: list[Any], timeout: float) -> dict[str, dict[str, Any]]:
+    """Each instance's own counters (its ``<component>.status``), summed per service: instances,
+    requests served, errors (failed or abandoned), p50 and p99 in ms (from the merged latency buckets)."""
+    from ..core.message import ProcessingMessage
+    from ..core.stats import Histogram
+
+    async def ask(p: Any) -> dict[str, Any]:
+        status = next((s for s in p.services if s.endswith(".status")), None)
+        if status is None:
+            return {}
+        try:
+            reply = await broker.request(
+                status, ProcessingMessage(status, {}), timeout=min(timeout, 3.0), instance=p.instance
+            )
+        except Exception:  # an instance that does not answer: left out of the figures
+            return {}
+        services = reply.content.get("services") if isinstance(reply.content, dict) else None
+        return services if isinstance(services, dict) else {}
+
+    figures: dict[str, dict[str, Any]] = {}
+    merged: dict[str, Histogram] = {}
+    for p, served in zip(presences, await asyncio.gather(*(ask(p) for p in presences)), strict=True):
+        for service in p.services:
+            if service.startswith("_zmqbus.") or service.endswith(".status"):
+                continue
+            row = figures.setdefault(service, {"instances": 0, "requests": 0, "errors": 0})
+            row["instances"] += 1
+            counters = served.get(service)
+            if not isinstance(counters, dict):
+                continue
+            outcomes = counters.get("outcomes", {})
+            row["requests"] += sum(outcomes.values())
+            row["errors"] += outcomes.get("failed", 0) + outcomes.get("abandoned", 0)
+            merged.setdefault(service, Histogram()).merge(counters.get("buckets", []), counters.get("sum", 0.0))
+    for service, row in figures.items():
+        h = merged.get(service)
+        for name, q in (("p50_ms", 0.5), ("p99_ms", 0.99)):
+            value = None if h is None else h.quantile(q)
+            row[name] = None if value is None else round(value * 1000, 3)
+    return dict(sorted(figures.items()))
+
+
+def _print_stats(figures: dict[str, dict[str, Any]]) -> None:
+    if not figures:
+        click.echo("no services announced")
+        return
+    rows = [
+        (
+            service,
+            str(f["instances"]),
+            str(f["requests"]),
+            str(f["errors"]),
+            "-" if f["p50_ms"] is None else f"{f['p50_ms']:.2f}ms",
+            "-" if f["p99_ms"] is None else f"{f['p99_ms']:.2f}ms",
+        )
+        for service, f in figures.items()
+    ]
+    _print_table(("SERVICE", "INSTANCES", "REQUESTS", "ERRORS", "P50", "P99"), rows)
 
 
 # -- req --------------------------------------------------------------------------------------------
@@ -257,11 +378,16 @@ async def _ping(pub: str, sub: str, services: tuple[str, ...], timeout: float, l
         for service, outcome in zip(services, await asyncio.gather(*checks), strict=True):
             if isinstance(outcome, NoResponder):
                 raise fail(outcome, EXIT_NO_RESPONDER)
-            n, rtt = outcome
-            click.echo(f"service {service}: ok, {n} instance(s), {1000 * rtt:.2f} ms")
+            n, rtt, infos = outcome
+            who = "; ".join(
+                f"pid {i.get('pid', '?')}@{i.get('host', '?')} v{i.get('version', '?')} up "
+                + _uptime(time.time() - i["started"] if isinstance(i.get("started"), int | float) else None)
+                for i in infos
+            )
+            click.echo(f"service {service}: ok, {n} instance(s), {1000 * rtt:.2f} ms ({who})")
 
 
-async def _ping_service(broker: Any, service: str, listen: float) -> tuple[int, float] | NoResponder:
+async def _ping_service(broker: Any, service: str, listen: float) -> tuple[int, float, list[Any]] | NoResponder:
     """The first answer's round trip, then every instance heard within ``listen`` s of the query."""
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -271,7 +397,7 @@ async def _ping_service(broker: Any, service: str, listen: float) -> tuple[int, 
         return exc
     rtt = loop.time() - started
     await asyncio.sleep(max(0.0, started + listen - loop.time()))
-    return len(broker.live_instances(service)), rtt
+    return len(broker.live_instances(service)), rtt, broker.instance_info(service)
 
 
 # -- dlq --------------------------------------------------------------------------------------------

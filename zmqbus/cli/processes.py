@@ -39,6 +39,15 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
         raise click.ClickException(f"only {summary['completed']} of {workflows} workflows completed")
 
 
+_trace_option = click.option(
+    "--trace",
+    type=click.Choice(["console", "otlp"]),
+    default=None,
+    help="Trace every component with OpenTelemetry (sets $ZMQBUS_TRACING): console prints spans, otlp sends "
+    "them where the OTEL_EXPORTER_OTLP_* variables say. service.name is each component's name.",
+)
+
+
 @main.command()
 @click.argument("spec")
 @_pub_option
@@ -71,9 +80,11 @@ def demo(workflows: int, analyzers: int, timeout: float, secure: bool) -> None:
     "--metrics-port",
     type=int,
     default=None,
-    help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]; one replica).",
+    help="Serve the component's Prometheus metrics on this port (needs zmqbus[metrics]); with --replicas, "
+    "replica r on PORT + r - 1.",
 )
 @click.option("--metrics-addr", default="127.0.0.1", show_default=True, help="Address of the metrics endpoint.")
+@_trace_option
 def run(
     spec: str,
     pub: str,
@@ -87,6 +98,7 @@ def run(
     rpc_advertise: str | None,
     metrics_port: int | None,
     metrics_addr: str,
+    trace: str | None,
 ) -> None:
     """Run the component SPEC (module:Class) until Ctrl-C/SIGTERM; a second signal kills it.
 
@@ -96,7 +108,11 @@ def run(
     from ..framework.runner import ComponentSpec, Topology, component_main, load_component
     from ..framework.supervisor import Supervisor
 
-    for var, value in (("ZMQBUS_RPC_BIND", rpc_bind), ("ZMQBUS_RPC_ADVERTISE", rpc_advertise)):
+    for var, value in (
+        ("ZMQBUS_RPC_BIND", rpc_bind),
+        ("ZMQBUS_RPC_ADVERTISE", rpc_advertise),
+        ("ZMQBUS_TRACING", trace),
+    ):
         if value:
             os.environ[var] = value  # the component's broker, and every replica, read them
     try:
@@ -108,11 +124,11 @@ def run(
             spec, name, pub, sub, logging.getLogger().level, grace, startup_timeout, metrics_port, metrics_addr
         )
         return
-    if metrics_port is not None:
-        raise click.UsageError("--metrics-port serves one process: run each replica with its own port")
     _supervise(
         Supervisor(
-            Topology(pub, sub, False, [ComponentSpec(spec, name, replicas)]), on_event=click.echo, keep_going=keep_going
+            Topology(pub, sub, False, [ComponentSpec(spec, name, replicas, metrics_port)]),
+            on_event=click.echo,
+            keep_going=keep_going,
         )
     )
 
@@ -139,7 +155,10 @@ def run(
     help="Seconds without a heartbeat (each component beats every second) after which it is killed and "
     "restarted (0: never).",
 )
-def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int, hung_after: float) -> None:
+@_trace_option
+def up(
+    topology: str | None, check: bool, keep_going: bool, crash_limit: int, hung_after: float, trace: str | None
+) -> None:
     """Start a forwarder and the components of TOPOLOGY (a TOML file; default: the demo's), supervised.
 
     A process that dies is restarted with backoff unless it crash-loops:
@@ -153,6 +172,9 @@ def up(topology: str | None, check: bool, keep_going: bool, crash_limit: int, hu
     from ..framework.demo import demo_topology
     from ..framework.runner import load_topology, preflight
     from ..framework.supervisor import Supervisor
+
+    if trace:
+        os.environ["ZMQBUS_TRACING"] = trace  # every component process inherits it
 
     if check and not topology:
         raise click.UsageError("--check needs a TOPOLOGY file")

@@ -104,6 +104,7 @@ class CallerCore:
             return [] if gone is None else self._lost(gone, "left")
         known = self.directory.get(p.instance) is not None
         inst, replaced = self.directory.announce(p.instance, p.endpoint, p.services, p.interval, p.liveness, now)
+        inst.info = p.info
         out: list[Connect | Disconnect | Wake] = [] if replaced is None else self._lost(replaced, "replaced")
         if not known:
             out.append(Connect(p.endpoint, inst.peer, p.key))

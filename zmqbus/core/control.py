@@ -65,6 +65,9 @@ class Presence:
     key: str | None = None
     #: A publisher's recent streams: topic -> the last sequence number it published there (section 14).
     streams: dict[str, int] | None = None
+    #: Who runs it (section 8.1, optional): ``pid``, ``host``, ``version``, ``started`` (epoch seconds),
+    #: ``name``, ``replica``; for operators (``zmqbus ls``), never for routing.
+    info: dict[str, Any] | None = None
 
     def to_content(self) -> dict[str, Any]:
         out = {
@@ -80,6 +83,8 @@ class Presence:
             out["key"] = self.key
         if self.streams:
             out["streams"] = self.streams
+        if self.info:
+            out["info"] = self.info
         return out
 
     @classmethod
@@ -96,7 +101,16 @@ class Presence:
             _field(content, "liveness"),
         )
         load, leaving, key = content.get("load", 0), content.get("leaving", False), content.get("key")
-        streams = content.get("streams")
+        streams, info = content.get("streams"), content.get("info")
+        if info is not None and not (
+            isinstance(info, dict)
+            and len(info) <= 16
+            and all(
+                isinstance(k, str) and (isinstance(v, int | float) or (isinstance(v, str) and len(v) <= 256))
+                for k, v in info.items()
+            )
+        ):
+            info = None  # informative only: a malformed one is dropped, the announcement still counts
         if streams is not None and not (
             isinstance(streams, dict)
             and len(streams) <= MAX_ANNOUNCED_STREAMS
@@ -134,6 +148,7 @@ class Presence:
             leaving=leaving,
             key=key,
             streams=streams,
+            info=info,
         )
 
 

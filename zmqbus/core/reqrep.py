@@ -43,6 +43,8 @@ class Instance:
     peer: bytes = b""
     outstanding: int = 0
     picked: int = 0  # tie-breaker: least recently picked first
+    #: What it announces about itself for operators (pid, host, version...: PROTOCOL.md section 8.1).
+    info: dict[str, Any] | None = None
 
     @property
     def expires_at(self) -> float:

@@ -5,7 +5,14 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Sequence
 
-__all__ = ["percentiles", "Histogram", "LATENCY_BUCKETS", "ServiceCalls", "REQUEST_OUTCOMES"]
+__all__ = [
+    "percentiles",
+    "Histogram",
+    "LATENCY_BUCKETS",
+    "ServiceCalls",
+    "REQUEST_OUTCOMES",
+    "SERVED_BY_SERVICE",
+]
 
 #: Seconds: from 100 us (a request on one host) to 10 s (OpenTelemetry's duration buckets, finer at the low end).
 LATENCY_BUCKETS = (
@@ -50,6 +57,26 @@ class Histogram:
         self.sum += value
         self.count += 1
 
+    def quantile(self, q: float) -> float | None:
+        """The ``q`` quantile (0..1) as Prometheus's ``histogram_quantile`` estimates it: linear within the
+        bucket that holds it; the highest finite bound when it falls above them; None with no observation."""
+        if not self.count:
+            return None
+        rank, running, lower = q * self.count, 0, 0.0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            if n and running + n >= rank:
+                return lower + (bound - lower) * (rank - running) / n
+            running += n
+            lower = bound
+        return self.bounds[-1]
+
+    def merge(self, counts: list[int], total: float) -> None:
+        """Add another histogram's per-bucket ``counts`` (same bounds) and sum."""
+        for i, n in enumerate(counts[: len(self.counts)]):
+            self.counts[i] += int(n)
+        self.sum += total
+        self.count += sum(int(n) for n in counts[: len(self.counts)])
+
     def cumulative(self) -> list[tuple[str, int]]:
         """``(le, count of observations <= le)`` per bound, then ``("+Inf", count)``."""
         out, running = [], 0
@@ -61,6 +88,8 @@ class Histogram:
 
 #: How a request ends, as the caller counts it: every one of these is a series from the first request on.
 REQUEST_OUTCOMES = ("ok", "remote_error", "no_responder", "timeout", "error")
+#: How a request a handler ran ended, as the responder counts it per service.
+SERVED_BY_SERVICE = ("ok", "failed", "abandoned")
 
 
 class ServiceCalls:
@@ -71,10 +100,11 @@ class ServiceCalls:
     :meth:`known` makes a service's series (at zero) before its first request, so alerts see zeros.
     """
 
-    __slots__ = ("limit", "time", "outcomes")
+    __slots__ = ("limit", "kinds", "time", "outcomes")
 
-    def __init__(self, limit: int = 256) -> None:
+    def __init__(self, limit: int = 256, outcomes: tuple[str, ...] = REQUEST_OUTCOMES) -> None:
         self.limit = limit
+        self.kinds = outcomes
         self.time: dict[str, Histogram] = {}
         self.outcomes: dict[str, dict[str, int]] = {}
 
@@ -87,7 +117,7 @@ class ServiceCalls:
             if service in self.time:
                 return service
         self.time[service] = Histogram()
-        self.outcomes[service] = dict.fromkeys(REQUEST_OUTCOMES, 0)
+        self.outcomes[service] = dict.fromkeys(self.kinds, 0)
         return service
 
     def observe(self, service: str, outcome: str, seconds: float) -> None:

@@ -33,6 +33,7 @@ COMPONENT_KEYS: dict[str, tuple[type, str]] = {
     "class": (str, "module:Class to run (required)"),
     "name": (str, "component name (default: the class's)"),
     "replicas": (int, "processes to run (default 1, at least 1)"),
+    "metrics_port": (int, "serve each replica's Prometheus metrics: replica r on this port + r - 1"),
 }
 TOP_LEVEL = {"bus": "the bus (a table)", "component": "one component (an array of tables: [[component]])"}
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer"}
@@ -90,6 +91,8 @@ def topology_errors(data: dict[str, Any]) -> list[str]:
                 errors.append(_unknown(key, COMPONENT_KEYS, where))
             elif (problem := _typed(value, COMPONENT_KEYS[key][0], key, where)) is not None:
                 errors.append(problem)
+            elif key == "metrics_port" and not 1 <= value <= 65535 - entry.get("replicas", 1) + 1:
+                errors.append(f"{where}: metrics_port must leave a port from 1 to 65535 for each replica, not {value}")
             elif key == "replicas" and value < 1:
                 errors.append(f"{where}: replicas must be at least 1, not {value}")
             elif key == "class" and ":" not in value:

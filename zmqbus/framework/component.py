@@ -399,6 +399,7 @@ class Component:
             "active_processes": len(self.active_processes),
             **self.metrics.as_dict(),
             "rpc": self.message_broker.statistics().rpc,
+            "services": self.message_broker.served_by_service(),
         }
 
 

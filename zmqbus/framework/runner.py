@@ -19,6 +19,7 @@
       class = "zmqbus.components.ingest:ChunkAnalyzer"
       name = "chunk_analyzer"           # optional
       replicas = 3                      # optional, default 1
+      metrics_port = 9470               # optional: replica r serves metrics on 9470 + r - 1
 """
 
 from __future__ import annotations
@@ -149,8 +150,13 @@ async def _run_component(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     cls = load_component(spec)
+    from ..bus import tracing
+
+    tracing.enable_from_environment(name or cls.default_name())  # $ZMQBUS_TRACING: no code needed
     resume = config.resume_file(name or cls.default_name(), replica)
-    broker = MessageBroker(pub, sub, metrics_port=metrics_port, metrics_addr=metrics_addr, resume_file=resume)
+    broker = MessageBroker(
+        pub, sub, metrics_port=metrics_port, metrics_addr=metrics_addr, resume_file=resume, replica=replica
+    )
 
     def on_hup() -> None:  # reload the allow-list (and policy) of a secure member
         try:
@@ -204,6 +210,8 @@ class ComponentSpec:
     cls: str
     name: str | None = None
     replicas: int = 1
+    #: Serve each replica's Prometheus metrics: replica r on ``metrics_port + r - 1`` (None: none).
+    metrics_port: int | None = None
 
 
 @dataclass
@@ -273,7 +281,10 @@ def load_topology(path: str) -> Topology:
     if errors:
         raise ValueError(f"{path}: {len(errors)} error(s):\n  " + "\n  ".join(errors))
     bus = data.get("bus", {})
-    comps = [ComponentSpec(e["class"], e.get("name"), e.get("replicas", 1)) for e in data.get("component", [])]
+    comps = [
+        ComponentSpec(e["class"], e.get("name"), e.get("replicas", 1), e.get("metrics_port"))
+        for e in data.get("component", [])
+    ]
     here = os.path.dirname(os.path.abspath(path))
     keys, policy = bus.get("keys"), bus.get("policy")
     return Topology(
