@@ -128,9 +128,12 @@ async def test_stats_answers_at_once_and_watches(bus: TestBus) -> None:
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 4, "answered at once, not at the next report"
     assert json.loads(done.stdout)["frames_in"] >= 1
+    assert json.loads(done.stdout)["connections_live"] >= 1  # this command's own connection at least
     watched = await acli(bus, "stats", "--watch", "--interval", "0.2", "--timeout", "1.5", "--json")
     assert watched.returncode == 0, watched.stderr
-    assert len(watched.stdout.splitlines()) >= 3
+    reports = [json.loads(line) for line in watched.stdout.splitlines()]
+    assert len(reports) >= 3 and "frames_in_per_s" not in reports[0]
+    assert all(r["frames_in_per_s"] >= 0 and "bytes_out_per_s" in r for r in reports[1:])  # rates from the 2nd
 
 
 def test_commands_say_they_wait_honour_their_timeout_and_sigterm() -> None:

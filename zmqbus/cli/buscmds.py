@@ -20,6 +20,7 @@ from .common import (
     fail,
     pub_option as _pub_option,
     run as _run,
+    show,
     sub_option as _sub_option,
     timeout_option,
 )
@@ -262,6 +263,7 @@ async def _stats(pub: str, sub: str, timeout: float, watch: bool, interval: floa
         broker.subscribe("zmqbus-stats", STATS_TOPIC, lambda msg: reports.put_nowait(msg.content))
         await connect(broker, timeout or DEFAULT_TIMEOUT)
         shown = 0
+        previous: dict[str, Any] | None = None
         while deadline is None or loop.time() < deadline:
             await broker.publish(ProcessingMessage(QUERY_TOPIC, {}))
             left = interval if deadline is None else min(interval, deadline - loop.time())
@@ -270,12 +272,9 @@ async def _stats(pub: str, sub: str, timeout: float, watch: bool, interval: floa
             except TimeoutError:
                 continue  # asked again: a forwarder older than the query waits for its next report
             shown += 1
-            if as_json:
-                click.echo(json.dumps(report))
-            else:
-                if watch:
-                    click.echo(time.strftime("-- %H:%M:%S"))
-                _print_report(report)
+            report = _with_derived(report, previous)
+            previous = report
+            show(report, as_json, watch, _print_report)
             if not watch:
                 return
             await asyncio.sleep(max(0.0, interval - 0.05))
@@ -283,6 +282,25 @@ async def _stats(pub: str, sub: str, timeout: float, watch: bool, interval: floa
                 reports.get_nowait()
         if not shown:
             raise BusTimeout(f"no statistics from the forwarder at {sub} within {timeout:g} s")
+
+
+def _with_derived(report: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The report, plus live connections and, from the second report on, rates since the previous one."""
+    out = dict(report)
+    try:
+        out["connections_live"] = (
+            report["publisher_connects"]
+            - report["publisher_disconnects"]
+            + report["subscriber_connects"]
+            - report["subscriber_disconnects"]
+        )
+        if previous is not None and report["uptime"] > previous["uptime"]:
+            span = report["uptime"] - previous["uptime"]
+            for key in ("frames_in", "bytes_in", "frames_out", "bytes_out"):
+                out[f"{key}_per_s"] = round((report[key] - previous[key]) / span, 1)
+    except (KeyError, TypeError):  # a forwarder that reports other fields: shown as it is
+        pass
+    return out
 
 
 def _print_report(report: dict[str, Any]) -> None:

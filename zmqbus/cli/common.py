@@ -4,7 +4,9 @@ connecting with a word to the user when the forwarder does not answer at once.""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,6 +29,7 @@ __all__ = [
     "EXIT_SIGNAL",
     "DEFAULT_TIMEOUT",
     "DISCOVERY_WAIT",
+    "show",
 ]
 
 pub_option = click.option(
@@ -83,6 +86,17 @@ def fail(exc: BaseException | str, code: int = 1) -> click.ClickException:
     if cls is None:
         cls = _FAILED[code] = type(f"CommandFailed{code}", (CommandFailed,), {"exit_code": code})
     return cls(exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")
+
+
+def show(report: Any, as_json: bool, watch: bool, printer: Callable[[Any], None]) -> None:
+    """One report of a command: one JSON line, or ``printer``'s text (under a ``-- HH:MM:SS`` line when
+    the command watches)."""
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    if watch:
+        click.echo(time.strftime("-- %H:%M:%S"))
+    printer(report)
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:

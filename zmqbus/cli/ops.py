@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from ..core.errors import NoResponder, RemoteError, RequestTimeout
-from .common import DISCOVERY_WAIT, connect, fail, pub_option, run as run_async, sub_option, timeout_option
+from .common import DISCOVERY_WAIT, connect, fail, pub_option, run as run_async, show, sub_option, timeout_option
 from .main import main
 
 __all__ = ["EXIT_REMOTE_ERROR", "EXIT_NO_RESPONDER", "EXIT_TIMEOUT"]
@@ -105,23 +105,9 @@ async def _ls(
                 if now - at > p.interval * p.liveness:
                     del seen[instance]  # stopped announcing: gone
             if with_stats:
-                figures = await _service_stats(broker, [p for p, _ in seen.values()], timeout)
-                if as_json:
-                    click.echo(json.dumps(figures))
-                else:
-                    if watch:
-                        click.echo(time.strftime("-- %H:%M:%S"))
-                    _print_stats(figures)
-                if not watch:
-                    return
-                continue
-            table = _services(seen, now)
-            if as_json:
-                click.echo(json.dumps(table))
+                show(await _service_stats(broker, [p for p, _ in seen.values()], timeout), as_json, watch, _print_stats)
             else:
-                if watch:
-                    click.echo(time.strftime("-- %H:%M:%S"))
-                _print_services(table)
+                show(_services(seen, now), as_json, watch, _print_services)
             if not watch:
                 return
 
