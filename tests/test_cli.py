@@ -77,6 +77,9 @@ def test_forwarder_reports_a_busy_port(tcp_pair: tuple[str, str], run_cli: Any) 
             time.sleep(0.05)
     code, _, err = finish(run_cli("forwarder", *ep))
     assert code == 1 and "Address already in use" in err, err
+    assert len(err.strip().splitlines()) == 1, f"a start-up error is one line, as a member's is:\n{err}"
+    code, _, err = finish(run_cli("forwarder", "--pub", "tcp//bad", "--sub", tcp_pair[1]))
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "tcp//bad" in err, err
     first.send_signal(signal.SIGINT)
     assert finish(first)[0] == 130  # ended by Ctrl-C: 128 + SIGINT
 

@@ -54,6 +54,13 @@ def member(fwd: Forwarder, keys: Path, name: str, **kwargs: Any) -> MessageBroke
     return MessageBroker(fwd.pub_endpoint, fwd.sub_endpoint, name=name, keys=load_keys(keys, name), **kwargs)
 
 
+def rogue(*brokers: MessageBroker) -> None:
+    """Members that skip the check of their own policy (a client in another language, an older zmqbus,
+    an attacker): what they try must still be refused on the way, as the tests below check."""
+    for b in brokers:
+        b._own = None
+
+
 # -- the pure part -----------------------------------------------------------------
 
 
@@ -360,6 +367,7 @@ async def test_the_forwarder_enforces_publish_and_subscribe_permissions(policed:
     to_alice: list[str] = []
     to_bob: list[str] = []
     async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        rogue(alice, bob)  # they skip their own policy: the forwarder and responders still refuse
         alice.subscribe("alice", "order.#", lambda m: to_alice.append(m.topic or ""))
         alice.subscribe("alice", "payroll.#", lambda m: to_alice.append(m.topic or ""))  # not allowed
         bob.subscribe("bob", "#", lambda m: to_bob.append(m.topic or ""))
@@ -408,6 +416,7 @@ async def test_tail_routing_under_a_policy(keys: Path, tcp_pair: tuple[str, str]
         to_alice: list[str] = []
         to_bob: list[str] = []
         async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+            rogue(alice, bob)  # they skip their own policy: the forwarder still refuses
             alice.subscribe("alice", "#.error", lambda m: to_alice.append(m.topic or ""))  # refused: order.# only
             bob.subscribe("bob", "#.error", lambda m: to_bob.append(m.topic or ""))
             await alice.ready(5)
@@ -438,6 +447,7 @@ async def test_recovery_does_not_carry_what_the_forwarder_refused(policed: Any, 
     fwd, policy = policed
     to_bob: list[str] = []
     async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        rogue(alice, bob)  # they skip their own policy: the forwarder and responders still refuse
         bob.subscribe("bob", "#", lambda m: to_bob.append(f"{m.metadata.source_component}:{m.topic}"))
         await bob.ready(5)
         await alice.ready(5)
@@ -459,6 +469,7 @@ async def test_responders_enforce_call_permissions_and_callers_serve_permissions
 
     fwd, policy = policed
     async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        rogue(alice, bob)  # they skip their own policy: the forwarder and responders still refuse
         bob.serve("payroll.compute", lambda m: "secret")
         alice.serve("payroll.steal", lambda m: "hijacked")  # alice may not serve payroll.*
         await alice.ready(5)
@@ -682,6 +693,7 @@ async def test_a_publishers_history_serves_only_topics_the_callers_key_may_read(
 
     fwd, policy = policed
     async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        rogue(alice, bob)  # they skip their own policy: the forwarder and responders still refuse
         await bob.publish(ProcessingMessage("order.done", 1))
         await bob.publish(ProcessingMessage("payroll.run", "salaries"))
         await alice.wait_for_service(HISTORY_SERVICE, instance_id=bob.client_id, timeout=10)
@@ -695,3 +707,25 @@ async def test_a_publishers_history_serves_only_topics_the_callers_key_may_read(
             )
         assert refused.value.error_type == "PermissionError"
         assert bob.statistics().recovery["refused"] == 1 and bob.statistics().recovery["served"] == 1
+
+
+async def test_a_member_refuses_what_its_own_policy_does_not_allow(policed: Any, keys: Path) -> None:
+    """Refused at once, with the reason, instead of accepted and dropped in silence at the forwarder."""
+    from zmqbus import Forbidden
+
+    fwd, policy = policed
+    async with member(fwd, keys, "alice", policy=policy) as alice:
+        with pytest.raises(
+            Forbidden, match=r"key 'alice' may not publish on 'payroll.run': its policy \(.*\) does not"
+        ):
+            await alice.publish(ProcessingMessage("payroll.run", "forged"))
+        with pytest.raises(Forbidden, match=r"may not subscribe to 'payroll\.#'"):
+            alice.subscribe("alice", "payroll.#", lambda m: None)
+        with pytest.raises(Forbidden, match=r"may not subscribe to '#\.error'"):
+            alice.subscribe("alice", "#.error", lambda m: None)
+        with pytest.raises(Forbidden, match=r"may not serve 'payroll\.steal'"):
+            alice.serve("payroll.steal", lambda m: "hijacked")
+        alice.subscribe("alice", "order.#", lambda m: None)  # allowed: nothing raised
+        await alice.publish(ProcessingMessage("order.start", 1))
+        assert alice.subscriptions() == [("alice", "order.#")]
+    assert fwd.statistics().refused.get("publish_denied", 0) == 0  # nothing forbidden left alice

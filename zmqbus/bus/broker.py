@@ -46,12 +46,13 @@ from ..core.codec import Codec
 from ..core.errors import ClosedError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import ProcessingMessage
+from ..core.policy import OwnPolicy
 from ..core.ratelog import RateLimitedLog
 from ..core.retry import RetryPolicy
 from ..core.snapshots import BrokerStatistics, Sample
 from ..core.stats import Histogram
 from ..core.subscriptions import MessageHandler, Subscription, SubscriptionTable
-from ..core.topics import RESERVED_PREFIX
+from ..core.topics import RESERVED_PREFIX, compile_pattern
 from ..io.aio import TaskOwner, run_on_loop
 from ..io.security import HandshakeWatch, open_link, reread_keys
 from ..io.transport import BusLink
@@ -98,6 +99,7 @@ class MessageBroker:
         self.pub_endpoint = config.pub_endpoint(pub_endpoint)
         self.sub_endpoint = config.sub_endpoint(sub_endpoint)
         self.keys, self.insecure, self.policy = opts.security()
+        self._own = self._own_policy()
         #: Wraps every handler ``subscribe`` registers (a Component sets its guard here).
         self.guard: Callable[[MessageHandler], MessageHandler] | None = None
         self.socket_config = opts.socket_config()
@@ -257,6 +259,8 @@ class MessageBroker:
         ``_zmqbus.`` (control traffic) reach only patterns that name that first word literally. ``history``: a
         late joiner's start, each stream with up to that many earlier messages its publisher still holds."""
         self._check_open()
+        if self._own is not None:
+            self._own.subscribe(compile_pattern(pattern))
         guarded = handler if self.guard is None else self.guard(handler)
         sub, new = self._subs.add(component_name, pattern, guarded, history)
         self._readiness.generation += new
@@ -301,6 +305,8 @@ class MessageBroker:
         queue in this client (up to the high-water mark) and leave when it is back. With tracing on
         (:mod:`zmqbus.bus.tracing`) it is a ``send`` span and the message carries the trace context.
         """
+        if self._own is not None:  # a policy: refused here, not dropped in silence at the forwarder
+            self._own.publish(topic or message.type_name)
         if tracing.tracer is None:
             return await self._publisher.publish(message, topic, timeout)
         await self._publisher.publish_traced(message, topic, timeout)
@@ -318,6 +324,8 @@ class MessageBroker:
         cancelled and the caller answered ``expired`` (``cancel_at_deadline=False`` lets it run on).
         A sync handler cannot be cancelled; it can check :func:`zmqbus.time_left`."""
         self._check_open()
+        if self._own is not None and not service.startswith(RESERVED_PREFIX):
+            self._own.serve(service)
         self._requests.serve(service, handler, self._link is not None, cancel_at_deadline)
 
     async def request(
@@ -393,6 +401,12 @@ class MessageBroker:
         """Whether ``serve`` said to cancel ``service``'s async handler at a request's deadline."""
         return self._requests.cancel_at_deadline.get(service, True)
 
+    def _own_policy(self) -> OwnPolicy | None:
+        """What this member's policy lets it do, by the name the forwarder knows its key by."""
+        if self.policy is None or self.keys is None:
+            return None
+        return OwnPolicy(self.policy, self.keys.allowed.get(self.keys.public, self.keys.name))
+
     def reload_keys(self) -> tuple[list[str], list[str]]:
         """Read the allow-list folder (and ``$ZMQBUS_POLICY``'s file, if a policy came from it) again.
 
@@ -403,6 +417,7 @@ class MessageBroker:
         if self.keys is None or self.keys.allowed_dir is None:
             raise ZmqbusError("this client has no allow-list to reload (it was started without keys)")
         self.keys, self.policy, added, removed = reread_keys(self.keys, self.policy)
+        self._own = self._own_policy()
         self._requests.allow(dict(self.keys.allowed))
         log.info("client %s reloaded its allow-list: added %s, removed %s", self.client_id, added, removed)
         return added, removed

@@ -350,7 +350,8 @@ class Forwarder:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release()
-        log.info("forwarder stopped")
+        if self._proxy is not None:  # one that never started says nothing more than its error
+            log.info("forwarder stopped")
 
     def _release(self) -> None:
         """Close what start() made besides the proxy's own sockets: control, ZAP domain, metrics."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from typing import Any
 
@@ -79,12 +80,19 @@ def forwarder(
     from ..io.transport import SocketConfig
 
     logging.getLogger("zmqbus").setLevel(min(logging.getLogger().level, logging.INFO))
-    click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
     signals: list[int] = []
+    up = threading.Event()
+
+    def banner() -> None:  # once it is up: a forwarder that cannot start prints its error alone
+        if up.wait() and not signals:
+            click.echo(f"zmqbus forwarder: publishers -> {pub}, subscribers -> {sub} (Ctrl-C to stop)", err=True)
+
+    threading.Thread(target=banner, daemon=True, name="zmqbus-banner").start()
     try:
         last = run_forwarder(
             pub,
             sub,
+            ready=up,
             signals=signals,
             socket_config=SocketConfig(hwm=hwm, max_message_size=max_message_size),
             stats_interval=stats_interval or None,

@@ -152,6 +152,11 @@ class AuthenticationRefused(SecurityError):
     """A forwarder refused this member's public key (or this member has the wrong server key)."""
 
 
+class Forbidden(SecurityError, PermissionError):
+    """This member's own policy does not allow what it was asked to do (publish, subscribe, serve):
+    refused here, before anything leaves, rather than dropped in silence at the forwarder."""
+
+
 class RetryableError(Exception):
     """Raise from a handler when trying the same work again may succeed.
 

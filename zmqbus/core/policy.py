@@ -35,10 +35,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import SecurityError, TopicError
-from .topics import RESERVED_PREFIX, TAIL_MARK, Pattern, compile_pattern
+from .errors import Forbidden, SecurityError, TopicError
+from .topics import RESERVED_PREFIX, TAIL_MARK, Pattern, compile_pattern, tail_prefix
 
-__all__ = ["Permissions", "Policy", "SubscriptionLimits"]
+__all__ = ["Permissions", "Policy", "SubscriptionLimits", "OwnPolicy"]
 
 _RESERVED = RESERVED_PREFIX.encode()
 _ACTIONS = ("publish", "subscribe", "serve", "call")
@@ -170,3 +170,37 @@ def _grant_one(p: Pattern, prefix: bytes) -> list[bytes] | None:
     if prefix == literal:
         return [literal + b".", literal + b"\x00"]  # what "L.#" matches, exactly
     return None  # broader than allowed ("ord", "") or beside it ("orderly")
+
+
+class OwnPolicy:
+    """What a member's policy lets *it* do, checked before anything leaves it (PROTOCOL.md section 12):
+    a publish, subscribe or serve outside it raises :class:`Forbidden` with the reason, where the
+    forwarder or the responders would otherwise drop or refuse it in silence. Answers are cached
+    per topic (a publish pays one dictionary lookup)."""
+
+    def __init__(self, policy: Policy, key: str) -> None:
+        self.policy, self.key = policy, key
+        self._published: dict[str, bool] = {}
+
+    def _refuse(self, what: str, name: str) -> Forbidden:
+        named = self.key in self.policy.keys
+        why = f"its policy ({self.policy.source}) " + ("does not allow it" if named else "does not name this key")
+        return Forbidden(f"key {self.key!r} may not {what} {name!r}: {why}")
+
+    def publish(self, topic: str) -> None:
+        allowed = self._published.get(topic)
+        if allowed is None:
+            if len(self._published) > 10_000:
+                self._published.clear()
+            allowed = self._published[topic] = self.policy.may_publish(self.key, topic)
+        if not allowed:
+            raise self._refuse("publish on", topic)
+
+    def subscribe(self, pattern: Pattern) -> None:
+        prefix = pattern.prefix if pattern.tail is None else tail_prefix(pattern.tail)
+        if not self.policy.grant(self.key, prefix):
+            raise self._refuse("subscribe to", pattern.text)
+
+    def serve(self, service: str) -> None:
+        if not self.policy.may_serve(self.key, service):
+            raise self._refuse("serve", service)
