@@ -201,6 +201,9 @@ async def test_a_stranger_is_refused_at_once_and_reaches_nothing(secure_forwarde
             sub.close(0)
     stats = secure_forwarder.statistics()
     assert stats.refused.get("unknown_key", 0) >= 1 and stats.handshake_failures >= 1
+    await wait_until(  # the plaintext peers, counted by reason too (issue 22, item 5)
+        lambda: secure_forwarder.statistics().refused.get("no_key", 0) >= 1, 5, "no_key counted"
+    )
 
 
 async def test_the_wrong_server_key_is_a_clear_error(secure_forwarder: Forwarder, keys: Path) -> None:
@@ -666,7 +669,7 @@ async def test_a_reloaded_policy_that_starts_restricting_publishing_is_enforced(
     with Forwarder(
         *tcp_pair, stats_interval=None, keys=load_keys(keys, "forwarder", server=False), policy=load_policy(path)
     ) as fwd:
-        assert fwd.policy_guard is not None and not fwd.policy_guard.checks_publish
+        assert fwd.policy_guard is not None and fwd.policy_guard.checks_publish  # always under a policy
         async with member(fwd, keys, "alice") as alice, member(fwd, keys, "bob") as bob:
             bob.subscribe("bob", "#", lambda m: got.append(m.content))
             await bob.ready(5)
@@ -729,3 +732,42 @@ async def test_a_member_refuses_what_its_own_policy_does_not_allow(policed: Any,
         await alice.publish(ProcessingMessage("order.start", 1))
         assert alice.subscriptions() == [("alice", "order.#")]
     assert fwd.statistics().refused.get("publish_denied", 0) == 0  # nothing forbidden left alice
+
+
+async def test_zmqbus_stats_answers_on_a_policed_bus_and_members_cannot_forge_it(
+    policed: Any, keys: Path, tmp_path: Path
+) -> None:
+    """Issue 22, item 4: the forwarder's own statistics pass its policy; a member's forged ones do not."""
+    import asyncio
+    import json
+    import subprocess
+    import sys
+
+    fwd, policy = policed
+    seen: list[Any] = []
+    async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        rogue(bob)
+        alice.subscribe("alice", "_zmqbus.forwarder.stats", lambda m: seen.append(m.content))
+        await alice.ready(5)
+        await bob.ready(5)  # after alice's subscription: bob's socket sends the topic on
+        for _ in range(3):
+            await bob.publish(ProcessingMessage("_zmqbus.forwarder.stats", {"frames_in": 424242}))
+        await bob.ready(5)  # behind the forgeries: they reached the forwarder
+        await alice.publish(ProcessingMessage("_zmqbus.forwarder.query", {}))  # the real ones, asked for
+        await wait_until(lambda: len(seen) >= 1, 5, "the forwarder's own statistics")
+        assert all(s.get("frames_in") != 424242 for s in seen)
+    policy_file = tmp_path / "policy.toml"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable, "-m", "zmqbus.cli", "--keys", str(keys), "--key-name", "alice", "--policy",
+            str(policy_file), "stats", "--json", "--pub", fwd.pub_endpoint, "--sub", fwd.sub_endpoint,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["frames_in"] != 424242 and report["uptime"] > 0
+    assert fwd.statistics().refused["publish_denied"] >= 3  # the forgeries, dropped

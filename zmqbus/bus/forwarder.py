@@ -106,6 +106,8 @@ class Forwarder:
         metrics_addr: str = "127.0.0.1",
     ) -> None:
         self.metrics_port, self.metrics_addr = metrics_port, metrics_addr
+        self._refused: dict[str, int] = {}  # by reason, from the monitors (the watch thread writes)
+        self._refused_lock = threading.Lock()
         self._metrics: Any = None
         self.keys = keys if keys is not None else config_keys(server=False)
         self.policy = policy if policy is not None else config_policy()
@@ -254,6 +256,9 @@ class Forwarder:
                 self.policy_guard.closed(event.fd)
             log.debug("a %s disconnected", side)
         elif event.kind is EventKind.HANDSHAKE_FAILED:  # AUTH_FAILED: the ZAP handler logged who and why
+            if event.reason:
+                with self._refused_lock:
+                    self._refused[event.reason] = self._refused.get(event.reason, 0) + 1
             self._faults.log(
                 logging.WARNING,
                 "handshake",
@@ -262,6 +267,11 @@ class Forwarder:
                 side,
                 self.connections.handshake_failures,
             )
+
+    def _handshake_refusals(self) -> dict[str, int]:
+        """Refusals seen in the handshake itself (``no_key``), by reason."""
+        with self._refused_lock:
+            return dict(self._refused)
 
     def _on_tick(self) -> bytes | None:
         if self.backlog is not None:
@@ -314,6 +324,7 @@ class Forwarder:
             refused={
                 **({} if self._zap_domain is None else zap_handler().refused(self._zap_domain)),
                 **({} if self.policy_guard is None else self.policy_guard.refused),
+                **self._handshake_refusals(),
             },
             slow_subscribers_cut=0 if self.backlog is None else self.backlog.cut,
         )

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from ..core.codec import Codec
-from ..core.control import FORWARDER_QUERY_TOPIC
+from ..core.control import FORWARDER_QUERY_TOPIC, FORWARDER_STATS_TOPIC
 from ..core.errors import ClosedError, TransportError
 from ..core.message import MessageMetadata, ProcessingMessage
 from ..core.snapshots import ForwarderStatistics
@@ -16,7 +16,7 @@ __all__ = ["StatsPublisher", "STATS_TOPIC", "QUERY_TOPIC", "DEFAULT_MAX_QUEUED_B
 
 log = logging.getLogger("zmqbus.bus.forwarder")
 
-STATS_TOPIC = "_zmqbus.forwarder.stats"
+STATS_TOPIC = FORWARDER_STATS_TOPIC
 #: A message on this topic makes the forwarder publish its statistics at once (at most 20 a second).
 QUERY_TOPIC = FORWARDER_QUERY_TOPIC
 DEFAULT_MAX_QUEUED_BYTES = 128 * 1024 * 1024

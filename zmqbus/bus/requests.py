@@ -178,6 +178,7 @@ class Requests:
                 retries=core.retries,
                 failovers=core.failovers,
                 late_replies=core.tracker.late_replies,
+                presence_refused=self.caller.presence_refused,
                 instances_known=len(self.caller.directory),
             )
         if self.responder is not None:

@@ -45,6 +45,9 @@ class ConnectionEvent:
     kind: EventKind
     fd: int
     publisher_side: bool
+    #: A failed handshake's reason, when libzmq names one: ``no_key`` (a peer with another security
+    #: mechanism than this socket's: a plaintext client on a CURVE bus), else "".
+    reason: str = ""
 
 
 class ConnectionCounts:

@@ -18,6 +18,7 @@ __all__ = [
     "PRESENCE_TOPIC",
     "DISCOVER_TOPIC",
     "FORWARDER_QUERY_TOPIC",
+    "FORWARDER_STATS_TOPIC",
     "ERROR_CODES",
     "Presence",
     "ErrorReply",
@@ -35,6 +36,8 @@ PRESENCE_TOPIC = "_zmqbus.presence"
 DISCOVER_TOPIC = "_zmqbus.discover"
 #: A message on this topic makes a forwarder publish its statistics at once (PROTOCOL.md section 5).
 FORWARDER_QUERY_TOPIC = "_zmqbus.forwarder.query"
+#: The forwarder's statistics; under a policy only the forwarder itself may publish them (section 12).
+FORWARDER_STATS_TOPIC = "_zmqbus.forwarder.stats"
 #: A publisher's history is fetched through this service (PROTOCOL.md section 14).
 HISTORY_SERVICE = "_zmqbus.history"
 #: The most streams one presence announcement names (PROTOCOL.md section 14).

@@ -11,6 +11,7 @@ import logging
 import threading
 from typing import Protocol
 
+from .control import FORWARDER_STATS_TOPIC
 from .policy import Policy, SubscriptionLimits
 from .ratelog import RateLimitedLog
 from .topics import TAIL_MARK, split_tail_copy
@@ -34,6 +35,8 @@ def publication_topic(head: bytes) -> bytes:
 
 log = logging.getLogger("zmqbus.bus.forwarder")
 
+_STATS = FORWARDER_STATS_TOPIC.encode()
+
 
 class Guard(Protocol):
     """What the guarded proxy asks; implementations count and log their refusals."""
@@ -55,7 +58,9 @@ class PolicyGuard:
 
     def __init__(self, policy: Policy | None, limits: SubscriptionLimits) -> None:
         self.policy = policy
-        self.checks_publish = policy is not None and policy.restricts_publishing
+        # Under a policy every publication is checked: control topics have rules of their own (only the
+        # forwarder publishes its statistics), even when every key may publish everything else.
+        self.checks_publish = policy is not None
         self.limits = limits
         self._bytes = 0  # the granted prefixes' lengths, summed
         self.refused: dict[str, int] = {}
@@ -70,7 +75,7 @@ class PolicyGuard:
         """A reloaded policy: new publications and subscriptions are checked against it."""
         with self._lock:
             self.policy = policy
-            self.checks_publish = policy.restricts_publishing
+            self.checks_publish = True
             self._publish_cache = {}
 
     def _refuse(self, reason: str, text: str, *args: object) -> None:
@@ -82,6 +87,10 @@ class PolicyGuard:
         allowed = cache.get((user, topic))
         if allowed is None and not topic:
             allowed = False  # no topic, or a tail copy whose word is not its topic's last
+        elif allowed is None and (not user or topic == _STATS):
+            # "": the forwarder's own inproc sockets (every member has a key name under a policy); its
+            # statistics come from it alone, so no member can forge them
+            allowed = not user and topic == _STATS
         elif allowed is None:
             assert self.policy is not None
             allowed = self.policy.may_publish(user, topic.decode(errors="replace"))
@@ -103,7 +112,8 @@ class PolicyGuard:
                 return granted
             if prefix in subs:
                 return []
-            granted = [prefix] if self.policy is None else self.policy.grant(user, prefix)
+            # "": the forwarder's own inproc sockets (its statistics queries), granted as asked
+            granted = [prefix] if self.policy is None or not user else self.policy.grant(user, prefix)
             if not granted:
                 self._refuse("subscribe_denied", "key %r may not subscribe to %r: refused", user, prefix)
                 return []

@@ -82,6 +82,9 @@ def decode_event(frames: list[bytes], publisher_side: bool) -> ConnectionEvent:
         kind = EventKind.AUTH_FAILED
     else:
         kind = EventKind.HANDSHAKE_FAILED
+        # HANDSHAKE_FAILED_PROTOCOL's value is the ZMTP error: a mechanism mismatch is a peer without keys
+        if event & zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and fd == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return ConnectionEvent(kind, fd, publisher_side, "no_key")
     return ConnectionEvent(kind, fd, publisher_side)
 
 
