@@ -231,16 +231,22 @@ async def test_a_revoked_key_is_refused_after_a_reload(secure_forwarder: Forward
         await alice.ready(5)  # the others are unaffected
 
 
-async def test_callers_ignore_responders_whose_key_is_not_allowed(secure_forwarder: Forwarder, keys: Path) -> None:
-    """A forged presence (an allowed member announcing a key the caller does not allow, or no key)
-    is ignored and counted; the caller never connects there."""
+async def test_forged_presence_is_dropped_at_the_forwarder_and_ignored_by_callers(
+    secure_forwarder: Forwarder, keys: Path
+) -> None:
+    """Issue 22, item 2: an announcement counts only with the key of the member that sends it. A member
+    announcing another member's public key (copied from that member's presence), a stranger's key, or
+    none, is dropped by the forwarder (``presence_forged``); a forwarder that does not check (an older
+    zmqbus) still leaves the callers' own check, which ignores keys they do not allow."""
     async with member(secure_forwarder, keys, "alice") as alice, member(secure_forwarder, keys, "bob") as bob:
         bob.serve("svc.work", lambda m: "from bob")
         await alice.ready(5)
         assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=5)).content == "from bob"
-        mallory_key = load_keys(keys, "mallory").public.decode()
-        for key in (mallory_key, None):
-            forged = {
+        copied = load_keys(keys, "alice").public.decode()  # an allowed key: callers would accept it
+        stranger = load_keys(keys, "mallory").public.decode()
+
+        def forged(key: str | None) -> dict[str, Any]:
+            out: dict[str, Any] = {
                 "instance": f"forged-{key}",
                 "endpoint": "tcp://127.0.0.1:9",
                 "services": ["svc.work"],
@@ -250,15 +256,28 @@ async def test_callers_ignore_responders_whose_key_is_not_allowed(secure_forward
                 "leaving": False,
             }
             if key is not None:
-                forged["key"] = key
-            await bob.publish(ProcessingMessage("_zmqbus.presence", forged))
+                out["key"] = key
+            return out
+
+        for key in (copied, stranger, None):
+            await bob.publish(ProcessingMessage("_zmqbus.presence", forged(key)))
+        await wait_until(
+            lambda: secure_forwarder.statistics().refused.get("presence_forged", 0) >= 3, 5, "the forgeries dropped"
+        )
+        assert alice.live_instances("svc.work") == [bob.client_id]
+        for _ in range(5):
+            assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=2)).content == "from bob"
+        assert secure_forwarder.policy_guard is not None
+        secure_forwarder.policy_guard.checks_presence = False  # a forwarder that does not check
+        for key in (stranger, None):
+            await bob.publish(ProcessingMessage("_zmqbus.presence", forged(key)))
         await wait_until(
             lambda: alice._requests.caller is not None and alice._requests.caller.presence_refused >= 2,
             5,
-            "the forged announcements to be refused",
+            "the callers' own check",
         )
         for _ in range(5):
-            assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=5)).content == "from bob"
+            assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=2)).content == "from bob"
 
 
 async def test_non_local_endpoints_without_keys_fail_closed() -> None:
@@ -485,7 +504,8 @@ async def test_responders_enforce_call_permissions_and_callers_serve_permissions
 
         with pytest.raises(NoResponder):
             await bob.request("payroll.steal", ProcessingMessage("q", 1), timeout=2)
-        assert bob._requests.caller is not None and bob._requests.caller.presence_refused >= 1
+        refused = fwd.statistics().refused.get("presence_forged", 0)  # dropped at the forwarder now
+        assert refused >= 1 or (bob._requests.caller is not None and bob._requests.caller.presence_refused >= 1)
         assert bob.statistics().rpc["served_forbidden"] == 1
 
 

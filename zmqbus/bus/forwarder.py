@@ -121,6 +121,8 @@ class Forwarder:
             limits = SubscriptionLimits() if subscription_limits or self.policy is not None else None
         #: The policy and limits the guarded proxy enforces (None: libzmq's C proxy, nothing checked).
         self.policy_guard: PolicyGuard | None = None if limits is None else PolicyGuard(self.policy, limits)
+        if self.policy_guard is not None and self.keys is not None:
+            self.policy_guard.set_members(self.keys.allowed)  # presence bound to the key that sends it
         self.max_connections = max_connections
         self.backlog = BacklogBound(max_queued_bytes) if max_queued_bytes else None
         self.insecure = config.insecure(insecure)
@@ -213,6 +215,8 @@ class Forwarder:
             raise ZmqbusError("this forwarder has no allow-list to reload (it was started without keys)")
         self.keys, policy, added, removed = reread_keys(keys, self.policy)
         zap_handler().update(domain, dict(self.keys.allowed))
+        if self.policy_guard is not None:
+            self.policy_guard.set_members(self.keys.allowed)
         if policy is not None and self.policy_guard is not None:
             self.policy = policy
             self.policy_guard.replace_policy(policy)

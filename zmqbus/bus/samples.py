@@ -119,6 +119,7 @@ REFUSAL_REASONS = (
     "subscribe_denied",
     "subscription_limit",
     "no_key",
+    "presence_forged",
 )
 
 

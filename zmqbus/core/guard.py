@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Protocol
 
-from .control import FORWARDER_STATS_TOPIC
+from .codec import BATCH_MARK, unpack
+from .control import FORWARDER_STATS_TOPIC, PRESENCE_TOPIC, Presence
+from .errors import DecodeError
 from .policy import Policy, SubscriptionLimits
 from .ratelog import RateLimitedLog
 from .topics import TAIL_MARK, split_tail_copy
 
-__all__ = ["Guard", "PolicyGuard", "publication_topic"]
+__all__ = ["Guard", "PolicyGuard", "publication_topic", "PRESENCE_HEAD"]
 
 
 def publication_topic(head: bytes) -> bytes:
@@ -36,14 +39,19 @@ def publication_topic(head: bytes) -> bytes:
 log = logging.getLogger("zmqbus.bus.forwarder")
 
 _STATS = FORWARDER_STATS_TOPIC.encode()
+#: A presence frame's first bytes: the only control frames the forwarder reads (PROTOCOL.md section 12).
+PRESENCE_HEAD = PRESENCE_TOPIC.encode() + b"\x00"
 
 
 class Guard(Protocol):
     """What the guarded proxy asks; implementations count and log their refusals."""
 
     checks_publish: bool
+    checks_presence: bool
 
     def may_publish(self, user: str, topic: bytes) -> bool: ...
+
+    def presence_ok(self, user: str, frame: bytes) -> bool: ...
 
     def subscription(self, user: str, connection: int, prefix: bytes, subscribe: bool) -> list[bytes]:
         """The prefixes to (un)subscribe that connection to; empty: refused (or nothing to undo)."""
@@ -61,6 +69,9 @@ class PolicyGuard:
         # Under a policy every publication is checked: control topics have rules of their own (only the
         # forwarder publishes its statistics), even when every key may publish everything else.
         self.checks_publish = policy is not None
+        #: Presence frames are bound to their sender's key once the allow-list is known (:meth:`set_members`).
+        self.checks_presence = False
+        self._keys_of: dict[str, str] = {}
         self.limits = limits
         self._bytes = 0  # the granted prefixes' lengths, summed
         self.refused: dict[str, int] = {}
@@ -81,6 +92,44 @@ class PolicyGuard:
     def _refuse(self, reason: str, text: str, *args: object) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
         self._faults.log(logging.WARNING, reason, text, *args)
+
+    def set_members(self, allowed: Mapping[bytes, str]) -> None:
+        """The allow-list (public key -> key name): what binds a presence to the key that sends it."""
+        with self._lock:
+            self._keys_of = {name: key.decode() for key, name in allowed.items()}
+            self.checks_presence = bool(self._keys_of)
+
+    def presence_ok(self, user: str, frame: bytes) -> bool:
+        """Whether a presence frame from ``user`` announces ``user``'s own public key, and (under a policy)
+        only services that key may serve; a forged or malformed one is dropped and counted
+        (``presence_forged``): no allowed member can pass itself off as another's instance."""
+        payload = frame[len(PRESENCE_HEAD) :]
+        try:  # one payload, or a batch frame of several (PROTOCOL.md section 2.4): each is checked
+            bodies = unpack(payload[1:]) if payload[:1] == BATCH_MARK else [unpack(payload)]
+            announced = [Presence.from_content(b[13] if isinstance(b, list) and len(b) > 13 else None) for b in bodies]
+        except (DecodeError, ValueError, TypeError):
+            self._refuse("presence_forged", "key %r sent a malformed presence: dropped", user)
+            return False
+        return all(self._own_presence(user, p) for p in announced)
+
+    def _own_presence(self, user: str, p: Presence) -> bool:
+        own = self._keys_of.get(user)
+        if own is None or p.key != own:
+            self._refuse(
+                "presence_forged",
+                "key %r announced instance %s with another key (%s): dropped",
+                user,
+                p.instance,
+                p.key,
+            )
+            return False
+        policy = self.policy
+        if policy is not None and not p.leaving:
+            denied = [s for s in p.services if not policy.may_serve(user, s)]
+            if denied:
+                self._refuse("presence_forged", "key %r announced services it may not serve %s: dropped", user, denied)
+                return False
+        return True
 
     def may_publish(self, user: str, topic: bytes) -> bool:
         cache = self._publish_cache

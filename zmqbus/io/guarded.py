@@ -27,12 +27,13 @@ import struct
 import zmq
 
 from ..core.control import FORWARDER_QUERY_TOPIC
-from ..core.guard import Guard, publication_topic
+from ..core.guard import PRESENCE_HEAD, Guard, publication_topic
 from .transport import user_id
 
 __all__ = ["run_guarded_proxy"]
 
 _BATCH = 1000
+_PRESENCE_LEN = len(PRESENCE_HEAD)
 # Positions in the eight STATISTICS counters, libzmq's order (io.proxy.ProxyCounters names them).
 _FRONT_IN_FRAMES, _FRONT_IN_BYTES, _FRONT_OUT_FRAMES, _FRONT_OUT_BYTES = 0, 1, 2, 3
 _BACK_IN_FRAMES, _BACK_IN_BYTES, _BACK_OUT_FRAMES, _BACK_OUT_BYTES = 4, 5, 6, 7
@@ -58,13 +59,14 @@ def run_guarded_proxy(
                     control.send_multipart([struct.pack("=Q", v) for v in counts])
             elif sock is xsub:
                 # read per batch: a reloaded policy may start (or stop) restricting publishing
-                _publications(xsub, xpub, guard if guard.checks_publish else None, counts)
+                _publications(xsub, xpub, guard, counts)
             else:
                 _subscriptions(xpub, xsub, guard, counts)
 
 
-def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard | None, counts: list[int]) -> None:
+def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard, counts: list[int]) -> None:
     recv, send = xsub.recv, xpub.send
+    checks, presence = guard.checks_publish, guard.checks_presence  # per batch: a reload may change them
     for _ in range(_BATCH):
         try:
             frame = recv(zmq.NOBLOCK, copy=False)
@@ -76,9 +78,14 @@ def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard
         size = sum(len(p) for p in parts)
         counts[_FRONT_IN_FRAMES] += len(parts)
         counts[_FRONT_IN_BYTES] += size
-        if guard is not None:
-            if not guard.may_publish(user_id(frame), publication_topic(bytes(frame.buffer[:512]))):
-                continue
+        if checks and not guard.may_publish(user_id(frame), publication_topic(bytes(frame.buffer[:512]))):
+            continue
+        if (
+            presence
+            and frame.buffer[:_PRESENCE_LEN] == PRESENCE_HEAD
+            and not guard.presence_ok(user_id(frame), frame.bytes)
+        ):
+            continue
         for p in parts[:-1]:
             send(p, zmq.SNDMORE, copy=False)
         send(parts[-1], 0, copy=False)
