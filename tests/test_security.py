@@ -24,6 +24,7 @@ from zmqbus import (
     MessageMetadata,
     ProcessingMessage,
     SecurityError,
+    ZmqbusError,
     keygen,
     load_keys,
 )
@@ -791,3 +792,52 @@ async def test_zmqbus_stats_answers_on_a_policed_bus_and_members_cannot_forge_it
     report = json.loads(done.stdout)
     assert report["frames_in"] != 424242 and report["uptime"] > 0
     assert fwd.statistics().refused["publish_denied"] >= 3  # the forgeries, dropped
+
+
+@pytest.mark.timeout(90)
+async def test_a_refused_member_comes_back_by_itself_and_publishes_nothing_meanwhile(
+    secure_forwarder: Forwarder, keys: Path
+) -> None:
+    """Issue 22, item 6: libzmq never reconnects a session whose handshake was refused; the member does,
+    with backoff. Revoked: publish() raises AuthenticationRefused. Allowed again: it is back, without
+    a restart, and nothing is delivered twice."""
+    saved = (keys / "allowed" / "bob.key").read_bytes()
+    to_alice: list[Any] = []
+    async with member(secure_forwarder, keys, "alice") as alice, member(secure_forwarder, keys, "bob") as bob:
+        alice.subscribe("alice", "news.#", lambda m: to_alice.append(m.content))
+        await alice.ready(5)
+        await bob.ready(5)  # bob's socket knows alice's subscription
+        await bob.publish(ProcessingMessage("news.a", 1))
+        await wait_until(lambda: to_alice == [1], 5, "bob's first message")
+        (keys / "allowed" / "bob.key").unlink()
+        assert secure_forwarder.reload_keys() == ([], ["bob"])
+        refused: list[BaseException] = []
+        queued = [0]  # accepted before the refusal was known: queued, and sent once bob is back
+
+        async def try_publish() -> bool:
+            try:
+                await bob.publish(ProcessingMessage("news.a", "while revoked"), timeout=0.5)
+                queued[0] += 1
+            except AuthenticationRefused as exc:
+                refused.append(exc)
+                return True
+            except ZmqbusError:  # a BusTimeout while the cut is being noticed
+                pass
+            return False
+
+        deadline = asyncio.get_running_loop().time() + 15
+        while not await try_publish():
+            assert asyncio.get_running_loop().time() < deadline, "publish never said the key was refused"
+            await asyncio.sleep(0.1)
+        assert "refused this key" in str(refused[0])
+        (keys / "allowed" / "bob.key").write_bytes(saved)
+        assert secure_forwarder.reload_keys() == (["bob"], [])
+        await wait_until(lambda: all(w.refusal is None for w in bob._watches), 40, "bob accepted again")
+        await bob.ready(10)
+        await alice.ready(5)
+        await bob.publish(ProcessingMessage("news.a", 2))
+        await wait_until(lambda: to_alice[-1:] == [2], 10, "bob's message after he was allowed again")
+        await bob.ready(5)
+        await alice.ready(5)
+        assert to_alice.count(2) == 1 and to_alice.count("while revoked") <= queued[0]  # refused ones: never
+        assert bob._failure is None  # it never gave up: no restart was needed

@@ -43,7 +43,7 @@ from typing import Any, Unpack
 
 from ..core import config
 from ..core.codec import Codec
-from ..core.errors import ClosedError, ZmqbusError
+from ..core.errors import AuthenticationRefused, ClosedError, ZmqbusError
 from ..core.ids import new_id
 from ..core.message import ProcessingMessage
 from ..core.policy import OwnPolicy
@@ -300,13 +300,18 @@ class MessageBroker:
         """Publish ``message`` on ``topic`` (default: its message type's name).
 
         Raises :class:`TopicError`, :class:`EncodeError` or :class:`MessageTooLarge` before anything is
-        sent, and :class:`BusTimeout` if the bus cannot be reached, or the high-water mark stays reached,
+        sent, :class:`Forbidden` for a topic its own policy does not allow, :class:`AuthenticationRefused`
+        while the forwarder refuses its key (the member tries again by itself, with backoff), and
+        :class:`BusTimeout` if the bus cannot be reached, or the high-water mark stays reached,
         for ``timeout`` seconds (default: ``publish_timeout``). While the forwarder is down, messages
         queue in this client (up to the high-water mark) and leave when it is back. With tracing on
         (:mod:`zmqbus.bus.tracing`) it is a ``send`` span and the message carries the trace context.
         """
         if self._own is not None:  # a policy: refused here, not dropped in silence at the forwarder
             self._own.publish(topic or message.type_name)
+        for watch in self._watches:  # a secure bus: a key refused now (revoked) publishes nothing
+            if watch.refusal is not None:
+                raise AuthenticationRefused(watch.refusal)
         if tracing.tracer is None:
             return await self._publisher.publish(message, topic, timeout)
         await self._publisher.publish_traced(message, topic, timeout)

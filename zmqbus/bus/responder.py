@@ -24,7 +24,15 @@ from .. import __version__
 from ..core.codec import BUSY, ERR, REP, pack, reply_frame, salvage_request_id, split_request
 from ..core.config import advertised_endpoint
 from ..core.control import DISCOVER_TOPIC, ErrorReply, Presence
-from ..core.errors import BusTimeout, DecodeError, EncodeError, RemoteError, ZmqbusError, is_retryable
+from ..core.errors import (
+    AuthenticationRefused,
+    BusTimeout,
+    DecodeError,
+    EncodeError,
+    RemoteError,
+    ZmqbusError,
+    is_retryable,
+)
 from ..core.message import MessageMetadata, ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.security import check_endpoint
@@ -183,10 +191,12 @@ class Responder:
             try:
                 await self.bus.ready(10.0)
                 break
-            except BusTimeout as exc:
+            except (BusTimeout, AuthenticationRefused) as exc:  # both pass: the member tries again by itself
                 self._faults.log(
                     logging.WARNING, "ready", "responder %s not announced yet: %s; still trying", self.instance_id, exc
                 )
+                if isinstance(exc, AuthenticationRefused):
+                    await asyncio.sleep(1.0)  # ready() says so at once: no busy loop
         while True:
             await self.presence.announce_quietly()
             # A handler that runs long keeps its caller informed, so the caller

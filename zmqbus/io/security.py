@@ -37,6 +37,7 @@ import shutil
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -367,12 +368,20 @@ class HandshakeWatch:
     wrong server key) and cleared by the next success.
     """
 
+    #: Seconds before a refused endpoint is tried again (doubling after each refusal, at most the last).
+    RETRY_FIRST, RETRY_MAX = 1.0, 30.0
+
     def __init__(self, sock: zmq.Socket[bytes], what: str, keys: KeyRing) -> None:
         self.what = what
         self.keys = keys
         self.refusal: str | None = None
         self.succeeded = 0
         self.failed = 0
+        self.retries = 0
+        self._sock = sock
+        # libzmq ends a session whose handshake failed and never reconnects it (a protocol error, unlike a
+        # lost connection): a refused endpoint is connected again here, with backoff, until accepted
+        self._retry: dict[str, tuple[float, float]] = {}  # endpoint -> (when, the delay after that)
         addr = f"inproc://zmqbus-handshakes-{os.getpid()}-{next(_monitor_ids)}"
         with mapped_errors("monitor a socket"):
             self.channel = Channel(sock.get_monitor_socket(_WATCHED, addr))
@@ -396,8 +405,11 @@ class HandshakeWatch:
             elif event & zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded += 1
                 self.refusal = None
+                self._retry.pop(endpoint, None)
             else:
                 self.failed += 1
+                delay = self._retry.get(endpoint, (0.0, self.RETRY_FIRST))[1]
+                self._retry[endpoint] = (time.monotonic() + delay, min(delay * 2, self.RETRY_MAX))
                 if not event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                     why = "the handshake failed (a wrong server key, or a server without CURVE)"
                 else:  # the server's log and statistics().refused say which
@@ -414,10 +426,28 @@ class HandshakeWatch:
             raise AuthenticationRefused(self.refusal)
 
     async def run(self) -> None:
-        """Read events as they come, until cancelled (an unread monitor would block libzmq)."""
+        """Read events as they come, until cancelled (an unread monitor would block libzmq); connect a
+        refused endpoint again when its backoff is over (a key allowed again, a forwarder below its
+        connection limit again: the member comes back by itself)."""
         while not self._stopped:
             self.poll()
-            await self.channel.wait(zmq.POLLIN, 1.0)
+            self._reconnect_due()
+            await self.channel.wait(zmq.POLLIN, 0.5 if self._retry else 1.0)
+
+    def _reconnect_due(self) -> None:
+        now = time.monotonic()
+        for endpoint, (when, delay) in list(self._retry.items()):
+            if now < when:
+                continue
+            self._retry[endpoint] = (float("inf"), delay)  # the next failure sets the next time
+            self.retries += 1
+            try:
+                with contextlib.suppress(zmq.ZMQError):  # its session is gone already
+                    self._sock.disconnect(endpoint)
+                self._sock.connect(endpoint)
+            except zmq.ZMQError as exc:  # the socket closed meanwhile
+                log.debug("reconnecting %s failed: %s", endpoint, exc)
+                self._retry.pop(endpoint, None)
 
     async def close(self, timeout: float) -> None:
         """After the watched socket is closed: read until MONITOR_STOPPED (at most ``timeout`` s), then close."""
