@@ -294,3 +294,14 @@ def test_a_component_says_once_that_it_lost_its_forwarder_and_once_that_it_is_ba
     assert text.count("lost the forwarder at") == 1 and text.count("is back after") == 1, text
     assert "WARNING" in text.split("lost the forwarder at")[0].splitlines()[-1]
     assert "lost 0" not in text and "on topic '_zmqbus" not in text, text
+
+
+def test_a_topologys_metrics_port_leaves_a_port_for_each_replica() -> None:
+    from zmqbus.core.topology import topology_errors
+
+    ok = {"component": [{"class": "m:C", "replicas": 3, "metrics_port": 9470}]}
+    assert topology_errors(ok) == []
+    too_high = {"component": [{"class": "m:C", "replicas": 3, "metrics_port": 65534}]}
+    assert [
+        "metrics_port must leave a port from 1 to 65535 for each replica" in e for e in topology_errors(too_high)
+    ] == [True]
