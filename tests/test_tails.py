@@ -188,11 +188,19 @@ async def test_a_publisher_that_never_yields_sees_a_new_tail_within_256_messages
 
         thread = threading.Thread(target=subscribe_midway, daemon=True)
         thread.start()
+        learnt_at = 0
         try:
-            for i in range(1, 60_001):  # never awaits anything that yields
+            # Never awaits anything that yields, for as long as the subscription takes to travel (a loaded
+            # machine may take longer than any fixed count of messages), then 5,000 more: bounded in count
+            # (2 million) and time (30 s).
+            deadline, i = time.monotonic() + 30, 0
+            while i < 2_000_000 and (not learnt_at or i < learnt_at + 5_000) and time.monotonic() < deadline:
+                i += 1
                 await pub.publish(msg("x.error", i))
+                if not learnt_at and publisher.tails:
+                    learnt_at = i
         finally:
             await asyncio.to_thread(thread.join, 20)
-        assert publisher.tails == {"error"}  # learnt inside publish(): the loop never let the watcher run
+        assert publisher.tails == {"error"} and learnt_at  # learnt inside publish(): the loop never yielded
         sent = pub.statistics().tails["sent"]
         assert sent > 0 and len(got) == sent and got[-1].startswith(b"\x01error\x00x.error\x00")
