@@ -269,7 +269,7 @@ async def test_forged_presence_is_dropped_at_the_forwarder_and_ignored_by_caller
         for _ in range(5):
             assert (await alice.request("svc.work", ProcessingMessage("q", 1), timeout=2)).content == "from bob"
         assert secure_forwarder.policy_guard is not None
-        secure_forwarder.policy_guard.checks_presence = False  # a forwarder that does not check
+        secure_forwarder.policy_guard.checks_control = False  # a forwarder that does not check
         for key in (stranger, None):
             await bob.publish(ProcessingMessage("_zmqbus.presence", forged(key)))
         await wait_until(
@@ -841,3 +841,45 @@ async def test_a_refused_member_comes_back_by_itself_and_publishes_nothing_meanw
         await alice.ready(5)
         assert to_alice.count(2) == 1 and to_alice.count("while revoked") <= queued[0]  # refused ones: never
         assert bob._failure is None  # it never gave up: no restart was needed
+
+
+async def test_control_topics_are_no_channel_between_members(policed: Any, keys: Path) -> None:
+    """Issue 22, item 3: with a policy that allows alice and bob nothing of payroll, they could still
+    exchange data on `_zmqbus.payroll` (every key may use `_zmqbus.`). Now control topics are an exact,
+    typed set: another `_zmqbus.` topic, content on a probe, and a tail copy of a control topic are
+    dropped (`control_denied`); the bus's own control traffic (probes, presence, discovery, statistics)
+    goes on."""
+    from zmqbus.core.topics import tail_prefix
+
+    fwd, policy = policed
+    got: list[Any] = []
+    async with member(fwd, keys, "alice", policy=policy) as alice, member(fwd, keys, "bob", policy=policy) as bob:
+        rogue(alice, bob)
+        bob.subscribe("bob", "_zmqbus.payroll", lambda m: got.append(("payroll", m.content)))  # refused
+        bob.subscribe("bob", "_zmqbus.probe.secret", lambda m: got.append(("probe", m.content)))  # a probe topic
+        await bob.ready(5)
+        await alice.ready(5)
+        await alice.publish(ProcessingMessage("_zmqbus.payroll", {"salary": 1}))
+        await alice.publish(ProcessingMessage("_zmqbus.probe", "salaries"), topic="_zmqbus.probe.secret")
+        await alice.publish(ProcessingMessage("_zmqbus.probe", None), topic="_zmqbus.probe.secret")  # a real probe
+        await wait_until(lambda: ("probe", None) in got, 5, "the empty probe")
+        await alice.ready(5)  # behind everything alice sent
+        assert got == [("probe", None)]
+        refused = fwd.statistics().refused
+        # the subscription and the probe with content (the payroll message never left alice: with the
+        # subscription refused, no subscriber of it reached her socket)
+        assert refused["control_denied"] >= 2
+        # a tail copy of a control topic is never legitimate (bob subscribes the tail so it leaves alice)
+        bob.subscribe("bob", "#.presence", lambda m: got.append(("tail", m.content)))
+        await bob.ready(5)
+        await alice.ready(5)
+        link = alice._link
+        assert link is not None
+        link.send(tail_prefix("presence") + b"_zmqbus.presence\x00\x9e")
+        await alice.ready(5)
+        denied = refused["control_denied"]
+        await wait_until(lambda: fwd.statistics().refused["control_denied"] > denied, 5, "the tail copy refused")
+        # the bus's own control traffic: discovery, presence, requests, statistics
+        assert not [g for g in got if g[0] == "tail"]
+        bob.serve("payroll.compute", lambda m: "ok")
+        assert (await bob.request("payroll.compute", ProcessingMessage("q", 1), timeout=5)).content == "ok"

@@ -163,6 +163,22 @@ async def test_ls_and_ping_name_each_instances_process_and_ls_stats_sums_their_c
     assert text.splitlines()[0].split() == ["SERVICE", "INSTANCES", "REQUESTS", "ERRORS", "P50", "P99"]
 
 
+def _two_free_ports() -> int:
+    """A port p with p + 1 free too, a moment ago (replica 1 and 2 of a metrics base port)."""
+    import socket
+
+    for _ in range(100):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return int(port)
+    raise AssertionError("no two consecutive free ports")
+
+
 def _scrape(port: int, timeout: float = 30.0) -> dict[str, Any]:
     import urllib.request
 
@@ -181,11 +197,9 @@ def _scrape(port: int, timeout: float = 30.0) -> dict[str, Any]:
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_replicas_serve_metrics_on_their_own_ports_with_labels_that_survive_a_restart(spawn_forwarder: Any) -> None:
-    from zmqbus.framework.procs import free_port
-
     pub, sub = tcp_endpoints()
     spawn_forwarder(pub, sub, stats_interval=None)
-    base = free_port()
+    base = _two_free_ports()
     env = dict(os.environ, ZMQBUS_PUB=pub, ZMQBUS_SUB=sub)
 
     def labels_and_ids() -> list[tuple[tuple[tuple[str, str], ...], str]]:

@@ -10,16 +10,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from .codec import BATCH_MARK, unpack
-from .control import FORWARDER_STATS_TOPIC, PRESENCE_TOPIC, Presence
+from .control import (
+    DISCOVER_TOPIC,
+    FORWARDER_QUERY_TOPIC,
+    FORWARDER_STATS_TOPIC,
+    PRESENCE_TOPIC,
+    Presence,
+    discovered_service,
+)
 from .errors import DecodeError
 from .policy import Policy, SubscriptionLimits
 from .ratelog import RateLimitedLog
-from .topics import TAIL_MARK, split_tail_copy
+from .topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
 
-__all__ = ["Guard", "PolicyGuard", "publication_topic", "PRESENCE_HEAD"]
+__all__ = ["Guard", "PolicyGuard", "publication_topic", "PRESENCE_HEAD", "CONTROL_HEAD"]
 
 
 def publication_topic(head: bytes) -> bytes:
@@ -41,17 +48,38 @@ log = logging.getLogger("zmqbus.bus.forwarder")
 _STATS = FORWARDER_STATS_TOPIC.encode()
 #: A presence frame's first bytes: the only control frames the forwarder reads (PROTOCOL.md section 12).
 PRESENCE_HEAD = PRESENCE_TOPIC.encode() + b"\x00"
+#: The start of every control frame (and of every control subscription prefix).
+CONTROL_HEAD = RESERVED_PREFIX.encode()
+_DISCOVER_HEAD = DISCOVER_TOPIC.encode() + b"\x00"
+_QUERY_HEAD = FORWARDER_QUERY_TOPIC.encode() + b"\x00"
+_STATS_HEAD = FORWARDER_STATS_TOPIC.encode() + b"\x00"
+_PROBE_HEAD = f"{RESERVED_PREFIX}probe.".encode()
+#: What members may subscribe to under ``_zmqbus.``: these topics exactly, and probe topics.
+_CONTROL_SUBSCRIPTIONS = frozenset({PRESENCE_HEAD, _DISCOVER_HEAD, _STATS_HEAD})
+
+
+_INVALID = object()
+
+
+def _content(frame: bytes) -> Any:
+    """A control frame's content: element 13 of a payload of exactly 14 elements (no room for more)."""
+    cut = frame.find(b"\x00")
+    try:
+        body = unpack(frame[cut + 1 :])
+    except DecodeError:
+        return _INVALID
+    return body[13] if isinstance(body, list) and len(body) == 14 else _INVALID
 
 
 class Guard(Protocol):
     """What the guarded proxy asks; implementations count and log their refusals."""
 
     checks_publish: bool
-    checks_presence: bool
+    checks_control: bool
 
     def may_publish(self, user: str, topic: bytes) -> bool: ...
 
-    def presence_ok(self, user: str, frame: bytes) -> bool: ...
+    def control_ok(self, user: str, frame: bytes) -> bool: ...
 
     def subscription(self, user: str, connection: int, prefix: bytes, subscribe: bool) -> list[bytes]:
         """The prefixes to (un)subscribe that connection to; empty: refused (or nothing to undo)."""
@@ -69,8 +97,8 @@ class PolicyGuard:
         # Under a policy every publication is checked: control topics have rules of their own (only the
         # forwarder publishes its statistics), even when every key may publish everything else.
         self.checks_publish = policy is not None
-        #: Presence frames are bound to their sender's key once the allow-list is known (:meth:`set_members`).
-        self.checks_presence = False
+        #: Control frames follow their rules once the allow-list is known (:meth:`set_members`): a secure bus.
+        self.checks_control = False
         self._keys_of: dict[str, str] = {}
         self.limits = limits
         self._bytes = 0  # the granted prefixes' lengths, summed
@@ -97,7 +125,32 @@ class PolicyGuard:
         """The allow-list (public key -> key name): what binds a presence to the key that sends it."""
         with self._lock:
             self._keys_of = {name: key.decode() for key, name in allowed.items()}
-            self.checks_presence = bool(self._keys_of)
+            self.checks_control = bool(self._keys_of)
+
+    def control_ok(self, user: str, frame: bytes) -> bool:
+        """The rules of control frames on a secure bus (PROTOCOL.md section 12): control topics are an
+        exact, typed set, not a free channel between members. A presence is bound to its sender's key
+        (:meth:`presence_ok`); a discovery query carries a service name and nothing else; a probe and a
+        statistics query carry no content; only the forwarder publishes its statistics; any other
+        ``_zmqbus.`` topic, and a tail copy of a control topic, are dropped (``control_denied``)."""
+        if frame.startswith(PRESENCE_HEAD):
+            return self.presence_ok(user, frame)
+        if frame.startswith(_STATS_HEAD):
+            ok = not user  # the forwarder's own inproc socket
+        elif frame.startswith(_PROBE_HEAD) or frame.startswith(_QUERY_HEAD):
+            ok = _content(frame) in (None, {})  # a probe carries nil, a statistics query nothing either
+        elif frame.startswith(_DISCOVER_HEAD):
+            content = _content(frame)
+            ok = content == {} or (
+                isinstance(content, dict) and len(content) == 1 and discovered_service(content) is not None
+            )
+        else:
+            ok = False
+        if not ok:
+            self._refuse(
+                "control_denied", "key %r sent a control frame outside the rules (%r): dropped", user, frame[:48]
+            )
+        return ok
 
     def presence_ok(self, user: str, frame: bytes) -> bool:
         """Whether a presence frame from ``user`` announces ``user``'s own public key, and (under a policy)
@@ -162,7 +215,14 @@ class PolicyGuard:
             if prefix in subs:
                 return []
             # "": the forwarder's own inproc sockets (its statistics queries), granted as asked
-            granted = [prefix] if self.policy is None or not user else self.policy.grant(user, prefix)
+            if user and self.checks_control and prefix.startswith(CONTROL_HEAD):
+                control = prefix in _CONTROL_SUBSCRIPTIONS or prefix.startswith(_PROBE_HEAD)
+                granted = [prefix] if control else []
+                if not granted:
+                    self._refuse("control_denied", "key %r may not subscribe to %r: refused", user, prefix[:64])
+                    return []
+            else:
+                granted = [prefix] if self.policy is None or not user else self.policy.grant(user, prefix)
             if not granted:
                 self._refuse("subscribe_denied", "key %r may not subscribe to %r: refused", user, prefix)
                 return []

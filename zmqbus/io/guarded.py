@@ -27,13 +27,13 @@ import struct
 import zmq
 
 from ..core.control import FORWARDER_QUERY_TOPIC
-from ..core.guard import PRESENCE_HEAD, Guard, publication_topic
+from ..core.guard import CONTROL_HEAD, Guard, publication_topic
 from .transport import user_id
 
 __all__ = ["run_guarded_proxy"]
 
 _BATCH = 1000
-_PRESENCE_LEN = len(PRESENCE_HEAD)
+_CONTROL_LEN = len(CONTROL_HEAD)
 # Positions in the eight STATISTICS counters, libzmq's order (io.proxy.ProxyCounters names them).
 _FRONT_IN_FRAMES, _FRONT_IN_BYTES, _FRONT_OUT_FRAMES, _FRONT_OUT_BYTES = 0, 1, 2, 3
 _BACK_IN_FRAMES, _BACK_IN_BYTES, _BACK_OUT_FRAMES, _BACK_OUT_BYTES = 4, 5, 6, 7
@@ -66,7 +66,7 @@ def run_guarded_proxy(
 
 def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard, counts: list[int]) -> None:
     recv, send = xsub.recv, xpub.send
-    checks, presence = guard.checks_publish, guard.checks_presence  # per batch: a reload may change them
+    checks, control = guard.checks_publish, guard.checks_control  # per batch: a reload may change them
     for _ in range(_BATCH):
         try:
             frame = recv(zmq.NOBLOCK, copy=False)
@@ -80,12 +80,14 @@ def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard
         counts[_FRONT_IN_BYTES] += size
         if checks and not guard.may_publish(user_id(frame), publication_topic(bytes(frame.buffer[:512]))):
             continue
-        if (
-            presence
-            and frame.buffer[:_PRESENCE_LEN] == PRESENCE_HEAD
-            and not guard.presence_ok(user_id(frame), frame.bytes)
-        ):
-            continue
+        if control:
+            head = bytes(frame.buffer[:_CONTROL_LEN])
+            if head == CONTROL_HEAD:  # a control frame: its own rules
+                if not guard.control_ok(user_id(frame), frame.bytes):
+                    continue
+            elif head[:1] == b"\x01" and publication_topic(bytes(frame.buffer[:512])).startswith(CONTROL_HEAD):
+                guard.control_ok(user_id(frame), b"\x01")  # a tail copy of a control topic: never sent by a member
+                continue
         for p in parts[:-1]:
             send(p, zmq.SNDMORE, copy=False)
         send(parts[-1], 0, copy=False)
