@@ -33,7 +33,6 @@ from .transport import user_id
 __all__ = ["run_guarded_proxy"]
 
 _BATCH = 1000
-_CONTROL_LEN = len(CONTROL_HEAD)
 # Positions in the eight STATISTICS counters, libzmq's order (io.proxy.ProxyCounters names them).
 _FRONT_IN_FRAMES, _FRONT_IN_BYTES, _FRONT_OUT_FRAMES, _FRONT_OUT_BYTES = 0, 1, 2, 3
 _BACK_IN_FRAMES, _BACK_IN_BYTES, _BACK_OUT_FRAMES, _BACK_OUT_BYTES = 4, 5, 6, 7
@@ -78,15 +77,15 @@ def _publications(xsub: zmq.Socket[bytes], xpub: zmq.Socket[bytes], guard: Guard
         size = sum(len(p) for p in parts)
         counts[_FRONT_IN_FRAMES] += len(parts)
         counts[_FRONT_IN_BYTES] += size
-        if checks and not guard.may_publish(user_id(frame), publication_topic(bytes(frame.buffer[:512]))):
-            continue
-        if control:
-            head = bytes(frame.buffer[:_CONTROL_LEN])
-            if head == CONTROL_HEAD:  # a control frame: its own rules
-                if not guard.control_ok(user_id(frame), frame.bytes):
+        if checks or control:
+            data = frame.bytes  # read once, for both checks (a frame keeps its bytes: no second copy)
+            if checks and not guard.may_publish(user_id(frame), publication_topic(data[:512])):
+                continue
+            if control and data.startswith(CONTROL_HEAD):  # a control frame: its own rules
+                if not guard.control_ok(user_id(frame), data):
                     continue
-            elif head[:1] == b"\x01" and publication_topic(bytes(frame.buffer[:512])).startswith(CONTROL_HEAD):
-                guard.control_ok(user_id(frame), b"\x01")  # a tail copy of a control topic: never sent by a member
+            elif control and data[:1] == b"\x01" and publication_topic(data[:512]).startswith(CONTROL_HEAD):
+                guard.control_ok(user_id(frame), b"\x01")  # a tail copy of a control topic: never legitimate
                 continue
         for p in parts[:-1]:
             send(p, zmq.SNDMORE, copy=False)
