@@ -122,7 +122,8 @@ async def submit_and_wait(
             echo(f"  timed out after {timeout:g} s with {len(outcomes)}/{len(documents)} outcomes")
         elapsed = time.monotonic() - started
         await _until_tracked(client, {cid: kind for cid, (kind, _, _) in outcomes.items()}, timeout=10)
-        errors = (await client.request("errors.stats", ProcessingMessage("errors.stats", {}), timeout=10)).content
+        failed = sum(kind == "failed" for kind, _, _ in outcomes.values())
+        errors = await _errors_reported(client, failed, timeout=10)
         states = (await client.request("state.query", ProcessingMessage("state.query", {}), timeout=10)).content
         per_workflow = {
             cid: (
@@ -168,6 +169,20 @@ async def _until_tracked(client: MessageBroker, outcomes: dict[str, str], timeou
             return
         if time.monotonic() > deadline:
             return  # report what the tracker has; the summary shows any difference
+        await asyncio.sleep(0.02)
+
+
+async def _errors_reported(client: MessageBroker, failed: int, timeout: float) -> dict[str, Any]:
+    """The error handler's statistics once it has a report for each failed workflow (at least one root
+    cause each), or what it has after ``timeout``: reports travel on the bus, the failures they explain
+    came back peer to peer, so a report can arrive after its outcome."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats: dict[str, Any] = (
+            await client.request("errors.stats", ProcessingMessage("errors.stats", {}), timeout=10)
+        ).content
+        if stats.get("total", 0) >= failed or time.monotonic() > deadline:
+            return stats
         await asyncio.sleep(0.02)
 
 
