@@ -46,8 +46,7 @@ class LinkWatch:
         self._pub, self._receiver, self._subs, self.where = publisher, receiver, subscriptions, where
         self.interval, self.misses = interval, misses
         self._log = RateLimitedLog(log, quiet_log)
-        #: Losses seen, and when the current one began (loop time; None: the link is up).
-        self.losses = 0
+        #: When the current loss began (loop time; None: the link is up).
         self.lost_since: float | None = None
         self._logged = False  # the current loss was logged (its end is then logged too)
 
@@ -76,7 +75,6 @@ class LinkWatch:
         """One check: ``quiet`` seconds since the last frame arrived, at loop time ``now``."""
         if self.lost_since is None:
             if quiet >= self.interval * self.misses:
-                self.losses += 1
                 self.lost_since = now - quiet
                 self._logged = self._log.log(
                     logging.WARNING,

@@ -55,7 +55,6 @@ log = logging.getLogger("zmqbus.bus.rpc")
 class ResponderStatistics:
     """What only the shell sees; the protocol's own counters are the core's (:class:`ServingStatistics`)."""
 
-    succeeded: int = 0
     failed: int = 0
     malformed: int = 0
     undeliverable: int = 0
@@ -87,7 +86,7 @@ class Responder:
         self.stats = ResponderStatistics()
         self._clock = clock
         self._work = TaskOwner()  # requests whose handler went on as a task
-        self._tasks: dict[str, asyncio.Task[Any]] = {}  # those tasks, by request id
+        self._tasks: dict[str, asyncio.Task[Any]] = {}  # those watched for their deadline, by request id
         self._abandoning: set[str] = set()  # request ids cancelled at their deadline
         self._timer: asyncio.TimerHandle | None = None  # one timer: the earliest watched deadline
         self._timer_at = 0.0
@@ -121,7 +120,9 @@ class Responder:
         return self.core.services
 
     def statistics(self) -> dict[str, int]:
-        return {**vars(self.core.stats), **vars(self.stats)}
+        # requests that succeeded: derived from the per-service counts, not counted a second time
+        succeeded = sum(outcomes["ok"] for outcomes in self.by_service.outcomes.values())
+        return {**vars(self.core.stats), **vars(self.stats), "succeeded": succeeded}
 
     async def start(self) -> None:
         """Bind the ROUTER (a CURVE server with the bus's allow-list on a secure bus), then serve and announce.
@@ -289,11 +290,12 @@ class Responder:
                 self._done(caller, service, msg, REP, outcome, started)
             else:  # the Task copies the context, so the ids follow it
                 rid = msg.metadata.message_id
-                self._tasks[rid] = self._work.spawn(
+                task = self._work.spawn(
                     self._finish(caller, service, msg, outcome, started), name="zmqbus-request", fatal=False
                 )
                 deadline = self.core.watch(rid)
-                if deadline is not None:
+                if deadline is not None:  # only a watched request may need its task cancelled
+                    self._tasks[rid] = task
                     self._arm(deadline)
         finally:
             current_message.reset(token)
@@ -385,7 +387,6 @@ class Responder:
                 ).to_content(),
             )
         else:
-            self.stats.succeeded += 1
             payload = self._encode(msg, service, f"{service}.reply", result)
         frame = reply_frame(kind, payload)
         self._send(caller, frame)

@@ -6,7 +6,8 @@ never the test's own script (nothing like multiprocessing's re-import of ``__mai
 script fed on standard input spawns as well as a file). Its standard output and error go to a
 file, so a replica that dies during start-up is reported at once with its exit code and its last
 lines; the test's teardown prints each replica's output (pytest shows it when the test fails).
-A replica whose parent dies ends itself within a second.
+A replica whose parent dies is told to stop (SIGTERM) within a second, and kills itself 5 s later
+if it has not ended by then.
 """
 
 from __future__ import annotations
