@@ -67,6 +67,19 @@ def spawn_forwarder() -> Iterator[Callable[..., Any]]:
         stop_process(proc, timeout=3.0)
 
 
+def end_process(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+    """Send ``sig`` to a process a test started, wait for it; SIGKILL it if it outlives ``timeout`` (a test
+    never leaves one behind). Returns its exit status (as it ended on ``sig``, or -9 after the kill)."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return proc.returncode
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

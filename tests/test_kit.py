@@ -262,3 +262,46 @@ def test_spawn_works_from_a_script_on_standard_input(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "served by pid" in done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_a_spawned_replica_ends_when_its_test_process_dies(tmp_path: Path) -> None:
+    """zmqbus.testing.spawning: a replica whose parent dies is told to stop within a second and is
+    killed 5 s later if it has not ended: a killed test run leaves no process behind. Checked from
+    outside both: the parent is killed with SIGKILL, the replica watched by pid."""
+    import signal
+    import time
+
+    from conftest import end_process, pid_alive
+
+    script = textwrap.dedent("""
+        import asyncio, sys
+        from zmqbus.testing import TestBus
+
+        async def main():
+            bus = TestBus()
+            spawned = await bus.spawn("zmqbus.components.ingest:ChunkAnalyzer")
+            print(spawned.pids[0], flush=True)
+            await asyncio.sleep(120)  # killed before this ends
+
+        asyncio.run(main())
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
+    replica = 0
+    try:
+        assert parent.stdout is not None
+        replica = int(parent.stdout.readline())
+        assert pid_alive(replica)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10  # SIGTERM within 0.5 s, its own SIGKILL 5 s after at most
+        while pid_alive(replica) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not pid_alive(replica), "the replica outlived its parent"
+    finally:
+        end_process(parent, signal.SIGKILL, 5)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if replica and pid_alive(replica):
+            os.kill(replica, signal.SIGKILL)

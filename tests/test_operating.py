@@ -26,6 +26,8 @@ from zmqbus.core.stats import REQUEST_OUTCOMES
 from zmqbus.framework.procs import free_port, tcp_endpoints
 from zmqbus.testing import TestBus
 
+from conftest import end_process
+
 CLI = [sys.executable, "-m", "zmqbus.cli"]
 #: How the installed console script starts: the current folder is not on its import path.
 CONSOLE_SCRIPT = [sys.executable, "-c", "import sys; sys.path.pop(0); from zmqbus.cli import main; main()"]
@@ -92,8 +94,8 @@ def test_up_in_a_folder_named_like_an_installed_package_runs_the_installed_one(t
 
         assert asyncio.run(served()) == 1
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
+        end_process(proc)
+        _, err = proc.communicate(timeout=10)
     assert "No module named 'zmqbus.components'" not in err, err
 
 

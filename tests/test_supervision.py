@@ -21,7 +21,7 @@ from zmqbus.components.ingest import ChunkAnalyzer, DocumentHandler, IngestManag
 from zmqbus.framework.procs import tcp_endpoints
 from zmqbus.testing import TestBus, wait_until
 
-from conftest import pid_alive
+from conftest import end_process, pid_alive
 
 CLI = [sys.executable, "-m", "zmqbus.cli"]
 
@@ -66,8 +66,7 @@ def test_up_restarts_a_component_that_stops_answering_its_liveness_check(tmp_pat
         assert second != first and not pid_alive(first), "the hung process was killed"
         assert noticed < 2 + 1 + 10, f"noticed after {noticed:.1f} s"
     finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        end_process(proc)
         reader.join(10)
         if proc.stderr is not None:
             proc.stderr.close()
@@ -127,8 +126,8 @@ def test_zmqbus_tracing_turns_tracing_on_without_code(spawn_forwarder: Any) -> N
 
         assert asyncio.run(ask())["words"] == 3
     finally:
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        end_process(proc)
+        out, err = proc.communicate(timeout=10)
     assert proc.returncode == 143, err
     assert '"service.name": "chunk_analyzer"' in out and '"name": "process ingest.analyze"' in out, out[-2000:]
     bad = subprocess.run(
@@ -220,8 +219,7 @@ def test_replicas_serve_metrics_on_their_own_ports_with_labels_that_survive_a_re
         try:
             runs.append(labels_and_ids())
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
+            end_process(proc)
         assert proc.returncode == 143
     (first, second) = runs
     assert [dict(labels)["replica"] for labels, _ in first] == ["1", "2"]
