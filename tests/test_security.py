@@ -656,7 +656,7 @@ def test_an_exposed_forwarder_limits_subscriptions_by_default(keys: Path, tcp_pa
 
 
 def test_the_subscription_bytes_limit_bites(tcp_pair: tuple[str, str]) -> None:
-    """Long prefixes are what costs memory (about 60 bytes of trie per prefix byte): a byte budget of
+    """Long prefixes are what costs memory (about 120 bytes per granted prefix byte): a byte budget of
     1,000 grants five 200-byte subscriptions of ten."""
     from zmqbus import SubscriptionLimits
 

@@ -33,7 +33,7 @@ from ..core.policy import Policy, SubscriptionLimits
 from ..core.ratelog import RateLimitedLog
 from ..core.security import KeyRing, check_endpoint
 from ..core.snapshots import ForwarderStatistics, Sample
-from ..io.proxy import ProxyCounters, ProxySockets, Watch, cut_connections, writable
+from ..io.proxy import ProxyCounters, ProxySockets, Watch, cut_connections, give_back_memory, tcp_counters, writable
 from ..io.security import config_keys, config_policy, reread_keys, zap_handler
 from ..io.transport import SocketConfig
 from .forwarder_stats import DEFAULT_MAX_QUEUED_BYTES, QUERY_TOPIC, STATS_TOPIC, StatsPublisher
@@ -45,6 +45,7 @@ __all__ = ["Forwarder", "ForwarderStatistics", "STATS_TOPIC", "QUERY_TOPIC"]
 log = logging.getLogger(__name__)
 
 _BACKLOG_EVERY = 0.2  # seconds between samples of the subscribers' connections
+_TRIM_AFTER = 64 * 1024  # prefix bytes freed by connections gone, worth giving memory back for
 
 
 class Forwarder:
@@ -63,8 +64,9 @@ class Forwarder:
     :param policy: per-key permissions (:func:`zmqbus.load_policy`; default:
         the file ``$ZMQBUS_POLICY``, if set). Needs keys. Enforced in the
         guarded proxy (Python sees every message: slower; see SECURITY.md).
-    :param subscription_limits: bounds on subscriptions (per connection, in
-        all, bytes in all: :class:`SubscriptionLimits`). Default: on, with the
+    :param subscription_limits: bounds on subscriptions (granted per
+        connection and in all; asked in all, granted or refused, past which the
+        connection holding the most is cut: :class:`SubscriptionLimits`). Default: on, with the
         default bounds, when the forwarder has keys (an exposed bus), off on a
         plaintext one (local and trusted; libzmq's C proxy, the fastest).
         ``True``/``False`` force them on or off. They need the guarded proxy,
@@ -158,10 +160,11 @@ class Forwarder:
         self._zap_domain = zap_handler().register(
             None if self.keys is None else dict(self.keys.allowed), "forwarder", self._admit
         )
-        proxy = ProxySockets(self._id, self.socket_config)
+        proxy = ProxySockets(self._id, self.socket_config, guarded=self.policy_guard is not None)
         try:
             proxy.bind(self.pub_endpoint, self.sub_endpoint, self.keys, self._zap_domain)
-            watch = Watch(proxy, QUERY_TOPIC)
+            # guarded: a tick every 20 ms, to catch a subscription flood while libzmq reads ahead of the proxy
+            watch = Watch(proxy, QUERY_TOPIC, tick=0.1 if self.policy_guard is None else 0.02)
         except BaseException:
             self._release()
             raise
@@ -228,7 +231,7 @@ class Forwarder:
             removed or "none",
         )
         if removed:
-            cut = cut_connections(list(self.connections.live_fds), self._local_addresses())
+            cut = len(cut_connections(list(self.connections.live_fds), self._local_addresses()))
             log.warning("cut %d live connection(s) so that the removed key(s) %s must handshake again", cut, removed)
         return added, removed
 
@@ -245,7 +248,7 @@ class Forwarder:
 
     def _run_proxy(self, proxy: ProxySockets) -> None:
         try:
-            proxy.run(self.policy_guard)
+            proxy.run(self.policy_guard, self._cut_flood)
         except BaseException as exc:  # reported by stop() and statistics()
             self._proxy_error = exc
             log.error("forwarder proxy stopped: %s", exc)
@@ -255,9 +258,13 @@ class Forwarder:
     def _on_event(self, event: ConnectionEvent) -> None:
         self.connections.apply(event)
         side = "publisher" if event.publisher_side else "subscriber"
+        if event.kind is EventKind.ACCEPTED and self.policy_guard is not None and not event.publisher_side:
+            self.policy_guard.accepted(event.fd)
         if event.kind is EventKind.DISCONNECTED:
             if self.policy_guard is not None and not event.publisher_side:
-                self.policy_guard.closed(event.fd)
+                self._freed += self.policy_guard.closed(event.fd)
+                if self._freed >= _TRIM_AFTER:  # a second after the last such close: libzmq has freed it
+                    self._trim_at = time.monotonic() + 1.0
             log.debug("a %s disconnected", side)
         elif event.kind is EventKind.HANDSHAKE_FAILED:  # AUTH_FAILED: the ZAP handler logged who and why
             if event.reason:
@@ -277,9 +284,31 @@ class Forwarder:
         with self._refused_lock:
             return dict(self._refused)
 
+    def _cut_flood(self, fds: list[int]) -> None:
+        """Cut the connections a subscription flood named (the guard logged why); tell it which could not be."""
+        assert self.policy_guard is not None
+        cut = cut_connections(fds, self._local_addresses())
+        if len(cut) < len(fds):
+            self.policy_guard.not_cut([fd for fd in fds if fd not in cut])
+
+    _trim_at = 0.0
+    _freed = 0  # prefix bytes freed by connections gone since the last time memory was given back
+
+    def _received(self) -> dict[int, int]:
+        """Bytes libzmq has read from each subscriber connection (tcp only: the kernel's counts)."""
+        return {fd: c[1] for fd, c in tcp_counters(self.connections.subscriber_fds).items()}
+
     def _on_tick(self) -> bytes | None:
+        guard = self.policy_guard
+        if guard is not None:
+            guard.sample_unread(self._received)
+            if guard.pending_cuts:
+                self._cut_flood(guard.take_cuts())
         if self.backlog is not None:
             self._check_backlog(self.backlog)
+        if self._trim_at and time.monotonic() >= self._trim_at:
+            self._trim_at, self._freed = 0.0, 0
+            give_back_memory()
         return self._stats.tick()
 
     def _check_backlog(self, bound: BacklogBound) -> None:
@@ -295,7 +324,7 @@ class Forwarder:
             return
         slow = bound.check(forwarded, writable(set(self.connections.subscriber_fds)))
         if slow:
-            cut = cut_connections(slow, self._local_addresses())
+            cut = len(cut_connections(slow, self._local_addresses()))
             self._faults.log(
                 logging.WARNING,
                 "slow-subscriber",

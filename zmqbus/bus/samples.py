@@ -120,6 +120,8 @@ REFUSAL_REASONS = (
     "subscription_limit",
     "no_key",
     "presence_forged",
+    "control_denied",
+    "subscription_flood",
 )
 
 

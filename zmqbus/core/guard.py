@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .codec import BATCH_MARK, unpack
@@ -26,7 +26,16 @@ from .policy import Policy, SubscriptionLimits
 from .ratelog import RateLimitedLog
 from .topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
 
-__all__ = ["Guard", "PolicyGuard", "publication_topic", "PRESENCE_HEAD", "CONTROL_HEAD"]
+__all__ = [
+    "Guard",
+    "PolicyGuard",
+    "publication_topic",
+    "PRESENCE_HEAD",
+    "CONTROL_HEAD",
+    "MAX_SUBSCRIPTION_FRAME",
+    "SUBSCRIPTION_QUEUE",
+    "SUBSCRIPTION_RCVBUF",
+]
 
 
 def publication_topic(head: bytes) -> bytes:
@@ -60,6 +69,19 @@ _CONTROL_SUBSCRIPTIONS = frozenset({PRESENCE_HEAD, _DISCOVER_HEAD, _STATS_HEAD})
 
 _INVALID = object()
 
+#: The longest frame a subscriber may send the forwarder's XPUB when it guards subscriptions: a flag byte
+#: and the longest prefix a client needs (a topic and its NUL, or a tail prefix: 257 bytes), with room to
+#: spare. A longer frame ends the connection (libzmq's MAXMSGSIZE).
+MAX_SUBSCRIPTION_FRAME = 512
+#: Subscription frames queued per connection before its sender waits (the XPUB's receive high-water mark).
+#: libzmq's XPUB reads a connection's pipe dry, keeping each subscription, before the proxy loop sees any:
+#: a short pipe makes it return after a frame or two instead of reading a flood whole (measured: 100 let a
+#: 12-connection flood reach 1.1 GB, 2 held it near 200 MB; 1 stalls CURVE clients at connect).
+SUBSCRIPTION_QUEUE = 2
+#: The kernel's receive buffer on each subscriber connection (Linux doubles it): what libzmq may still read,
+#: and keep, from a connection after it was cut for a flood.
+SUBSCRIPTION_RCVBUF = 64 * 1024
+
 
 def _content(frame: bytes) -> Any:
     """A control frame's content: element 13 of a payload of exactly 14 elements (no room for more)."""
@@ -85,6 +107,23 @@ class Guard(Protocol):
         """The prefixes to (un)subscribe that connection to; empty: refused (or nothing to undo)."""
         ...
 
+    def take_cuts(self) -> list[int]:
+        """Connections to cut now (a subscription flood); ``pending_cuts`` is true while there are some."""
+        ...
+
+    pending_cuts: list[int]
+    upstream: list[bytes]
+
+    def take_upstream(self) -> list[bytes]:
+        """(Un)subscriptions to send the publishers now; ``upstream`` is non-empty while there are some."""
+        ...
+
+    behind: bool  # the proxy loop sets it (see PolicyGuard.sample_unread)
+
+    def drained(self) -> None:
+        """The proxy loop read every subscription libzmq had read."""
+        ...
+
 
 class PolicyGuard:
     """Enforces a :class:`~zmqbus.core.policy.Policy` (if any) and subscription limits; counts refusals.
@@ -101,12 +140,33 @@ class PolicyGuard:
         self.checks_control = False
         self._keys_of: dict[str, str] = {}
         self.limits = limits
-        self._bytes = 0  # the granted prefixes' lengths, summed
+        self._bytes = 0  # the distinct granted prefixes' lengths, summed
         self.refused: dict[str, int] = {}
         self._lock = threading.Lock()
         self._subs: dict[int, dict[bytes, list[bytes]]] = {}  # connection -> asked prefix -> granted
         self._held: dict[int, int] = {}  # connection -> granted prefixes
         self._total = 0
+        # Asked prefixes, granted or refused (libzmq holds each until its connection goes): per connection
+        # and in all; and the connections marked to be cut for a flood, not yet gone.
+        self._asked: dict[int, int] = {}  # connection -> the lengths of its asked prefixes, summed
+        self._asked_refs: dict[bytes, int] = {}  # asked prefix -> connections asking it
+        self._granted_refs: dict[bytes, int] = {}  # granted prefix -> connections holding it
+        self._asked_bytes = self._asked_count = 0
+        self._cutting: set[int] = set()
+        self._dead: set[int] = set()  # closed connections whose last frames may still be read
+        self.pending_cuts: list[int] = []
+        #: (Un)subscriptions for the publishers' side: a prefix goes up when the first connection is granted
+        #: it and is withdrawn when the last one holding it gives it up or goes (the proxy loop sends them).
+        self.upstream: list[bytes] = []
+        # libzmq reads subscriptions (and keeps them) ahead of the proxy loop, as fast as they arrive. While
+        # the loop is behind, what it has not read yet is estimated from the kernel's count of bytes each
+        # connection sent (:meth:`sample_unread`), and counts towards the asked bounds.
+        self.behind = False  # the proxy loop's last read of subscriptions left some unread
+        self.drains = 0  # times the proxy loop read every subscription libzmq had (the loop counts them)
+        self._drains_seen = -1
+        self._received_base: dict[int, int] | None = None
+        self._unread: dict[int, int] = {}
+        self._unread_bytes = 0
         self._publish_cache: dict[tuple[str, bytes], bool] = {}
         self._faults = RateLimitedLog(log)
 
@@ -207,50 +267,193 @@ class PolicyGuard:
         with self._lock:
             subs = self._subs.setdefault(connection, {})
             if not subscribe:
-                granted = subs.pop(prefix, [])
-                self._total -= len(granted)
-                self._bytes -= sum(map(len, granted))
-                self._held[connection] = self._held.get(connection, 0) - len(granted)
+                if prefix not in subs:
+                    return []
+                granted = subs.pop(prefix)
+                self._ask(connection, prefix, -1)
+                self._hold(connection, granted, -1)
                 return granted
             if prefix in subs:
                 return []
-            # "": the forwarder's own inproc sockets (its statistics queries), granted as asked
-            if user and self.checks_control and prefix.startswith(CONTROL_HEAD):
-                control = prefix in _CONTROL_SUBSCRIPTIONS or prefix.startswith(_PROBE_HEAD)
-                granted = [prefix] if control else []
-                if not granted:
-                    self._refuse("control_denied", "key %r may not subscribe to %r: refused", user, prefix[:64])
-                    return []
-            else:
-                granted = [prefix] if self.policy is None or not user else self.policy.grant(user, prefix)
-            if not granted:
-                self._refuse("subscribe_denied", "key %r may not subscribe to %r: refused", user, prefix)
+            subs[prefix] = []  # libzmq keeps every prefix a connection sends, granted or not
+            self._ask(connection, prefix, 1)
+            if connection in self._cutting or self._flooded(connection):
                 return []
-            held, size, limits = self._held.get(connection, 0), sum(map(len, granted)), self.limits
-            if (
-                held + len(granted) > limits.per_connection
-                or self._total + len(granted) > limits.total
-                or self._bytes + size > limits.total_bytes
-            ):
-                self._refuse(
-                    "subscription_limit",
-                    "subscription limit reached (%d on this connection, %d and %d bytes in all; %s): refused %r",
-                    held,
-                    self._total,
-                    self._bytes,
-                    limits,
-                    prefix[:64],
-                )
-                return []
+            granted = self._grant(user, connection, prefix)
             subs[prefix] = granted
-            self._held[connection] = held + len(granted)
-            self._total += len(granted)
-            self._bytes += size
+            self._hold(connection, granted, 1)
             return granted
 
-    def closed(self, connection: int) -> None:
-        """A subscriber's connection closed: its subscriptions no longer count."""
+    def _grant(self, user: str, connection: int, prefix: bytes) -> list[bytes]:
+        """What to grant for a new prefix: the policy's and the control rules' answer, within the limits."""
+        # "": the forwarder's own inproc sockets (its statistics queries), granted as asked
+        if user and self.checks_control and prefix.startswith(CONTROL_HEAD):
+            if prefix in _CONTROL_SUBSCRIPTIONS or prefix.startswith(_PROBE_HEAD):
+                granted = [prefix]
+            else:
+                self._refuse("control_denied", "key %r may not subscribe to %r: refused", user, prefix[:64])
+                return []
+        else:
+            granted = [prefix] if self.policy is None or not user else self.policy.grant(user, prefix)
+        if not granted:
+            self._refuse("subscribe_denied", "key %r may not subscribe to %r: refused", user, prefix)
+            return []
+        held, limits = self._held.get(connection, 0), self.limits
+        size = sum(len(p) for p in set(granted) if p not in self._granted_refs)  # libzmq's tries share the rest
+        if (
+            held + len(granted) > limits.per_connection
+            or self._total + len(granted) > limits.total
+            or self._bytes + size > limits.total_bytes
+        ):
+            self._refuse(
+                "subscription_limit",
+                "subscription limit reached (%d on this connection, %d and %d bytes in all; %s): refused %r",
+                held,
+                self._total,
+                self._bytes,
+                limits,
+                prefix[:64],
+            )
+            return []
+        return granted
+
+    def _ask(self, connection: int, prefix: bytes, step: int) -> None:
+        """Account a prefix asked (step 1) or withdrawn (-1) on a connection: what libzmq holds for it."""
+        size = step * len(prefix)
+        self._asked[connection] = self._asked.get(connection, 0) + size
+        self._asked_bytes += _refer(self._asked_refs, (prefix,), step)
+        self._asked_count += step
+
+    def _hold(self, connection: int, granted: list[bytes], step: int) -> None:
+        """Account prefixes granted (step 1) or given up (-1) on a connection."""
+        self._held[connection] = self._held.get(connection, 0) + step * len(granted)
+        self._total += step * len(granted)
+        self._bytes += _refer(self._granted_refs, granted, step, self.upstream)
+
+    def _flooded(self, connection: int) -> bool:
+        """Past the asked bounds (not counting what connections being cut hold: their own sums, an upper
+        bound on what their going frees): mark the live connection that holds the most to be cut
+        (:meth:`take_cuts`). True if that is this one."""
+        limits, asked, unread, cutting = self.limits, self._asked, self._unread, self._cutting
+        held = self._asked_bytes + self._unread_bytes - sum(asked.get(c, 0) for c in cutting)
+        count = self._asked_count - sum(len(self._subs.get(c, ())) for c in cutting)
+        if held <= limits.asked_bytes and count <= limits.asked:
+            return False
+        holders = (asked.keys() | unread.keys()) - cutting - self._dead
+        if not holders:
+            return False
+        victim = max(holders, key=lambda c: asked.get(c, 0) + unread.get(c, 0))
+        cutting.add(victim)
+        self.pending_cuts.append(victim)
+        self._unread_bytes -= unread.get(victim, 0)
+        self._refuse(
+            "subscription_flood",
+            "subscriptions asked in all passed %d prefixes or %d bytes (libzmq keeps each until its connection "
+            "goes): cutting the connection that holds the most (%d bytes in %d prefixes, %d bytes not read yet)",
+            limits.asked,
+            limits.asked_bytes,
+            asked.get(victim, 0),
+            len(self._subs.get(victim, ())),
+            unread.get(victim, 0),
+        )
+        return victim == connection
+
+    def not_cut(self, connections: Iterable[int]) -> None:
+        """These could not be cut (gone meanwhile, or not ours): they count again, and may be named again."""
         with self._lock:
-            gone = self._subs.pop(connection, {})
-            self._total -= self._held.pop(connection, 0)
-            self._bytes -= sum(len(p) for granted in gone.values() for p in granted)
+            self._cutting.difference_update(connections)
+
+    def sample_unread(self, received: Callable[[], Mapping[int, int]]) -> None:
+        """The watch thread's look, every tick, at what libzmq may hold that the proxy loop has not read.
+
+        ``received`` gives the bytes each subscriber connection has sent so far (the kernel's count,
+        ``tcpi_bytes_received``; called only while the loop is behind). After a moment at which the loop
+        had read everything (``drains`` moved), nothing unread was held; from the first sample after it,
+        what each connection sent since counts as held and unread (an upper bound: framing included).
+        Past the asked bounds, the connection holding the most is marked to be cut.
+        """
+        drains = self.drains
+        if drains != self._drains_seen or not self.behind:
+            self._drains_seen = drains
+            with self._lock:
+                self._received_base, self._unread, self._unread_bytes = None, {}, 0
+            if not self.behind:
+                return
+        now = received()
+        with self._lock:
+            base = self._received_base
+            if base is None:
+                self._received_base = dict(now)
+                return
+            self._unread = {c: n - base.get(c, 0) for c, n in now.items() if n > base.get(c, 0)}
+            self._unread_bytes = sum(n for c, n in self._unread.items() if c not in self._cutting)
+            self._flooded(-1)
+
+    def take_upstream(self) -> list[bytes]:
+        """The (un)subscriptions to send the publishers now (see ``upstream``)."""
+        with self._lock:
+            frames, self.upstream = self.upstream, []
+            return frames
+
+    def take_cuts(self) -> list[int]:
+        """The connections to cut for a subscription flood since the last call (the proxy cuts them)."""
+        with self._lock:
+            cuts, self.pending_cuts = self.pending_cuts, []
+            return cuts
+
+    def closed(self, connection: int) -> int:
+        """A subscriber's connection closed: its subscriptions no longer count. Returns the bytes of
+        prefixes it had asked for (what libzmq frees now, but for prefixes other connections hold too).
+
+        Frames libzmq read from it before it went may still be read after this; they are accounted to it
+        again and forgotten at the proxy loop's next :meth:`drained` (unless a new connection took its
+        descriptor meanwhile, :meth:`accepted`: then they count for that one, until it goes).
+        """
+        with self._lock:
+            self._dead.add(connection)
+            return self._forget(connection)
+
+    def accepted(self, connection: int) -> None:
+        """A subscriber's connection was accepted (its descriptor may be a closed one's, reused)."""
+        with self._lock:
+            self._dead.discard(connection)
+
+    def drained(self) -> None:
+        """The proxy loop read every subscription libzmq had read: no closed connection sends more."""
+        self.drains += 1
+        if self._dead:
+            with self._lock:
+                for connection in self._dead:
+                    self._forget(connection)
+                self._dead.clear()
+
+    def _forget(self, connection: int) -> int:
+        asked = self._asked.get(connection, 0)
+        for prefix, granted in self._subs.pop(connection, {}).items():
+            self._ask(connection, prefix, -1)
+            self._hold(connection, granted, -1)
+        self._cutting.discard(connection)
+        self._asked.pop(connection, None)
+        self._held.pop(connection, None)
+        return asked
+
+
+def _refer(refs: dict[bytes, int], prefixes: Iterable[bytes], step: int, changed: list[bytes] | None = None) -> int:
+    """Add (step 1) or drop (-1) one reference to each prefix; return the change in distinct bytes
+    (what libzmq's tries hold: a prefix many connections subscribe is stored once). The prefixes that
+    appear or disappear are appended to ``changed``, flagged as subscriptions are (1 or 0, then the prefix)."""
+    delta = 0
+    for prefix in prefixes:
+        n = refs.get(prefix, 0) + step
+        if n > 0:
+            refs[prefix] = n
+            if n == 1 and step > 0:
+                delta += len(prefix)
+                if changed is not None:
+                    changed.append(b"\x01" + prefix)
+        elif prefix in refs:
+            del refs[prefix]
+            delta -= len(prefix)
+            if changed is not None:
+                changed.append(b"\x00" + prefix)
+    return delta

@@ -22,9 +22,10 @@ Contracts:
   also receive ``Lx...``): :meth:`Policy.grant` narrows it to ``L.`` and
   ``L\\0``. A pattern with ``*`` grants nothing to subscribe (no prefix
   covers it exactly); permit a broader ``L.#`` instead.
-* Control traffic (``_zmqbus.``: presence, discovery, probes) is allowed to
-  every named key; without it no member could work. Permissions on it are
-  the responders' and callers' concern (``serve``, ``call``).
+* Control traffic (``_zmqbus.``: presence, discovery, probes) follows rules
+  of its own, the same for every key (PROTOCOL.md section 12): an exact,
+  typed set of topics, presence bound to the key that sends it, which must
+  be allowed to ``serve`` what it announces. A policy does not list them.
 
 Pure code: no sockets, no event loop.
 """
@@ -48,15 +49,38 @@ _ACTIONS = ("publish", "subscribe", "serve", "call")
 class SubscriptionLimits:
     """Bounds on what subscribers make the forwarder (and every publisher) hold.
 
-    Measured on libzmq 4.3.5: a subscription costs its subscription trie about
-    60 bytes per prefix byte, at the forwarder and again at every publisher;
-    700,000 distinct 249-byte prefixes from one stranger took a forwarder to
-    12 GB. The defaults bound that to a few hundred megabytes.
+    Two kinds of bound, because libzmq keeps two kinds of state:
+
+    * **Granted** subscriptions (``per_connection``, ``total``,
+      ``total_bytes``): past them a subscription is refused
+      (``refused["subscription_limit"]``). What is granted is held in the
+      forwarder's tries and travels on to every publisher, which holds it too.
+    * **Asked** subscriptions (``asked``, ``asked_bytes``), granted or refused:
+      the forwarder's ``XPUB_MANUAL`` socket keeps every distinct prefix a
+      connection sent until that connection goes, refused ones included, and
+      nothing can make it forget one sooner. Past either bound (over every
+      connection), the connection holding the most is cut
+      (``refused["subscription_flood"]``); its memory is freed and given back to
+      the operating system.
+
+    Measured on libzmq 4.3.5 (docs/SECURITY.md, "Subscription memory"): about
+    45 bytes per prefix byte for an asked subscription at the forwarder, 75 more
+    for a granted one, and 45 at every publisher for a granted one; a prefix
+    several connections hold is stored (and counted) once. With the defaults a
+    forwarder's peak stays under 256 MB whatever members send (one connection or
+    many), and each publisher holds at most about 35 MB of subscriptions.
     """
 
     per_connection: int = 10_000
     total: int = 100_000
-    total_bytes: int = 4 * 1024 * 1024  # the sum of the prefixes' lengths
+    total_bytes: int = 768 * 1024  # the distinct granted prefixes' lengths, summed
+    asked: int = 200_000
+    asked_bytes: int = 1536 * 1024  # the distinct asked prefixes' lengths (granted or refused), summed
+
+    def __post_init__(self) -> None:
+        for name in ("per_connection", "total", "total_bytes", "asked", "asked_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"SubscriptionLimits.{name} must be positive")
 
 
 @dataclass(frozen=True)

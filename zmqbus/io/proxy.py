@@ -18,11 +18,14 @@ the socket's monitor lock. So a monitor's reader outlives the monitor
 
 from __future__ import annotations
 
+import array
+import fcntl
 import logging
 import os
 import select
 import socket
 import struct
+import termios
 import threading
 from collections.abc import Callable
 from typing import NamedTuple
@@ -31,13 +34,22 @@ import zmq
 
 from ..core.connections import ConnectionEvent, EventKind
 from ..core.errors import TransportError
-from ..core.guard import Guard
+from ..core.guard import MAX_SUBSCRIPTION_FRAME, SUBSCRIPTION_QUEUE, SUBSCRIPTION_RCVBUF, Guard
 from ..core.security import KeyRing
 from .guarded import run_guarded_proxy
 from .security import apply_server
 from .transport import SocketConfig, get_context, mapped_errors
 
-__all__ = ["ProxyCounters", "ProxySockets", "Watch", "writable", "cut_connections", "raise_file_limit"]
+__all__ = [
+    "ProxyCounters",
+    "ProxySockets",
+    "Watch",
+    "writable",
+    "cut_connections",
+    "raise_file_limit",
+    "give_back_memory",
+    "tcp_counters",
+]
 
 log = logging.getLogger("zmqbus.bus.forwarder")
 
@@ -96,9 +108,13 @@ class ProxySockets:
     :meth:`counters` and :meth:`terminate` talk to it from any thread.
     """
 
-    def __init__(self, name: str, config: SocketConfig) -> None:
+    def __init__(self, name: str, config: SocketConfig, guarded: bool = False) -> None:
         self.name = name  # unique: it names the inproc endpoints
         self.config = config
+        self.guarded = guarded  # the guarded proxy will run: subscriptions are bounded as they arrive
+        # The guarded loop's counters (frames/bytes in and out, publishers' side then subscribers', libzmq's
+        # order): read directly, never waiting for the loop to finish a batch.
+        self._guarded_counts = [0] * 8
         self.internal_in = f"inproc://zmqbus-{name}-in"
         self.internal_out = f"inproc://zmqbus-{name}-out"
         self._control_addr = f"inproc://zmqbus-{name}-control"
@@ -120,6 +136,15 @@ class ProxySockets:
                 for sock in (xsub, xpub):
                     self.config.apply(sock)
                     apply_server(sock, keys, zap_domain)
+                if self.guarded:
+                    # What a subscriber sends the XPUB is subscriptions only. libzmq keeps each one it reads
+                    # (XPUB_MANUAL) until the connection goes, so what one connection has in flight is bounded
+                    # too: a short queue (the sender waits, nothing is lost) and frames no longer than a
+                    # subscription can be (a longer one ends the connection).
+                    xpub.setsockopt(zmq.RCVHWM, SUBSCRIPTION_QUEUE)
+                    xpub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_FRAME)
+                    # and a small kernel receive buffer: a cut (shutdown) does not empty it, libzmq reads it all
+                    xpub.setsockopt(zmq.RCVBUF, SUBSCRIPTION_RCVBUF)
             with mapped_errors(f"bind {pub_endpoint}"):
                 xsub.bind(pub_endpoint)
             with mapped_errors(f"bind {sub_endpoint}"):
@@ -146,8 +171,9 @@ class ProxySockets:
             raise
         self._xsub, self._xpub, self._control = xsub, xpub, control
 
-    def run(self, guard: Guard | None) -> None:
+    def run(self, guard: Guard | None, cut: Callable[[list[int]], object] = lambda fds: None) -> None:
         """The proxy thread: forward until :meth:`terminate` (or the context ends), then close both sockets.
+        ``cut`` shuts down the subscriber connections the guard names (a subscription flood).
 
         Raises what stopped the proxy otherwise (the forwarder reports it).
         """
@@ -159,7 +185,7 @@ class ProxySockets:
             if guard is None:
                 zmq.proxy_steerable(xsub, xpub, None, control)
             else:
-                run_guarded_proxy(xsub, xpub, control, guard)
+                run_guarded_proxy(xsub, xpub, control, guard, cut, self._guarded_counts)
         except zmq.ContextTerminated:
             pass
         finally:
@@ -170,7 +196,13 @@ class ProxySockets:
             control.close(0)
 
     def counters(self, timeout: float) -> ProxyCounters:
-        """Ask the proxy thread for its counters; raise :class:`TransportError` if it does not answer."""
+        """Ask the proxy thread for its counters; raise :class:`TransportError` if it does not answer.
+        The guarded proxy's are read at once (the loop may be in the middle of a batch)."""
+        if self.guarded:
+            with self._lock:
+                if self._control is None:
+                    raise TransportError("the forwarder's proxy is not running")
+                return ProxyCounters(*self._guarded_counts)
         with self._lock:
             control = self._control
             if control is None:
@@ -206,8 +238,9 @@ class Watch:
     ``query_topic``). It ends once libzmq has stopped both monitors.
     """
 
-    def __init__(self, proxy: ProxySockets, query_topic: str) -> None:
+    def __init__(self, proxy: ProxySockets, query_topic: str, tick: float = 0.1) -> None:
         assert proxy.monitors is not None, "bind() first"
+        self._tick_ms = max(1, int(tick * 1000))
         self._monitors = {proxy.monitors[0]: True, proxy.monitors[1]: False}  # monitor -> publisher side?
         ctx = get_context()
         self._out: zmq.Socket[bytes] | None = ctx.socket(zmq.PUB)
@@ -233,7 +266,7 @@ class Watch:
             poller.register(sock, zmq.POLLIN)
         try:
             while live:
-                for sock, _ in poller.poll(100):
+                for sock, _ in poller.poll(self._tick_ms):
                     if queries is not None and sock is queries:
                         sock.recv_multipart()
                         self._send(on_query())
@@ -252,6 +285,7 @@ class Watch:
                     self._close_own()
                 else:
                     self._send(on_tick())
+                    self._drain_subscriptions()
         except zmq.ZMQError as exc:
             if exc.errno != zmq.ETERM:
                 log.warning("forwarder watch thread stopped: %s", exc)
@@ -259,6 +293,13 @@ class Watch:
             for monitor in live:
                 monitor.close(0)
             self._close_own()
+
+    def _drain_subscriptions(self) -> None:
+        """Let the statistics PUB take in the subscriptions the forwarder passes it (as to every publisher).
+        Until a socket is used, libzmq leaves them queued in its pipe: with no statistics to send, every
+        subscription and unsubscription ever made would pile up there."""
+        if self._out is not None:
+            self._out.getsockopt(zmq.EVENTS)
 
     def _send(self, frame: bytes | None) -> None:
         if frame is not None and self._out is not None:
@@ -286,11 +327,46 @@ def writable(fds: set[int]) -> dict[int, bool]:
     return out
 
 
-def cut_connections(fds: list[int], local: set[object]) -> int:
+#: ``struct tcp_info`` (Linux 4.2 and later): where ``tcpi_bytes_acked`` and ``tcpi_bytes_received`` are.
+_TCP_INFO_SIZE, _BYTES_ACKED, _BYTES_RECEIVED = 232, 120, 128
+
+
+def tcp_counters(fds: set[int] | list[int]) -> dict[int, tuple[int, int]]:
+    """Each tcp connection's counters: bytes the peer acknowledged, bytes libzmq has read from it.
+
+    A look, no I/O: ``TCP_INFO`` (``tcpi_bytes_acked``, ``tcpi_bytes_received``)
+    and ``FIONREAD`` (received bytes not read yet) on libzmq's own descriptor,
+    never closed here. Connections that are not tcp (ipc), closed meanwhile,
+    or on a kernel without these counters are left out.
+    """
+    out: dict[int, tuple[int, int]] = {}
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:  # pragma: no cover - not Linux
+        return out
+    waiting = array.array("i", [0])
+    for fd in fds:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            continue
+        try:
+            info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_SIZE)
+            fcntl.ioctl(fd, termios.FIONREAD, waiting)
+        except OSError:
+            continue
+        finally:
+            sock.detach()  # libzmq's descriptor: never closed here
+        if len(info) >= _BYTES_RECEIVED + 8:
+            acked, received = struct.unpack_from("=QQ", info, _BYTES_ACKED)
+            out[fd] = (acked, received - waiting[0])
+    return out
+
+
+def cut_connections(fds: list[int], local: set[object]) -> list[int]:
     """Shut down these accepted connections (libzmq owns the descriptors: it sees the peer leave and
     closes them itself). A descriptor whose local address is not one of ``local`` (a tcp port, an ipc
-    path: closed and reused meanwhile) is left alone. Returns how many were cut."""
-    cut = 0
+    path: closed and reused meanwhile) is left alone. Returns those that were cut."""
+    cut: list[int] = []
     for fd in fds:
         try:
             dup = socket.socket(fileno=os.dup(fd))  # a duplicate: closing it never closes libzmq's
@@ -301,7 +377,7 @@ def cut_connections(fds: list[int], local: set[object]) -> int:
             if (name[1] if isinstance(name, tuple) else name) not in local:
                 continue
             dup.shutdown(socket.SHUT_RDWR)
-            cut += 1
+            cut.append(fd)
         except OSError:
             pass
         finally:
@@ -323,3 +399,28 @@ def raise_file_limit() -> None:
             log.info("open-file limit raised from %d to %d", soft, target)
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-file limit from %d: %s", soft, exc)
+
+
+def give_back_memory() -> bool:
+    """Return the C heap's free memory to the operating system (glibc's ``malloc_trim``).
+
+    libzmq frees a closed connection's subscription tries, but glibc keeps the
+    freed pages in its heap: without this a forwarder cut free of a
+    subscription flood would stay at its peak size. False where there is no
+    glibc (musl, macOS): nothing done.
+    """
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim is False or _trim is True:
+        return False
+    _trim(0)
+    return True
+
+
+_trim: Callable[[int], int] | bool | None = None
