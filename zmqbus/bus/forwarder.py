@@ -322,7 +322,9 @@ class Forwarder:
             forwarded = self._counters().backend_out_bytes
         except (TransportError, ClosedError):
             return
-        slow = bound.check(forwarded, writable(set(self.connections.subscriber_fds)))
+        fds = set(self.connections.subscriber_fds)
+        acked = {fd: counters[0] for fd, counters in tcp_counters(fds).items()}
+        slow = bound.check(forwarded, writable(fds), acked)
         if slow:
             cut = len(cut_connections(slow, self._local_addresses()))
             self._faults.log(

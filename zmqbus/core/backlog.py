@@ -17,6 +17,11 @@ and counts what it missed as gaps, as after any reconnection. This is the
 "slow consumer" rule of NATS (which cuts a client whose pending bytes pass a
 limit) and the suicidal snail of the ZeroMQ guide, applied by the forwarder.
 
+Whether a connection took bytes is seen two ways: its send buffer has room at
+the moment of a look, or (tcp) its peer acknowledged more bytes since the last
+look. The second matters on a busy machine: a subscriber that reads, but whose
+buffer happens to be full at every look, is not cut.
+
 Because the bound counts everything forwarded, a subscriber of one quiet topic
 that stays blocked while the bus moves ``max_bytes`` of other traffic is cut
 too: it had stopped reading for that long.
@@ -41,21 +46,34 @@ class BacklogBound:
             raise ValueError("max_bytes must be positive")
         self.max_bytes = max_bytes
         self._since: dict[int, int] = {}  # connection -> bytes forwarded when it last took bytes
+        self._acked: dict[int, int] = {}  # connection -> bytes its peer had acknowledged at the last sample
         self.cut = 0  # connections this bound asked to cut
 
-    def check(self, forwarded: int, writable: Mapping[int, bool]) -> list[int]:
+    def check(
+        self, forwarded: int, writable: Mapping[int, bool], progress: Mapping[int, int] | None = None
+    ) -> list[int]:
         """Take one sample and return the connections to cut.
 
         :param forwarded: bytes the forwarder has handed to its subscriber side so far.
         :param writable: each live subscriber connection -> whether it can take bytes now.
             Connections not in it are forgotten (they left); new ones start with an empty queue.
+        :param progress: each connection's count of bytes its peer has acknowledged so far (tcp's
+            ``tcpi_bytes_acked``), where known. A connection whose count moved since the last sample
+            took bytes, even if its buffer is full again at the moment of the look: a subscriber that
+            reads, however slowly (a busy machine), is never cut.
         """
-        since = self._since
+        since, acked = self._since, self._acked
         for gone in since.keys() - writable.keys():
             del since[gone]
+        for gone in acked.keys() - writable.keys():
+            del acked[gone]
         out: list[int] = []
         for conn, ok in writable.items():
-            if ok or conn not in since:
+            now = None if progress is None else progress.get(conn)
+            moved = now is not None and acked.get(conn, now) != now
+            if now is not None:
+                acked[conn] = now
+            if ok or moved or conn not in since:
                 since[conn] = forwarded
             elif forwarded - since[conn] > self.max_bytes:
                 out.append(conn)
