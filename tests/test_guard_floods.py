@@ -129,3 +129,33 @@ def test_what_libzmq_read_but_the_loop_has_not_counts_and_is_cut() -> None:
 def test_the_limits_must_be_positive() -> None:
     with pytest.raises(ValueError, match="asked_bytes"):
         SubscriptionLimits(asked_bytes=0)
+
+
+def test_a_subscription_frame_longer_than_512_bytes_ends_its_connection(tcp_pair: tuple[str, str]) -> None:
+    """PROTOCOL.md section 12: a guarding forwarder takes subscription frames of at most 512 bytes (a topic
+    and its NUL, or a tail prefix, is at most 257); a longer one ends the connection, nothing applied."""
+    import time
+
+    import zmq
+
+    from zmqbus import Forwarder
+    from zmqbus.io.transport import get_context
+
+    with Forwarder(*tcp_pair, stats_interval=None, subscription_limits=True) as fwd:
+        ok, long = get_context().socket(zmq.XSUB), get_context().socket(zmq.XSUB)
+        try:
+            for s in (ok, long):
+                s.setsockopt(zmq.LINGER, 0)
+                s.connect(fwd.sub_endpoint)
+            ok.send(b"\x01" + b"a" * 256 + b"\x00")  # 258 bytes: the longest a client needs
+            long.send(b"\x01" + b"b" * 600)
+            deadline = time.monotonic() + 10
+            while fwd.statistics().subscriber_disconnects < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            stats = fwd.statistics()
+            assert stats.subscriber_disconnects >= 1  # the long one's (it reconnects and is ended again)
+            assert stats.subscription_frames >= 1
+            assert fwd.policy_guard is not None and fwd.policy_guard._granted_refs == {b"a" * 256 + b"\x00": 1}
+        finally:
+            ok.close(0)
+            long.close(0)

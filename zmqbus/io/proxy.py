@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import array
 import fcntl
+import functools
 import logging
 import os
 import select
@@ -409,18 +410,18 @@ def give_back_memory() -> bool:
     subscription flood would stay at its peak size. False where there is no
     glibc (musl, macOS): nothing done.
     """
-    global _trim
-    if _trim is None:
-        try:
-            import ctypes
-
-            _trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _trim = False
-    if _trim is False or _trim is True:
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    _trim(0)
+    trim(0)
     return True
 
 
-_trim: Callable[[int], int] | bool | None = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
