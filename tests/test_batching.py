@@ -117,3 +117,37 @@ async def test_a_receiver_without_batches_counts_them_malformed(forwarder: Forwa
                 msgpack.unpackb(payload)
     finally:
         raw.close(0)
+
+
+async def test_the_outbox_sends_each_message_as_its_own_frame_at_the_end_of_the_turn(forwarder: Forwarder) -> None:
+    # Batching off (the default): the outbox only moves the moment a frame reaches ZeroMQ, to the end of the
+    # loop turn, or every 64 messages for a publisher that never yields; every message is an ordinary frame.
+    raw = zmq.Context.instance().socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SUBSCRIBE, b"o.x")
+    raw.connect(forwarder.sub_endpoint)
+    try:
+        async with broker_for(forwarder, "pub") as pub:
+            deadline = asyncio.get_running_loop().time() + 10
+            while not raw.poll(0):  # until the raw subscription has reached the publisher
+                assert asyncio.get_running_loop().time() < deadline, "the subscription never arrived"
+                await pub.publish(msg("o.x", -1))
+                await asyncio.sleep(0.01)
+            while raw.poll(200):
+                raw.recv()
+            # never yielding: 64 messages leave at the 64th publish, the next 10 wait for the turn's end
+            for i in range(74):
+                await pub.publish(msg("o.x", i))
+            frames = []
+            while len(frames) < 64 and raw.poll(5_000):  # blocks the loop: only what left already can come
+                frames.append(raw.recv())
+            assert not raw.poll(300), "the turn has not ended: the last 10 are still in the outbox"
+            assert pub._publisher.batcher is not None and pub._publisher.batcher.queued == 10
+            await asyncio.sleep(0)  # the turn ends
+            while len(frames) < 74 and raw.poll(5_000):
+                frames.append(raw.recv())
+            decoded = [Codec().decode_frame(f) for f in frames]  # ordinary frames, never batch frames
+            assert [m.content["i"] for m in decoded] == list(range(74))
+            assert pub._publisher.batcher.batches == 0
+    finally:
+        raw.close(0)

@@ -230,6 +230,46 @@ async def test_publish_waits_at_the_high_water_mark_instead_of_dropping(tcp_pair
         fwd.stop()
 
 
+@pytest.mark.parametrize("batching", [False, True])
+@pytest.mark.timeout(30, method="thread")  # a spin would starve the signal method's exception too: end the worker
+async def test_a_publish_held_at_the_high_water_mark_lets_the_loop_run(
+    tcp_pair: tuple[str, str], batching: bool
+) -> None:
+    """libzmq reports POLLOUT on an XPUB at all times (libzmq issue 1597): a wait on readiness returns at
+    once, and a retry loop on it spun without yielding: other tasks stalled for the whole publish
+    timeout, and a held batch never timed out at all. The wait is a paused retry now."""
+    fwd = Forwarder(*tcp_pair, stats_interval=None).start()
+    try:
+        async with (
+            MessageBroker(*tcp_pair, hwm=10, publish_timeout=0.5, batching=batching) as pub,
+            MessageBroker(*tcp_pair, hwm=10) as sub,
+        ):
+            sub.subscribe("s", "w.#", lambda m: None)
+            await sub.ready()
+            await pub.ready()
+            fwd.stop()  # nothing drains the publisher any more
+            ticks = 0
+
+            async def ticker() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            task = asyncio.get_running_loop().create_task(ticker())
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(BusTimeout, match="high-water mark"):
+                for i in range(100_000):
+                    await pub.publish(msg("w.x", {"i": i}))
+            waited = loop.time() - start
+            task.cancel()
+            assert waited < 5, "the publish timeout holds"
+            assert ticks >= 10, f"the event loop ran {ticks} times in {waited:.2f} s of waiting"
+    finally:
+        fwd.stop()
+
+
 async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
     """A blocked subscriber behind a tiny HWM loses messages; with recovery off, every loss shows up as a
     gap (tests/test_recovery.py: with it on, they are fetched back)."""

@@ -112,8 +112,8 @@ class MessageBroker:
         skew = opts.redundant_skew if self.forwarders > 1 else None
         self._receiver = Receiver(self._table, self.codec, opts.max_pending_handlers, self._faults, redundant=skew)
         self._publisher = Publisher(self.codec, self.client_id, opts.publish_timeout, self.ready, opts.name)
-        if config.batching(opts.batching):
-            self._publisher.batcher = Batcher(self._publisher, opts.batch_messages)
+        # Frames leave at the end of the loop turn, back to back (batching.py); batching also combines them.
+        self._publisher.batcher = Batcher(self._publisher, opts.batch_messages, combine=config.batching(opts.batching))
         self._subs = Subscriptions(self._table, self._receiver)
         where = f"{self.pub_endpoint} / {self.sub_endpoint}"
         self._readiness = Readiness(self._publisher, self._subs, lambda: self._watches, where)

@@ -85,11 +85,12 @@ class Publisher:
         self.tails: set[str] = set()
         self.tail_copies = self.tail_copies_skipped = 0
         self._tail_heads: dict[bytes, bytes] = {}  # frame head -> its tail copy's head (b"": none wanted)
-        #: Opt-in batching (PROTOCOL.md section 2.4); None: every message is sent as its own frame.
+        #: The outbox (batching.py), which opt-in batching (PROTOCOL.md section 2.4) makes combine frames;
+        #: None: every frame is handed to the socket as it is published.
         self.batcher: Batcher | None = None
 
     def flush(self) -> None:
-        """Send what batching has queued (before a probe, at close)."""
+        """Send what the outbox holds (before a probe, at close)."""
         if self.batcher is not None:
             self.batcher.flush()
 
@@ -117,19 +118,25 @@ class Publisher:
         payload = codec.encode(message, head, self.client_id, seq, self.name)
         frame = head + payload
         batcher = self.batcher
-        if batcher is not None:  # opt-in: queued, sent as one frame with the topic's others (batching.py)
+        if batcher is None:  # no outbox (a client built without one): straight to the socket
+            if not link.send(frame):
+                await self._publish_slowly(link, frame, timeout)
+        else:  # the outbox: leaves at the end of the loop turn, as its own frame or batched (batching.py)
             if batcher.stalled:
                 await batcher.wait_room(timeout)
-            batcher.add(head, payload)
-        elif not link.send(frame):
-            await self._publish_slowly(link, frame, timeout)
+            if batcher.combine:
+                batcher.add(head, payload)
+            else:
+                batcher.add_frame(frame)
         if not seq & 0xFF:  # every 256th message of a topic: a publisher that never yields sees new tails too
             self.poll_notices()
-        if self.tails and batcher is None:  # a tail pattern (#.error) is subscribed: a copy under the last word
-            tail = self.tail_head(head)
+        if self.tails and (batcher is None or not batcher.combine):  # a tail pattern (#.error) is subscribed:
+            tail = self.tail_head(head)  # a copy under the last word (a batch frame gets its copy in batching.py)
             if tail and len(tail) + len(frame) <= codec.max_message_size:
                 self.tail_copies += 1
-                if not link.send(tail + frame):
+                if batcher is not None:
+                    batcher.add_frame(tail + frame)
+                elif not link.send(tail + frame):
                     await self._publish_slowly(link, tail + frame, timeout)
             elif tail:  # within a tail header of the size limit: its tail subscribers count it as a gap
                 self.tail_copies_skipped += 1
@@ -209,13 +216,15 @@ class Publisher:
         self.publish_waits += 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        attempt = 0
         while True:
             left = deadline - loop.time()
             if left <= 0:
                 raise BusTimeout(
                     f"publish: high-water mark reached for {timeout:g} s (is the forwarder up and draining?)"
                 )
-            await link.pub.wait_writable(left)
+            await link.wait_room(attempt, left)  # never a readiness wait: it would spin (BusLink.wait_room)
+            attempt += 1
             if self.closed:
                 raise ClosedError("MessageBroker closed while publishing")
             if link.send(frame):
