@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import msgpack
 import pytest
@@ -21,6 +21,32 @@ def broker_for(fwd: Forwarder, name: str, **kw: object) -> MessageBroker:
 
 def msg(topic: str, i: int) -> ProcessingMessage:
     return ProcessingMessage(topic, {"i": i}, MessageMetadata())
+
+
+@contextlib.contextmanager
+def raw_subscriber(fwd: Forwarder, prefix: bytes) -> Iterator[zmq.Socket[bytes]]:
+    """A plain zmq SUB of ``prefix`` (a peer that knows nothing of zmqbus), closed on the way out."""
+    raw = zmq.Context.instance().socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SUBSCRIBE, prefix)
+    raw.connect(fwd.sub_endpoint)
+    try:
+        yield raw
+    finally:
+        raw.close(0)
+
+
+async def until_heard(pub: MessageBroker, raw: zmq.Socket[bytes], topic: str) -> None:
+    """Publish ``topic`` until ``raw`` gets one (its subscription has reached the publisher), then drain ``raw``."""
+    for _ in range(500):
+        await pub.publish(msg(topic, -1))
+        await asyncio.sleep(0)  # the loop turns: the outbox hands the frame to ZeroMQ
+        if raw.poll(10):
+            break
+    else:
+        raise AssertionError(f"no {topic} message reached the raw subscriber")
+    while raw.poll(200):
+        raw.recv()
 
 
 @contextlib.asynccontextmanager
@@ -73,7 +99,7 @@ async def test_one_message_per_loop_turn_leaves_at_once_unbatched(forwarder: For
         for i in range(5):
             await pub.publish(msg("tick", i))
             await got.wait_for(count=i + 1, timeout=2)  # no timer holds it: it left at the end of the turn
-        assert pub._publisher.batcher is not None and pub._publisher.batcher.batches == 0
+        assert pub._publisher.batcher.batches == 0
 
 
 async def test_close_sends_what_is_queued(forwarder: Forwarder) -> None:
@@ -93,20 +119,9 @@ async def test_close_sends_what_is_queued(forwarder: Forwarder) -> None:
 async def test_a_receiver_without_batches_counts_them_malformed(forwarder: Forwarder) -> None:
     # The reason batching is opt-in: a peer that does not implement section 2.4 sees 0xC1 where a payload
     # starts, and must count the frame as malformed rather than misread it.
-    raw = zmq.Context.instance().socket(zmq.SUB)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.setsockopt(zmq.SUBSCRIBE, b"old.")
-    raw.connect(forwarder.sub_endpoint)
-    try:
+    with raw_subscriber(forwarder, b"old.") as raw:
         async with broker_for(forwarder, "pub", batching=True) as pub:
-            await pub.ready()
-            for _ in range(500):  # until the raw subscription has reached the publisher: a first message arrives
-                await pub.publish(msg("old.warmup", 0))
-                await asyncio.sleep(0)  # the loop turns: the queue leaves
-                if raw.poll(10):
-                    break
-            while raw.poll(0):
-                raw.recv()
+            await until_heard(pub, raw, "old.warmup")
             for i in range(3):
                 await pub.publish(msg("old.topic", i))
             await asyncio.sleep(0)  # the loop turns: the queue leaves
@@ -115,26 +130,14 @@ async def test_a_receiver_without_batches_counts_them_malformed(forwarder: Forwa
             assert topic == b"old.topic" and payload[:1] == BATCH_MARK
             with pytest.raises(ValueError):
                 msgpack.unpackb(payload)
-    finally:
-        raw.close(0)
 
 
 async def test_the_outbox_sends_each_message_as_its_own_frame_at_the_end_of_the_turn(forwarder: Forwarder) -> None:
     # Batching off (the default): the outbox only moves the moment a frame reaches ZeroMQ, to the end of the
     # loop turn, or every 64 messages for a publisher that never yields; every message is an ordinary frame.
-    raw = zmq.Context.instance().socket(zmq.SUB)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.setsockopt(zmq.SUBSCRIBE, b"o.x")
-    raw.connect(forwarder.sub_endpoint)
-    try:
+    with raw_subscriber(forwarder, b"o.x") as raw:
         async with broker_for(forwarder, "pub") as pub:
-            deadline = asyncio.get_running_loop().time() + 10
-            while not raw.poll(0):  # until the raw subscription has reached the publisher
-                assert asyncio.get_running_loop().time() < deadline, "the subscription never arrived"
-                await pub.publish(msg("o.x", -1))
-                await asyncio.sleep(0.01)
-            while raw.poll(200):
-                raw.recv()
+            await until_heard(pub, raw, "o.x")
             # never yielding: 64 messages leave at the 64th publish, the next 10 wait for the turn's end
             for i in range(74):
                 await pub.publish(msg("o.x", i))
@@ -142,12 +145,10 @@ async def test_the_outbox_sends_each_message_as_its_own_frame_at_the_end_of_the_
             while len(frames) < 64 and raw.poll(5_000):  # blocks the loop: only what left already can come
                 frames.append(raw.recv())
             assert not raw.poll(300), "the turn has not ended: the last 10 are still in the outbox"
-            assert pub._publisher.batcher is not None and pub._publisher.batcher.queued == 10
+            assert pub._publisher.batcher.queued == 10
             await asyncio.sleep(0)  # the turn ends
             while len(frames) < 74 and raw.poll(5_000):
                 frames.append(raw.recv())
             decoded = [Codec().decode_frame(f) for f in frames]  # ordinary frames, never batch frames
             assert [m.content["i"] for m in decoded] == list(range(74))
             assert pub._publisher.batcher.batches == 0
-    finally:
-        raw.close(0)

@@ -270,6 +270,33 @@ async def test_a_publish_held_at_the_high_water_mark_lets_the_loop_run(
         fwd.stop()
 
 
+async def test_a_publish_waiting_at_the_high_water_mark_ends_when_the_broker_closes(tcp_pair: tuple[str, str]) -> None:
+    """close() ends a publish held at the high-water mark at once with ClosedError (not after its timeout,
+    and never by queueing the message on a closed broker)."""
+    fwd = Forwarder(*tcp_pair, stats_interval=None).start()
+    try:
+        async with MessageBroker(*tcp_pair, hwm=10) as sub:
+            sub.subscribe("s", "w.#", lambda m: None)
+            await sub.ready()
+            pub = MessageBroker(*tcp_pair, hwm=10, publish_timeout=60, linger=0.2)
+            await pub.ready()
+            fwd.stop()  # nothing drains the publisher any more
+
+            async def flood() -> None:
+                for i in range(100_000):
+                    await pub.publish(msg("w.x", {"i": i}))
+
+            task = asyncio.get_running_loop().create_task(flood())
+            await wait_until(lambda: pub.statistics().publish_waits >= 1 or task.done(), what="a publish waits")
+            await pub.close()
+            published = pub.statistics().published
+            with pytest.raises(ClosedError, match="closed while publishing"):  # the waiting publish itself
+                await asyncio.wait_for(task, 5)
+            assert pub.statistics().published == published, "nothing was queued on the closed broker"
+    finally:
+        fwd.stop()
+
+
 async def test_gaps_are_counted_when_the_forwarder_drops(tcp_pair: tuple[str, str]) -> None:
     """A blocked subscriber behind a tiny HWM loses messages; with recovery off, every loss shows up as a
     gap (tests/test_recovery.py: with it on, they are fetched back)."""

@@ -46,7 +46,7 @@ class Batcher:
     """The queues of one publisher (see the module docstring)."""
 
     def __init__(
-        self, publisher: Publisher, max_messages: int = 64, max_bytes: int = 64 * 1024, combine: bool = True
+        self, publisher: Publisher, max_messages: int = 64, max_bytes: int = 64 * 1024, combine: bool = False
     ) -> None:
         if not 2 <= max_messages <= 65_535:
             raise ValueError("max_messages must be 2 to 65535")
@@ -69,9 +69,8 @@ class Batcher:
     def add_frame(self, frame: bytes) -> None:
         """Queue one whole frame (the outbox alone, ``combine=False``); it leaves at the end of the turn."""
         queue = self._queue
-        if not queue and not self._armed:
-            self._armed = True
-            asyncio.get_running_loop().call_soon(self._turn_ends)
+        if not queue:
+            self._arm()
         queue.append(frame)
         self._size += len(frame)
         if len(queue) >= self.max_messages or self._size > self.max_bytes:
@@ -85,13 +84,17 @@ class Batcher:
             queue = self._queue
         if not queue:
             self._head = head
-            if not self._armed:
-                self._armed = True
-                asyncio.get_running_loop().call_soon(self._turn_ends)
+            self._arm()
         queue.append(payload)
         self._size += len(payload)
         if len(queue) >= self.max_messages:
             self.flush()
+
+    def _arm(self) -> None:
+        """What is queued leaves at the end of this loop turn at the latest."""
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_soon(self._turn_ends)
 
     def _turn_ends(self) -> None:
         self._armed = False
@@ -103,8 +106,9 @@ class Batcher:
             queue, self._queue, self._size = self._queue, [], 0
             if self.combine:
                 self._send(self._head, queue)
-            else:
-                self._send_each(queue)
+            else:  # each its own frame, back to back; from the first refusal on, held in order
+                for frame in queue:
+                    self._put(frame)
 
     @property
     def queued(self) -> int:
@@ -134,22 +138,6 @@ class Batcher:
                 pub.tail_copies += len(queue)
                 self._put(tail + frame)
 
-    def _send_each(self, frames: list[bytes]) -> None:
-        """The outbox alone: hand each frame to libzmq, back to back; hold the rest, in order, at the first
-        refusal (the high-water mark)."""
-        link = self.publisher.link
-        if self.stalled or link is None:
-            sent = 0
-        else:
-            send = link.send
-            sent = len(frames)
-            for i, frame in enumerate(frames):
-                if not send(frame):
-                    sent = i
-                    break
-        for frame in frames[sent:]:
-            self._put(frame)
-
     def _put(self, frame: bytes) -> None:
         link = self.publisher.link
         if self.stalled or link is None or not link.send(frame):
@@ -167,7 +155,7 @@ class Batcher:
                 self.stalled.popleft()
                 attempt = 0
             else:  # a pause, never a readiness wait: that would spin without yielding (BusLink.wait_room)
-                await link.wait_room(attempt, 0.25)
+                await link.wait_room(attempt)
                 attempt += 1
 
     def close(self) -> int:

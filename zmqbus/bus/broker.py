@@ -57,7 +57,6 @@ from ..io.aio import TaskOwner, run_on_loop
 from ..io.security import HandshakeWatch, open_link, reread_keys
 from ..io.transport import BusLink
 from . import tracing
-from .batching import Batcher
 from .history import enable_recovery
 from .linkwatch import LinkWatch
 from .options import BrokerOptions, BrokerSettings
@@ -111,9 +110,15 @@ class MessageBroker:
         self.forwarders = len(config.split_endpoints(self.sub_endpoint))
         skew = opts.redundant_skew if self.forwarders > 1 else None
         self._receiver = Receiver(self._table, self.codec, opts.max_pending_handlers, self._faults, redundant=skew)
-        self._publisher = Publisher(self.codec, self.client_id, opts.publish_timeout, self.ready, opts.name)
-        # Frames leave at the end of the loop turn, back to back (batching.py); batching also combines them.
-        self._publisher.batcher = Batcher(self._publisher, opts.batch_messages, combine=config.batching(opts.batching))
+        self._publisher = Publisher(
+            self.codec,
+            self.client_id,
+            opts.publish_timeout,
+            self.ready,
+            opts.name,
+            batch_messages=opts.batch_messages,
+            batching=config.batching(opts.batching),
+        )
         self._subs = Subscriptions(self._table, self._receiver)
         where = f"{self.pub_endpoint} / {self.sub_endpoint}"
         self._readiness = Readiness(self._publisher, self._subs, lambda: self._watches, where)
@@ -201,8 +206,7 @@ class MessageBroker:
             self._readiness.cancel()
             await self._owner.cancel()
             self._reader = None
-            if self._publisher.batcher is not None:
-                self._publisher.batcher.close()  # what it still held is counted in unconfirmed above
+            self._publisher.batcher.close()  # what it still held is counted in unconfirmed above
             if self._link is not None:
                 self._link.close(linger)
                 self._link = self._publisher.link = None

@@ -2,9 +2,10 @@
 
 One frame per message (``topic NUL payload``, PROTOCOL.md section 2): the
 frame head of each message type is cached, each (publisher, topic) stream is
-numbered (section 4.2), and a publish never drops at the publisher: at the
-high-water mark it waits for room, up to its timeout, then raises
-:class:`BusTimeout`. The very first publish waits for the forwarder's
+numbered (section 4.2), and every frame leaves through the outbox
+(:mod:`.batching`), at the end of the loop turn. A publish never drops at the
+publisher: a frame the high-water mark refuses is held, and the next publish
+waits for room, up to its timeout, then raises :class:`BusTimeout`. The very first publish waits for the forwarder's
 subscriptions to reach this client (:meth:`Publisher.publish` asks
 ``ready``), so the first messages are not lost to the slow-joiner effect.
 
@@ -17,12 +18,11 @@ one truth test for it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from time import time as _time
 
 from ..core.codec import Codec
-from ..core.errors import BusTimeout, ClosedError
+from ..core.errors import ClosedError
 from ..core.message import ProcessingMessage
 from ..core.sequence import Sequencer
 from ..core.topics import RESERVED_PREFIX, TAIL_MARK, tail_prefix, tail_word
@@ -64,8 +64,18 @@ class Publisher:
     )
 
     def __init__(
-        self, codec: Codec, client_id: str, timeout: float, ready: Callable[[float], Awaitable[None]], name: str = ""
+        self,
+        codec: Codec,
+        client_id: str,
+        timeout: float,
+        ready: Callable[[float], Awaitable[None]],
+        name: str = "",
+        *,
+        batch_messages: int = 64,
+        batching: bool = False,
     ) -> None:
+        """``batch_messages``: the outbox's flush size (and a batch frame's most messages); ``batching``: the
+        outbox also combines runs of one topic into batch frames (PROTOCOL.md section 2.4)."""
         self.codec, self.client_id, self.timeout = codec, client_id, timeout
         #: The ``source_component`` of messages that leave it empty (the client's name).
         self.name = name
@@ -85,14 +95,12 @@ class Publisher:
         self.tails: set[str] = set()
         self.tail_copies = self.tail_copies_skipped = 0
         self._tail_heads: dict[bytes, bytes] = {}  # frame head -> its tail copy's head (b"": none wanted)
-        #: The outbox (batching.py), which opt-in batching (PROTOCOL.md section 2.4) makes combine frames;
-        #: None: every frame is handed to the socket as it is published.
-        self.batcher: Batcher | None = None
+        #: The outbox every frame leaves through (batching.py), combining frames when batching is on.
+        self.batcher = Batcher(self, batch_messages, combine=batching)
 
     def flush(self) -> None:
         """Send what the outbox holds (before a probe, at close)."""
-        if self.batcher is not None:
-            self.batcher.flush()
+        self.batcher.flush()
 
     async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
         """Encode, number and send ``message`` (see :meth:`MessageBroker.publish` for what it raises)."""
@@ -117,27 +125,22 @@ class Publisher:
         seq = self._sequencer.next(head)  # per (publisher, topic): PROTOCOL.md section 4.2
         payload = codec.encode(message, head, self.client_id, seq, self.name)
         frame = head + payload
-        batcher = self.batcher
-        if batcher is None:  # no outbox (a client built without one): straight to the socket
-            if not link.send(frame):
-                await self._publish_slowly(link, frame, timeout)
-        else:  # the outbox: leaves at the end of the loop turn, as its own frame or batched (batching.py)
-            if batcher.stalled:
-                await batcher.wait_room(timeout)
-            if batcher.combine:
-                batcher.add(head, payload)
-            else:
-                batcher.add_frame(frame)
+        outbox = self.batcher  # leaves at the end of the loop turn, as its own frame or batched (batching.py)
+        if outbox.stalled:  # the high-water mark holds earlier frames: wait for room, or BusTimeout
+            await outbox.wait_room(timeout)
+            if self.closed:
+                raise ClosedError("MessageBroker closed while publishing")
+        if outbox.combine:
+            outbox.add(head, payload)
+        else:
+            outbox.add_frame(frame)
         if not seq & 0xFF:  # every 256th message of a topic: a publisher that never yields sees new tails too
             self.poll_notices()
-        if self.tails and (batcher is None or not batcher.combine):  # a tail pattern (#.error) is subscribed:
-            tail = self.tail_head(head)  # a copy under the last word (a batch frame gets its copy in batching.py)
+        if self.tails and not outbox.combine:  # a tail pattern (#.error) is subscribed: a copy under the last
+            tail = self.tail_head(head)  # word (a batch frame gets its copy in batching.py)
             if tail and len(tail) + len(frame) <= codec.max_message_size:
                 self.tail_copies += 1
-                if batcher is not None:
-                    batcher.add_frame(tail + frame)
-                elif not link.send(tail + frame):
-                    await self._publish_slowly(link, tail + frame, timeout)
+                outbox.add_frame(tail + frame)
             elif tail:  # within a tail header of the size limit: its tail subscribers count it as a gap
                 self.tail_copies_skipped += 1
         record = self.record
@@ -211,21 +214,3 @@ class Publisher:
             self._heads.clear()
         self._heads[message.message_type] = head
         return head
-
-    async def _publish_slowly(self, link: BusLink, frame: bytes, timeout: float) -> None:
-        self.publish_waits += 1
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        attempt = 0
-        while True:
-            left = deadline - loop.time()
-            if left <= 0:
-                raise BusTimeout(
-                    f"publish: high-water mark reached for {timeout:g} s (is the forwarder up and draining?)"
-                )
-            await link.wait_room(attempt, left)  # never a readiness wait: it would spin (BusLink.wait_room)
-            attempt += 1
-            if self.closed:
-                raise ClosedError("MessageBroker closed while publishing")
-            if link.send(frame):
-                return

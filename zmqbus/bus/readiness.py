@@ -143,7 +143,7 @@ class Readiness:
         if link is None:
             raise ClosedError("MessageBroker is closed")
         pub.flush()  # batched messages leave before the probe that proves they left
-        if pub.batcher is not None and pub.batcher.stalled:
+        if pub.batcher.stalled:
             return  # a probe must not pass held frames: the next round sends it
         msg = ProcessingMessage(_PROBE_TYPE, None, MessageMetadata(source_component=pub.name))
         head = pub.codec.frame_head(msg, topic)

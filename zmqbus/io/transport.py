@@ -346,16 +346,15 @@ class BusLink:
         return True
 
     @staticmethod
-    async def wait_room(attempt: int, most: float) -> None:
-        """Wait before trying a refused :meth:`send` again (``attempt`` counts from 0), at most ``most``
-        seconds.
+    async def wait_room(attempt: int) -> None:
+        """Wait before trying a refused :meth:`send` again (``attempt`` counts from 0).
 
         Readiness cannot be awaited here: libzmq reports ``POLLOUT`` on an ``XPUB`` at all times, even
         when ``XPUB_NODROP`` refuses sends at the high-water mark (libzmq issue 1597), so a wait on
         :meth:`Channel.wait_writable` returns at once and a retry loop on it would spin without ever
         yielding to the event loop. The pause starts at 0.5 ms and doubles up to 20 ms.
         """
-        await asyncio.sleep(max(0.0, min(0.0005 * (1 << min(attempt, 6)), 0.02, most)))
+        await asyncio.sleep(min(0.0005 * (1 << min(attempt, 6)), 0.02))
 
     def subscribe(self, prefix: bytes) -> None:
         with mapped_errors("subscribe"):
