@@ -139,7 +139,7 @@ def test_a_subscription_frame_longer_than_512_bytes_ends_its_connection(tcp_pair
     import zmq
 
     from zmqbus import Forwarder
-    from zmqbus.io.transport import get_context
+    from zmqbus.io.sockets import get_context
 
     with Forwarder(*tcp_pair, stats_interval=None, subscription_limits=True) as fwd:
         ok, long = get_context().socket(zmq.XSUB), get_context().socket(zmq.XSUB)

@@ -29,7 +29,7 @@ from zmqbus import (
     load_keys,
 )
 from zmqbus.core.security import ZapDomain, check_endpoint, needs_keys, zap_decide
-from zmqbus.io.transport import get_context
+from zmqbus.io.sockets import get_context
 from zmqbus.testing import wait_until
 
 

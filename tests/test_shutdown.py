@@ -454,7 +454,7 @@ def test_exit_never_hangs_on_a_socket_dropped_without_close() -> None:
     would hold the exit flush's term() forever: it is bounded (EXIT_FLUSH_TIMEOUT, 5 s). Bounded from outside."""
     script = """
 import gc, warnings, zmq
-from zmqbus.io.transport import get_context
+from zmqbus.io.sockets import get_context
 warnings.simplefilter("error")
 s = get_context().socket(zmq.PUB)
 s.connect("tcp://127.0.0.1:9")  # nobody there: the message below stays queued, LINGER is infinite

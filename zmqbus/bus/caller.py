@@ -315,8 +315,10 @@ class Caller:
         for peer, frame, fut in outbox:
             if fut.done() or self._closed:
                 continue  # the try ended before it left (its timeout, a lost instance, the close)
-            if not router.send(peer, frame):
+            if not router.send(peer, frame, recheck=False):
                 fut.set_result(_UNSENT)
+        if not self._closed:
+            router.channel.recheck_now()  # the sends may have eaten the signal of a reply that came meanwhile
 
     async def _send_slowly(self, call: Call, peer: bytes, frame: bytes) -> Outcome:
         """The instance is unreachable: right after discovery that means "still connecting"."""

@@ -35,7 +35,7 @@ import zmq
 
 from ..core.control import FORWARDER_QUERY_TOPIC
 from ..core.guard import CONTROL_HEAD, Guard, publication_topic
-from .transport import user_id
+from .sockets import user_id
 
 __all__ = ["run_guarded_proxy"]
 

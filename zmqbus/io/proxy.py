@@ -39,7 +39,8 @@ from ..core.guard import MAX_SUBSCRIPTION_FRAME, SUBSCRIPTION_QUEUE, SUBSCRIPTIO
 from ..core.security import KeyRing
 from .guarded import run_guarded_proxy
 from .security import apply_server
-from .transport import SocketConfig, get_context, mapped_errors
+from .sockets import get_context, mapped_errors
+from .transport import SocketConfig
 
 __all__ = [
     "ProxyCounters",

@@ -49,7 +49,8 @@ from ..core.errors import AuthenticationRefused, SecurityError
 from ..core.policy import Policy
 from ..core.ratelog import RateLimitedLog
 from ..core.security import KeyRing, ZapDomain, allow_list_changes, check_endpoint, zap_decide
-from .transport import BusLink, Channel, SocketConfig, get_context, mapped_errors, mark_background
+from .sockets import Channel, get_context, mapped_errors, mark_background
+from .transport import BusLink, SocketConfig
 
 __all__ = [
     "load_keys",
@@ -432,7 +433,7 @@ class HandshakeWatch:
         while not self._stopped:
             self.poll()
             self._reconnect_due()
-            await self.channel.wait(zmq.POLLIN, 0.5 if self._retry else 1.0)
+            await self.channel.wait_readable(0.5 if self._retry else 1.0)
 
     def _reconnect_due(self) -> None:
         now = time.monotonic()
@@ -456,7 +457,7 @@ class HandshakeWatch:
         while not self._stopped and loop.time() < deadline:
             self.poll()
             if not self._stopped:
-                await self.channel.wait(zmq.POLLIN, min(0.05, max(0.0, deadline - loop.time())))
+                await self.channel.wait_readable(min(0.05, max(0.0, deadline - loop.time())))
         if not self._stopped:
             log.warning("%s: the socket monitor did not stop within %g s", self.what, timeout)
         with contextlib.suppress(Exception):
