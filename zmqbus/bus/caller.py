@@ -235,8 +235,13 @@ class Caller:
         except (DecodeError, ValueError, TypeError) as exc:
             self._faults.log(logging.WARNING, "decode", "malformed reply: %s", exc)
             return
-        error = ErrorReply.from_content(msg.content) if kind == ERR else None
-        action = self.core.reply(msg.metadata.causation_id or "", error)
+        request_id = msg.metadata.causation_id or ""
+        if kind != ERR:  # the common case: the call ends with its reply
+            call = self.core.replied(request_id)
+            if call is not None:
+                _wake(call, Replied(kind, msg))
+            return
+        action = self.core.reply(request_id, ErrorReply.from_content(msg.content))
         if isinstance(action, Wake):
             _wake(action.call, TryFailed(action.reason))
         elif action is not None:

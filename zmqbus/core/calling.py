@@ -114,6 +114,11 @@ class CallerCore:
         """The responder is still working on ``request_id``: its try's deadline moves back."""
         self.tracker.busy(request_id, now)
 
+    def replied(self, request_id: str) -> Call | None:
+        """A reply that is not an error arrived for ``request_id``: the call it ends (None: a late duplicate,
+        counted). :meth:`reply` with no error, without the :class:`Complete` (the hot path)."""
+        return self.tracker.reply(request_id)
+
     def reply(self, request_id: str, error: ErrorReply | None) -> Wake | Complete | None:
         """A reply (``error`` set for an ``ERR``) arrived for ``request_id``."""
         if error is not None and error.retryable:
