@@ -98,24 +98,84 @@ async def serve_router(
     """Hand every message arriving on ``router`` to ``on_frames`` (with its key name when the router
     records them), draining in batches; ``after_batch`` runs after each batch (a responder sends the
     replies its handlers gave meanwhile there, back to back: ZeroMQ then wakes its I/O thread once for
-    them, not once per reply)."""
-    while True:
-        batch = router.recv_batch(256)
-        users = router.users
+    them, not once per reply).
+
+    The reading runs in the socket's FD callback (:meth:`Channel.set_reader`), not in this task: this
+    task only owns it. It ends (raising) when the socket fails or ``on_frames`` raises, and stops the
+    reading when cancelled."""
+    await _RouterReader(router, on_frames, after_batch).run()
+
+
+class _RouterReader:
+    """The reading of :func:`serve_router`: drains the socket whenever its FD says so."""
+
+    #: Seconds between re-checks that do not wait for the FD (bounds a lost FD edge).
+    WATCHDOG = 1.0
+
+    def __init__(
+        self,
+        router: RouterLink,
+        on_frames: Callable[[list[bytes], str], None],
+        after_batch: Callable[[], None] | None,
+    ) -> None:
+        self.router, self.on_frames, self.after_batch = router, on_frames, after_batch
+        self._failed: asyncio.Future[None] | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._rescheduled = False
+        self._draining = False
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._failed = loop.create_future()
+        channel = self.router.channel
+        channel.set_reader(self.drain)
+        self._watchdog = loop.call_later(self.WATCHDOG, self._tick)
         try:
-            if users:
-                for frames, user in zip(batch, users, strict=True):
-                    on_frames(frames, user)
-            else:
-                for frames in batch:
-                    on_frames(frames, "")
-        finally:  # replies held during the batch leave even when a message's handling raised
-            if after_batch is not None:
-                after_batch()
-        if len(batch) == 256:
-            await asyncio.sleep(0)  # let the rest of the loop run
-        else:
-            # A short batch ended in Again: the socket is drained, so wait at
-            # once (wait() reads EVENTS first) instead of paying for another
-            # Again (about 4 us: pyzmq builds an exception).
-            await router.channel.wait_readable(1.0)  # bounded in case an FD edge was lost
+            self.drain()  # what arrived before the reader was set
+            await self._failed  # raises what ended the reading
+        finally:
+            channel.set_reader(None)
+            self._watchdog.cancel()
+
+    def _tick(self) -> None:
+        self.drain()
+        if self._failed is not None and not self._failed.done():
+            self._watchdog = asyncio.get_running_loop().call_later(self.WATCHDOG, self._tick)
+
+    def _again(self) -> None:
+        self._rescheduled = False
+        self.drain()
+
+    def drain(self) -> None:
+        """Receive until the socket is drained (up to 8 batches of 256, then the rest of the loop runs
+        first); any failure ends :meth:`run`."""
+        failed = self._failed
+        if failed is None or failed.done() or self._draining:
+            return  # not running, or called from within a drain (whose EVENTS read comes after)
+        self._draining = True
+        router, on_frames, after_batch = self.router, self.on_frames, self.after_batch
+        try:
+            for _ in range(8):
+                batch = router.recv_batch(256)
+                users = router.users
+                try:
+                    if users:
+                        for frames, user in zip(batch, users, strict=True):
+                            on_frames(frames, user)
+                    else:
+                        for frames in batch:
+                            on_frames(frames, "")
+                finally:  # replies held during the batch leave even when a message's handling raised
+                    if after_batch is not None:
+                        after_batch()
+                # A short batch ended in Again; EVENTS re-arms the FD signal (a send in after_batch may
+                # have eaten it) and says whether more came meanwhile.
+                if len(batch) < 256 and not router.channel.readable():
+                    return
+            if not self._rescheduled:
+                self._rescheduled = True
+                asyncio.get_running_loop().call_soon(self._again)
+        except Exception as exc:
+            failed.set_exception(exc)
+        finally:
+            self._draining = False

@@ -406,11 +406,14 @@ class Responder:
             self.stats.undeliverable += 1
 
     def _flush(self) -> None:
-        """The end of a batch of requests: send the replies their handlers gave meanwhile, back to back."""
+        """The end of a batch of requests: send the replies their handlers gave meanwhile, back to back
+        (the reader reads EVENTS right after: no re-check per send)."""
         self._reading = False
         outbox, self._outbox = self._outbox, []
+        router = self._router
         for caller, frame in outbox:
-            self._send(caller, frame)
+            if router is None or not router.send(caller, frame, recheck=False):
+                self.stats.undeliverable += 1
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
         codec = self.bus.codec
