@@ -62,7 +62,7 @@ async def test_a_lost_fd_edge_delays_a_message_by_the_watchdog_at_most() -> None
         started = time.monotonic()
         dealer.send(b"second")
         await _until(lambda: got == [b"first", b"second"], timeout=5.0)
-        assert time.monotonic() - started <= _RouterReader.WATCHDOG + 0.5
+        assert time.monotonic() - started <= _RouterReader.WATCHDOG + 1.0  # slack for a loaded machine
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
