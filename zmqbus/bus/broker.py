@@ -15,7 +15,9 @@ Contracts:
   before the next message is dispatched; one that awaits (a request, a sleep)
   goes on as a task and does not hold up the messages behind it, up to
   about ``max_pending_handlers`` at once (checked between messages). A handler that raises is logged
-  (rate-limited) and counted; dispatch goes on.
+  (rate-limited) and counted; dispatch goes on. From its first line a handler has a task of its own
+  (``asyncio.current_task()``): ``asyncio.timeout`` and ``asyncio.TaskGroup`` cancel the handler,
+  never the client's reading.
 * Each publisher numbers its messages per topic and keeps them for a while;
   subscribers deliver each stream once and in order, fetch what they missed
   from the publisher, and count as lost only what could not come back.

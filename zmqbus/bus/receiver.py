@@ -37,7 +37,7 @@ from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, Sequen
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
-from ..io.aio import TaskOwner, resume
+from ..io.aio import EagerTask, TaskOwner, first_step, resume
 from ..io.journal import StreamJournal
 from ..io.transport import BusLink
 from . import tracing
@@ -256,9 +256,11 @@ class Receiver:
         # costs no Task; one that awaits goes on as a Task, so it never holds up later
         # messages (nor the presence updates its own requests need).
         result: Any = sub.handler(msg)
+        eager = None
         if sub.is_async or inspect.iscoroutine(result):
+            eager = EagerTask(asyncio.get_running_loop())  # its task, for asyncio.timeout & co
             try:
-                yielded = result.send(None)
+                yielded = first_step(result, eager)
             except StopIteration:
                 if started is not None:
                     self._timed(started)
@@ -270,7 +272,9 @@ class Receiver:
             if started is not None:
                 self._timed(started)
             return False
-        self.handlers.spawn(self._finish(sub, rest, started, span), name="zmqbus-handler", fatal=False)
+        task = self.handlers.spawn(self._finish(sub, rest, started, span), name="zmqbus-handler", fatal=False)
+        if eager is not None:
+            eager.bind(task)
         return True
 
     def _start_traced(self, sub: Subscription, msg: Any, started: float | None = None) -> bool:

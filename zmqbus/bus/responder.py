@@ -282,7 +282,7 @@ class Responder:
             self._spans[msg.metadata.message_id] = span
         try:
             try:
-                finished, outcome = start_eagerly(handler(msg) if is_async else to_thread(handler, msg))
+                finished, outcome, eager = start_eagerly(handler(msg) if is_async else to_thread(handler, msg))
             except Exception as exc:  # the handler's fault goes back to the caller
                 self._done(caller, service, msg, ERR, exc, started)
                 return
@@ -293,6 +293,7 @@ class Responder:
                 task = self._work.spawn(
                     self._finish(caller, service, msg, outcome, started), name="zmqbus-request", fatal=False
                 )
+                eager.bind(task)  # what the handler's first step took for its task (a timeout) is this one
                 deadline = self.core.watch(rid)
                 if deadline is not None:  # only a watched request may need its task cancelled
                     self._tasks[rid] = task

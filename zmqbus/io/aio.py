@@ -14,7 +14,17 @@ import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["start_eagerly", "resume", "is_async_callable", "wait_event", "TaskOwner", "to_thread", "run_on_loop"]
+__all__ = [
+    "start_eagerly",
+    "first_step",
+    "EagerTask",
+    "resume",
+    "is_async_callable",
+    "wait_event",
+    "TaskOwner",
+    "to_thread",
+    "run_on_loop",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -26,19 +36,94 @@ def is_async_callable(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
 
 
-def start_eagerly(coro: Any) -> tuple[bool, Any]:
-    """Run ``coro`` up to its first suspension.
+class EagerTask:
+    """What ``asyncio.current_task()`` is while a handler's first step runs eagerly, before it has a Task.
 
-    Returns ``(True, result)`` if it finished without suspending (no Task is
-    needed), or ``(False, rest)`` where ``rest`` is an awaitable that finishes
-    it (give it to a Task). Exceptions raised before the first suspension
-    propagate to the caller. Call it with the context the coroutine should see.
+    ``asyncio.timeout`` and ``asyncio.TaskGroup`` bind the current task when entered and cancel it later.
+    A handler started eagerly ran its first step inside the reading task (or in the socket's FD callback,
+    with no task at all): a timeout there, once the handler went on as a task of its own, cancelled the
+    *reading* task (the client stopped receiving, silently) instead of the handler, and a TaskGroup
+    raised. This stands in for the handler's task during that step and, once :meth:`bind` names the
+    Task that goes on with the handler, forwards ``cancel``, ``uncancel``, ``cancelling`` and ``done`` to
+    it (a cancel asked for before that is passed on when it is bound). Code that compares the current
+    task by identity across an ``await`` sees two objects (this, then the Task).
     """
+
+    __slots__ = ("_loop", "_task", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._task: asyncio.Task[Any] | None = None
+        self._pending: list[Any] = []  # cancel messages asked for before the Task existed
+
+    def bind(self, task: asyncio.Task[Any]) -> None:
+        """The handler goes on in ``task``."""
+        self._task = task
+        for msg in self._pending:
+            task.cancel(msg)
+        self._pending.clear()
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self._task is not None:
+            return self._task.cancel(msg)
+        self._pending.append(msg)
+        return True
+
+    def cancelling(self) -> int:
+        return self._task.cancelling() if self._task is not None else len(self._pending)
+
+    def uncancel(self) -> int:
+        if self._task is not None:
+            return self._task.uncancel()
+        if self._pending:
+            self._pending.pop()
+        return len(self._pending)
+
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    def __repr__(self) -> str:
+        return f"<EagerTask of {self._task!r}>"
+
+
+_enter_task = asyncio.tasks._enter_task
+_leave_task = asyncio.tasks._leave_task
+
+
+def first_step(coro: Any, eager: EagerTask) -> Any:
+    """``coro.send(None)`` with ``eager`` as the current task (the task that was current, if any, is
+    current again afterwards). Raises ``StopIteration`` when the coroutine finished."""
+    loop = eager._loop
+    current = asyncio.current_task(loop)
+    if current is not None:
+        _leave_task(loop, current)
+    _enter_task(loop, eager)  # type: ignore[arg-type]  # duck-typed: what current_task() returns
     try:
-        yielded = coro.send(None)
+        return coro.send(None)
+    finally:
+        _leave_task(loop, eager)  # type: ignore[arg-type]
+        if current is not None:
+            _enter_task(loop, current)
+
+
+def start_eagerly(coro: Any) -> tuple[bool, Any, EagerTask]:
+    """Run ``coro`` up to its first suspension, as its own task (:class:`EagerTask`).
+
+    Returns ``(True, result, eager)`` if it finished without suspending (no
+    Task is needed), or ``(False, rest, eager)`` where ``rest`` is an awaitable
+    that finishes it: give it to a Task and ``eager.bind`` that Task.
+    Exceptions raised before the first suspension propagate to the caller.
+    Call it with the context the coroutine should see.
+    """
+    eager = EagerTask(asyncio.get_running_loop())
+    try:
+        yielded = first_step(coro, eager)
     except StopIteration as stop:
-        return True, stop.value
-    return False, resume(coro, yielded)
+        return True, stop.value, eager
+    return False, resume(coro, yielded), eager
 
 
 @types.coroutine
