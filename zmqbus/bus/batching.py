@@ -6,7 +6,10 @@ a 2-core machine a send that wakes it costs two to three times one sent in a bur
 per send back to back, 1.7 us with 3 us of Python between sends, 2.7 us with 5 us). Without batching
 (``combine=False``, the default) every message still leaves as its own ordinary frame, in order; only
 the moment it is handed to libzmq moves: to the end of the loop turn, or sooner once ``max_messages``
-frames or ``max_bytes`` are queued (a publisher that never yields still sends every 64 messages).
+frames or ``max_bytes`` are queued. Only a burst waits: a publish that comes more than ``burst_gap``
+(50 us) after the previous one leaves at once, and a queue whose first frame has waited ``max_delay``
+(1 ms) leaves at the next publish. A publisher that paces itself with blocking sleeps, or does blocking
+work between messages, so adds no latency (it held up to 64 messages before: 3.7 ms at 10,000 msg/s).
 
 Contracts (both modes, except where one is named):
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from time import perf_counter as _clock
 from typing import TYPE_CHECKING
 
 from ..core.codec import batch_frame
@@ -46,7 +50,13 @@ class Batcher:
     """The queues of one publisher (see the module docstring)."""
 
     def __init__(
-        self, publisher: Publisher, max_messages: int = 64, max_bytes: int = 64 * 1024, combine: bool = False
+        self,
+        publisher: Publisher,
+        max_messages: int = 64,
+        max_bytes: int = 64 * 1024,
+        combine: bool = False,
+        max_delay: float = 1e-3,
+        burst_gap: float = 50e-6,
     ) -> None:
         if not 2 <= max_messages <= 65_535:
             raise ValueError("max_messages must be 2 to 65535")
@@ -60,6 +70,11 @@ class Batcher:
         self._queue: list[bytes] = []
         self._size = 0
         self._armed = False
+        #: Seconds a frame may wait for the rest of its burst (as seen by the next publish), and the gap
+        #: between two publishes that ends a burst (see the module docstring); when the previous publish
+        #: came, and when the first queued frame was queued.
+        self.max_delay, self.burst_gap = max_delay, burst_gap
+        self._last = self._first = 0.0
         #: Frames the socket refused at its high-water mark, sent first when there is room.
         self.stalled: deque[bytes] = deque()
         self._draining: asyncio.Task[None] | None = None
@@ -67,27 +82,41 @@ class Batcher:
         self.batches = self.batched = 0
 
     def add_frame(self, frame: bytes) -> None:
-        """Queue one whole frame (the outbox alone, ``combine=False``); it leaves at the end of the turn."""
+        """Queue one whole frame (the outbox alone, ``combine=False``): it leaves now unless it is part of a
+        burst, else at the end of the turn (or with the burst's 64th frame, or ``max_delay`` after the first)."""
         queue = self._queue
+        now = _clock()
+        burst, self._last = now - self._last <= self.burst_gap, now
         if not queue:
+            if not burst:
+                self._put(frame)  # nothing to wait for: as an unqueued send
+                return
+            self._first = now
             self._arm()
         queue.append(frame)
         self._size += len(frame)
-        if len(queue) >= self.max_messages or self._size > self.max_bytes:
+        if len(queue) >= self.max_messages or self._size > self.max_bytes or now - self._first > self.max_delay:
             self.flush()
 
     def add(self, head: bytes, payload: bytes) -> None:
-        """Queue one message's payload under its frame head (batching, ``combine=True``)."""
+        """Queue one message's payload under its frame head (batching, ``combine=True``); the same timing as
+        :meth:`add_frame` (a message outside a burst leaves at once, as an ordinary frame)."""
         queue = self._queue
+        now = _clock()
+        burst, self._last = now - self._last <= self.burst_gap, now
         if queue and (head != self._head or self._size + len(payload) > self.max_bytes):
             self.flush()  # another topic (or a full frame): what is queued leaves first, in order
             queue = self._queue
         if not queue:
+            if not burst:
+                self._send(head, [payload])  # one payload: an ordinary frame (and its tail copy)
+                return
             self._head = head
+            self._first = now
             self._arm()
         queue.append(payload)
         self._size += len(payload)
-        if len(queue) >= self.max_messages:
+        if len(queue) >= self.max_messages or now - self._first > self.max_delay:
             self.flush()
 
     def _arm(self) -> None:
