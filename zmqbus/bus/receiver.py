@@ -29,7 +29,7 @@ from time import perf_counter
 from typing import Any
 
 from ..core.codec import Codec
-from ..core.errors import DecodeError
+from ..core.errors import DecodeError, ZmqbusError
 from ..core.message import ProcessingMessage, current_message
 from ..core.ratelog import RateLimitedLog
 from ..core.recovery import Fetch, Recovery
@@ -37,7 +37,7 @@ from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, Sequen
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
-from ..io.aio import EagerTask, TaskOwner, first_step, resume
+from ..io.aio import EagerTask, TaskOwner, first_step, resume, start_eagerly
 from ..io.journal import StreamJournal
 from ..io.transport import BusLink
 from . import tracing
@@ -95,25 +95,90 @@ class Receiver:
         self._next_expiry = 0.0
         #: When the last frame arrived (loop time): what :class:`~.linkwatch.LinkWatch` reads.
         self.last_frame = 0.0
+        # The reading (run): its link, what ends it, the rest of a dispatch that suspended, and whether
+        # reading is paused for it (or for a release).
+        self._link: BusLink | None = None
+        self._failed: asyncio.Future[None] | None = None
+        self._kick: asyncio.Future[None] | None = None
+        self._rest: Any = None
+        self._busy = False
+        self._again_due = False
 
     async def run(self, link: BusLink) -> None:
-        """Read and dispatch until cancelled."""
-        while True:
-            batch = link.recv_batch(BATCH)
-            if batch:
-                self.last_frame = asyncio.get_running_loop().time()
-                await self.dispatch(batch)
-                if len(batch) == BATCH:
-                    await asyncio.sleep(0)  # let publishers on this loop run
-                    continue
-            # Empty, or a short batch that ended in Again: drained either way,
-            # so wait (wait() reads EVENTS first) rather than pay for another Again.
-            # Bounded wait: a lost FD edge can delay us by at most one second.
-            await link.sub.wait_readable(0.25 if self.recovery is not None else 1.0)
-            if self.redundant:
-                self.expire()  # a quiet stream's missing numbers are counted lost within a second of max_skew
-            if self.recovery is not None:
-                await self.release(self.recovery.expire(asyncio.get_running_loop().time()))
+        """Read and dispatch until cancelled.
+
+        The reading runs in the socket's FD callback (:meth:`Channel.set_reader`): a batch is decoded and
+        dispatched there, with no task to wake first. A dispatch that has to wait (the pending-handler
+        bound, recovery releasing held messages) is handed to this task, and reading pauses until it
+        ends, so messages still start in arrival order. This task also does the periodic work (expiring
+        what recovery or a redundant bus waits for) and re-reads every tick, which bounds a lost FD edge."""
+        loop = asyncio.get_running_loop()
+        self._link, self._rest, self._busy = link, None, False
+        self._failed = loop.create_future()
+        tick = 0.25 if self.recovery is not None else 1.0
+        link.sub.set_reader(self._drain)
+        try:
+            self._drain()  # what arrived before the reader was set
+            while True:
+                if self._rest is None:  # else a dispatch is already waiting for this task
+                    self._kick = loop.create_future()
+                    await asyncio.wait((self._kick, self._failed), timeout=tick)
+                if self._failed.done():
+                    self._failed.result()  # raises what ended the reading
+                self._busy = True  # the FD callback leaves the socket alone while this task dispatches
+                rest, self._rest = self._rest, None
+                if rest is not None:
+                    await rest  # the rest of a dispatch that had to wait; reading is paused meanwhile
+                if self.redundant:
+                    self.expire()  # a quiet stream's missing numbers are counted lost within a second of max_skew
+                if self.recovery is not None:
+                    await self.release(self.recovery.expire(loop.time()))
+                self._busy = False
+                self._drain()
+        finally:
+            link.sub.set_reader(None)
+            self._busy = True  # nothing reads any more
+
+    def _drain(self) -> None:
+        """The FD callback: read and dispatch until the socket is drained (up to 8 batches, then the rest of
+        the loop runs first); a dispatch that suspends goes on in :meth:`run`, with reading paused."""
+        link, failed = self._link, self._failed
+        if self._busy:
+            if link is not None:
+                try:
+                    link.sub.events()  # clears the FD signal: no busy loop while reading waits (run reads later)
+                except ZmqbusError:
+                    pass  # closed: run() ends
+            return
+        if link is None or failed is None or failed.done():
+            return
+        try:
+            for _ in range(8):
+                batch = link.recv_batch(BATCH)
+                if batch:
+                    self.last_frame = asyncio.get_running_loop().time()
+                    finished, rest, _ = start_eagerly(self.dispatch(batch))
+                    if not finished:
+                        self._busy = True
+                        self._rest = rest
+                        if self._kick is not None and not self._kick.done():
+                            self._kick.set_result(None)
+                        return
+                    if len(batch) == BATCH:
+                        continue
+                # Drained: a short batch ended in Again. EVENTS re-arms the FD signal and says whether
+                # more came meanwhile (a handler's publish or subscribe may have eaten the signal).
+                if not link.sub.readable():
+                    return
+            if not self._again_due:
+                self._again_due = True
+                asyncio.get_running_loop().call_soon(self._again)
+        except Exception as exc:
+            failed.set_exception(exc)
+
+    def _again(self) -> None:
+        self._again_due = False
+        self._drain()
 
     async def dispatch(self, batch: list[Any], decode: Callable[[Any], Any] | None = None) -> None:
         """Decode and dispatch one batch of frames (the hot path: kept flat on purpose). ``decode``: how to

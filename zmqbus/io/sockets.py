@@ -276,9 +276,11 @@ class Channel:
         return self._loop is not None and self._loop.is_running()
 
     def wake(self) -> None:
-        """Make every waiter re-check (after an operation that may eat the FD edge)."""
+        """Make every waiter, and the reader, re-check (after an operation that may eat the FD edge)."""
         for _, fut, _ in self._waiters:
             _resolve(fut, True)
+        if self._reader is not None:
+            self.recheck()
 
     def recheck(self) -> None:
         """After a send on a socket someone waits on: wake them if their event is ready now.
