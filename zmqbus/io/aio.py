@@ -89,22 +89,26 @@ class EagerTask:
         return f"<EagerTask of {self._task!r}>"
 
 
-_enter_task = asyncio.tasks._enter_task
-_leave_task = asyncio.tasks._leave_task
+# asyncio's own bookkeeping of the current task (what its Tasks call around each step; present from 3.7
+# through 3.13). Without it, the first step runs as it did before EagerTask: in whatever task is current.
+_enter_task = getattr(asyncio.tasks, "_enter_task", None)
+_leave_task = getattr(asyncio.tasks, "_leave_task", None)
 
 
 def first_step(coro: Any, eager: EagerTask) -> Any:
     """``coro.send(None)`` with ``eager`` as the current task (the task that was current, if any, is
     current again afterwards). Raises ``StopIteration`` when the coroutine finished."""
+    if _enter_task is None or _leave_task is None:
+        return coro.send(None)
     loop = eager._loop
     current = asyncio.current_task(loop)
     if current is not None:
         _leave_task(loop, current)
-    _enter_task(loop, eager)  # type: ignore[arg-type]  # duck-typed: what current_task() returns
+    _enter_task(loop, eager)  # duck-typed: what current_task() returns
     try:
         return coro.send(None)
     finally:
-        _leave_task(loop, eager)  # type: ignore[arg-type]
+        _leave_task(loop, eager)
         if current is not None:
             _enter_task(loop, current)
 
