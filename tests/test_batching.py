@@ -159,6 +159,32 @@ async def test_a_publisher_that_blocks_between_messages_adds_no_latency(forwarde
                 assert Codec().decode_frame(raw.recv()).content == {"i": i}  # an ordinary frame
 
 
+@pytest.mark.parametrize("batching", [False, True])
+async def test_a_burst_that_blocks_leaves_at_its_next_publish_past_max_delay(
+    forwarder: Forwarder, batching: bool
+) -> None:
+    """The other bound of the outbox: frames of a burst wait at most ``max_delay`` (1 ms) after the first,
+    counted at the next publish, even when the publisher never yields."""
+    with raw_subscriber(forwarder, b"o.d") as raw:
+        async with broker_for(forwarder, "pub", batching=batching) as pub:
+            await until_heard(pub, raw, "o.d")
+            outbox = pub._publisher.batcher
+            outbox.burst_gap = 60.0  # every publish from now on belongs to one burst
+            await pub.publish(msg("o.d", 0))
+            time.sleep(0.05)  # the loop blocked: the burst's first frame is held
+            assert not raw.poll(0) and outbox.queued == 1
+            await pub.publish(msg("o.d", 1))  # the first has waited 50 ms, past max_delay: both leave now
+            time.sleep(0.05)
+            got = []
+            while raw.poll(0):
+                frame = raw.recv()
+                got.extend(
+                    m.content["i"]
+                    for m in ([Codec().decode_frame(frame)] if not batching else Codec().decode_batch(frame))
+                )
+            assert got == [0, 1] and outbox.queued == 0
+
+
 async def test_the_outbox_sends_each_message_as_its_own_frame_at_the_end_of_the_turn(forwarder: Forwarder) -> None:
     # Batching off (the default): the outbox only moves the moment a frame reaches ZeroMQ, to the end of the
     # loop turn, or every 64 messages for a publisher that never yields; every message is an ordinary frame.

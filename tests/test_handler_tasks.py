@@ -70,7 +70,6 @@ async def test_subscription_handlers_use_timeouts_and_the_client_keeps_receiving
         await sub.ready()
         for kind in ("timeout", "group", "plain", "timeout", "plain"):
             await pub.publish(ProcessingMessage("events.one", {"kind": kind}))
-            await asyncio.sleep(0.01)
         await wait_until(lambda: len(outcomes) == 5, timeout=10)
         assert sorted(map(str, outcomes)) == sorted(
             map(str, ["timed out in the handler", [0, 1, 2], "plain", "timed out in the handler", "plain"])
@@ -78,17 +77,26 @@ async def test_subscription_handlers_use_timeouts_and_the_client_keeps_receiving
 
 
 async def test_a_timeout_in_an_eager_first_step_cancels_the_bound_task_not_the_current_one() -> None:
-    async def handler() -> str:
-        try:
-            async with asyncio.timeout(0.05):
-                await asyncio.sleep(2)
-        except TimeoutError:
-            return "handler timed out"
-        return "no timeout"
-
-    finished, rest, eager = start_eagerly(handler())  # inside this test's task
+    finished, rest, eager = start_eagerly(timed_out(ProcessingMessage("t.timeout", {})))  # inside this test's task
     assert not finished
     task = asyncio.ensure_future(rest)
     eager.bind(task)
-    assert await asyncio.wait_for(task, 5) == "handler timed out"
+    assert await asyncio.wait_for(task, 5) == "timed out in the handler"
     assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]  # the test's task: untouched
+
+
+async def test_a_cancel_asked_in_the_first_step_reaches_the_task_bound_later() -> None:
+    async def cancels_itself() -> str:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]  # before any task of its own exists
+        try:
+            await asyncio.sleep(2)
+        except asyncio.CancelledError:
+            return "cancelled at its first await"
+        return "not cancelled"
+
+    finished, rest, eager = start_eagerly(cancels_itself())
+    assert not finished
+    task = asyncio.ensure_future(rest)
+    eager.bind(task)
+    assert await asyncio.wait_for(task, 5) == "cancelled at its first await"
+    assert not asyncio.current_task().cancelling()  # type: ignore[union-attr]

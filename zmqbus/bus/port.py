@@ -27,7 +27,7 @@ from ..core.codec import Codec
 from ..core.message import ProcessingMessage
 from ..core.policy import Policy
 from ..core.security import KeyRing
-from ..io.aio import TaskOwner
+from ..io.aio import DrainLoop, TaskOwner
 from ..io.transport import RouterLink, SocketConfig
 
 __all__ = ["BusPort", "RpcOptions", "ServiceHandler", "serve_router", "caller_key"]
@@ -106,7 +106,7 @@ async def serve_router(
     await _RouterReader(router, on_frames, after_batch).run()
 
 
-class _RouterReader:
+class _RouterReader(DrainLoop):
     """The reading of :func:`serve_router`: drains the socket whenever its FD says so."""
 
     #: Seconds between re-checks that do not wait for the FD (bounds a lost FD edge).
@@ -118,64 +118,41 @@ class _RouterReader:
         on_frames: Callable[[list[bytes], str], None],
         after_batch: Callable[[], None] | None,
     ) -> None:
+        super().__init__()
         self.router, self.on_frames, self.after_batch = router, on_frames, after_batch
-        self._failed: asyncio.Future[None] | None = None
         self._watchdog: asyncio.TimerHandle | None = None
-        self._rescheduled = False
-        self._draining = False
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._failed = loop.create_future()
+        failed = self.start()
         channel = self.router.channel
         channel.set_reader(self.drain)
-        self._watchdog = loop.call_later(self.WATCHDOG, self._tick)
+        self._watchdog = asyncio.get_running_loop().call_later(self.WATCHDOG, self._tick)
         try:
             self.drain()  # what arrived before the reader was set
-            await self._failed  # raises what ended the reading
+            await failed  # raises what ended the reading
         finally:
             channel.set_reader(None)
             self._watchdog.cancel()
 
     def _tick(self) -> None:
         self.drain()
-        if self._failed is not None and not self._failed.done():
+        if self.failed is not None and not self.failed.done():
             self._watchdog = asyncio.get_running_loop().call_later(self.WATCHDOG, self._tick)
 
-    def _again(self) -> None:
-        self._rescheduled = False
-        self.drain()
-
-    def drain(self) -> None:
-        """Receive until the socket is drained (up to 8 batches of 256, then the rest of the loop runs
-        first); any failure ends :meth:`run`."""
-        failed = self._failed
-        if failed is None or failed.done() or self._draining:
-            return  # not running, or called from within a drain (whose EVENTS read comes after)
-        self._draining = True
-        router, on_frames, after_batch = self.router, self.on_frames, self.after_batch
+    def read_batch(self) -> bool:
+        router, on_frames = self.router, self.on_frames
+        batch = router.recv_batch(256)
+        users = router.users
         try:
-            for _ in range(8):
-                batch = router.recv_batch(256)
-                users = router.users
-                try:
-                    if users:
-                        for frames, user in zip(batch, users, strict=True):
-                            on_frames(frames, user)
-                    else:
-                        for frames in batch:
-                            on_frames(frames, "")
-                finally:  # replies held during the batch leave even when a message's handling raised
-                    if after_batch is not None:
-                        after_batch()
-                # A short batch ended in Again; EVENTS re-arms the FD signal (a send in after_batch may
-                # have eaten it) and says whether more came meanwhile.
-                if len(batch) < 256 and not router.channel.readable():
-                    return
-            if not self._rescheduled:
-                self._rescheduled = True
-                asyncio.get_running_loop().call_soon(self._again)
-        except Exception as exc:
-            failed.set_exception(exc)
-        finally:
-            self._draining = False
+            if users:
+                for frames, user in zip(batch, users, strict=True):
+                    on_frames(frames, user)
+            else:
+                for frames in batch:
+                    on_frames(frames, "")
+        finally:  # replies held during the batch leave even when a message's handling raised
+            if self.after_batch is not None:
+                self.after_batch()
+        # A short batch ended in Again; EVENTS re-arms the FD signal (a send in after_batch may have
+        # eaten it) and says whether more came meanwhile.
+        return len(batch) < 256 and not router.channel.readable()

@@ -37,7 +37,7 @@ from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, Sequen
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
-from ..io.aio import EagerTask, TaskOwner, first_step, resume, start_eagerly
+from ..io.aio import DrainLoop, EagerTask, TaskOwner, first_step, resume, start_eagerly
 from ..io.journal import StreamJournal
 from ..io.transport import BusLink
 from . import tracing
@@ -95,14 +95,13 @@ class Receiver:
         self._next_expiry = 0.0
         #: When the last frame arrived (loop time): what :class:`~.linkwatch.LinkWatch` reads.
         self.last_frame = 0.0
-        # The reading (run): its link, what ends it, the rest of a dispatch that suspended, and whether
-        # reading is paused for it (or for a release).
+        # The reading (run): its link, the rest of a dispatch that suspended, what wakes run() for it, and
+        # whether reading is paused (for that rest, or for a release).
+        self._reading = _ReceiverReading(self)
         self._link: BusLink | None = None
-        self._failed: asyncio.Future[None] | None = None
         self._kick: asyncio.Future[None] | None = None
         self._rest: Any = None
         self._busy = False
-        self._again_due = False
 
     async def run(self, link: BusLink) -> None:
         """Read and dispatch until cancelled.
@@ -114,17 +113,18 @@ class Receiver:
         what recovery or a redundant bus waits for) and re-reads every tick, which bounds a lost FD edge."""
         loop = asyncio.get_running_loop()
         self._link, self._rest, self._busy = link, None, False
-        self._failed = loop.create_future()
+        reading = self._reading
+        failed = reading.start()
         tick = 0.25 if self.recovery is not None else 1.0
-        link.sub.set_reader(self._drain)
+        link.sub.set_reader(reading.drain)
         try:
-            self._drain()  # what arrived before the reader was set
+            reading.drain()  # what arrived before the reader was set
             while True:
                 if self._rest is None:  # else a dispatch is already waiting for this task
                     self._kick = loop.create_future()
-                    await asyncio.wait((self._kick, self._failed), timeout=tick)
-                if self._failed.done():
-                    self._failed.result()  # raises what ended the reading
+                    await asyncio.wait((self._kick, failed), timeout=tick)
+                if failed.done():
+                    failed.result()  # raises what ended the reading
                 self._busy = True  # the FD callback leaves the socket alone while this task dispatches
                 rest, self._rest = self._rest, None
                 if rest is not None:
@@ -134,51 +134,41 @@ class Receiver:
                 if self.recovery is not None:
                     await self.release(self.recovery.expire(loop.time()))
                 self._busy = False
-                self._drain()
+                reading.drain()
         finally:
             link.sub.set_reader(None)
             self._busy = True  # nothing reads any more
 
-    def _drain(self) -> None:
-        """The FD callback: read and dispatch until the socket is drained (up to 8 batches, then the rest of
-        the loop runs first); a dispatch that suspends goes on in :meth:`run`, with reading paused."""
-        link, failed = self._link, self._failed
-        if self._busy:
-            if link is not None:
-                try:
-                    link.sub.events()  # clears the FD signal: no busy loop while reading waits (run reads later)
-                except ZmqbusError:
-                    pass  # closed: run() ends
-            return
-        if link is None or failed is None or failed.done():
-            return
-        try:
-            for _ in range(8):
-                batch = link.recv_batch(BATCH)
-                if batch:
-                    self.last_frame = asyncio.get_running_loop().time()
-                    finished, rest, _ = start_eagerly(self.dispatch(batch))
-                    if not finished:
-                        self._busy = True
-                        self._rest = rest
-                        if self._kick is not None and not self._kick.done():
-                            self._kick.set_result(None)
-                        return
-                    if len(batch) == BATCH:
-                        continue
-                # Drained: a short batch ended in Again. EVENTS re-arms the FD signal and says whether
-                # more came meanwhile (a handler's publish or subscribe may have eaten the signal).
-                if not link.sub.readable():
-                    return
-            if not self._again_due:
-                self._again_due = True
-                asyncio.get_running_loop().call_soon(self._again)
-        except Exception as exc:
-            failed.set_exception(exc)
+    def _may_read(self) -> bool:
+        if not self._busy:
+            return True
+        if self._link is not None:
+            try:
+                self._link.sub.events()  # clears the FD signal: no busy loop while reading waits (run reads later)
+            except ZmqbusError:
+                pass  # closed: run() ends
+        return False
 
-    def _again(self) -> None:
-        self._again_due = False
-        self._drain()
+    def _read_batch(self) -> bool:
+        """One batch: decoded and dispatched here; a dispatch that suspends goes on in :meth:`run`, with
+        reading paused. True when the socket is drained (or reading paused)."""
+        link = self._link
+        assert link is not None
+        batch = link.recv_batch(BATCH)
+        if batch:
+            self.last_frame = asyncio.get_running_loop().time()
+            finished, rest, _ = start_eagerly(self.dispatch(batch))
+            if not finished:
+                self._busy = True
+                self._rest = rest
+                if self._kick is not None and not self._kick.done():
+                    self._kick.set_result(None)
+                return True
+            if len(batch) == BATCH:
+                return False
+        # Drained: a short batch ended in Again. EVENTS re-arms the FD signal and says whether more came
+        # meanwhile (a handler's publish or subscribe may have eaten the signal).
+        return not link.sub.readable()
 
     async def dispatch(self, batch: list[Any], decode: Callable[[Any], Any] | None = None) -> None:
         """Decode and dispatch one batch of frames (the hot path: kept flat on purpose). ``decode``: how to
@@ -413,3 +403,17 @@ class Receiver:
     def _decode_error(self, exc: DecodeError) -> None:
         self.decode_errors[exc.reason] = self.decode_errors.get(exc.reason, 0) + 1
         self._faults.log(logging.WARNING, f"decode:{exc.reason}", "dropped a malformed message: %s", exc)
+
+
+class _ReceiverReading(DrainLoop):
+    """The FD-callback reading of one :class:`Receiver` (its pause and its batches are the receiver's)."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        super().__init__()
+        self.receiver = receiver
+
+    def may_read(self) -> bool:
+        return self.receiver._may_read()
+
+    def read_batch(self) -> bool:
+        return self.receiver._read_batch()

@@ -396,14 +396,14 @@ class Responder:
         for action in self.core.done(msg.metadata.message_id, cacheable, self._clock()):
             self._act(action)
 
-    def _send(self, caller: bytes, frame: bytes) -> None:
+    def _send(self, caller: bytes, frame: bytes, recheck: bool = True) -> None:
         """Send a reply: while a batch of requests is being read, after the batch (:meth:`_flush`), all at
-        once; otherwise now."""
+        once; otherwise now. ``recheck=False``: the reader reads EVENTS right after (the batch's end)."""
         if self._reading:
             self._outbox.append((caller, frame))
             return
         router = self._router
-        if router is None or not router.send(caller, frame):
+        if router is None or not router.send(caller, frame, recheck):
             self.stats.undeliverable += 1
 
     def _flush(self) -> None:
@@ -411,10 +411,8 @@ class Responder:
         (the reader reads EVENTS right after: no re-check per send)."""
         self._reading = False
         outbox, self._outbox = self._outbox, []
-        router = self._router
         for caller, frame in outbox:
-            if router is None or not router.send(caller, frame, recheck=False):
-                self.stats.undeliverable += 1
+            self._send(caller, frame, recheck=False)
 
     def _encode(self, request: ProcessingMessage, service: str, mtype: str, content: Any) -> bytes:
         codec = self.bus.codec

@@ -59,8 +59,8 @@ class EagerTask:
     def bind(self, task: asyncio.Task[Any]) -> None:
         """The handler goes on in ``task``."""
         self._task = task
-        for msg in self._pending:
-            task.cancel(msg)
+        for msg in self._pending:  # after the task's first step (which resumes the handler at its await)
+            self._loop.call_soon(task.cancel, msg)
         self._pending.clear()
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -172,6 +172,57 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
         return bool(done)
     finally:
         waiter.cancel()
+
+
+class DrainLoop:
+    """Reading from a socket's FD callback (``Channel.set_reader(loop.drain)``), the part both readers share.
+
+    :meth:`drain` calls :meth:`read_batch` until it says the socket is drained, at most 8 times per call
+    (then the rest of the event loop runs first, and the drain goes on at its next turn); it never runs
+    inside itself (a handler that makes the socket re-check); an exception ends the reading: it is set on
+    :attr:`failed`, which the task owning the reading awaits (and so raises).
+    """
+
+    ROUNDS = 8
+
+    def __init__(self) -> None:
+        self.failed: asyncio.Future[None] | None = None
+        self._again_due = False
+        self._draining = False
+
+    def start(self) -> asyncio.Future[None]:
+        """Begin (on the running loop); returns :attr:`failed`."""
+        self.failed = asyncio.get_running_loop().create_future()
+        return self.failed
+
+    def may_read(self) -> bool:
+        """False while reading is paused (a subclass's state)."""
+        return True
+
+    def read_batch(self) -> bool:
+        """Read and handle one batch; True when the socket is drained (and its FD signal re-armed)."""
+        raise NotImplementedError
+
+    def drain(self) -> None:
+        failed = self.failed
+        if failed is None or failed.done() or self._draining or not self.may_read():
+            return
+        self._draining = True
+        try:
+            for _ in range(self.ROUNDS):
+                if self.read_batch():
+                    return
+            if not self._again_due:
+                self._again_due = True
+                asyncio.get_running_loop().call_soon(self._again)
+        except Exception as exc:
+            failed.set_exception(exc)
+        finally:
+            self._draining = False
+
+    def _again(self) -> None:
+        self._again_due = False
+        self.drain()
 
 
 class TaskOwner:
