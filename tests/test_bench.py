@@ -76,7 +76,10 @@ def test_report_shows_a_failed_section_and_skips_its_targets() -> None:
     md = to_markdown(report)
     assert "## pubsub: FAILED" in md and "exited with 1" in md
     assert "## Request/reply" in md
-    assert [t["target"] for t in report["targets"]] == ["request/reply p50 / raw asyncio echo"]
+    assert [t["target"] for t in report["targets"]] == [
+        "request/reply p50 / raw asyncio echo",
+        "requests/s with 100 in flight / raw asyncio echo",
+    ]
 
 
 def test_a_peer_server_that_will_not_start_is_reported_not_raised(

@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from zmqbus import Forwarder, MessageBroker, ProcessingMessage
-from zmqbus.io.aio import start_eagerly
+from zmqbus.io import aio
+from zmqbus.io.aio import EagerTask, start_eagerly
 from zmqbus.testing import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -76,7 +77,56 @@ async def test_subscription_handlers_use_timeouts_and_the_client_keeps_receiving
         )
 
 
-async def test_a_timeout_in_an_eager_first_step_cancels_the_bound_task_not_the_current_one() -> None:
+@pytest.fixture(params=["table", "functions", "none"])
+def task_hooks(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each way the first step can be made its own task: asyncio's table of current tasks (CPython 3.11-3.13),
+    its _enter_task/_leave_task (when the table cannot be used), neither (the step runs in the caller's task)."""
+    if request.param == "table" and aio._current_tasks is None:
+        pytest.skip("this Python's asyncio has no usable table of current tasks")
+    if request.param != "table":
+        monkeypatch.setattr(aio, "_current_tasks", None)
+    if request.param == "none":
+        monkeypatch.setattr(aio, "_enter_task", None)
+    return str(request.param)
+
+
+async def test_the_first_step_is_its_own_task_and_the_callers_is_current_again(task_hooks: str) -> None:
+    me = asyncio.current_task()
+    seen: list[object] = []
+
+    async def step(fail: bool) -> None:
+        seen.append(asyncio.current_task())
+        if fail:
+            raise ValueError("in the first step")
+
+    assert start_eagerly(step(False))[0]
+    with pytest.raises(ValueError):
+        start_eagerly(step(True))
+    assert asyncio.current_task() is me  # restored, after a return and after a raise
+    if task_hooks == "none":
+        assert seen == [me, me]
+    else:
+        assert all(isinstance(t, EagerTask) for t in seen) and seen[0] is not seen[1]
+
+    # from a plain callback (the FD-callback readers): no task before, none after
+    loop = asyncio.get_running_loop()
+    after: list[object] = []
+    done = loop.create_future()
+
+    def callback() -> None:
+        start_eagerly(step(False))
+        after.append(asyncio.current_task())
+        done.set_result(None)
+
+    loop.call_soon(callback)
+    await done
+    assert after == [None]
+    assert (seen[-1] is None) if task_hooks == "none" else isinstance(seen[-1], EagerTask)
+
+
+async def test_a_timeout_in_an_eager_first_step_cancels_the_bound_task_not_the_current_one(task_hooks: str) -> None:
+    if task_hooks == "none":
+        pytest.skip("without asyncio's hooks the first step runs in the caller's task (as before EagerTask)")
     finished, rest, eager = start_eagerly(timed_out(ProcessingMessage("t.timeout", {})))  # inside this test's task
     assert not finished
     task = asyncio.ensure_future(rest)

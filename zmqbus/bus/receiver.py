@@ -182,21 +182,32 @@ class Receiver:
         observe, control = self.sequences.observe, self.control_sequences.observe
         recovery = self.recovery
         now = asyncio.get_running_loop().time() if recovery is not None else 0.0
+        # What passed the checks is started in runs of one topic (one call per run, not per message: 0.5 us
+        # a message less); a run ends where the topic changes, and before anything else that must come
+        # after the handlers of what came before (a batch frame's messages, a journal record).
+        run: list[ProcessingMessage] = []
+        run_topic = ""
         for frame in batch:
             try:
                 msg = decode(frame)
             except DecodeError as exc:
                 special = self._special(frame, exc)
                 if special:
+                    if run:
+                        await self.start_all(run_topic, run)
+                        run = []
                     await self.dispatch(special, _decoded)
                 continue
             md = msg.metadata
             topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
+            if topic != run_topic:
+                if run:
+                    await self.start_all(run_topic, run)
+                    run = []
+                run_topic = topic
             if topic.startswith(RESERVED_PREFIX):  # control traffic: deduplicated, its gaps no user loss
-                if control(md.publisher_id, topic, md.sequence) is DUPLICATE:
-                    continue
-                if self.deliver(topic, (msg,)):
-                    await self.handlers.wait_any()
+                if control(md.publisher_id, topic, md.sequence) is not DUPLICATE:
+                    run.append(msg)
                 continue
             if recovery is None or not md.sequence:
                 jump = observe(md.publisher_id, topic, md.sequence)
@@ -205,18 +216,20 @@ class Receiver:
                         self.duplicates += 1
                         continue
                     self._report(jump)
-                if self.deliver(topic, (msg,)):
-                    await self.handlers.wait_any()
+                run.append(msg)
                 continue
             ready, fetch = recovery.observe(md.publisher_id, topic, md.sequence, msg, now)
             if fetch is not None and self.on_fetch is not None:
                 self.on_fetch(fetch)
             if ready:
-                if self.journal is not None:  # before the handlers run: never twice, even across a kill
+                if self.journal is not None:  # before these handlers run, after those before: never twice
+                    if run:
+                        await self.start_all(run_topic, run)
+                        run = []
                     self.journal.record(md.publisher_id, topic, ready[-1].metadata.sequence)
-                for one in ready:  # a message at a time: the pending-handler bound is checked between them
-                    if self.deliver(topic, (one,)):
-                        await self.handlers.wait_any()
+                run += ready
+        if run:
+            await self.start_all(run_topic, run)
         _set_current(None)
         if self.redundant:
             self.expire()
@@ -230,32 +243,47 @@ class Receiver:
             topic: str = msg.topic  # type: ignore[assignment]  # a decoded message has its topic
             if self.journal is not None:
                 self.journal.record(msg.metadata.publisher_id, topic, msg.metadata.sequence)
-            if self.deliver(topic, (msg,)):
-                await self.handlers.wait_any()
+            await self.start_all(topic, (msg,))
         _set_current(None)
 
-    def deliver(self, topic: str, msgs: Sequence[ProcessingMessage]) -> bool:
-        """Start the handlers of ``topic`` on each message, in order (the messages of one stream); True when
-        ``max_pending`` handlers are now running as tasks: the caller waits for one to end before the next
-        message (so the bound is passed by at most one message's handlers, less one)."""
-        subs = self.table.cache.get(topic)
-        if subs is None:
-            subs = self.table.match(topic)
-        if not subs:
-            self.unmatched += len(msgs)
-            return False
+    async def start_all(self, topic: str, msgs: Sequence[ProcessingMessage]) -> None:
+        """Start the handlers of ``topic`` on each message, in order, waiting for a running handler to end
+        whenever ``max_pending`` of them are running (the bound is passed by at most one message's
+        handlers, less one)."""
+        i = self.deliver(topic, msgs)
+        while i < len(msgs):
+            await self.handlers.wait_any()
+            i = self.deliver(topic, msgs, i)
+
+    def deliver(self, topic: str, msgs: Sequence[ProcessingMessage], i: int = 0) -> int:
+        """Start the handlers of ``topic`` on ``msgs[i:]``, in order (messages of one stream, or of one topic
+        in arrival order); return where to go on: ``len(msgs)`` when all started, less when ``max_pending``
+        handlers are running as tasks (wait for one to end, then call again from there)."""
+        table = self.table
+        cache = table.cache
         timed = self.process_time is not None
         start = self._start_traced if tracing.tracer is not None and tracing.traced(topic) else self._start
-        went = False
-        for msg in msgs:
+        handlers, bound, n = self.handlers, self.max_pending, len(msgs)
+        while i < n:
+            msg = msgs[i]
+            i += 1
+            subs = cache.get(topic)  # per message: a handler may have (un)subscribed
+            if subs is None:
+                subs = table.match(topic)
+            if not subs:
+                self.unmatched += 1
+                continue
             _set_current(msg)  # reset once per batch (dispatch) or per release
             self.dispatched += len(subs)
+            went = False
             for sub in subs:
                 try:
                     went = start(sub, msg, perf_counter() if timed else None) or went
                 except Exception as exc:  # a handler's fault must not stop dispatch
                     self.handler_error(sub, exc)
-        return went and len(self.handlers) >= self.max_pending
+            if went and len(handlers) >= bound:
+                break
+        return i
 
     def _special(self, frame: bytes, error: DecodeError) -> list[ProcessingMessage] | None:
         """The messages of a frame an ordinary decode refused: a tail copy's (PROTOCOL.md section 2.3, maybe
