@@ -166,6 +166,49 @@ def test_shutting_down_sends_new_work_elsewhere_and_attempts_run_out() -> None:
     assert step == GiveUp("attempts")
 
 
+def test_an_overloaded_refusal_uses_no_attempt_and_backs_off_until_the_deadline() -> None:
+    """A try refused before it ran (``overloaded``) is a requeue: tried again after the policy's backoff for
+    its number of refusals, the attempt given back; the call gives up only at its deadline. Another
+    retryable refusal (``shutting_down``, ``unknown_service``) still uses an attempt."""
+    bus = Bus("a")
+    bus.responders["a"].max_queue = 0  # one request runs, none may wait
+    assert isinstance(bus.try_on(bus.call("busy"))[1], Start)  # takes the only slot
+    call = bus.call("r1", timeout=2.0)
+    delays = []
+    while True:
+        _, decision = bus.try_on(call)
+        assert isinstance(decision, Refuse) and decision.error.code == "overloaded"
+        assert call.attempt == 1  # every try is the first attempt: none of them ran
+        assert bus.caller.reply("r1", decision.error) == Wake(call, "retryable error: " + decision.error.message)
+        step = bus.caller.after_failure(call, bus.now)
+        if isinstance(step, GiveUp):
+            break
+        delays.append(step.delay)
+        bus.now += step.delay
+    assert step == GiveUp("deadline") and len(delays) > POLICY.attempts  # more tries than attempts, in time
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8] and bus.now <= call.deadline
+    assert bus.caller.requeues == call.refusals == len(delays) + 1 and bus.caller.retries == 0
+
+    # room again: the next try runs, as attempt 1, and completes
+    call2 = bus.call("r2")
+    _, decision = bus.try_on(call2)
+    assert isinstance(decision, Refuse)
+    bus.caller.reply("r2", decision.error)
+    step = bus.caller.after_failure(call2, bus.now)
+    assert isinstance(step, Retry)
+    bus.finish("a", "busy")
+    _, decision = bus.try_on(call2)
+    assert isinstance(decision, Start) and call2.attempt == 1
+
+    # a refusal that comes while no try waits (between two tries) is not taken for the next try's
+    call3 = bus.call("r3")
+    _, decision = bus.try_on(call3)
+    assert isinstance(decision, Refuse)  # r2 runs now
+    call3.waiter = None
+    bus.caller.reply("r3", decision.error)
+    assert not call3.requeue
+
+
 def test_a_leaving_instance_and_a_restart_on_its_address() -> None:
     bus = Bus("a")
     call = bus.call("r1")

@@ -176,6 +176,7 @@ class Requests:
             out.update(
                 in_flight=len(core.tracker),
                 retries=core.retries,
+                requeues=core.requeues,
                 failovers=core.failovers,
                 late_replies=core.tracker.late_replies,
                 presence_refused=self.caller.presence_refused,

@@ -211,7 +211,7 @@ def broker_samples(
             s.rpc.get("served_undeliverable", 0),
         )
     for key, n in sorted(s.rpc.items()):
-        if key in ("retries", "failovers", "late_replies", "presence_refused"):
+        if key in ("retries", "requeues", "failovers", "late_replies", "presence_refused"):
             f.counter(f"zmqbus_request_{key}", f"Request {key.replace('_', ' ')}.", who, n)
         elif key in ("in_flight", "instances_known"):
             f.gauge(f"zmqbus_request_{key}", f"Requests: {key.replace('_', ' ')}.", who, n)

@@ -74,6 +74,7 @@ class CallerCore:
         self.tracker = CallTracker(self.directory, rand)
         self.retries = 0
         self.failovers = 0
+        self.requeues = 0  # tries refused before they ran (overloaded), tried again without using an attempt
 
     # -- calls ---------------------------------------------------------------
 
@@ -123,7 +124,12 @@ class CallerCore:
         """A reply (``error`` set for an ``ERR``) arrived for ``request_id``."""
         if error is not None and error.retryable:
             call = self.tracker.get(request_id)  # the call goes on, on another instance
-            return None if call is None else Wake(call, f"retryable error: {error.message}")
+            if call is None:
+                return None
+            if error.code == "overloaded" and call.waiter is not None:  # this try was refused before it ran
+                call.requeue = True  # tried again without using an attempt (CallTracker.next_step)
+                self.requeues += 1
+            return Wake(call, f"retryable error: {error.message}")
         call = self.tracker.reply(request_id)
         return None if call is None else Complete(call, error)
 

@@ -162,6 +162,8 @@ class Call:
         "waiter",
         "settled",
         "only",
+        "requeue",
+        "refusals",
     )
 
     def __init__(self, request_id: str, service: str, started: float, deadline: float, policy: RetryPolicy) -> None:
@@ -180,6 +182,10 @@ class Call:
         self.settled: Any = None
         #: The one instance this call may go to (None: any instance of the service).
         self.only: str | None = None
+        #: The try that failed was refused before it ran (``overloaded``): tried again without using an
+        #: attempt (:meth:`CallTracker.next_step`); and how many of its tries were refused so.
+        self.requeue = False
+        self.refusals = 0
 
     def __repr__(self) -> str:
         return f"Call({self.request_id!r}, {self.service!r}, attempt={self.attempt}, on={self.instance_id!r})"
@@ -249,10 +255,21 @@ class CallTracker:
         return [c for c in self._calls.values() if c.instance_id == instance_id]
 
     def next_step(self, call: Call, now: float) -> Retry | GiveUp:
-        """After a failed try: wait and retry, or give up (deadline or attempts spent)."""
+        """After a failed try: wait and retry, or give up (deadline or attempts spent).
+
+        A try refused before it ran (:attr:`Call.requeue`: the instance was overloaded) uses no attempt: it
+        is tried again after the policy's backoff for its number of refusals, until the deadline (as
+        Finagle requeues a request its server rejected). Work that never started is always safe to send
+        again, and a burst larger than the responders' queues then waits for room instead of failing."""
         self._release(call)
         if now >= call.deadline:
             return GiveUp("deadline")
+        if call.requeue:
+            call.requeue = False
+            call.attempt -= 1
+            call.refusals += 1
+            delay = call.policy.delay(call.refusals, self.rand)
+            return GiveUp("deadline") if now + delay >= call.deadline else Retry(delay)
         if call.attempt >= call.policy.attempts:
             return GiveUp("attempts")
         delay = call.policy.delay(call.attempt, self.rand)
