@@ -187,6 +187,7 @@ class Receiver:
         # after the handlers of what came before (a batch frame's messages, a journal record).
         run: list[ProcessingMessage] = []
         run_topic = ""
+        control_run = False  # run_topic is a control topic
         for frame in batch:
             try:
                 msg = decode(frame)
@@ -205,7 +206,8 @@ class Receiver:
                     await self.start_all(run_topic, run)
                     run = []
                 run_topic = topic
-            if topic.startswith(RESERVED_PREFIX):  # control traffic: deduplicated, its gaps no user loss
+                control_run = topic.startswith(RESERVED_PREFIX)
+            if control_run:  # control traffic: deduplicated, its gaps no user loss
                 if control(md.publisher_id, topic, md.sequence) is not DUPLICATE:
                     run.append(msg)
                 continue

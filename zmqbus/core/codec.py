@@ -397,7 +397,29 @@ def _build_batch(tstr: str, payload: Any) -> list[ProcessingMessage]:
         envs = [_checked(env) for env in envs]
     if not envs:
         raise DecodeError("batch", "an empty batch")
-    return [_from_envelope(tstr, env) for env in envs]
+    # _from_envelope inlined (the call was a fifth of building the objects: 0.35 against 0.53 us a message)
+    out: list[ProcessingMessage] = []
+    append = out.append
+    for _, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body in envs:
+        md = _new(_Metadata)
+        md.correlation_id = cid
+        md.source_component = src
+        md.target_component = dst
+        md.message_id = mid
+        md.causation_id = cause
+        md.timestamp = ts
+        md.publisher_id = pub
+        md.sequence = seq
+        md.attempt = att
+        md.deadline = deadline
+        md.headers = {} if headers is None else headers
+        msg = _new(_Message)
+        msg.message_type = _registry_get(mtype, mtype)
+        msg.content = body
+        msg.metadata = md
+        msg.topic = tstr
+        append(msg)
+    return out
 
 
 def _build(tstr: str, payload: Any) -> ProcessingMessage:
@@ -413,13 +435,26 @@ def _build(tstr: str, payload: Any) -> ProcessingMessage:
 
 
 def _from_envelope(tstr: str, env: Any) -> ProcessingMessage:
-    (_, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body) = env
+    """The message of one checked envelope, field by field (one store a field: 0.46 us against 0.56 with
+    tuple assignments). _build_batch has the same stores inlined in its loop: keep the two alike."""
+    _, mtype, mid, cid, cause, src, dst, ts, pub, seq, att, deadline, headers, body = env
     md = _new(_Metadata)
-    md.correlation_id, md.source_component, md.target_component, md.message_id = cid, src, dst, mid
-    md.causation_id, md.timestamp, md.publisher_id, md.sequence = cause, ts, pub, seq
-    md.attempt, md.deadline, md.headers = att, deadline, {} if headers is None else headers
+    md.correlation_id = cid
+    md.source_component = src
+    md.target_component = dst
+    md.message_id = mid
+    md.causation_id = cause
+    md.timestamp = ts
+    md.publisher_id = pub
+    md.sequence = seq
+    md.attempt = att
+    md.deadline = deadline
+    md.headers = {} if headers is None else headers
     msg = _new(_Message)
-    msg.message_type, msg.content, msg.metadata, msg.topic = _registry_get(mtype, mtype), body, md, tstr
+    msg.message_type = _registry_get(mtype, mtype)
+    msg.content = body
+    msg.metadata = md
+    msg.topic = tstr
     return msg
 
 
