@@ -37,7 +37,7 @@ from ..core.sequence import DUPLICATE, GapDetector, RedundantGapDetector, Sequen
 from ..core.stats import Histogram
 from ..core.subscriptions import Subscription, SubscriptionTable
 from ..core.topics import RESERVED_PREFIX, TAIL_MARK, split_tail_copy
-from ..io.aio import DrainLoop, EagerTask, TaskOwner, first_step, resume, start_eagerly
+from ..io.aio import DrainLoop, TaskOwner, first_step, resume, start_eagerly
 from ..io.journal import StreamJournal
 from ..io.transport import BusLink
 from . import tracing
@@ -343,10 +343,9 @@ class Receiver:
         result: Any = sub.handler(msg)
         eager = None
         if sub.is_async or inspect.iscoroutine(result):
-            eager = EagerTask(asyncio.get_running_loop())  # its task, for asyncio.timeout & co
-            try:
-                yielded = first_step(result, eager)
-            except StopIteration:
+            # its own task (an EagerTask) for its first step: for asyncio.timeout & co
+            finished, yielded, eager = first_step(result, asyncio.get_running_loop())
+            if finished:
                 if started is not None:
                     self._timed(started)
                 return False

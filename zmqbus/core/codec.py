@@ -249,7 +249,11 @@ class Codec:
             except TypeError as exc:
                 raise EncodeError(str(exc)) from None
         src = md.source_component or source
-        ts, deadline, att, cause, dst = md.timestamp, md.deadline, md.attempt, md.causation_id, md.target_component
+        ts = md.timestamp
+        deadline = md.deadline
+        att = md.attempt
+        cause = md.causation_id
+        dst = md.target_component
         if type(ts) is not float or (deadline is not None and type(deadline) is not float):
             try:
                 ts = float(ts)

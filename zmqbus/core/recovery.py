@@ -63,7 +63,7 @@ class RecoveryStatistics:
     resets: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stream(Generic[M]):
     last: int | None  # the last number delivered (None: no baseline yet, a fetch will set it)
     target: int = 0  # the highest number known to exist (held, announced)

@@ -28,6 +28,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_new = object.__new__
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -119,33 +120,40 @@ def _task_table() -> dict[Any, Any] | None:
 _current_tasks = _task_table()
 
 
-def first_step(coro: Any, eager: EagerTask) -> Any:
-    """``coro.send(None)`` with ``eager`` as the current task (the task that was current, if any, is
-    current again afterwards). Raises ``StopIteration`` when the coroutine finished."""
+def first_step(coro: Any, loop: asyncio.AbstractEventLoop) -> tuple[bool, Any, EagerTask]:
+    """``coro.send(None)`` as its own task, a new :class:`EagerTask` (the task that was current, if any,
+    is current again afterwards): ``(True, result, eager)`` when the coroutine finished, ``(False,
+    yielded, eager)`` when it suspended. Exceptions the step raises propagate."""
+    eager = _new(EagerTask)  # EagerTask(loop) without the call to __init__: this runs once a handler
+    eager._loop = loop
+    eager._task = None
+    eager._pending = None
     tasks = _current_tasks
-    loop = eager._loop
-    if tasks is not None:
-        current = tasks.get(loop)
-        tasks[loop] = eager  # duck-typed: what current_task() returns
-        try:
-            return coro.send(None)
-        finally:
-            if current is None:
-                tasks.pop(loop, None)
-            else:
-                tasks[loop] = current
-    if _enter_task is None or _leave_task is None:
-        return coro.send(None)
-    current = asyncio.current_task(loop)
-    if current is not None:
-        _leave_task(loop, current)
-    _enter_task(loop, eager)
     try:
-        return coro.send(None)
-    finally:
-        _leave_task(loop, eager)
+        if tasks is not None:
+            current = tasks.get(loop)
+            tasks[loop] = eager  # duck-typed: what current_task() returns
+            try:
+                return False, coro.send(None), eager
+            finally:
+                if current is None:
+                    tasks.pop(loop, None)
+                else:
+                    tasks[loop] = current
+        if _enter_task is None or _leave_task is None:
+            return False, coro.send(None), eager
+        current = asyncio.current_task(loop)
         if current is not None:
-            _enter_task(loop, current)
+            _leave_task(loop, current)
+        _enter_task(loop, eager)
+        try:
+            return False, coro.send(None), eager
+        finally:
+            _leave_task(loop, eager)
+            if current is not None:
+                _enter_task(loop, current)
+    except StopIteration as stop:
+        return True, stop.value, eager
 
 
 def start_eagerly(coro: Any) -> tuple[bool, Any, EagerTask]:
@@ -157,12 +165,8 @@ def start_eagerly(coro: Any) -> tuple[bool, Any, EagerTask]:
     Exceptions raised before the first suspension propagate to the caller.
     Call it with the context the coroutine should see.
     """
-    eager = EagerTask(asyncio.get_running_loop())
-    try:
-        yielded = first_step(coro, eager)
-    except StopIteration as stop:
-        return True, stop.value, eager
-    return False, resume(coro, yielded), eager
+    finished, value, eager = first_step(coro, asyncio.get_running_loop())
+    return (True, value, eager) if finished else (False, resume(coro, value), eager)
 
 
 @types.coroutine
