@@ -735,14 +735,19 @@ async def test_a_publishers_history_serves_only_topics_the_callers_key_may_read(
 
 async def test_a_member_refuses_what_its_own_policy_does_not_allow(policed: Any, keys: Path) -> None:
     """Refused at once, with the reason, instead of accepted and dropped in silence at the forwarder."""
+    import asyncio
+
     from zmqbus import Forbidden
 
     fwd, policy = policed
     async with member(fwd, keys, "alice", policy=policy) as alice:
+        publishing = alice.publish(ProcessingMessage("payroll.run", "forged"))  # raises when awaited, not before
         with pytest.raises(
             Forbidden, match=r"key 'alice' may not publish on 'payroll.run': its policy \(.*\) does not"
         ):
-            await alice.publish(ProcessingMessage("payroll.run", "forged"))
+            await publishing
+        with pytest.raises(Forbidden):  # in a task too
+            await asyncio.create_task(alice.publish(ProcessingMessage("payroll.run", "forged")))
         with pytest.raises(Forbidden, match=r"may not subscribe to 'payroll\.#'"):
             alice.subscribe("alice", "payroll.#", lambda m: None)
         with pytest.raises(Forbidden, match=r"may not subscribe to '#\.error'"):

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from time import perf_counter as _clock
 from typing import TYPE_CHECKING
 
@@ -135,9 +136,11 @@ class Batcher:
             queue, self._queue, self._size = self._queue, [], 0
             if self.combine:
                 self._send(self._head, queue)
-            else:  # each its own frame, back to back; from the first refusal on, held in order
-                for frame in queue:
-                    self._put(frame)
+            else:  # each its own frame, back to back (one call for all); from the first refusal on, held in order
+                link = self.publisher.link
+                sent = 0 if self.stalled or link is None else link.send_many(queue)
+                if sent < len(queue):
+                    self._hold(queue[sent:])
 
     @property
     def queued(self) -> int:
@@ -170,9 +173,13 @@ class Batcher:
     def _put(self, frame: bytes) -> None:
         link = self.publisher.link
         if self.stalled or link is None or not link.send(frame):
-            self.stalled.append(frame)
-            if self._draining is None or self._draining.done():
-                self._draining = asyncio.get_running_loop().create_task(self._drain())
+            self._hold((frame,))
+
+    def _hold(self, frames: Sequence[bytes]) -> None:
+        """Keep what the socket refused, in order, and make sure it is sent first when there is room."""
+        self.stalled.extend(frames)
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
 
     async def _drain(self) -> None:
         attempt = 0

@@ -61,6 +61,7 @@ class Publisher:
         "tail_copies_skipped",
         "_tail_heads",
         "batcher",
+        "gate",
     )
 
     def __init__(
@@ -97,6 +98,8 @@ class Publisher:
         self._tail_heads: dict[bytes, bytes] = {}  # frame head -> its tail copy's head (b"": none wanted)
         #: The outbox every frame leaves through (batching.py), combining frames when batching is on.
         self.batcher = Batcher(self, batch_messages, combine=batching)
+        #: What a publish checks before anything else (the client's policy, a refused key), if anything.
+        self.gate: Callable[[ProcessingMessage, str | None], None] | None = None
 
     def flush(self) -> None:
         """Send what the outbox holds (before a probe, at close)."""
@@ -104,6 +107,8 @@ class Publisher:
 
     async def publish(self, message: ProcessingMessage, topic: str | None, timeout: float | None) -> None:
         """Encode, number and send ``message`` (see :meth:`MessageBroker.publish` for what it raises)."""
+        if self.gate is not None:
+            self.gate(message, topic)
         if timeout is None:
             timeout = self.timeout
         codec = self.codec

@@ -90,6 +90,22 @@ class BusLink:
                 raise exc
         return True
 
+    def send_many(self, frames: list[bytes]) -> int:
+        """Queue messages (one frame each) in order; return how many were taken: fewer than all when the
+        high-water mark is reached (the rest were not sent)."""
+        send = self._psend
+        sent = 0
+        try:
+            for frame in frames:
+                send(frame, 1)  # zmq.NOBLOCK
+                sent += 1
+        except zmq.Again:
+            pass
+        except zmq.ZMQError as exc:
+            with mapped_errors("publish"):
+                raise exc
+        return sent
+
     @staticmethod
     async def wait_room(attempt: int) -> None:
         """Wait before trying a refused :meth:`send` again (``attempt`` counts from 0).
