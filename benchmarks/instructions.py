@@ -32,6 +32,7 @@ STEPS: dict[str, tuple[str, str]] = {
     "sequence": ("publish", "number it (per topic)"),
     "history": ("publish", "history: keep the frame (recovery on)"),
     "publish": ("publish", "MessageBroker.publish of a built message, outbox and history included"),
+    "publish-batching": ("publish", "the same, batching on (64 messages a frame)"),
     "raw-pack": ("publish (raw)", "msgpack pack of the same fields as a dict"),
     "decode": ("dispatch", "decode a batch frame's messages (msgspec + objects), per message"),
     "dispatch-frames": ("dispatch", "Receiver.dispatch of ordinary frames to an async handler, recovery on"),
@@ -65,13 +66,13 @@ def _frames(count: int, batch: bool) -> list[bytes]:
     return [head + p for p in payloads]
 
 
-async def _publish(n: int) -> None:
+async def _publish(n: int, batching: bool) -> None:
     from zmqbus.bus.broker import MessageBroker
     from zmqbus.core.history import HistoryCache
     from zmqbus.io.transport import BusLink, SocketConfig
 
     _, message = _guide()
-    broker = MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", name="manager")
+    broker = MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", name="manager", batching=batching)
     publisher = broker._publisher
     # the real link, connected to nothing: its XPUB drops what it is given (no subscriber), in libzmq
     link = BusLink(SocketConfig())
@@ -134,8 +135,8 @@ def run_step(name: str, n: int, total: int) -> None:
                 seqs.next(head)
             else:
                 history.record(head, i, frame, 0.0)
-    elif name == "publish":
-        asyncio.run(_publish(n))
+    elif name in ("publish", "publish-batching"):
+        asyncio.run(_publish(n, name == "publish-batching"))
     elif name in ("dispatch-frames", "dispatch-batch"):
         asyncio.run(_dispatch(n, total, name == "dispatch-batch"))
     elif name == "decode":

@@ -87,16 +87,17 @@ class Batcher:
         burst, else at the end of the turn (or with the burst's 64th frame, or ``max_delay`` after the first)."""
         queue = self._queue
         now = _clock()
-        burst, self._last = now - self._last <= self.burst_gap, now
+        gap = now - self._last
+        self._last = now
         if not queue:
-            if not burst:
+            if gap > self.burst_gap:
                 self._put(frame)  # nothing to wait for: as an unqueued send
                 return
             self._first = now
             self._arm()
         queue.append(frame)
-        self._size += len(frame)
-        if len(queue) >= self.max_messages or self._size > self.max_bytes or now - self._first > self.max_delay:
+        size = self._size = self._size + len(frame)
+        if len(queue) >= self.max_messages or size > self.max_bytes or now - self._first > self.max_delay:
             self.flush()
 
     def add(self, head: bytes, payload: bytes) -> None:
