@@ -105,19 +105,22 @@ class Batcher:
         :meth:`add_frame` (a message outside a burst leaves at once, as an ordinary frame)."""
         queue = self._queue
         now = _clock()
-        burst, self._last = now - self._last <= self.burst_gap, now
-        if queue and (head != self._head or self._size + len(payload) > self.max_bytes):
+        gap = now - self._last
+        self._last = now
+        size = self._size + len(payload)
+        if queue and (head != self._head or size > self.max_bytes):
             self.flush()  # another topic (or a full frame): what is queued leaves first, in order
             queue = self._queue
+            size = len(payload)
         if not queue:
-            if not burst:
+            if gap > self.burst_gap:
                 self._send(head, [payload])  # one payload: an ordinary frame (and its tail copy)
                 return
             self._head = head
             self._first = now
             self._arm()
         queue.append(payload)
-        self._size += len(payload)
+        self._size = size
         if len(queue) >= self.max_messages or now - self._first > self.max_delay:
             self.flush()
 
