@@ -38,6 +38,8 @@ STEPS: dict[str, tuple[str, str]] = {
     "dispatch-frames": ("dispatch", "Receiver.dispatch of ordinary frames to an async handler, recovery on"),
     "dispatch-batch": ("dispatch", "Receiver.dispatch of batch frames (64 a frame), the same"),
     "raw-unpack": ("dispatch (raw)", "msgpack.unpackb of the raw side's message"),
+    "request": ("request", "a request and its reply, caller and responder (async echo), 1 in flight"),
+    "request-100": ("request", "the same, 100 in flight"),
 }
 
 
@@ -113,6 +115,66 @@ async def _dispatch(n: int, total: int, batch: bool) -> None:
         start_eagerly(receiver.dispatch(group))
 
 
+class _Wire:
+    """Stands in for a ROUTER link: what one side sends is handed to the other side's frame handler at once
+    (the caller's requests to the responder, whose replies leave at the end of the batch)."""
+
+    def __init__(self, peer: bytes, deliver: Any) -> None:
+        self.peer, self.deliver = peer, deliver
+        self.channel = self
+
+    def send(self, peer: bytes, frame: bytes, recheck: bool = True) -> bool:
+        self.deliver([self.peer, frame])
+        return True
+
+    def connect(self, endpoint: str, peer_id: bytes, server_key: bytes | None = None) -> None:
+        pass
+
+    def recheck_now(self) -> None:
+        pass
+
+
+async def _requests(n: int, in_flight: int) -> None:
+    """Both sides of request/reply in one process, their Python only: the caller's request path and the
+    responder's handling, joined by :class:`_Wire` instead of sockets."""
+    from zmqbus.bus.broker import MessageBroker
+    from zmqbus.bus.caller import Caller
+    from zmqbus.bus.responder import Responder
+    from zmqbus.core.control import Presence
+
+    _, message = _guide()
+    client = MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", name="client")
+    server = MessageBroker("tcp://127.0.0.1:1", "tcp://127.0.0.1:2", name="server")
+
+    async def echo(msg: Any) -> Any:
+        return msg.content
+
+    responder = Responder(server._requests.port, server._requests.options)
+    responder.add("bench.echo", echo)
+    caller = Caller(client._requests.port)
+    client._requests.caller = caller
+    client._publisher.is_ready = True  # no subscription to prove: requests go at once
+
+    def to_responder(frames: list[bytes]) -> None:
+        responder._on_frames(frames)
+        responder._flush()  # the batch's end: its replies leave
+
+    caller._router = _Wire(b"1", to_responder)  # type: ignore[assignment]
+    responder._router = _Wire(client.client_id.encode(), caller._on_frames)  # type: ignore[assignment]
+    now = asyncio.get_running_loop().time()
+    announced = Presence(
+        instance=server.client_id, endpoint="tcp://wire", services=("bench.echo",), interval=1e6, liveness=3
+    )
+    caller._act(caller.core.presence(announced, now))
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await client.request("bench.echo", message(), timeout=10)
+
+    await asyncio.gather(*(worker(256 // in_flight) for _ in range(in_flight)))  # warm
+    await asyncio.gather(*(worker(n // in_flight) for _ in range(in_flight)))
+
+
 def run_step(name: str, n: int, total: int) -> None:
     """Set up ``name`` for ``total`` units, then run ``n`` of them (0: the set-up alone; or ``total``)."""
     content, message = _guide()
@@ -145,6 +207,8 @@ def run_step(name: str, n: int, total: int) -> None:
         codec, frames = Codec(), _frames(total, True)
         for frame in frames[: len(frames) * n // total]:
             codec.decode_batch(frame)
+    elif name in ("request", "request-100"):
+        asyncio.run(_requests(n, 100 if name == "request-100" else 1))
     elif name in ("raw-pack", "raw-unpack"):
         import msgpack
 

@@ -347,7 +347,7 @@ class MessageBroker:
             self._own.serve(service)
         self._requests.serve(service, handler, self._link is not None, cancel_at_deadline)
 
-    async def request(
+    def request(
         self,
         service: str,
         message: ProcessingMessage,
@@ -355,15 +355,24 @@ class MessageBroker:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         instance: str | None = None,
-    ) -> ProcessingMessage:
+    ) -> Coroutine[Any, Any, ProcessingMessage]:
         """Send ``message`` to one instance of ``service`` and return its reply (``content``: what the
         handler returned; ``causation_id``: the request's message id). Tries are retried (same message id,
         another instance where one exists) as ``retry`` says, never past ``timeout``. Raises
         :class:`NoResponder` when no instance is alive, :class:`RemoteError` when the handler raised,
         :class:`RequestTimeout` when time or tries ran out. Use a new message for each request.
-        ``instance``: that instance only (an id from :meth:`live_instances`; no failover)."""
+        ``instance``: that instance only (an id from :meth:`live_instances`; no failover).
+
+        ``await broker.request(...)``: a plain method that returns the request's coroutine, as
+        :meth:`publish` does (everything it raises, it raises when awaited)."""
         if self._requests.caller is None:
-            await self.start()
+            return self._first_request(service, message, timeout, retry, instance)
+        return self._requests.request(service, message, timeout, retry, instance)
+
+    async def _first_request(
+        self, service: str, message: ProcessingMessage, timeout: float, retry: RetryPolicy | None, instance: str | None
+    ) -> ProcessingMessage:
+        await self.start()
         return await self._requests.request(service, message, timeout, retry, instance)
 
     async def send(
@@ -477,7 +486,7 @@ class _Port:
         self.client_id, self.codec, self.socket_config = broker.client_id, broker.codec, broker.socket_config
         self.owner = broker._owner
 
-    name = property(lambda self: self._broker.name)
+    name = property(lambda self: self._broker._publisher.name)  # MessageBroker.name, one call less: every request
     keys = property(lambda self: self._broker.keys)
     policy = property(lambda self: self._broker.policy)
     is_ready = property(lambda self: self._broker._publisher.is_ready)

@@ -83,6 +83,7 @@ class Caller:
         self._flush_armed = False
         self._faults = RateLimitedLog(log)
         self._closed = False
+        self._live = False  # the presence subscription proven live (once it is, it stays: no property read)
 
     @property
     def directory(self) -> Directory:
@@ -258,29 +259,34 @@ class Caller:
             md.deadline = time.time() + timeout
         head = request_head(service)  # validated: a service name is a topic
         core = self.core
-        call = core.begin(md.message_id, service, loop.time(), timeout, policy)
+        now = loop.time()
+        call = core.begin(md.message_id, service, now, timeout, policy)
         call.only = instance
         reason = "no reply"
         try:
-            if not self.bus.subscriptions_live:  # the presence subscription (once; a property read after)
+            if not self._live and not self.bus.subscriptions_live:  # the presence subscription (proven once)
                 try:
                     await self.bus.ready(max(0.0, call.deadline - loop.time()))
                 except BusTimeout as exc:
                     raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
+                now = loop.time()
+            self._live = True
             while True:
                 if call.settled is not None:  # a reply to an earlier try came while none waited: it ends the call
                     outcome = call.settled
                 else:
-                    inst = core.assign(call, loop.time())
+                    inst = core.assign(call, now)
                     if inst is None:
                         try:
                             await self._wait_for_instance(service, call.deadline, call.only)
                         except NoResponder:
                             if call.settled is None:
                                 raise
+                        now = loop.time()
                         continue
                     md.attempt = call.attempt
-                    frame = head + self.bus.codec.encode(message, head, self.bus.client_id, 0, self.bus.name)
+                    bus = self.bus
+                    frame = head + bus.codec.encode(message, head, bus.client_id, 0, bus.name)
                     fut: asyncio.Future[Outcome] = loop.create_future()
                     call.waiter = fut  # resolved by a reply, the timer (timeout) or a lost instance
                     self._schedule(call.attempt_deadline)
@@ -302,6 +308,7 @@ class Caller:
                         service, call.attempt, loop.time() - call.started, f"{step.reason}; last try: {reason}"
                     )
                 await asyncio.sleep(step.delay)
+                now = loop.time()
         finally:
             core.finish(call)
 

@@ -126,7 +126,9 @@ class ServiceCalls:
         if histogram is None:
             service = self.known(service)
             histogram = self.time[service]
-        histogram.observe(seconds)
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1  # Histogram.observe, inlined (twice a request)
+        histogram.sum += seconds
+        histogram.count += 1
         self.outcomes[service][outcome] += 1
 
 
