@@ -40,6 +40,10 @@ STEPS: dict[str, tuple[str, str]] = {
     "raw-unpack": ("dispatch (raw)", "msgpack.unpackb of the raw side's message"),
     "request": ("request", "a request and its reply, caller and responder (async echo), 1 in flight"),
     "request-100": ("request", "the same, 100 in flight"),
+    "raw-request-100": (
+        "request (raw)",
+        "the raw asyncio client and echo of `bench reqrep`, the same way, 100 in flight",
+    ),
 }
 
 
@@ -175,6 +179,42 @@ async def _requests(n: int, in_flight: int) -> None:
     await asyncio.gather(*(worker(n // in_flight) for _ in range(in_flight)))
 
 
+async def _raw_requests(n: int, in_flight: int) -> None:
+    """The raw side of ``bench reqrep`` the same way: a client packing a dict with an id, a future per
+    request and a reader that unpacks replies; an echo that unpacks and packs; the reply handed back in
+    a later loop turn, as its socket's reader would get it."""
+    import itertools
+
+    import msgpack
+
+    content, _ = _guide()
+    loop = asyncio.get_running_loop()
+    pending: dict[int, asyncio.Future[Any]] = {}
+    pack, unpack = msgpack.packb, msgpack.unpackb
+    counter = itertools.count(1)
+
+    def reader(data: bytes) -> None:
+        reply = unpack(data)
+        fut = pending.pop(reply["id"], None)
+        if fut is not None and not fut.done():
+            fut.set_result(reply)
+
+    async def call() -> Any:
+        i = next(counter)
+        fut = loop.create_future()
+        pending[i] = fut
+        body = pack({"id": i, "type": "echo", "content": content, "correlation_id": "c-1"})
+        loop.call_soon(reader, pack(unpack(body)))  # the echo, and the way back
+        return await fut
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await call()
+
+    await asyncio.gather(*(worker(256 // in_flight) for _ in range(in_flight)))  # warm
+    await asyncio.gather(*(worker(n // in_flight) for _ in range(in_flight)))
+
+
 def run_step(name: str, n: int, total: int) -> None:
     """Set up ``name`` for ``total`` units, then run ``n`` of them (0: the set-up alone; or ``total``)."""
     content, message = _guide()
@@ -209,6 +249,8 @@ def run_step(name: str, n: int, total: int) -> None:
             codec.decode_batch(frame)
     elif name in ("request", "request-100"):
         asyncio.run(_requests(n, 100 if name == "request-100" else 1))
+    elif name == "raw-request-100":
+        asyncio.run(_raw_requests(n, 100))
     elif name in ("raw-pack", "raw-unpack"):
         import msgpack
 
