@@ -177,6 +177,8 @@ async def _requests(n: int, in_flight: int) -> None:
 
     await asyncio.gather(*(worker(256 // in_flight) for _ in range(in_flight)))  # warm
     await asyncio.gather(*(worker(n // in_flight) for _ in range(in_flight)))
+    done = responder.core.stats.executed
+    assert done == (256 // in_flight + n // in_flight) * in_flight, f"{done} requests executed"
 
 
 async def _raw_requests(n: int, in_flight: int) -> None:
@@ -296,19 +298,21 @@ def main() -> None:
     parser.add_argument("--total", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="fewer units (checks that it runs)")
     parser.add_argument("--tree", action="append", help="a checkout to count (repeatable; default: this one)")
+    parser.add_argument("--only", action="append", choices=list(STEPS), help="only these steps (repeatable)")
     args = parser.parse_args()
     if args.step:
         run_step(args.step, args.n, args.total)
         return
     trees = args.tree or [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
     n = 256 if args.quick else 4096  # multiples of 64: whole batch frames
-    jobs = [(step, tree) for step in STEPS for tree in trees]
+    steps = {step: STEPS[step] for step in args.only or STEPS}
+    jobs = [(step, tree) for step in steps for tree in trees]
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         figures = dict(zip(jobs, pool.map(lambda job: count(job[0], n, job[1]), jobs), strict=True))
     print(f"Instructions per message (callgrind, {n} units, Python {sys.version.split()[0]})\n")
     print("| path | step | " + " | ".join(trees) + " |")
     print("|---|---|" + "---|" * len(trees))
-    for step, (path, what) in STEPS.items():
+    for step, (path, what) in steps.items():
         print(f"| {path} | {what} | " + " | ".join(f"{figures[(step, t)]:,.0f}" for t in trees) + " |")
 
 

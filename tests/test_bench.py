@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -258,3 +259,51 @@ def test_the_hot_path_breakdown_runs() -> None:
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert len(rows) >= 15 and all(float(line.rsplit("|", 2)[1]) > 0 for line in rows)
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "build",
+        "encode",
+        "sequence",
+        "history",
+        "publish",
+        "publish-batching",
+        "raw-pack",
+        "decode",
+        "dispatch-frames",
+        "dispatch-batch",
+        "raw-unpack",
+        "request",
+        "request-100",
+        "raw-request-100",
+    ],
+)
+def test_every_step_the_instruction_counts_run_works(step: str) -> None:
+    """`python3 benchmarks/instructions.py` runs each step under valgrind: here each runs natively, 64 units
+    after its warm-up (the request steps check that every request was executed and answered)."""
+    root = Path(__file__).resolve().parent.parent
+    script = root / "benchmarks" / "instructions.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--step", step, "--n", "64", "--total", "64"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_the_instruction_counts_print_a_table() -> None:
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "instructions.py"), "--quick", "--only", "sequence"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = [line for line in done.stdout.splitlines() if line.startswith("| publish |")]
+    assert 100 < float(row.rsplit("|", 2)[1].replace(",", "")) < 100_000
