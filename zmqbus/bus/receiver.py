@@ -45,10 +45,6 @@ from . import tracing
 __all__ = ["Receiver"]
 
 
-def _decoded(msg: ProcessingMessage) -> ProcessingMessage:
-    return msg
-
-
 log = logging.getLogger("zmqbus.bus.broker")  # users filter the client's log by one name
 
 BATCH = 256
@@ -170,66 +166,62 @@ class Receiver:
         # meanwhile (a handler's publish or subscribe may have eaten the signal).
         return not link.sub.readable()
 
-    async def dispatch(self, batch: list[Any], decode: Callable[[Any], Any] | None = None) -> None:
-        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose). ``decode``: how to
-        turn each item into a message; given only for the messages of a batch frame or a tail copy, which
-        are already decoded and counted (they are found where an ordinary decode fails, so an ordinary
-        frame pays nothing for them)."""
-        if decode is None:
-            decode = self._decode
-            self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
-            self.received_bytes += sum(map(len, batch))
+    async def dispatch(self, batch: list[Any]) -> None:
+        """Decode and dispatch one batch of frames (the hot path: kept flat on purpose). A batch frame's or a
+        tail copy's messages are found where an ordinary decode fails (an ordinary frame pays nothing for
+        them), then go through the same checks, in the same runs, as ordinary messages."""
+        decode = self._decode
+        self.received += len(batch)  # counted up front, once per batch: never behind what handlers see
+        self.received_bytes += sum(map(len, batch))
         observe, control = self.sequences.observe, self.control_sequences.observe
         recovery = self.recovery
         now = asyncio.get_running_loop().time() if recovery is not None else 0.0
         # What passed the checks is started in runs of one topic (one call per run, not per message: 0.5 us
-        # a message less); a run ends where the topic changes, and before anything else that must come
-        # after the handlers of what came before (a batch frame's messages, a journal record).
+        # a message less); a run ends where the topic changes, and before a journal record (which must come
+        # after the handlers of the messages before it).
         run: list[ProcessingMessage] = []
         run_topic = ""
         control_run = False  # run_topic is a control topic
         for frame in batch:
             try:
-                msg = decode(frame)
+                msgs: Sequence[ProcessingMessage] = (decode(frame),)
             except DecodeError as exc:
-                special = self._special(frame, exc)
-                if special:
+                special = self._special(frame, exc)  # a batch frame's messages, or a tail copy's
+                if not special:
+                    continue
+                msgs = special
+            for msg in msgs:
+                md = msg.metadata
+                topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
+                if topic != run_topic:
                     if run:
                         await self.start_all(run_topic, run)
                         run = []
-                    await self.dispatch(special, _decoded)
-                continue
-            md = msg.metadata
-            topic: str = msg.topic  # type: ignore[assignment]  # always set on a decoded message
-            if topic != run_topic:
-                if run:
-                    await self.start_all(run_topic, run)
-                    run = []
-                run_topic = topic
-                control_run = topic.startswith(RESERVED_PREFIX)
-            if control_run:  # control traffic: deduplicated, its gaps no user loss
-                if control(md.publisher_id, topic, md.sequence) is not DUPLICATE:
+                    run_topic = topic
+                    control_run = topic.startswith(RESERVED_PREFIX)
+                if control_run:  # control traffic: deduplicated, its gaps no user loss
+                    if control(md.publisher_id, topic, md.sequence) is not DUPLICATE:
+                        run.append(msg)
+                    continue
+                if recovery is None or not md.sequence:
+                    jump = observe(md.publisher_id, topic, md.sequence)
+                    if jump is not None:
+                        if jump is DUPLICATE:
+                            self.duplicates += 1
+                            continue
+                        self._report(jump)
                     run.append(msg)
-                continue
-            if recovery is None or not md.sequence:
-                jump = observe(md.publisher_id, topic, md.sequence)
-                if jump is not None:
-                    if jump is DUPLICATE:
-                        self.duplicates += 1
-                        continue
-                    self._report(jump)
-                run.append(msg)
-                continue
-            ready, fetch = recovery.observe(md.publisher_id, topic, md.sequence, msg, now)
-            if fetch is not None and self.on_fetch is not None:
-                self.on_fetch(fetch)
-            if ready:
-                if self.journal is not None:  # before these handlers run, after those before: never twice
-                    if run:
-                        await self.start_all(run_topic, run)
-                        run = []
-                    self.journal.record(md.publisher_id, topic, ready[-1].metadata.sequence)
-                run += ready
+                    continue
+                ready, fetch = recovery.observe(md.publisher_id, topic, md.sequence, msg, now)
+                if fetch is not None and self.on_fetch is not None:
+                    self.on_fetch(fetch)
+                if ready:
+                    if self.journal is not None:  # before these handlers run, after those before: never twice
+                        if run:
+                            await self.start_all(run_topic, run)
+                            run = []
+                        self.journal.record(md.publisher_id, topic, ready[-1].metadata.sequence)
+                    run += ready
         if run:
             await self.start_all(run_topic, run)
         _set_current(None)
