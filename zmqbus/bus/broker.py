@@ -486,7 +486,7 @@ class _Port:
         self.client_id, self.codec, self.socket_config = broker.client_id, broker.codec, broker.socket_config
         self.owner = broker._owner
 
-    name = property(lambda self: self._broker._publisher.name)  # MessageBroker.name, one call less: every request
+    name = property(lambda self: self._broker.name)
     keys = property(lambda self: self._broker.keys)
     policy = property(lambda self: self._broker.policy)
     is_ready = property(lambda self: self._broker._publisher.is_ready)

@@ -259,8 +259,7 @@ class Caller:
             md.deadline = time.time() + timeout
         head = request_head(service)  # validated: a service name is a topic
         core = self.core
-        now = loop.time()
-        call = core.begin(md.message_id, service, now, timeout, policy)
+        call = core.begin(md.message_id, service, loop.time(), timeout, policy)
         call.only = instance
         reason = "no reply"
         try:
@@ -269,20 +268,18 @@ class Caller:
                     await self.bus.ready(max(0.0, call.deadline - loop.time()))
                 except BusTimeout as exc:
                     raise RequestTimeout(service, 0, loop.time() - call.started, str(exc)) from None
-                now = loop.time()
             self._live = True
             while True:
                 if call.settled is not None:  # a reply to an earlier try came while none waited: it ends the call
                     outcome = call.settled
                 else:
-                    inst = core.assign(call, now)
+                    inst = core.assign(call, loop.time())
                     if inst is None:
                         try:
                             await self._wait_for_instance(service, call.deadline, call.only)
                         except NoResponder:
                             if call.settled is None:
                                 raise
-                        now = loop.time()
                         continue
                     md.attempt = call.attempt
                     bus = self.bus
@@ -308,7 +305,6 @@ class Caller:
                         service, call.attempt, loop.time() - call.started, f"{step.reason}; last try: {reason}"
                     )
                 await asyncio.sleep(step.delay)
-                now = loop.time()
         finally:
             core.finish(call)
 
