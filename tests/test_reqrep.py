@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import signal
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -493,6 +495,19 @@ async def test_close_hands_back_requests_still_queued(forwarder: Forwarder) -> N
         dealer.close(0)
 
 
+@contextlib.asynccontextmanager
+async def one_slot(fwd: Forwarder, max_queue: int, handler: Any) -> AsyncIterator[tuple[MessageBroker, MessageBroker]]:
+    """A responder running one request at a time with ``max_queue`` waiting ("slow.work": ``handler``), and a
+    caller."""
+    async with (
+        MessageBroker(*ep(fwd), max_concurrency=1, max_queue=max_queue) as srv,
+        MessageBroker(*ep(fwd)) as cli,
+    ):
+        srv.serve("slow.work", handler)
+        await srv.ready()
+        yield srv, cli
+
+
 async def test_a_full_queue_refuses_retryably_and_keeps_memory_bounded(forwarder: Forwarder) -> None:
     """max_concurrency=1, max_queue=2, a 0.1 s handler, 10 requests at once: the responder keeps at
     most 3 (1 running, 2 waiting) and answers the rest `overloaded` (retryable, the request never ran);
@@ -509,12 +524,7 @@ async def test_a_full_queue_refuses_retryably_and_keeps_memory_bounded(forwarder
         running[0] -= 1
         return m.content
 
-    async with (
-        MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, max_concurrency=1, max_queue=2) as srv,
-        MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as cli,
-    ):
-        srv.serve("slow.work", slow)
-        await srv.ready()
+    async with one_slot(forwarder, 2, slow) as (srv, cli):
         results = await asyncio.gather(
             *(cli.request("slow.work", ProcessingMessage("q", i), timeout=5) for i in range(10)), return_exceptions=True
         )
@@ -534,12 +544,7 @@ async def test_an_overloaded_service_past_the_deadline_fails_saying_why(forwarde
         await asyncio.sleep(0.5)
         return m.content
 
-    async with (
-        MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint, max_concurrency=1, max_queue=0) as srv,
-        MessageBroker(forwarder.pub_endpoint, forwarder.sub_endpoint) as cli,
-    ):
-        srv.serve("slow.work", slow)
-        await srv.ready()
+    async with one_slot(forwarder, 0, slow) as (_, cli):
         first = asyncio.ensure_future(cli.request("slow.work", ProcessingMessage("q", 0), timeout=5))
         await asyncio.wait_for(went.wait(), 5)
         started = time.monotonic()
