@@ -28,7 +28,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_new = object.__new__
 
 
 def is_async_callable(fn: Any) -> bool:
@@ -124,10 +123,7 @@ def first_step(coro: Any, loop: asyncio.AbstractEventLoop) -> tuple[bool, Any, E
     """``coro.send(None)`` as its own task, a new :class:`EagerTask` (the task that was current, if any,
     is current again afterwards): ``(True, result, eager)`` when the coroutine finished, ``(False,
     yielded, eager)`` when it suspended. Exceptions the step raises propagate."""
-    eager = _new(EagerTask)  # EagerTask(loop) without the call to __init__: this runs once a handler
-    eager._loop = loop
-    eager._task = None
-    eager._pending = None
+    eager = EagerTask(loop)
     tasks = _current_tasks
     try:
         if tasks is not None:
